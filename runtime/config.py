@@ -1,0 +1,193 @@
+"""Block-masking configuration and the memento special tokens.
+
+Field names and meanings follow the reference engine's ``BlockMaskingConfig`` (the Memento paper's vLLM
+overlay), so a config written for that engine reads the same here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+BLOCK_START = "<|block_start|>"
+BLOCK_END = "<|block_end|>"
+SUMMARY_START = "<|summary_start|>"
+SUMMARY_END = "<|summary_end|>"
+MEMENTO_TOKEN_STRINGS = (BLOCK_START, BLOCK_END, SUMMARY_START, SUMMARY_END)
+THINK_START = "<think>"
+THINK_END = "</think>"
+IM_START = "<|im_start|>"
+ASSISTANT = "assistant"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or out of range; the message names the option."""
+
+
+@dataclass(frozen=True)
+class BlockMaskingConfig:
+    """How finished blocks are evicted from the KV cache.
+
+    Attributes:
+        keep_last_n_blocks: -1 never evicts (vanilla), 0 evicts every completed block on its
+            ``<|summary_end|>``, N keeps the last N completed blocks visible (FIFO).
+        mask_delimiters: required (no default, as in the reference). False keeps ``<|block_start|>``
+            and ``<|block_end|>`` visible and evicts the content between them; True evicts them too.
+        compact_on_summary_end: evict when ``<|summary_end|>`` is processed.
+        require_assistant_section: only track blocks after ChatML ``<|im_start|>assistant``; turned off
+            when the tokenizer lacks those tokens (see :meth:`MementoTokenIds.resolve_config`).
+        restart_mode: evict the block *with* its delimiters, then recompute the memento's KV from
+            ``<|summary_start|>`` with the block gone.
+        keep_last_block_for_answer: with keep 0, defer evicting the last completed block until the next
+            ``<|block_start|>``, so a final answer still sees it.
+        max_block_tokens: force ``<|block_end|>`` once a block holds this many content tokens (0 = off).
+    """
+
+    mask_delimiters: bool
+    keep_last_n_blocks: int = 0
+    compact_on_summary_end: bool = True
+    require_assistant_section: bool = True
+    restart_mode: bool = False
+    keep_last_block_for_answer: bool = False
+    max_block_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.mask_delimiters, bool):
+            raise ConfigError(
+                "mask_delimiters must be set explicitly to true or false "
+                "(false: Qwen3/OLMo3 style, delimiters stay; true: Phi-4 style, delimiters evicted)"
+            )
+        if not isinstance(self.keep_last_n_blocks, int) or self.keep_last_n_blocks < -1:
+            raise ConfigError(f"keep_last_n_blocks must be an integer >= -1, got {self.keep_last_n_blocks!r}")
+        if not isinstance(self.max_block_tokens, int) or self.max_block_tokens < 0:
+            raise ConfigError(f"max_block_tokens must be an integer >= 0, got {self.max_block_tokens!r}")
+
+    @property
+    def evicts(self) -> bool:
+        """Whether this config ever evicts anything (False for vanilla)."""
+        return self.keep_last_n_blocks >= 0 and self.compact_on_summary_end
+
+    @property
+    def mode(self) -> str:
+        """'vanilla', 'memento' or 'restart'."""
+        if not self.evicts:
+            return "vanilla"
+        return "restart" if self.restart_mode else "memento"
+
+    @classmethod
+    def vanilla(cls, mask_delimiters: bool = False) -> "BlockMaskingConfig":
+        return cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=-1)
+
+    @classmethod
+    def from_mode(cls, mode: str, mask_delimiters: bool = False, keep_last_n_blocks: int = 0,
+                  **kwargs: Any) -> "BlockMaskingConfig":
+        """Build the config for one of 'vanilla', 'memento', 'restart'."""
+        if mode == "vanilla":
+            return cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=-1, **kwargs)
+        if mode == "memento":
+            return cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n_blocks, **kwargs)
+        if mode == "restart":
+            return cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n_blocks,
+                       restart_mode=True, **kwargs)
+        raise ConfigError(f"mode must be one of vanilla, memento, restart; got {mode!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> "BlockMaskingConfig":
+        """Build from a JSON-like mapping; unknown keys and a missing ``mask_delimiters`` are errors.
+
+        ``enable`` (reference engine field) is accepted: ``enable: false`` means vanilla.
+        """
+        data = dict(data)
+        enable = data.pop("enable", True)
+        data.pop("debug", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if "mask_delimiters" not in data or data["mask_delimiters"] is None:
+            raise ConfigError(f"{where}: mask_delimiters must be set explicitly (true or false)")
+        if not enable:
+            data["keep_last_n_blocks"] = -1
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MementoTokenIds:
+    """Token ids of the memento delimiters (and optional ChatML/think markers) in one vocabulary.
+
+    ``im_start``/``assistant`` are None when the tokenizer lacks them; ``think_end`` marks the answer.
+    """
+
+    block_start: int
+    block_end: int
+    summary_start: int
+    summary_end: int
+    im_start: int | None = None
+    assistant: int | None = None
+    think_end: int | None = None
+
+    @property
+    def delimiters(self) -> frozenset[int]:
+        return frozenset((self.block_start, self.block_end, self.summary_start, self.summary_end))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "token_ids") -> "MementoTokenIds":
+        required = ("block_start", "block_end", "summary_start", "summary_end")
+        missing = [k for k in required if data.get(k) is None]
+        if missing:
+            raise ConfigError(f"{where}: missing token id(s) {', '.join(missing)}")
+        extra = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if extra:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}")
+        return cls(**{k: (int(v) if v is not None else None) for k, v in data.items()})
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> "MementoTokenIds":
+        """Look the memento tokens up in a HF tokenizer.
+
+        Raises:
+            MissingMementoTokens: naming every memento token the vocabulary lacks.
+        """
+        vocab = tokenizer.get_vocab()
+
+        def single(tok: str) -> int | None:
+            return vocab.get(tok)
+
+        ids = {name: single(tok) for name, tok in zip(
+            ("block_start", "block_end", "summary_start", "summary_end"), MEMENTO_TOKEN_STRINGS)}
+        missing = [tok for tok, (_, v) in zip(MEMENTO_TOKEN_STRINGS, ids.items()) if v is None]
+        if missing:
+            raise MissingMementoTokens(missing)
+        assistant = single(ASSISTANT)
+        if assistant is None:
+            enc = tokenizer.encode(ASSISTANT, add_special_tokens=False)
+            assistant = enc[0] if len(enc) == 1 else None
+        return cls(**ids, im_start=single(IM_START), assistant=assistant, think_end=single(THINK_END))
+
+    def resolve_config(self, config: BlockMaskingConfig) -> BlockMaskingConfig:
+        """Turn off ``require_assistant_section`` when this vocabulary has no ChatML markers (as the reference)."""
+        if config.require_assistant_section and (self.im_start is None or self.assistant is None):
+            return dataclasses.replace(config, require_assistant_section=False)
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class MissingMementoTokens(ConfigError):
+    """The tokenizer lacks one or more memento tokens."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = missing
+        super().__init__(
+            f"tokenizer lacks the memento token(s) {', '.join(missing)}; add them with "
+            "memento_lens.runtime.add_memento_tokens(model, tokenizer) (initialised as in the paper) "
+            "or use a Memento-trained checkpoint"
+        )

@@ -1,0 +1,40 @@
+"""Every HF-internal name memento-lens relies on, in one table (tested range: transformers 5.x, see
+pyproject). When transformers moves something, this is the only file to change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Output attribute holding the KV cache (transformers 5 renamed past_key_values -> cache).
+CACHE_OUTPUT_ATTRS = ("cache", "past_key_values")
+# Keyword argument that passes a cache into forward().
+CACHE_INPUT_KWARG = "cache"
+# DynamicCache: per-layer objects with .keys / .values of shape [batch, kv_heads, pos, d_head].
+CACHE_LAYERS_ATTR = "layers"
+CACHE_KEYS_ATTR = "keys"
+CACHE_VALUES_ATTR = "values"
+# Decoder layers and attention modules (Qwen3 / Llama / Qwen2 / OLMo / Phi-3 families).
+DECODER_LAYERS_PATH = "model.layers"
+SELF_ATTN_ATTR = "self_attn"
+# Config attribute used to select the attention kernel.
+ATTN_IMPLEMENTATION_ATTR = "_attn_implementation"
+
+
+def output_cache(output: Any) -> Any:
+    """The cache object of a model output."""
+    for name in CACHE_OUTPUT_ATTRS:
+        cache = getattr(output, name, None)
+        if cache is not None:
+            return cache
+    raise AttributeError(f"model output has none of {CACHE_OUTPUT_ATTRS}; update runtime/hf_paths.py")
+
+
+def cache_layers(cache: Any) -> list[Any]:
+    return list(getattr(cache, CACHE_LAYERS_ATTR))
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    obj = model
+    for part in DECODER_LAYERS_PATH.split("."):
+        obj = getattr(obj, part)
+    return list(obj)
