@@ -62,7 +62,7 @@ def test_checksum_names_damaged_file(tmp_path, damage):
     path = store.write_tensors("kv/shard-00000.safetensors", {"k": torch.ones(1, 2, 8, 4)})
     store.mark_complete()
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-4] + b"\x00\x00\x80\x3f")
+    path.write_bytes(data[: len(data) // 2] if damage == "truncate" else data[:-4] + b"\x00\x00\x00\x40")
     with pytest.raises(CorruptFile, match="shard-00000.safetensors"):
         RunStore.open(store.path)
     lazy = RunStore.open(store.path, verify=False)
