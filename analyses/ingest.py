@@ -1,0 +1,464 @@
+"""Trace files → :class:`runtime.trace.Trace` (+ a run directory the app can show).
+
+Formats (``detect_format`` picks one from the file name):
+
+* ``openmementos`` — Parquet as published (``default`` config: problem, response, domain, source,
+  difficulty; ``full`` adds sentences, blocks, block_summaries). ``response`` holds the special tokens
+  inline; a row without a usable ``response`` is rendered from sentences/blocks/block_summaries.
+* ``memento-json`` — the Memento JSON examples (``segments`` of type block/summary/answer, ``block_idx``
+  1-based), one object, a list of them, or one per line; rendered as
+  ``<think> (<|block_start|> block <|block_end|> <|summary_start|> memento <|summary_end|>)* </think> answer``.
+* ``vllm-jsonl`` — one request per line: ``prompt``, the generated text with special tokens (``text``,
+  ``generated_text``, ``output`` or ``outputs[0].text``), optional ``prompt_token_ids`` and
+  ``token_ids`` (or ``outputs[0].token_ids``) used as-is with a real tokenizer.
+
+Problems become the prompt as ChatML (``<|im_start|>user\\n…<|im_end|>\\n<|im_start|>assistant\\n``); the
+prompt length is known, so blocks are tracked from the first generated token on. A malformed trace (bad
+row, or a stream the schedule warns about) is skipped and recorded in the :class:`IngestReport` with its
+id and the offending position; ``strict=True`` raises :class:`IngestError` instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from memento_lens.runtime.config import (BLOCK_END, BLOCK_START, SUMMARY_END, SUMMARY_START, THINK_END, THINK_START,
+                                         BlockMaskingConfig, ConfigError)
+from memento_lens.runtime.trace import Trace, assign_roles
+
+from .kv import KVSpec, account_trace, default_configs, fast_schedule, occupancy_table, resolve_spec
+from .tokenization import TextTokenizer, load_tokenizer
+
+FORMATS = ("openmementos", "memento-json", "vllm-jsonl")
+_PAIR = re.compile(re.escape(BLOCK_START) + "(.*?)" + re.escape(BLOCK_END) + r"\s*" + re.escape(SUMMARY_START)
+                   + "(.*?)" + re.escape(SUMMARY_END), re.S)
+_CHECK = BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0, require_assistant_section=False)
+
+
+class IngestError(ConfigError):
+    """A malformed trace under ``strict``; the message names the file, trace and position."""
+
+
+@dataclass(frozen=True)
+class IngestIssue:
+    """One skipped (or warned-about) trace.
+
+    Attributes:
+        source: file it came from.
+        trace: trace id (row id when the row had none).
+        position: offending token index in prompt+response (None when the row could not be tokenized).
+        message: what is wrong.
+    """
+
+    source: str
+    trace: str
+    position: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f" at token {self.position}" if self.position is not None else ""
+        return f"{self.source}: trace {self.trace}{where}: {self.message}"
+
+
+@dataclass
+class IngestReport:
+    """What ingestion did: rows read, traces kept, and every skipped row with its reason."""
+
+    sources: list[str] = field(default_factory=list)
+    n_rows: int = 0
+    n_ingested: int = 0
+    skipped: list[IngestIssue] = field(default_factory=list)
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+    def merge(self, other: "IngestReport") -> "IngestReport":
+        return IngestReport(self.sources + other.sources, self.n_rows + other.n_rows,
+                            self.n_ingested + other.n_ingested, self.skipped + other.skipped)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sources": self.sources, "n_rows": self.n_rows, "n_ingested": self.n_ingested,
+                "n_skipped": self.n_skipped, "skipped": [asdict(i) for i in self.skipped]}
+
+
+@dataclass
+class IngestResult:
+    traces: list[Trace]
+    report: IngestReport
+
+
+@dataclass
+class RawTrace:
+    """One row before tokenization (prompt + response text, or ids from vLLM)."""
+
+    trace_id: str
+    prompt: str
+    response: str
+    meta: dict[str, Any]
+    prompt_ids: list[int] | None = None
+    response_ids: list[int] | None = None
+
+
+class _RowError(Exception):
+    def __init__(self, trace: str, message: str, position: int | None = None):
+        super().__init__(message)
+        self.trace, self.message, self.position = trace, message, position
+
+
+def chatml_prompt(problem: str) -> str:
+    return f"<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def segment_chars(response: str) -> tuple[list[int], list[int]]:
+    """Character lengths of each block's content and of its memento, from the inline special tokens."""
+    pairs = _PAIR.findall(response)
+    return [len(b) for b, _ in pairs], [len(m) for _, m in pairs]
+
+
+def render_segments(blocks: Sequence[str], mementos: Sequence[str], answer: str | None) -> str:
+    body = "".join(f"{BLOCK_START}{b}{BLOCK_END}{SUMMARY_START}{m}{SUMMARY_END}" for b, m in zip(blocks, mementos))
+    return f"{THINK_START}{body}{THINK_END}{answer or ''}"
+
+
+def detect_format(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return "openmementos"
+    if name.endswith(".jsonl"):
+        # A JSONL of Memento JSON objects is recognised by its first line.
+        with open(path, encoding="utf-8") as f:
+            first = next((ln for ln in f if ln.strip()), "")
+        try:
+            obj = json.loads(first)
+        except json.JSONDecodeError:
+            return "vllm-jsonl"
+        return "memento-json" if isinstance(obj, dict) and "segments" in obj else "vllm-jsonl"
+    if name.endswith(".json"):
+        return "memento-json"
+    raise ConfigError(f"{path}: unknown trace file type (expected .parquet, .json or .jsonl); pass --format")
+
+
+# -- readers: yield RawTrace or _RowError, never raise for one bad row ---------------------------------
+
+def _read_openmementos(path: Path, batch_size: int = 512) -> Iterator[RawTrace | _RowError]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    names = set(pf.schema_arrow.names)
+    wanted = [c for c in ("id", "task_id", "problem", "response", "domain", "source", "difficulty", "sentences",
+                          "blocks", "block_summaries") if c in names]
+    if "response" not in names and not {"sentences", "blocks", "block_summaries"} <= names:
+        raise ConfigError(f"{path}: not an OpenMementos file (needs a `response` column, or sentences/blocks/"
+                          f"block_summaries; has {', '.join(sorted(names))})")
+    row = 0
+    for batch in pf.iter_batches(batch_size=batch_size, columns=wanted):
+        for rec in batch.to_pylist():
+            tid = str(rec.get("id") or rec.get("task_id") or f"{path.stem}:{row}")
+            row += 1
+            try:
+                yield _openmementos_row(tid, rec)
+            except _RowError as exc:
+                yield exc
+
+
+def _openmementos_row(tid: str, rec: Mapping[str, Any]) -> RawTrace:
+    problem = rec.get("problem")
+    if not isinstance(problem, str):
+        problem = ""
+    response = rec.get("response")
+    meta = {k: rec.get(k) for k in ("domain", "source", "difficulty") if rec.get(k) is not None}
+    if not isinstance(response, str) or not response:
+        sentences, blocks, summaries = rec.get("sentences"), rec.get("blocks"), rec.get("block_summaries")
+        if not (isinstance(sentences, list) and isinstance(blocks, list) and isinstance(summaries, list)):
+            raise _RowError(tid, "no `response` text and no sentences/blocks/block_summaries to render one from")
+        if len(blocks) != len(summaries):
+            raise _RowError(tid, f"{len(blocks)} blocks but {len(summaries)} block_summaries")
+        texts = []
+        for i, idx in enumerate(blocks):
+            try:
+                lo, hi = min(idx), max(idx)  # a block is a contiguous run of sentences ([first, last] or all)
+                texts.append(" ".join(sentences[lo:hi + 1]))
+            except (TypeError, ValueError):
+                raise _RowError(tid, f"block {i}: bad sentence indices {idx!r}") from None
+        response = render_segments(texts, [str(s) for s in summaries], None)
+    meta["format"] = "openmementos"
+    return RawTrace(tid, chatml_prompt(problem), response, meta)
+
+
+def _json_objects(path: Path) -> list[Any]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+        return data if isinstance(data, list) else [data]
+    except json.JSONDecodeError:
+        out = []
+        for i, line in enumerate(text.splitlines()):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    out.append(_RowError(f"{path.stem}:{i}", f"line {i + 1}: invalid JSON ({exc.msg})"))
+        return out
+
+
+def _read_memento_json(path: Path) -> Iterator[RawTrace | _RowError]:
+    objs = _json_objects(path)
+    for i, obj in enumerate(objs):
+        if isinstance(obj, _RowError):
+            yield obj
+            continue
+        tid = f"{path.stem}" if len(objs) == 1 else f"{path.stem}:{i}"
+        if isinstance(obj, dict) and obj.get("id"):
+            tid = str(obj["id"])
+        try:
+            raw = _memento_json_obj(tid, obj)
+        except _RowError as exc:
+            yield exc
+            continue
+        if "domain" not in raw.meta:  # the examples carry no domain; their file names do (…_math.json)
+            hit = next((d for d in ("math", "code", "science") if d in path.stem.lower()), None)
+            if hit:
+                raw.meta["domain"] = hit
+        yield raw
+
+
+def _memento_json_obj(tid: str, obj: Any) -> RawTrace:
+    if not isinstance(obj, dict) or not isinstance(obj.get("segments"), list):
+        raise _RowError(tid, "expected an object with a `segments` list")
+    blocks: dict[int, str] = {}
+    mementos: dict[int, str] = {}
+    answer = None
+    for j, seg in enumerate(obj["segments"]):
+        if not isinstance(seg, dict) or not isinstance(seg.get("text"), str):
+            raise _RowError(tid, f"segment {j}: expected an object with a `text` string")
+        kind = seg.get("type")
+        if kind == "answer":
+            answer = seg["text"]
+            continue
+        if kind not in ("block", "summary"):
+            raise _RowError(tid, f"segment {j}: unknown type {kind!r}")
+        try:
+            idx = int(seg.get("block_idx"))
+        except (TypeError, ValueError):
+            raise _RowError(tid, f"segment {j}: missing block_idx") from None
+        target = blocks if kind == "block" else mementos
+        if idx in target:
+            raise _RowError(tid, f"segment {j}: second {kind} for block_idx {idx}")
+        if kind == "summary" and idx not in blocks:
+            raise _RowError(tid, f"segment {j}: summary for block_idx {idx} before (or without) its block")
+        target[idx] = seg["text"]
+    missing = sorted(set(blocks) - set(mementos))
+    if missing:
+        raise _RowError(tid, f"block_idx {missing[0]} has no summary segment")
+    order = sorted(blocks)
+    meta = {"format": "memento-json"}
+    for key in ("problem_source", "answer", "label", "domain"):
+        if obj.get(key) is not None:
+            meta["expected_answer" if key == "answer" else key] = obj[key]
+    response = render_segments([blocks[k] for k in order], [mementos[k] for k in order], answer)
+    return RawTrace(tid, chatml_prompt(str(obj.get("problem") or "")), response, meta)
+
+
+def _read_vllm_jsonl(path: Path) -> Iterator[RawTrace | _RowError]:
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            tid = f"{path.stem}:{i}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield _RowError(tid, f"line {i + 1}: invalid JSON ({exc.msg})")
+                continue
+            try:
+                yield _vllm_obj(tid, obj)
+            except _RowError as exc:
+                yield exc
+
+
+def _vllm_obj(tid: str, obj: Any) -> RawTrace:
+    if not isinstance(obj, dict):
+        raise _RowError(tid, "expected a JSON object per line")
+    tid = str(obj.get("request_id") or obj.get("id") or tid)
+    out0 = obj["outputs"][0] if isinstance(obj.get("outputs"), list) and obj["outputs"] else {}
+    text = next((v for v in (obj.get("text"), obj.get("generated_text"), obj.get("output"),
+                             out0.get("text") if isinstance(out0, dict) else None) if isinstance(v, str)), None)
+    if text is None:
+        raise _RowError(tid, "no generated text (text / generated_text / output / outputs[0].text)")
+    prompt = obj.get("prompt")
+    if not isinstance(prompt, str):
+        prompt = ""
+    ids = obj.get("token_ids") or obj.get("output_token_ids") or (out0.get("token_ids") if isinstance(out0, dict)
+                                                                   else None)
+    pids = obj.get("prompt_token_ids")
+    ok = lambda v: isinstance(v, list) and all(isinstance(t, int) for t in v)  # noqa: E731
+    if ids is not None and not ok(ids):
+        raise _RowError(tid, "token_ids must be a list of integers")
+    if pids is not None and not ok(pids):
+        raise _RowError(tid, "prompt_token_ids must be a list of integers")
+    return RawTrace(tid, prompt, text, {"format": "vllm-jsonl"}, prompt_ids=pids, response_ids=ids)
+
+
+_READERS = {"openmementos": _read_openmementos, "memento-json": _read_memento_json, "vllm-jsonl": _read_vllm_jsonl}
+
+
+# -- tokenization and validation ---------------------------------------------------------------------
+
+def _to_trace(raw: RawTrace, tok: TextTokenizer, source: str, check: BlockMaskingConfig,
+              keep_text: bool = False) -> Trace:
+    real_ids = not tok.name.startswith("approx")
+    if real_ids and raw.response_ids is not None:
+        resp = np.asarray(raw.response_ids, dtype=np.int64)
+        prompt = (np.asarray(raw.prompt_ids, dtype=np.int64) if raw.prompt_ids is not None else tok.encode(raw.prompt))
+    else:
+        prompt, resp = tok.encode_many([raw.prompt, raw.response]) if raw.prompt else (
+            np.zeros(0, np.int64), tok.encode(raw.response))
+    if len(resp) == 0:
+        raise _RowError(raw.trace_id, "empty response")
+    ids = np.concatenate([prompt, resp])
+    sched = fast_schedule(ids, check, tok.ids, prompt_len=len(prompt))
+    if sched.warnings:
+        w = sched.warnings[0]
+        more = f" (+{len(sched.warnings) - 1} more)" if len(sched.warnings) > 1 else ""
+        raise _RowError(raw.trace_id, w.message + more, position=w.position)
+    block_chars, memento_chars = segment_chars(raw.response)
+    meta = dict(raw.meta, source_file=source, n_blocks=len(sched.blocks), block_chars=block_chars,
+                memento_chars=memento_chars, tokenizer=tok.name)
+    if keep_text:
+        meta.update(prompt_text=raw.prompt, response_text=raw.response)
+    return Trace(raw.trace_id, ids.tolist(), len(prompt), meta)
+
+
+def iter_ingest(path: str | Path, tokenizer: TextTokenizer | str | None = None, *, fmt: str | None = None,
+                strict: bool = False, report: IngestReport | None = None,
+                check: BlockMaskingConfig = _CHECK, keep_text: bool = False) -> Iterator[Trace]:
+    """Stream the well-formed traces of one file; skipped rows go into ``report`` (or raise under ``strict``).
+
+    ``keep_text`` keeps the rendered prompt/response text in ``meta`` (``prompt_text``, ``response_text``)
+    so :func:`write_run` can store readable token strings.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such trace file")
+    tok = load_tokenizer(tokenizer)
+    fmt = fmt or detect_format(path)
+    if fmt not in _READERS:
+        raise ConfigError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    report = report if report is not None else IngestReport()
+    report.sources.append(str(path))
+    seen: set[str] = set()
+    for item in _READERS[fmt](path):
+        report.n_rows += 1
+        try:
+            if isinstance(item, _RowError):
+                raise item
+            if item.trace_id in seen:
+                raise _RowError(item.trace_id, "duplicate trace id in this file")
+            trace = _to_trace(item, tok, str(path), check, keep_text)
+        except _RowError as exc:
+            issue = IngestIssue(str(path), exc.trace, exc.position, exc.message)
+            if strict:
+                raise IngestError(str(issue)) from None
+            report.skipped.append(issue)
+            continue
+        seen.add(trace.trace_id)
+        report.n_ingested += 1
+        yield trace
+
+
+def ingest_file(path: str | Path, tokenizer: TextTokenizer | str | None = None, *, fmt: str | None = None,
+                strict: bool = False, keep_text: bool = False) -> IngestResult:
+    report = IngestReport()
+    traces = list(iter_ingest(path, tokenizer, fmt=fmt, strict=strict, report=report, keep_text=keep_text))
+    return IngestResult(traces, report)
+
+
+def ingest_files(paths: Iterable[str | Path], tokenizer: TextTokenizer | str | None = None, *,
+                 fmt: str | None = None, strict: bool = False, keep_text: bool = False) -> IngestResult:
+    """Ingest several files with one tokenizer; trace ids are prefixed by the file stem when they collide."""
+    tok = load_tokenizer(tokenizer)
+    report = IngestReport()
+    traces: list[Trace] = []
+    ids: set[str] = set()
+    for p in paths:
+        for t in iter_ingest(p, tok, fmt=fmt, strict=strict, report=report, keep_text=keep_text):
+            if t.trace_id in ids:
+                t = Trace(f"{Path(p).stem}/{t.trace_id}", t.token_ids, t.prompt_len, t.meta)
+            ids.add(t.trace_id)
+            traces.append(t)
+    return IngestResult(traces, report)
+
+
+# -- run directory -----------------------------------------------------------------------------------
+
+def trace_tables(traces: Sequence[Trace], tokenizer: TextTokenizer, config: BlockMaskingConfig
+                 ) -> dict[str, pd.DataFrame]:
+    """``traces``, ``tokens`` and ``events`` tables (run-directory contract) under ``config``."""
+    t_rows, tok_parts, ev_rows = [], [], []
+    for t in traces:
+        ids = np.asarray(t.token_ids, dtype=np.int64)
+        sched = fast_schedule(ids, config, tokenizer.ids, prompt_len=t.prompt_len)
+        roles = assign_roles(sched, ids, tokenizer.ids)
+        t_rows.append({"trace": t.trace_id, "n_tokens": len(ids), "prompt_len": t.prompt_len,
+                       "n_blocks": len(sched.blocks), "mode": config.mode,
+                       "source": str(t.meta.get("source_file", t.meta.get("format", ""))),
+                       "domain": str(t.meta.get("domain", ""))})
+        strings = _token_strings(t, ids, tokenizer)
+        tok_parts.append(pd.DataFrame({"trace": t.trace_id, "pos": np.arange(len(ids), dtype=np.int64),
+                                       "token_id": ids, "token": strings, "role": roles.role.astype(str),
+                                       "block": roles.block}))
+        for e in sched.events:
+            ev_rows.append({"trace": t.trace_id, "kind": e.kind.value, "position": e.position, "start": e.start,
+                            "end": e.end, "block": e.block, "rewind_to": e.rewind_to, "message": e.message})
+    events = pd.DataFrame(ev_rows, columns=["trace", "kind", "position", "start", "end", "block", "rewind_to",
+                                            "message"])
+    for c in ("block", "rewind_to"):
+        events[c] = events[c].astype("Int64")
+    return {"traces": pd.DataFrame(t_rows), "tokens": pd.concat(tok_parts, ignore_index=True) if tok_parts
+            else pd.DataFrame(columns=["trace", "pos", "token_id", "token", "role", "block"]), "events": events}
+
+
+def _token_strings(t: Trace, ids: np.ndarray, tok: TextTokenizer) -> list[str]:
+    prompt, response = t.meta.get("prompt_text"), t.meta.get("response_text")
+    if isinstance(prompt, str) and isinstance(response, str):
+        out = tok.token_strings(prompt, ids[:t.prompt_len]) + tok.token_strings(response, ids[t.prompt_len:])
+        if len(out) == len(ids):
+            return out
+    if not tok.name.startswith("approx"):
+        return tok.token_strings("", ids)
+    from .tokenization import APPROX_SPECIALS
+    return [APPROX_SPECIALS[i] if i < len(APPROX_SPECIALS) else "·" for i in ids.tolist()]
+
+
+def write_run(path: str | Path, traces: Sequence[Trace], tokenizer: TextTokenizer | str | None = None, *,
+              config: BlockMaskingConfig | None = None, spec: KVSpec | str | None = None,
+              report: IngestReport | None = None, overwrite: bool = False):
+    """Write ingested traces as a run directory (kind ``ingest``): traces, tokens, events (under ``config``,
+    default memento keep 0) and occupancy (vanilla + that config) tables, plus the ingest report."""
+    from memento_lens.runtime.store import RunStore
+
+    tok = load_tokenizer(tokenizer)
+    spec = resolve_spec(spec)
+    config = config or default_configs()["memento"]
+    store = RunStore.create(path, "ingest", {"masking": config.to_dict(), "tokenizer": tok.describe(),
+                                             "kv_spec": asdict(spec)}, overwrite=overwrite)
+    tables = trace_tables(traces, tok, config)
+    store.write_table("traces.parquet", tables["traces"])
+    store.write_table("tokens.parquet", tables["tokens"])
+    store.write_table("events.parquet", tables["events"])
+    configs = {"vanilla": BlockMaskingConfig.vanilla(config.mask_delimiters), config.mode: config}
+    curves = [c for t in traces for c in account_trace(t, tok.ids, configs, spec).values()]
+    store.write_table("occupancy.parquet", occupancy_table(curves))
+    store.write_json("ingest_report.json", (report or IngestReport()).to_dict())
+    store.write_json("traces_meta.json", {t.trace_id: {k: v for k, v in t.meta.items()
+                                                      if k not in ("prompt_text", "response_text")} for t in traces})
+    store.mark_complete(n_traces=len(traces), token_ids=tok.ids.to_dict())
+    return store

@@ -1,0 +1,273 @@
+"""KV-cache accounting without a model (the Memento paper's Appendix A.3.1).
+
+Replay a token stream through the runtime's eviction schedule and count the tokens the cache holds
+after each step, for vanilla and memento configs alike; turn token counts into bytes with
+``bytes/token = 2 (K and V) × layers × kv_heads × head_dim × dtype bytes``.
+
+Units: KB = 1024 bytes (the paper's "144 KB/token" for Qwen3-8B is 147,456 bytes), GB = 2**30 bytes,
+ktok = 1,000 tokens. Peak is the maximum occupancy over the whole stream (prompt included); AUC is the
+area under occupancy over the *generated* tokens (steps ``prompt_len .. n-1``), in GB·ktok.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from memento_lens.runtime.config import BlockMaskingConfig, ConfigError, MementoTokenIds
+from memento_lens.runtime.masks import occupancy
+from memento_lens.runtime.schedule import BlockTracker, Schedule, compute_schedule
+from memento_lens.runtime.trace import Trace
+
+KB = 1024
+GB = 1024 ** 3
+KTOK = 1000
+
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "float64": 8,
+                "float8_e4m3fn": 1, "float8_e5m2": 1, "fp8": 1, "int8": 1}
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    """What one cached token costs.
+
+    Attributes:
+        name: preset or config name.
+        layers, kv_heads, head_dim: the attention geometry.
+        dtype_bytes: bytes per cached element (2 for bf16).
+    """
+
+    name: str
+    layers: int
+    kv_heads: int
+    head_dim: int
+    dtype_bytes: int = 2
+
+    @property
+    def bytes_per_token(self) -> int:
+        """2 (K and V) × layers × kv_heads × head_dim × dtype bytes."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
+
+    @classmethod
+    def from_hf_config(cls, config: str | os.PathLike | Mapping[str, Any] | Any, *,
+                       dtype_bytes: int | None = None, name: str | None = None) -> "KVSpec":
+        """From a HF ``config.json`` path (file or model directory), a dict, or a ``PretrainedConfig``.
+
+        ``head_dim`` defaults to hidden_size / num_attention_heads, ``num_key_value_heads`` to
+        num_attention_heads, the dtype to the config's ``torch_dtype``/``dtype`` (bf16 when unset).
+        """
+        where = "config"
+        if isinstance(config, (str, os.PathLike)):
+            path = Path(config)
+            if path.is_dir():
+                path = path / "config.json"
+            where = str(path)
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{path}: cannot read a HF config.json ({exc})") from None
+        elif isinstance(config, Mapping):
+            data = dict(config)
+        else:
+            data = config.to_dict()
+        data = dict(data.get("text_config") or {}, **{k: v for k, v in data.items() if k != "text_config"}) \
+            if "num_hidden_layers" not in data else data
+        try:
+            layers = int(data["num_hidden_layers"])
+            heads = int(data["num_attention_heads"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{where}: needs num_hidden_layers and num_attention_heads") from None
+        kv_heads = int(data.get("num_key_value_heads") or heads)
+        head_dim = data.get("head_dim")
+        if not head_dim:
+            if not data.get("hidden_size"):
+                raise ConfigError(f"{where}: needs head_dim or hidden_size")
+            head_dim = int(data["hidden_size"]) // heads
+        if dtype_bytes is None:
+            dtype = str(data.get("torch_dtype") or data.get("dtype") or "bfloat16").replace("torch.", "")
+            if dtype not in _DTYPE_BYTES:
+                raise ConfigError(f"{where}: unknown dtype {dtype!r}; pass dtype_bytes")
+            dtype_bytes = _DTYPE_BYTES[dtype]
+        return cls(name or str(data.get("_name_or_path") or data.get("model_type") or where), layers, kv_heads,
+                   int(head_dim), int(dtype_bytes))
+
+
+PRESETS: dict[str, KVSpec] = {
+    "qwen3-8b": KVSpec("qwen3-8b", layers=36, kv_heads=8, head_dim=128),          # 144 KB/token
+    "qwen3-32b": KVSpec("qwen3-32b", layers=64, kv_heads=8, head_dim=128),        # 256 KB/token
+    "phi-4-reasoning": KVSpec("phi-4-reasoning", layers=40, kv_heads=10, head_dim=128),  # 200 KB/token
+}
+
+
+def resolve_spec(spec: str | os.PathLike | KVSpec | None) -> KVSpec:
+    """A preset name, a path to a HF config.json (or model dir), or a KVSpec; None = qwen3-8b."""
+    if spec is None:
+        return PRESETS["qwen3-8b"]
+    if isinstance(spec, KVSpec):
+        return spec
+    if str(spec).lower() in PRESETS:
+        return PRESETS[str(spec).lower()]
+    if Path(spec).exists():
+        return KVSpec.from_hf_config(spec)
+    raise ConfigError(f"--model {spec!r}: neither a preset ({', '.join(PRESETS)}) nor a HF config.json path")
+
+
+# -- the schedule, fast ------------------------------------------------------------------------------
+
+def _interesting_ids(tokens: MementoTokenIds, config: BlockMaskingConfig) -> np.ndarray:
+    ids = [tokens.block_start, tokens.block_end, tokens.summary_start, tokens.summary_end]
+    if config.require_assistant_section:
+        ids += [t for t in (tokens.im_start, tokens.assistant) if t is not None]
+    return np.asarray(sorted(set(ids)), dtype=np.int64)
+
+
+def fast_schedule(token_ids: Sequence[int] | np.ndarray, config: BlockMaskingConfig, tokens: MementoTokenIds,
+                  prompt_len: int = 0) -> Schedule:
+    """Exactly :func:`runtime.schedule.compute_schedule`, feeding the tracker only the tokens that can change
+    its state (delimiters, and ChatML markers when the assistant section is required).
+
+    Ordinary tokens only advance the position in :class:`BlockTracker` unless ``max_block_tokens`` counts
+    them, so with a cap the full per-token loop is used. Delimiter positions are found with numpy.
+    """
+    if config.max_block_tokens > 0:
+        return compute_schedule(token_ids, config, tokens, prompt_len=prompt_len)
+    ids = np.asarray(token_ids, dtype=np.int64)
+    tracker = BlockTracker(config, tokens, prompt_len=prompt_len)
+    interesting = _interesting_ids(tokens, tracker.config)
+    events = []
+    for pos in np.flatnonzero(np.isin(ids, interesting)).tolist():
+        tracker.n_seen = pos
+        events.extend(tracker.step(int(ids[pos])))
+    tracker.n_seen = len(ids)
+    events.extend(tracker.finish())
+    return Schedule(tuple(events), tuple(tracker.blocks), tracker.n_seen, prompt_len, tracker.config)
+
+
+# -- accounting --------------------------------------------------------------------------------------
+
+def default_configs(mask_delimiters: bool = False, keep_last_n_blocks: int = 0,
+                    restart: bool = False) -> dict[str, BlockMaskingConfig]:
+    """vanilla and memento (and restart) configs keyed by mode."""
+    out = {"vanilla": BlockMaskingConfig.vanilla(mask_delimiters),
+           "memento": BlockMaskingConfig.from_mode("memento", mask_delimiters, keep_last_n_blocks)}
+    if restart:
+        out["restart"] = BlockMaskingConfig.from_mode("restart", mask_delimiters, keep_last_n_blocks)
+    return out
+
+
+@dataclass(frozen=True)
+class KVCurve:
+    """Occupancy of one trace under one config.
+
+    Attributes:
+        trace: trace id.
+        mode: the label it was accounted under (vanilla / memento / restart or a custom label).
+        tokens: ``[n_tokens]`` tokens held after each step (step = position just processed).
+        prompt_len: steps before this are the prompt.
+        bytes_per_token: from the KVSpec.
+    """
+
+    trace: str
+    mode: str
+    tokens: np.ndarray
+    prompt_len: int
+    bytes_per_token: int
+
+    @property
+    def peak_tokens(self) -> int:
+        return int(self.tokens.max()) if len(self.tokens) else 0
+
+    @property
+    def peak_gb(self) -> float:
+        return self.peak_tokens * self.bytes_per_token / GB
+
+    @property
+    def auc_token_steps(self) -> int:
+        """Σ occupancy over generated steps (tokens × steps)."""
+        return int(self.tokens[self.prompt_len:].sum())
+
+    @property
+    def auc_gb_ktok(self) -> float:
+        return self.auc_token_steps * self.bytes_per_token / GB / KTOK
+
+
+def account_trace(trace: Trace, tokens: MementoTokenIds, configs: Mapping[str, BlockMaskingConfig] | None = None,
+                  spec: KVSpec | str | None = None) -> dict[str, KVCurve]:
+    """Occupancy curves of one trace, one per config label."""
+    spec = resolve_spec(spec)
+    configs = configs or default_configs()
+    ids = np.asarray(trace.token_ids, dtype=np.int64)
+    out = {}
+    for label, cfg in configs.items():
+        sched = fast_schedule(ids, cfg, tokens, prompt_len=trace.prompt_len)
+        out[label] = KVCurve(trace.trace_id, label, occupancy(sched), trace.prompt_len, spec.bytes_per_token)
+    return out
+
+
+def summarize_curves(curves: Iterable[KVCurve]) -> pd.DataFrame:
+    """One row per (trace, mode): n_tokens, prompt_len, peak_tokens, peak_gb, auc_gb_ktok."""
+    rows = [{"trace": c.trace, "mode": c.mode, "n_tokens": len(c.tokens), "prompt_len": c.prompt_len,
+             "peak_tokens": c.peak_tokens, "peak_gb": c.peak_gb, "auc_token_steps": c.auc_token_steps,
+             "auc_gb_ktok": c.auc_gb_ktok} for c in curves]
+    return pd.DataFrame(rows, columns=["trace", "mode", "n_tokens", "prompt_len", "peak_tokens", "peak_gb",
+                                       "auc_token_steps", "auc_gb_ktok"])
+
+
+def kv_summary(traces: Iterable[Trace], tokens: MementoTokenIds,
+               configs: Mapping[str, BlockMaskingConfig] | None = None,
+               spec: KVSpec | str | None = None) -> pd.DataFrame:
+    """Peak and AUC per trace and mode (tidy), see :func:`summarize_curves`."""
+    spec = resolve_spec(spec)
+    curves = [c for t in traces for c in account_trace(t, tokens, configs, spec).values()]
+    return summarize_curves(curves)
+
+
+def reduction_table(summary: pd.DataFrame, baseline: str = "vanilla") -> pd.DataFrame:
+    """Per mode: mean peak/AUC and the reduction factor against ``baseline`` (mean of per-trace ratios)."""
+    base = summary[summary["mode"] == baseline].set_index("trace")
+    rows = []
+    for mode, g in summary.groupby("mode", sort=False):
+        g = g.set_index("trace")
+        common = g.index.intersection(base.index)
+        peak_x = (base.loc[common, "peak_tokens"] / g.loc[common, "peak_tokens"]).mean() if len(common) else np.nan
+        auc_x = (base.loc[common, "auc_token_steps"] / g.loc[common, "auc_token_steps"].where(
+            g.loc[common, "auc_token_steps"] > 0)).mean() if len(common) else np.nan
+        rows.append({"mode": mode, "traces": len(g), "mean_peak_gb": g["peak_gb"].mean(),
+                     "mean_auc_gb_ktok": g["auc_gb_ktok"].mean(),
+                     f"peak_reduction_vs_{baseline}": peak_x, f"auc_reduction_vs_{baseline}": auc_x})
+    return pd.DataFrame(rows)
+
+
+def occupancy_table(curves: Iterable[KVCurve]) -> pd.DataFrame:
+    """The run-directory ``occupancy.parquet`` table: trace, mode, step, tokens, bytes."""
+    parts = []
+    for c in curves:
+        n = len(c.tokens)
+        parts.append(pd.DataFrame({"trace": np.full(n, c.trace, dtype=object), "mode": np.full(n, c.mode, dtype=object),
+                                   "step": np.arange(n, dtype=np.int64), "tokens": c.tokens.astype(np.int64),
+                                   "bytes": c.tokens.astype(np.int64) * c.bytes_per_token}))
+    if not parts:
+        return pd.DataFrame({"trace": pd.Series(dtype=object), "mode": pd.Series(dtype=object),
+                             "step": pd.Series(dtype=np.int64), "tokens": pd.Series(dtype=np.int64),
+                             "bytes": pd.Series(dtype=np.int64)})
+    return pd.concat(parts, ignore_index=True)
+
+
+def curves_from_occupancy(table: pd.DataFrame, prompt_lens: Mapping[str, int], bytes_per_token: int | None = None
+                          ) -> list[KVCurve]:
+    """KVCurves back from an ``occupancy.parquet`` table (bytes/token taken from its ``bytes`` column)."""
+    out = []
+    for (trace, mode), g in table.sort_values("step").groupby(["trace", "mode"], sort=False):
+        toks = g["tokens"].to_numpy(np.int64)
+        bpt = bytes_per_token
+        if bpt is None:
+            nz = toks > 0
+            bpt = int(g["bytes"].to_numpy()[nz][0] // toks[nz][0]) if nz.any() else 0
+        out.append(KVCurve(str(trace), str(mode), toks, int(prompt_lens.get(trace, 0)), bpt))
+    return out

@@ -1,0 +1,70 @@
+"""One colour per role, mode, condition, variant and domain, shared by the figures and the app.
+
+Colours are an Okabe–Ito-derived, colour-blind-safe set; the same key always gets the same colour in
+every figure. Import the dictionaries, or call :func:`color` for a fallback-safe lookup.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+# Token roles (runtime.trace.Role values).
+ROLE_COLORS: dict[str, str] = {
+    "prompt": "#999999",
+    "block": "#0072B2",
+    "delimiter": "#000000",
+    "memento": "#E69F00",
+    "answer": "#009E73",
+}
+
+# Cache modes (BlockMaskingConfig.mode; occupancy.parquet ``mode``).
+MODE_COLORS: dict[str, str] = {
+    "vanilla": "#7F7F7F",
+    "memento": "#D55E00",
+    "restart": "#CC79A7",
+}
+
+# Probe conditions (probe_results.parquet ``condition``).
+CONDITION_COLORS: dict[str, str] = {
+    "direct": "#0072B2",
+    "masked": "#D55E00",
+    "causal_control": "#7F7F7F",
+}
+
+# Memento KV variants (kv/index.parquet and ablations.parquet ``variant``).
+VARIANT_COLORS: dict[str, str] = {
+    "normal": "#0072B2",
+    "restart": "#CC79A7",
+    "evicted_block": "#56B4E9",
+}
+
+# OpenMementos domains.
+DOMAIN_COLORS: dict[str, str] = {
+    "math": "#0072B2",
+    "code": "#009E73",
+    "science": "#E69F00",
+    "all": "#000000",
+}
+
+# Task accuracy next to probe accuracy (toy-leakage) and chance lines.
+TASK_COLOR = "#009E73"
+CHANCE_COLOR = "#BBBBBB"
+
+_FALLBACK = ("#56B4E9", "#F0E442", "#882255", "#44AA99", "#AA4499", "#332288", "#DDCC77", "#117733")
+
+PALETTES: dict[str, Mapping[str, str]] = {
+    "role": ROLE_COLORS, "mode": MODE_COLORS, "condition": CONDITION_COLORS,
+    "variant": VARIANT_COLORS, "domain": DOMAIN_COLORS,
+}
+
+
+def color(kind: str, key: str) -> str:
+    """The colour of ``key`` in palette ``kind`` (role, mode, condition, variant, domain).
+
+    Unknown keys get a stable fallback colour derived from the key's characters (not ``hash()``, which
+    changes between processes), so a new domain or condition keeps its colour across runs.
+    """
+    palette = PALETTES.get(kind, {})
+    if key in palette:
+        return palette[key]
+    return _FALLBACK[sum(map(ord, str(key))) % len(_FALLBACK)]
