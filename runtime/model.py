@@ -1,0 +1,276 @@
+"""Loading models for the runtime: a local HF checkpoint, the shipped toy, or a random model built from a
+config; and adding the memento tokens to a vocabulary that lacks them (initialised as in the paper).
+
+Nothing here touches the network: a model spec is a local path, ``toy`` / ``toy@<checkpoint>``, or
+``random:tiny`` / ``random:bench`` (random Qwen3-architecture models built from a config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import (BLOCK_END, BLOCK_START, MEMENTO_TOKEN_STRINGS, SUMMARY_END, SUMMARY_START, ConfigError,
+                     MementoTokenIds)
+from .hf_paths import ATTN_IMPLEMENTATION_ATTR
+
+# The paper's initialisation words for each new memento token (mean embedding + N(0, 0.01) noise).
+RELATED_WORDS: dict[str, tuple[str, ...]] = {
+    BLOCK_START: ("block", "start", "begin", "section", "step"),
+    BLOCK_END: ("block", "end", "finish", "section", "done"),
+    SUMMARY_START: ("summary", "summarize", "brief", "recap", "overview"),
+    SUMMARY_END: ("summary", "end", "finish", "done", "complete"),
+}
+INIT_NOISE_STD = 0.01
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "auto": None}
+
+
+class ModelLoadError(ConfigError):
+    """The model spec cannot be loaded; the message names the path or spec."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for the runtime.
+
+    Attributes:
+        model: the HF causal LM, in eval mode.
+        tokenizer: its tokenizer (None for random models built without one).
+        tokens: the memento token ids (None when the vocabulary lacks them).
+        name: the spec it was loaded from (recorded in run manifests).
+    """
+
+    model: Any
+    tokenizer: Any
+    tokens: MementoTokenIds | None
+    name: str
+
+    def require_tokens(self) -> MementoTokenIds:
+        if self.tokens is None:
+            if self.tokenizer is None:
+                raise ConfigError(f"model {self.name!r} has no tokenizer, so its memento token ids are unknown")
+            MementoTokenIds.from_tokenizer(self.tokenizer)  # raises MissingMementoTokens naming them
+        assert self.tokens is not None
+        return self.tokens
+
+    @property
+    def eos_token_id(self) -> int | None:
+        tok = getattr(self.tokenizer, "eos_token_id", None)
+        if tok is None:
+            tok = getattr(self.model.generation_config, "eos_token_id", None) if hasattr(
+                self.model, "generation_config") else None
+        if isinstance(tok, (list, tuple)):
+            tok = tok[0] if tok else None
+        return tok
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}") from None
+
+
+def kv_bytes_per_token(model: Any, dtype: torch.dtype | None = None) -> int:
+    """Bytes one token occupies in the KV cache: 2 (K and V) x layers x kv_heads x head_dim x dtype bytes."""
+    cfg = model.config
+    layers = cfg.num_hidden_layers
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    dtype = dtype or next(model.parameters()).dtype
+    return 2 * layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
+
+
+def random_qwen3(*, vocab_size: int = 64, layers: int = 2, hidden: int = 64, mlp: int = 128, heads: int = 4,
+                 kv_heads: int = 2, head_dim: int = 16, max_positions: int = 32768, seed: int = 0,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 attn_implementation: str = "sdpa") -> Any:
+    """A random Qwen3-architecture causal LM built from a config (no network)."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
+                      max_position_embeddings=max_positions, tie_word_embeddings=False)
+    setattr(cfg, ATTN_IMPLEMENTATION_ATTR, attn_implementation)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=dtype).eval()
+
+
+# Random models addressable from the CLI. Token ids: 0 <bos>, 1..4 the memento tokens, 5 <eos>, 6.. words.
+RANDOM_SPECS: dict[str, dict[str, int]] = {
+    "tiny": dict(vocab_size=64, layers=2, hidden=64, mlp=128, heads=4, kv_heads=2, head_dim=16),
+    "bench": dict(vocab_size=256, layers=8, hidden=256, mlp=768, heads=8, kv_heads=4, head_dim=32),
+}
+RANDOM_TOKENS = MementoTokenIds(block_start=1, block_end=2, summary_start=3, summary_end=4)
+RANDOM_EOS = 5
+
+
+def _word_level_tokenizer(vocab: list[str], bos: str, eos: str, pad: str | None = None) -> Any:
+    """A local word-level tokenizer (whitespace split) over ``vocab``; special tokens kept whole."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=vocab[-1]))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    specials = [w for w in vocab if w.startswith("<")]
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token=pad or eos,
+                                   unk_token=vocab[-1])
+    fast.add_special_tokens({"additional_special_tokens": [w for w in specials if w not in (bos, eos, pad)]})
+    return fast
+
+
+def random_tokenizer(vocab_size: int) -> Any:
+    vocab = ["<bos>", *MEMENTO_TOKEN_STRINGS, "<eos>"]
+    vocab += [f"w{i}" for i in range(vocab_size - len(vocab))]
+    return _word_level_tokenizer(vocab, bos="<bos>", eos="<eos>")
+
+
+def load_model(spec: str | Path, *, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
+               attn_implementation: str = "sdpa", seed: int = 0) -> LoadedModel:
+    """Load a model from a spec.
+
+    Args:
+        spec: a local directory with a HF checkpoint; ``toy`` or ``toy@<checkpoint>`` (the shipped toy model,
+            located by ``memento_lens.runtime.toy.shipped.toy_model_dir``); ``random:tiny`` / ``random:bench``
+            (random Qwen3 models built from a config, with a word-level tokenizer).
+        device, dtype: where and in what precision (``None``/``auto``: the checkpoint's dtype).
+        attn_implementation: ``sdpa`` (default) or ``eager``.
+
+    Raises:
+        ModelLoadError: one line naming the missing path or unknown spec.
+    """
+    name = str(spec)
+    tdtype = parse_dtype(dtype)
+    if name.startswith("random:"):
+        kind = name.split(":", 1)[1]
+        if kind not in RANDOM_SPECS:
+            raise ModelLoadError(f"unknown random model {name!r}; known: "
+                                 + ", ".join(f"random:{k}" for k in RANDOM_SPECS))
+        model = random_qwen3(**RANDOM_SPECS[kind], seed=seed, device=device, dtype=tdtype or torch.float32,
+                             attn_implementation=attn_implementation)
+        tok = random_tokenizer(RANDOM_SPECS[kind]["vocab_size"])
+        return LoadedModel(model, tok, RANDOM_TOKENS, name)
+    if name == "toy" or name.startswith("toy@"):
+        path = _toy_dir(name)
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ModelLoadError(f"model path {path} does not exist (give a local HF checkpoint directory, "
+                                 "'toy', or 'random:tiny')")
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype if tdtype is not None else "auto",
+                                                     attn_implementation=attn_implementation,
+                                                     local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: not a loadable HF causal LM ({str(exc).splitlines()[0]})") from None
+    model = model.to(device).eval()
+    tokenizer = _load_tokenizer(path, name)
+    return from_objects(model, tokenizer, name=name)
+
+
+def _toy_dir(spec: str) -> Path:
+    try:
+        from memento_lens.runtime.toy.shipped import toy_model_dir
+    except ImportError:
+        raise ModelLoadError(f"model {spec!r}: the shipped toy model is not available in this install "
+                             "(memento_lens.runtime.toy.shipped is missing); pass --model PATH or random:tiny") from None
+    path = Path(toy_model_dir(spec))
+    if not path.exists():
+        raise ModelLoadError(f"model {spec!r}: toy weights directory {path} does not exist")
+    return path
+
+
+def _load_tokenizer(path: Path, name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        if name == "toy" or name.startswith("toy@"):
+            from .toy.task import VOCAB
+
+            return _word_level_tokenizer(list(VOCAB), bos="<bos>", eos="<eos>", pad="<pad>")
+        return None
+
+
+def from_objects(model: Any, tokenizer: Any = None, *, name: str = "in-memory",
+                 tokens: MementoTokenIds | None = None) -> LoadedModel:
+    """Wrap an in-memory HF model (and tokenizer) for the runtime; memento ids looked up in the tokenizer."""
+    if tokens is None and tokenizer is not None:
+        try:
+            tokens = MementoTokenIds.from_tokenizer(tokenizer)
+        except ConfigError:
+            tokens = None
+    return LoadedModel(model.eval(), tokenizer, tokens, name)
+
+
+@torch.no_grad()
+def add_memento_tokens(model: Any, tokenizer: Any, seed: int = 0) -> MementoTokenIds:
+    """Add the four memento tokens the tokenizer lacks, initialised as in the paper.
+
+    Each new token's input (and, when untied, output) embedding is the mean embedding of related words
+    (:data:`RELATED_WORDS`, each word's sub-tokens included) plus N(0, 0.01) noise.
+
+    Returns:
+        The memento token ids of the extended vocabulary.
+    """
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in MEMENTO_TOKEN_STRINGS if t not in vocab]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False) \
+            if _accepts_replace(tokenizer) else tokenizer.add_tokens(missing, special_tokens=True)
+        old = model.get_input_embeddings().weight.shape[0]
+        need = len(tokenizer)
+        if need > old:
+            model.resize_token_embeddings(need, mean_resizing=False)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        emb_in = model.get_input_embeddings().weight
+        emb_out = model.get_output_embeddings()
+        emb_out = emb_out.weight if emb_out is not None and emb_out.weight is not emb_in else None
+        for tok in missing:
+            tid = tokenizer.convert_tokens_to_ids(tok)
+            related: list[int] = []
+            for word in RELATED_WORDS[tok]:
+                related += [i for i in tokenizer.encode(word, add_special_tokens=False) if i < old]
+            if not related:
+                related = list(range(old))
+            for table in (emb_in, emb_out):
+                if table is None:
+                    continue
+                mean = table[related].float().mean(0)
+                noise = torch.randn(mean.shape, generator=gen) * INIT_NOISE_STD
+                table[tid] = (mean + noise.to(mean.device)).to(table.dtype)
+    return MementoTokenIds.from_tokenizer(tokenizer)
+
+
+def _accepts_replace(tokenizer: Any) -> bool:
+    import inspect
+
+    try:
+        return "replace_extra_special_tokens" in inspect.signature(tokenizer.add_special_tokens).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def model_info(model: Any) -> dict[str, Any]:
+    """Shape facts recorded in run manifests."""
+    cfg = model.config
+    return {"model_type": getattr(cfg, "model_type", "?"), "layers": cfg.num_hidden_layers,
+            "kv_heads": getattr(cfg, "num_key_value_heads", cfg.num_attention_heads),
+            "heads": cfg.num_attention_heads, "vocab_size": cfg.vocab_size,
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "bytes_per_token": kv_bytes_per_token(model)}
+
+
+__all__ = [
+    "LoadedModel", "load_model", "from_objects", "add_memento_tokens", "random_qwen3", "kv_bytes_per_token",
+    "parse_dtype", "ModelLoadError", "RELATED_WORDS", "RANDOM_TOKENS", "RANDOM_EOS"]
