@@ -87,13 +87,15 @@ def domain_stats(blocks: pd.DataFrame) -> pd.DataFrame:
 def blocks_from_tokens_table(tokens: pd.DataFrame, traces: pd.DataFrame | None = None) -> pd.DataFrame:
     """Block statistics (token counts only) from a run directory's ``tokens.parquet``."""
     sub = tokens[tokens["role"].isin([Role.BLOCK.value, Role.MEMENTO.value]) & (tokens["block"] >= 0)]
-    counts = sub.groupby(["trace", "block", "role"]).size().unstack("role", fill_value=0)
-    for r in (Role.BLOCK.value, Role.MEMENTO.value):
-        if r not in counts:
-            counts[r] = 0
-    counts = counts[counts[Role.MEMENTO.value] > 0].reset_index()
+    counts = sub.groupby(["trace", "block", "role"], sort=False).size().unstack("role", fill_value=0)
+    counts = counts.reindex(columns=[Role.BLOCK.value, Role.MEMENTO.value], fill_value=0)
+    counts.columns = ["block_tokens", "memento_tokens"]
+    counts = counts[counts["memento_tokens"] > 0].reset_index()
+    order = {t: i for i, t in enumerate(pd.unique(tokens["trace"]))}  # keep the table's trace order
+    counts = counts.sort_values(["trace", "block"], key=lambda c: c.map(order) if c.name == "trace" else c,
+                                kind="stable")
     df = pd.DataFrame({"trace": counts["trace"].astype(str), "block": counts["block"].astype(int),
-                       "block_tokens": counts[Role.BLOCK.value], "memento_tokens": counts[Role.MEMENTO.value]})
+                       "block_tokens": counts["block_tokens"], "memento_tokens": counts["memento_tokens"]})
     dom = {}
     if traces is not None and "domain" in traces:
         dom = dict(zip(traces["trace"].astype(str), traces["domain"].astype(str)))
