@@ -1,0 +1,299 @@
+"""Plotly figures and HTML snippets for the app's pages (no streamlit, no I/O): data in, figure out.
+
+Colours come from :func:`memento_lens.app.compute.role_colors` so every page uses one colour per role.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .compute import (CHANCE_COLOR, CONDITION_COLORS, EVICTED_COLOR, MASS_CATEGORIES, MODE_COLORS, ROLES,
+                      VARIANT_COLORS, role_colors)
+
+_LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=45), height=360,
+               legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
+
+MASS_COLORS = {"prompt": "prompt", "mementos": "memento", "current block": "block",
+               "other visible blocks": "block", "delimiters": "delimiter", "answer": "answer"}
+
+
+def occupancy_figure(occ: pd.DataFrame, step: int | None = None, events: pd.DataFrame | None = None,
+                     unit: str = "tokens") -> go.Figure:
+    """KV-cache occupancy per generation step, one line per mode (vanilla vs memento overlay)."""
+    fig = go.Figure()
+    for mode, g in occ.groupby("mode", sort=False):
+        y = g[unit].to_numpy()
+        if unit == "bytes":
+            y = y / 2**20
+        fig.add_trace(go.Scatter(x=g["step"].to_numpy(), y=y, mode="lines", name=str(mode),
+                                 line=dict(color=MODE_COLORS.get(str(mode), "#333333"), width=2,
+                                           dash="dot" if mode == "vanilla" else "solid")))
+    if events is not None and len(events):
+        ev = events[events["end"] > events["start"]]
+        if len(ev):
+            mem = occ[occ["mode"] != "vanilla"]
+            yv = mem.set_index("step")[unit].reindex(ev["position"]).to_numpy() if len(mem) else None
+            fig.add_trace(go.Scatter(x=ev["position"].to_numpy(),
+                                     y=(yv / 2**20 if unit == "bytes" else yv) if yv is not None else None,
+                                     mode="markers", name="eviction", marker=dict(symbol="x", size=8,
+                                                                                  color="#D55E00"),
+                                     text=[f"{k}: block {b}, evicted [{s}, {e})" for k, b, s, e in
+                                           zip(ev["kind"], ev["block"], ev["start"], ev["end"])],
+                                     hovertemplate="%{text}<extra></extra>"))
+    if step is not None:
+        fig.add_vline(x=step, line=dict(color="#000000", width=1, dash="dash"),
+                      annotation_text=f"step {step}", annotation_position="top right")
+    fig.update_layout(title="KV cache occupancy (sawtooth)", xaxis_title="generation step (position)",
+                      yaxis_title="MiB in cache" if unit == "bytes" else "tokens in cache", **_LAYOUT)
+    return fig
+
+
+def token_strip_figure(tokens: pd.DataFrame, gone: np.ndarray, step: int) -> go.Figure:
+    """Every position as a coloured cell by role; evicted at ``step`` greyed, future faded."""
+    colors = role_colors()
+    pos = tokens["pos"].to_numpy()
+    fig = go.Figure()
+    for role in ROLES:
+        sel = (tokens["role"].to_numpy() == role) & ~gone
+        if not sel.any():
+            continue
+        fig.add_trace(go.Bar(x=pos[sel], y=np.ones(sel.sum()), name=role, marker_color=colors[role],
+                             marker_opacity=[1.0 if p <= step else 0.25 for p in pos[sel]],
+                             text=tokens["token"].to_numpy()[sel], hovertemplate="%{x}: %{text}<extra>" + role
+                             + "</extra>"))
+    if gone.any():
+        fig.add_trace(go.Bar(x=pos[gone], y=np.ones(gone.sum()), name="evicted", marker_color=EVICTED_COLOR,
+                             marker_pattern=dict(shape="/", fgcolor="#AAAAAA"),
+                             text=tokens["token"].to_numpy()[gone],
+                             hovertemplate="%{x}: %{text}<extra>evicted</extra>"))
+    fig.add_vline(x=step, line=dict(color="#000000", width=1, dash="dash"))
+    fig.update_layout(title=f"Tokens by role at step {step}", barmode="overlay", bargap=0, height=170,
+                      yaxis=dict(visible=False), xaxis_title="position", template="plotly_white",
+                      margin=dict(l=20, r=20, t=40, b=35), showlegend=True,
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
+    return fig
+
+
+def _span(tok: str, role: str, state: str, colors: Mapping[str, str], pos: int) -> str:
+    text = html.escape(tok).replace("\n", "⏎")
+    if state == "gone":
+        style = f"background:{EVICTED_COLOR};color:#888;text-decoration:line-through"
+    else:
+        style = f"background:{colors.get(role, '#ccc')}33;border-bottom:2px solid {colors.get(role, '#ccc')}"
+        if state == "future":
+            style += ";opacity:0.35"
+    return f'<span title="{pos} {role}" style="{style};padding:0 1px;white-space:pre-wrap">{text}</span>'
+
+
+def token_stream_html(tokens: pd.DataFrame, gone: np.ndarray, step: int, max_tokens: int = 4000) -> str:
+    """The trace as coloured text, each memento beside its block; evicted tokens struck through in grey,
+    tokens after ``step`` faded. Long traces show ``max_tokens`` tokens around the step."""
+    colors = role_colors()
+    n = len(tokens)
+    lo = 0 if n <= max_tokens else int(np.clip(step - max_tokens // 2, 0, n - max_tokens))
+    hi = min(n, lo + max_tokens)
+    roles = tokens["role"].to_numpy()
+    blocks = tokens["block"].to_numpy()
+    toks = tokens["token"].astype(str).to_numpy()
+    pos = tokens["pos"].to_numpy()
+
+    def spans(idx: np.ndarray) -> str:
+        return "".join(_span(toks[i], roles[i], "gone" if gone[i] else ("future" if pos[i] > step else "now"),
+                             colors, int(pos[i])) for i in idx)
+
+    window = np.arange(lo, hi)
+    in_block = (blocks[window] >= 0) & (roles[window] != "prompt") & (roles[window] != "answer")
+    parts = []
+    if lo > 0:
+        parts.append(f"<p style='color:#888'>… {lo} earlier tokens not shown …</p>")
+    head = window[~in_block & (window < (window[in_block][0] if in_block.any() else hi))]
+    if len(head):
+        parts.append(f"<div style='margin:4px 0'><b>prompt</b><br>{spans(head)}</div>")
+    if in_block.any():
+        rows = []
+        for b in pd.unique(blocks[window][in_block]):
+            idx = window[(blocks[window] == b) & in_block]
+            is_mem = np.isin(roles[idx], ["memento"])
+            first_mem = np.argmax(is_mem) if is_mem.any() else len(idx)
+            # block part: everything before the memento's <|summary_start|>
+            split = first_mem - 1 if first_mem > 0 and is_mem.any() else len(idx)
+            rows.append(f"<tr><td style='vertical-align:top;color:#666'>{int(b)}</td>"
+                        f"<td style='vertical-align:top'>{spans(idx[:split])}</td>"
+                        f"<td style='vertical-align:top'>{spans(idx[split:])}</td></tr>")
+        parts.append("<table style='width:100%;border-collapse:collapse;font-family:monospace;font-size:13px'>"
+                     "<tr><th style='text-align:left'>#</th><th style='text-align:left'>block</th>"
+                     "<th style='text-align:left'>memento</th></tr>" + "".join(rows) + "</table>")
+    tail = window[~in_block & (window > (window[in_block][-1] if in_block.any() else hi))]
+    if len(tail):
+        parts.append(f"<div style='margin:4px 0'><b>answer</b><br>{spans(tail)}</div>")
+    if hi < n:
+        parts.append(f"<p style='color:#888'>… {n - hi} later tokens not shown …</p>")
+    legend = " ".join(_span(r, r, "now", colors, -1) for r in ROLES) + " " + _span("evicted", "", "gone", colors, -1)
+    return f"<div style='font-family:monospace;font-size:13px;line-height:1.7'>{legend}{''.join(parts)}</div>"
+
+
+def attention_figure(rows: Mapping[str, np.ndarray | None], roles: np.ndarray, visible: np.ndarray,
+                     query_pos: int, head_label: str) -> go.Figure:
+    """Attention of one query over positions, one panel per variant (normal | restart) side by side.
+
+    ``rows[variant]`` is ``[n_keys]`` (or None when not captured). Evicted positions are shown as grey
+    markers at 0.
+    """
+    colors = role_colors()
+    variants = list(rows)
+    fig = make_subplots(rows=1, cols=len(variants), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=[f"{v}" + ("" if rows[v] is not None else " (not captured)")
+                                        for v in variants])
+    n = len(roles)
+    pos = np.arange(n)
+    upto = pos <= query_pos
+    shown_roles: set[str] = set()
+    for c, v in enumerate(variants, start=1):
+        w = rows[v]
+        if w is None:
+            continue
+        row = np.zeros(n)
+        row[: min(n, len(w))] = w[:n]
+        for role in ROLES:
+            sel = (roles == role) & visible & upto
+            if not sel.any():
+                continue
+            fig.add_trace(go.Bar(x=pos[sel], y=row[sel], name=role, marker_color=colors[role],
+                                 legendgroup=role, showlegend=role not in shown_roles,
+                                 hovertemplate="pos %{x}: %{y:.3f}<extra>" + role + "</extra>"), row=1, col=c)
+            shown_roles.add(role)
+        ev = ~visible & upto
+        if ev.any():
+            fig.add_trace(go.Scatter(x=pos[ev], y=np.zeros(ev.sum()), mode="markers", name="evicted",
+                                     marker=dict(color="#888888", symbol="line-ns-open", size=8),
+                                     legendgroup="evicted", showlegend="evicted" not in shown_roles,
+                                     hovertemplate="pos %{x}: evicted<extra></extra>"), row=1, col=c)
+            shown_roles.add("evicted")
+        fig.add_vline(x=query_pos, line=dict(color="#000", width=1, dash="dash"), row=1, col=c)
+    fig.update_layout(title=f"Attention of query {query_pos} ({head_label}) over visible positions",
+                      barmode="overlay", bargap=0, **_LAYOUT)
+    fig.update_xaxes(title_text="key position")
+    fig.update_yaxes(title_text="attention weight", row=1, col=1)
+    return fig
+
+
+def mass_figure(masses: Mapping[str, Mapping[str, float]]) -> go.Figure:
+    """Attention mass by role category, grouped bars per variant."""
+    fig = go.Figure()
+    cats = [c for c in MASS_CATEGORIES if any(m.get(c, 0) > 0 for m in masses.values()) or c != "evicted"]
+    for v, m in masses.items():
+        fig.add_trace(go.Bar(x=cats, y=[m.get(c, 0.0) for c in cats], name=v,
+                             marker_color=VARIANT_COLORS.get(v, "#333"),
+                             hovertemplate="%{x}: %{y:.3f}<extra>" + v + "</extra>"))
+    fig.update_layout(title="Attention mass by role", barmode="group", yaxis_title="mass", **_LAYOUT)
+    return fig
+
+
+def residue_heatmap(table: pd.DataFrame, metric: str) -> go.Figure:
+    """Heatmap of ``metric`` with one row per memento (block) and one column per (layer, head).
+
+    ``table`` has columns block, layer, head and ``metric``.
+    """
+    pivot = table.pivot_table(index="block", columns=["layer", "head"], values=metric, aggfunc="mean")
+    cols = [f"L{l}·H{h}" for l, h in pivot.columns]
+    label = {"rel_l2": "relative L2 ‖normal−restart‖/‖normal‖", "cosine": "cosine(normal, restart)"}[metric]
+    fig = go.Figure(go.Heatmap(z=pivot.to_numpy(), x=cols, y=[f"memento {int(b)}" for b in pivot.index],
+                               colorscale="Viridis" if metric == "rel_l2" else "RdBu",
+                               colorbar=dict(title=metric),
+                               hovertemplate="%{y}, %{x}: %{z:.4f}<extra></extra>"))
+    fig.update_layout(title=f"Erased-block residue: {label}", xaxis_title="layer · head",
+                      yaxis=dict(autorange="reversed"), **{**_LAYOUT, "height": max(300, 60 + 28 * len(pivot))})
+    return fig
+
+
+def residue_positions_figure(labels: list[str], values: np.ndarray, title: str) -> go.Figure:
+    """Bar per memento token (``labels`` like ``"23: sum"``) of its relative L2 residue."""
+    fig = go.Figure(go.Bar(x=labels, y=values,
+                           marker_color=role_colors()["memento"]))
+    fig.update_layout(title=title, yaxis_title="relative L2", **_LAYOUT)
+    return fig
+
+
+def _band(fig: go.Figure, x, lo, hi, color: str, name: str, row=None, col=None) -> None:
+    kw = {} if row is None else dict(row=row, col=col)
+    fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo)[::-1], fill="toself",
+                             fillcolor=color, opacity=0.18, line=dict(width=0), hoverinfo="skip",
+                             showlegend=False, legendgroup=name), **kw)
+
+
+_SERIES = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+
+
+def _series_color(name: str, palette: Mapping[str, str] | None, i: int) -> str:
+    if palette and name in palette:
+        return palette[name]
+    return _SERIES[i % len(_SERIES)]
+
+
+def probe_figure(df: pd.DataFrame, x: str, chance: float | None,
+                 palette: Mapping[str, str] | None = CONDITION_COLORS) -> go.Figure:
+    """Probe accuracy against ``x`` (layer, distance or checkpoint), one line per condition, 95% CI band,
+    chance line. Rows with the same (condition, x) are averaged (e.g. over seeds)."""
+    g = df.groupby(["condition", x], sort=True)[["accuracy", "ci_low", "ci_high"]].mean().reset_index()
+    fig = go.Figure()
+    for i, (cond, sub) in enumerate(g.groupby("condition", sort=False)):
+        color = _series_color(str(cond), palette, i)
+        _band(fig, sub[x], sub["ci_low"], sub["ci_high"], color, str(cond))
+        fig.add_trace(go.Scatter(x=sub[x].tolist(), y=sub["accuracy"].tolist(), mode="lines+markers",
+                                 name=str(cond), legendgroup=str(cond), line=dict(color=color),
+                                 error_y=dict(type="data", symmetric=False,
+                                              array=(sub["ci_high"] - sub["accuracy"]).tolist(),
+                                              arrayminus=(sub["accuracy"] - sub["ci_low"]).tolist(),
+                                              thickness=1)))
+    if chance is not None:
+        fig.add_hline(y=chance, line=dict(color=CHANCE_COLOR, dash="dot", width=2), annotation_text=f"chance {chance:.2f}",
+                      annotation_position="bottom right")
+    fig.update_layout(title=f"Probe accuracy by {x} (95% CI)", xaxis_title=x, yaxis_title="accuracy",
+                      yaxis_range=[0, 1.02], **_LAYOUT)
+    if x != "checkpoint":
+        fig.update_xaxes(dtick=1)
+    return fig
+
+
+def ablation_figure(df: pd.DataFrame, metric: str) -> go.Figure:
+    """Ablation / patching curves: ``metric`` value by layer, one line per (experiment, variant, direction);
+    ``layer = -1`` (all layers) is drawn as a horizontal reference line."""
+    d = df[df["metric"] == metric]
+    fig = go.Figure()
+    label_cols = [c for c in ("experiment", "variant", "direction") if c in d.columns]
+    for i, (key, sub) in enumerate(d.groupby(label_cols, sort=False)):
+        name = " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if str(k) not in ("", "none"))
+        color = _SERIES[i % len(_SERIES)]
+        per = sub[sub["layer"] >= 0].groupby("layer")[["value", "ci_low", "ci_high"]].mean().reset_index()
+        if len(per):
+            _band(fig, per["layer"], per["ci_low"], per["ci_high"], color, name)
+            fig.add_trace(go.Scatter(x=per["layer"].tolist(), y=per["value"].tolist(), mode="lines+markers",
+                                     name=name, legendgroup=name, line=dict(color=color)))
+        all_l = sub[sub["layer"] < 0]
+        if len(all_l):
+            fig.add_hline(y=float(all_l["value"].mean()), line=dict(color=color, dash="dash"),
+                          annotation_text=f"{name}: all layers", annotation_position="top left")
+    fig.update_layout(title=f"Restart ablation and patching: {metric}", xaxis_title="layer",
+                      yaxis_title=metric, **_LAYOUT)
+    fig.update_xaxes(dtick=1)
+    return fig
+
+
+def run_sizes_figure(sizes: pd.DataFrame) -> go.Figure:
+    """Stacked bars: MB per file category (kv, attention, tables, figures, other) for each run.
+
+    ``sizes`` has columns run, category, mb.
+    """
+    fig = go.Figure()
+    for i, (cat, g) in enumerate(sizes.groupby("category", sort=False)):
+        fig.add_trace(go.Bar(x=g["run"].tolist(), y=g["mb"].tolist(), name=str(cat),
+                             marker_color=_SERIES[i % len(_SERIES)]))
+    fig.update_layout(title="Run sizes on disk", barmode="stack", yaxis_title="MB", **_LAYOUT)
+    return fig
+

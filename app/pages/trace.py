@@ -1,0 +1,35 @@
+"""Trace explorer: the token stream by role, each memento beside its block, a generation-step slider
+that greys out what has been evicted at that step, and the linked KV-occupancy sawtooth."""
+
+import streamlit as st
+
+from memento_lens.app import charts, compute, state
+
+st.title("Trace explorer")
+rd = state.run_or_stop()
+trace = state.trace_or_stop(rd)
+with state.shown_errors():
+    toks = state.tokens(*state.key(rd), trace)
+    ev = state.events(*state.key(rd), trace)
+    n = len(toks)
+    step = st.slider("Generation step (position of the token being processed)", 0, n - 1, n - 1,
+                     key=f"step::{trace}",
+                     help="A block evicted by an event at position p is gone for every step ≥ p.")
+    gone = compute.evicted_at_step(n, ev["start"], ev["end"], ev["position"], step)
+    fired = ev[(ev["position"] <= step) & (ev["end"] > ev["start"])]
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Tokens in cache at this step", int(((toks["pos"] <= step).to_numpy() & ~gone).sum()))
+    c2.metric("Evicted so far", int(gone.sum()), help=f"{len(fired)} eviction event(s) fired")
+    c3.metric("Tokens generated", max(0, step + 1 - int(toks["role"].eq("prompt").sum())))
+
+    st.plotly_chart(charts.token_strip_figure(toks, gone, step), key="strip", width="stretch")
+    if rd.has("occupancy.parquet"):
+        occ = state.occupancy(*state.key(rd), trace)
+        unit = st.radio("Occupancy unit", ["tokens", "bytes"], horizontal=True, key="occ_unit")
+        st.plotly_chart(charts.occupancy_figure(occ, step, ev, unit=unit), key="occupancy", width="stretch")
+    else:
+        st.error(f"{rd.path / 'occupancy.parquet'}: missing; this run has no KV occupancy table")
+    st.subheader("Token stream")
+    st.caption("Prompt, then each block with its memento beside it, then the answer. Grey struck-through "
+               "tokens are evicted at the selected step; faded ones come after it.")
+    st.html(charts.token_stream_html(toks, gone, step))
