@@ -1,0 +1,198 @@
+"""The paper figures, one module each, and :func:`render_figures` to write them.
+
+Each figure writes ``<name>.csv`` (exactly the plotted numbers), ``<name>.html`` (interactive plotly,
+self-contained so it opens offline), ``<name>.md`` (tables) and ``<name>.png`` (static, through kaleido
+and a local chromium; one browser for the whole batch). Figures whose inputs are absent are skipped with
+the reason in the :class:`FigureReport`; PNG export is skipped, with the reason, when chromium is
+missing. Rendering is idempotent: the same inputs give byte-identical CSV, Markdown and HTML.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from memento_lens.runtime.config import ConfigError
+from memento_lens.runtime.store import MANIFEST, RunStore, atomic_write_bytes
+from memento_lens.runtime.trace import Trace
+
+from ..kv import KVSpec, resolve_spec
+from .base import Figure, FigureInputs, MissingInputs
+from .compression_cdf import CompressionCDF
+from .kv_sawtooth import KVSawtooth
+from .probe_conditions import ProbeConditions
+from .restart_ablation import RestartAblation
+from .toy_leakage import ToyLeakage
+
+REGISTRY: dict[str, Figure] = {f.name: f for f in (KVSawtooth(), CompressionCDF(), ProbeConditions(), ToyLeakage(),
+                                                   RestartAblation())}
+PNG_SIZE = dict(width=960, height=540, scale=2)
+
+
+@dataclass
+class FigureOutput:
+    name: str
+    files: list[str]
+    rows: int
+
+
+@dataclass
+class FigureReport:
+    """What :func:`render_figures` did.
+
+    Attributes:
+        out_dir: where files went.
+        rendered: figures written, with their files.
+        skipped: ``{name: reason}`` for figures whose inputs are absent (or that failed to plot).
+        png_skipped: why PNGs were not written (None when they were).
+    """
+
+    out_dir: str
+    rendered: list[FigureOutput] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    png_skipped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out_dir": self.out_dir, "rendered": [vars(r) for r in self.rendered], "skipped": self.skipped,
+                "png_skipped": self.png_skipped}
+
+
+def resolve_names(names: Iterable[str] | None) -> list[str]:
+    names = list(names or ["all"])
+    if "all" in names:
+        return list(REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ConfigError(f"unknown figure(s) {', '.join(unknown)}; known: all, {', '.join(REGISTRY)}")
+    return list(dict.fromkeys(names))
+
+
+def chromium_path() -> str | None:
+    """The browser kaleido will drive: $BROWSER_PATH, or chromium / google-chrome on PATH."""
+    env = os.environ.get("BROWSER_PATH")
+    if env and Path(env).exists():
+        return env
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        hit = shutil.which(name)
+        if hit:
+            return hit
+    return None
+
+
+@contextlib.contextmanager
+def png_exporter(enabled: bool = True) -> Iterator[tuple[Any, str | None]]:
+    """Yield ``(to_png(fig) -> bytes | None, reason_if_disabled)``; one kaleido browser for the batch."""
+    if not enabled:
+        yield (lambda fig: None), "PNG export disabled (--no-png)"
+        return
+    browser = chromium_path()
+    if browser is None:
+        yield (lambda fig: None), ("chromium not found: PNG export skipped (install it with `make browser` or "
+                                   "`apt-get install chromium`); HTML, CSV and Markdown were written")
+        return
+    try:
+        import kaleido
+    except ImportError:
+        yield (lambda fig: None), "kaleido not installed (pip install 'memento-lens[app]'): PNG export skipped"
+        return
+    os.environ.setdefault("BROWSER_PATH", browser)
+    started = False
+    try:
+        kaleido.start_sync_server()
+        started = True
+    except Exception:  # already running (another batch in this process) is fine
+        pass
+    def to_png(fig) -> bytes:
+        import warnings
+
+        with warnings.catch_warnings():  # plotly warns that kaleido options are ignored with a server
+            warnings.simplefilter("ignore", UserWarning)
+            return fig.to_image(format="png", **PNG_SIZE)
+
+    try:
+        yield to_png, None
+    finally:
+        if started:
+            with contextlib.suppress(Exception):
+                kaleido.stop_sync_server()
+
+
+def _writer_for(out_dir: Path):
+    """Plain atomic writes, or through the run's store (recorded in its manifest) when ``out_dir`` is a
+    run directory's ``figures/``."""
+    if out_dir.name == "figures" and (out_dir.parent / MANIFEST).exists():
+        store = RunStore.open(out_dir.parent, verify=False)
+
+        def write(name: str, data: bytes) -> str:
+            store.add_file(f"figures/{name}", lambda tmp: Path(tmp).write_bytes(data))
+            return str(out_dir / name)
+        return write
+
+    def write_plain(name: str, data: bytes) -> str:
+        atomic_write_bytes(out_dir / name, data)
+        return str(out_dir / name)
+    return write_plain
+
+
+def render_figures(names: Iterable[str] | None = None, *, runs: Sequence[str | os.PathLike | RunStore] = (),
+                   traces: Sequence[str | os.PathLike | Trace] = (), out_dir: str | os.PathLike,
+                   tokenizer: Any = "approx", spec: str | KVSpec | None = None, trace_id: str | None = None,
+                   png: bool = True) -> FigureReport:
+    """Render figures (``None``/``["all"]`` = every one) from run directories and/or trace files.
+
+    Args:
+        runs: run directories (paths or opened stores).
+        traces: trace files (ingested with ``tokenizer``; malformed rows skipped) or Trace objects
+            (whose ids must come from ``tokenizer``).
+        out_dir: where ``<name>.{csv,html,md,png}`` go; a run's ``figures/`` is recorded in its manifest.
+        spec: KV bytes per token (preset name, HF config path or KVSpec; default qwen3-8b).
+        trace_id: the trace kv-sawtooth shows (default: the first).
+        png: also write PNGs (needs chromium).
+    """
+    from ..ingest import ingest_files
+    from ..tokenization import load_tokenizer
+
+    wanted = resolve_names(names)
+    stores = [r if isinstance(r, RunStore) else RunStore.open(r, verify=False) for r in runs]
+    tok = load_tokenizer(tokenizer)
+    objs = [t for t in traces if isinstance(t, Trace)]
+    paths = [t for t in traces if not isinstance(t, Trace)]
+    if paths:
+        objs += ingest_files(paths, tok).traces
+    inputs = FigureInputs(runs=stores, traces=objs, token_ids=tok.ids, spec=resolve_spec(spec), trace_id=trace_id)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write = _writer_for(out)
+    report = FigureReport(out_dir=str(out))
+    prepared = []
+    for name in wanted:
+        fig = REGISTRY[name]
+        try:
+            df = fig.data(inputs)
+        except MissingInputs as exc:
+            report.skipped[name] = str(exc)
+            continue
+        prepared.append((fig, df, fig.plot(df)))
+    with png_exporter(png and bool(prepared)) as (to_png, reason):
+        report.png_skipped = reason if prepared else None
+        for fig, df, pfig in prepared:
+            files = [write(f"{fig.name}.csv", df.to_csv(index=False, lineterminator="\n").encode()),
+                     write(f"{fig.name}.md", fig.markdown(df).encode()),
+                     write(f"{fig.name}.html", pfig.to_html(include_plotlyjs=True, full_html=True,
+                                                            div_id=f"memento-lens-{fig.name}").encode())]
+            if reason is None:
+                try:
+                    files.append(write(f"{fig.name}.png", to_png(pfig)))
+                except Exception as exc:  # a browser failure must not lose the other outputs
+                    report.png_skipped = f"PNG export failed ({type(exc).__name__}: {exc})"
+                    reason = report.png_skipped
+            report.rendered.append(FigureOutput(fig.name, files, len(df)))
+    return report
+
+
+__all__ = ["REGISTRY", "Figure", "FigureInputs", "FigureOutput", "FigureReport", "MissingInputs", "render_figures",
+           "resolve_names", "chromium_path"]

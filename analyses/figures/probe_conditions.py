@@ -1,0 +1,79 @@
+"""probe-conditions (paper Fig. 10 / Table 4): passcode probe accuracy by layer, direct / masked /
+causal control, with confidence intervals and the chance line."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..palette import CHANCE_COLOR, color
+from .base import PASSCODE_CHANCE, Figure, FigureInputs, MissingInputs, checkpoint_order, md_table, mean_over_seeds
+
+CONDITIONS = ("direct", "masked", "causal_control")
+NEEDS = "needs probe_results.parquet in a --run directory (written by the probes); trace files alone carry none"
+
+
+def select_rows(pr: pd.DataFrame, conditions=CONDITIONS) -> pd.DataFrame:
+    """The rows a by-layer plot uses: all-head probes, each model's last checkpoint, and per (model,
+    condition) the distance nearest the target block (masked +1 = the paper's M3)."""
+    pr = pr[pr["condition"].isin(conditions)]
+    if "head" in pr and (pr["head"] == -1).any():
+        pr = pr[pr["head"] == -1]
+    parts = []
+    for (model, cond), g in pr.groupby(["model", "condition"], sort=False):
+        last = checkpoint_order(g["checkpoint"])[-1]
+        g = g[g["checkpoint"].astype(str) == last]
+        d = min(g["distance"].unique(), key=lambda x: (abs(x), x < 0))
+        parts.append(g[g["distance"] == d])
+    return pd.concat(parts, ignore_index=True) if parts else pr.iloc[:0]
+
+
+class ProbeConditions(Figure):
+    name = "probe-conditions"
+    title = "Passcode probe accuracy by layer"
+    paper = ("Memento paper Fig. 10 / Table 4: direct = memento that saw the block, masked = the next memento "
+             "(block already evicted), causal control = the memento before the block. Mean over seeds; chance "
+             f"= {PASSCODE_CHANCE:.0%} (one of 10 digits).")
+
+    def data(self, inputs: FigureInputs) -> pd.DataFrame:
+        pr = inputs.table("probe_results.parquet")
+        if pr is None or pr.empty:
+            raise MissingInputs(NEEDS)
+        rows = select_rows(pr)
+        if rows.empty:
+            raise MissingInputs("probe_results.parquet has no direct/masked/causal_control rows")
+        out = mean_over_seeds(rows, ["model", "checkpoint", "probe", "condition", "distance", "layer"])
+        out["condition"] = pd.Categorical(out["condition"], CONDITIONS)
+        out = out.sort_values(["model", "probe", "condition", "layer"]).reset_index(drop=True)
+        out["condition"] = out["condition"].astype(str)
+        out["chance"] = PASSCODE_CHANCE
+        return out
+
+    def plot(self, df: pd.DataFrame):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        models = list(dict.fromkeys(df["model"]))
+        fig = make_subplots(rows=1, cols=len(models), subplot_titles=[str(m) for m in models], shared_yaxes=True)
+        dashes = {p: d for p, d in zip(dict.fromkeys(df["probe"]), ("solid", "dash", "dot", "dashdot"))}
+        for i, model in enumerate(models, start=1):
+            for (probe, cond), g in df[df["model"] == model].groupby(["probe", "condition"], sort=False):
+                err = None
+                if "ci_low" in g and g["ci_low"].notna().all():
+                    err = dict(type="data", symmetric=False, array=g["ci_high"] - g["accuracy"],
+                               arrayminus=g["accuracy"] - g["ci_low"])
+                fig.add_trace(go.Scatter(x=g["layer"], y=g["accuracy"], error_y=err, mode="lines+markers",
+                                         name=f"{cond} ({probe})", legendgroup=f"{cond}{probe}", showlegend=i == 1,
+                                         line=dict(color=color("condition", cond), dash=dashes[probe])), 1, i)
+            fig.add_hline(y=PASSCODE_CHANCE, line=dict(color=CHANCE_COLOR, dash="dash"), row=1, col=i,
+                          annotation_text="chance" if i == 1 else None)
+            fig.update_xaxes(title_text="layer", row=1, col=i)
+        fig.update_yaxes(title_text="probe accuracy (mean over 5 digits)", range=[0, 1], row=1, col=1)
+        fig.update_layout(title=self.title, template="plotly_white")
+        return fig
+
+    def markdown(self, df: pd.DataFrame) -> str:
+        t = df.assign(accuracy=df["accuracy"] * 100).pivot_table(
+            index=["model", "probe", "condition"], columns="layer", values="accuracy", sort=False)
+        t.columns = [f"layer {c}" for c in t.columns]
+        return (f"## {self.title} (accuracy, %)\n\n{self.paper}\n\n{md_table(t.reset_index())}\n\n"
+                f"### Plotted values\n\n{md_table(df)}\n")
