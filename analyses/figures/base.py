@@ -99,6 +99,18 @@ def checkpoint_order(values: Sequence[Any]) -> list[str]:
     return sorted({str(v) for v in values}, key=key)
 
 
+def normalize_models(df: pd.DataFrame) -> pd.DataFrame:
+    """``toy@step-100`` → model ``toy``, checkpoint ``step-100`` (when the checkpoint column is empty), so one
+    model's checkpoints group together."""
+    model = df["model"].astype(str)
+    split = model.str.split("@", n=1)
+    base = split.str[0]
+    suffix = split.map(lambda parts: parts[1] if len(parts) > 1 else "")
+    ck = df["checkpoint"].astype(str).fillna("") if "checkpoint" in df else pd.Series("", index=df.index)
+    ck = ck.where(~ck.isin(["", "nan", "None", "<NA>"]), suffix)
+    return df.assign(model=base, checkpoint=ck)
+
+
 def mean_over_seeds(df: pd.DataFrame, by: list[str], value: str = "accuracy") -> pd.DataFrame:
     """Mean accuracy and mean CI bounds over seeds (and any other unlisted column), with the count."""
     cols = {value: (value, "mean"), "n_seeds": (value, "size")}

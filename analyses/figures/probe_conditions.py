@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ..palette import CHANCE_COLOR, color
-from .base import PASSCODE_CHANCE, Figure, FigureInputs, MissingInputs, checkpoint_order, md_table, mean_over_seeds
+from .base import (PASSCODE_CHANCE, Figure, FigureInputs, MissingInputs, checkpoint_order, md_table,
+                   mean_over_seeds, normalize_models)
 
 CONDITIONS = ("direct", "masked", "causal_control")
 NEEDS = "needs probe_results.parquet in a --run directory (written by the probes); trace files alone carry none"
@@ -38,6 +39,7 @@ class ProbeConditions(Figure):
         pr = inputs.table("probe_results.parquet")
         if pr is None or pr.empty:
             raise MissingInputs(NEEDS)
+        pr = normalize_models(pr)
         rows = select_rows(pr)
         if rows.empty:
             raise MissingInputs("probe_results.parquet has no direct/masked/causal_control rows")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 
 from ..palette import CHANCE_COLOR, TASK_COLOR, color
-from .base import PASSCODE_CHANCE, Figure, FigureInputs, MissingInputs, checkpoint_order, md_table, mean_over_seeds
+from .base import (PASSCODE_CHANCE, Figure, FigureInputs, MissingInputs, checkpoint_order, md_table,
+                   mean_over_seeds, normalize_models)
 from .probe_conditions import NEEDS
 
 PANELS = ("by_layer", "by_distance", "by_checkpoint")
@@ -24,6 +25,7 @@ class ToyLeakage(Figure):
         pr = inputs.table("probe_results.parquet")
         if pr is None or pr.empty:
             raise MissingInputs(NEEDS)
+        pr = normalize_models(pr)
         pr = pr[pr["condition"] == "masked"]
         if "head" in pr and (pr["head"] == -1).any():
             pr = pr[pr["head"] == -1]
