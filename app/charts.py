@@ -186,7 +186,8 @@ def attention_figure(rows: Mapping[str, np.ndarray | None], roles: np.ndarray, v
 def mass_figure(masses: Mapping[str, Mapping[str, float]]) -> go.Figure:
     """Attention mass by role category, grouped bars per variant."""
     fig = go.Figure()
-    cats = [c for c in MASS_CATEGORIES if any(m.get(c, 0) > 0 for m in masses.values()) or c != "evicted"]
+    cats = [c for c in MASS_CATEGORIES
+            if c not in ("evicted", "future") or any(m.get(c, 0) > 0 for m in masses.values())]
     for v, m in masses.items():
         fig.add_trace(go.Bar(x=cats, y=[m.get(c, 0.0) for c in cats], name=v,
                              marker_color=VARIANT_COLORS.get(v, "#333"),

@@ -24,7 +24,7 @@ EVICTED_COLOR = "#E8E8E8"
 
 # Attention-mass categories (display order).
 MASS_CATEGORIES: tuple[str, ...] = ("prompt", "mementos", "current block", "other visible blocks",
-                                    "delimiters", "answer", "evicted")
+                                    "delimiters", "answer", "evicted", "future")
 
 
 def role_colors() -> dict[str, str]:
@@ -64,7 +64,8 @@ def mass_categories(roles: Sequence[str], blocks: Sequence[int], query_pos: int,
 
     ``current block`` is the block content of the block the query sits in (the query's block index
     when it is a block/delimiter/memento token), ``other visible blocks`` block content of any other
-    block still in the cache; evicted (or future) positions are ``evicted``.
+    block still in the cache; positions not visible are ``evicted`` (at or before the query) or ``future``
+    (after it).
 
     Returns:
         ``[n_keys]`` object array of :data:`MASS_CATEGORIES` values.
@@ -80,7 +81,10 @@ def mass_categories(roles: Sequence[str], blocks: Sequence[int], query_pos: int,
     is_block = roles == "block"
     cat[is_block & (blocks == cur) & (cur >= 0)] = "current block"
     cat[is_block & ~((blocks == cur) & (cur >= 0))] = "other visible blocks"
-    cat[~np.asarray(visible, dtype=bool)] = "evicted"
+    hidden = ~np.asarray(visible, dtype=bool)
+    after = np.arange(len(roles)) > query_pos
+    cat[hidden & ~after] = "evicted"
+    cat[hidden & after] = "future"
     cat[cat == None] = "delimiters"  # noqa: E711  (unknown roles count as structure)
     return cat
 
@@ -97,8 +101,8 @@ def attention_mass_by_role(weights: np.ndarray | torch.Tensor, roles: Sequence[s
         visible: ``[n_tokens]`` bool from :func:`visible_at_step`.
 
     Returns:
-        ``{category: mass}`` for every :data:`MASS_CATEGORIES` entry (``evicted`` should be ~0 for a
-        correctly masked capture; a non-zero value flags a leak).
+        ``{category: mass}`` for every :data:`MASS_CATEGORIES` entry (``evicted`` and ``future`` should
+        be ~0 for a correctly masked capture; a non-zero value flags a leak).
     """
     w = torch.as_tensor(weights).detach().to(torch.float64).cpu().numpy()
     if w.ndim == 2:

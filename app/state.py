@@ -178,14 +178,22 @@ def shown_errors() -> Iterator[None]:
 
 # -- pickers --------------------------------------------------------------------------------------
 def sticky(widget: Callable[..., Any], label: str, options: Sequence[Any], key: str, **kw: Any) -> Any:
-    """A selectbox-like widget whose choice survives page switches (kept under ``_keep_<key>``)."""
+    """A selectbox-like widget whose choice survives page switches (kept under ``_keep_<key>``).
+
+    Streamlit forgets a widget's state when another page is shown; the choice is copied to a plain
+    session key by the widget's ``on_change`` callback and restored before the widget is built.
+    """
     options = list(options)
     keep = f"_keep_{key}"
-    if key in st.session_state and st.session_state[key] not in options:
-        del st.session_state[key]
-    if key not in st.session_state and st.session_state.get(keep) in options:
+    if keep in st.session_state and st.session_state[keep] in options:
         st.session_state[key] = st.session_state[keep]
-    value = widget(label, options, key=key, **kw)
+    elif key in st.session_state and st.session_state[key] not in options:
+        del st.session_state[key]
+
+    def remember() -> None:
+        st.session_state[keep] = st.session_state[key]
+
+    value = widget(label, options, key=key, on_change=remember, **kw)
     st.session_state[keep] = value
     return value
 

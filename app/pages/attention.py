@@ -43,9 +43,9 @@ with state.shown_errors():
     masses = {v: compute.attention_mass_by_role(w, roles, blocks, q, visible)
               for v, w in picked.items() if w is not None}
     st.plotly_chart(charts.mass_figure(masses), key="mass", width="stretch")
-    leak = {v: m["evicted"] for v, m in masses.items() if m["evicted"] > 1e-4}
+    leak = {v: m["evicted"] + m["future"] for v, m in masses.items() if m["evicted"] + m["future"] > 1e-4}
     if leak:
-        st.warning("Attention mass on evicted positions (should be 0 — a masking leak?): "
+        st.warning("Attention mass on evicted or future positions (should be 0 — a masking leak?): "
                    + ", ".join(f"{v}: {m:.4f}" for v, m in leak.items()))
     if rows.get("restart") is None:
         st.info("No restart-variant attention captured for this query; only the normal panel is filled.")

@@ -1,0 +1,281 @@
+"""Every app page under streamlit's AppTest on a small fixture run: main chart present, no exception, chart
+data equal to the run's files; broken runs (missing, incomplete, corrupt) give st.error, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("streamlit")
+from safetensors.torch import load_file  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from memento_lens.app import compute  # noqa: E402
+from memento_lens.app.fixtures import FixtureSpec, write_fixture_run  # noqa: E402
+
+MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
+PAGES = ["runs", "trace", "attention", "residue", "probes", "figures"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return write_fixture_run(tmp_path_factory.mktemp("app") / "fixture", FixtureSpec(n_traces=3, attention_traces=2))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches():
+    import streamlit as st
+
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield
+
+
+def page(name: str, run_dirs: list, **state) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.session_state["run_dirs"] = [str(p) for p in run_dirs]
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.run()
+    at.switch_page(f"pages/{name}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def arr(v) -> list:
+    """A plotly spec array as a list (plotly encodes numpy arrays as {dtype, bdata[, shape]})."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        if "shape" in v:
+            a = a.reshape([int(x) for x in str(v["shape"]).split(",")])
+        return a.tolist()
+    return list(v)
+
+
+def traces_named(spec: dict, name: str) -> list[dict]:
+    return [t for t in spec["data"] if t.get("name") == name]
+
+
+def test_runs_page_lists_the_run_and_its_sizes(run_dir):
+    at = page("runs", [run_dir])
+    assert not at.error
+    df = at.dataframe[0].value
+    row = df.iloc[0]
+    assert row["status"] == "complete" and row["traces"] == 3 and row["model"] == "fixture-tiny"
+    assert row["masking"] == "memento, keep 0, delimiters kept"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    kv_mb = sum(f["bytes"] for r, f in manifest["files"].items() if r.startswith("kv/")) / 1e6
+    (sizes,) = charts(at)
+    assert arr(traces_named(sizes, "kv")[0]["y"])[0] == pytest.approx(kv_mb)
+
+
+def test_trace_page_occupancy_equals_the_run_and_slider_greys_evicted(run_dir):
+    at = page("trace", [run_dir])
+    assert not at.error
+    strip, occ = charts(at)
+    table = pd.read_parquet(run_dir / "occupancy.parquet")
+    mem = table[(table.trace == "t0000") & (table["mode"] == "memento")].sort_values("step")
+    line = traces_named(occ, "memento")[0]
+    assert arr(line["y"]) == mem["tokens"].tolist()
+    assert traces_named(occ, "vanilla"), "vanilla overlay missing"
+    # at the last step every eviction has fired: the strip's 'evicted' cells are exactly the evicted ranges
+    ev = pd.read_parquet(run_dir / "events.parquet").query("trace == 't0000'")
+    expected = sorted(p for s, e in zip(ev.start, ev.end) for p in range(s, e))
+    assert sorted(arr(traces_named(strip, "evicted")[0]["x"])) == expected
+    # move the step before the first eviction: nothing is greyed
+    at.slider[0].set_value(int(ev.position.min()) - 1).run()
+    strip, occ = charts(at)
+    assert not traces_named(strip, "evicted")
+    assert occ["layout"]["shapes"][0]["x0"] == int(ev.position.min()) - 1
+
+
+def test_attention_page_bars_equal_captured_weights(run_dir):
+    at = page("attention", [run_dir])
+    assert not at.error
+    att, mass = charts(at)
+    idx = pd.read_parquet(run_dir / "attention/index.parquet")
+    q = int(idx[idx.trace == "t0000"].query_pos.min())
+    row = idx[(idx.trace == "t0000") & (idx.variant == "normal") & (idx.layer == 0) & (idx.query_pos == q)].iloc[0]
+    w = load_file(str(run_dir / row["shard"]))[row["tensor"]][0].mean(0).numpy()   # mean over heads
+    shown = {}
+    for t in att["data"]:
+        if t["type"] == "bar" and t.get("xaxis", "x") == "x":
+            shown.update(zip(arr(t["x"]), arr(t["y"])))
+    assert shown, "no bars in the normal panel"
+    for p, y in shown.items():
+        assert y == pytest.approx(float(w[p]), abs=1e-6)
+    assert {t["name"] for t in mass["data"]} == {"normal", "restart"}
+    # the mass chart is the per-role sum of the same row
+    normal = traces_named(mass, "normal")[0]
+    assert sum(arr(normal["y"])) == pytest.approx(float(w.sum()), abs=1e-5)
+
+
+def test_attention_page_switching_head_and_variant_panels(run_dir):
+    at = page("attention", [run_dir])
+    at.selectbox(key="att_head").set_value(1).run()
+    assert not at.exception
+    att, _ = charts(at)
+    assert any(t.get("xaxis") == "x2" for t in att["data"]), "restart panel missing"
+
+
+def test_residue_heatmap_equals_metric_on_the_shards(run_dir):
+    at = page("residue", [run_dir])
+    assert not at.error
+    heat = charts(at)[0]["data"][0]
+    assert heat["type"] == "heatmap"
+    idx = pd.read_parquet(run_dir / "kv/index.parquet").query("trace == 't0000' and block == 0 and layer == 1")
+    tensors = {}
+    for r in idx.itertuples():
+        tensors[r.variant] = load_file(str(run_dir / r.shard))[r.key]
+    res = compute.residue(tensors["normal"], tensors["restart"])
+    col = arr(heat["x"]).index("L1·H0")
+    assert arr(heat["z"])[0][col] == pytest.approx(float(res.rel_l2[0]), rel=1e-6)
+    # click through: pick memento 2, its tokens are shown
+    at.selectbox(key="res_block").set_value(2).run()
+    assert not at.exception
+    tok = pd.read_parquet(run_dir / "tokens.parquet").query("trace == 't0000' and block == 2 and role == 'memento'")
+    assert any("".join(tok.token) in m.value for m in at.markdown)
+    # cosine metric re-renders the heatmap with cosine values
+    at.radio(key="res_metric").set_value("cosine").run()
+    heat = charts(at)[0]["data"][0]
+    assert arr(heat["z"])[0][col] == pytest.approx(float(res.cosine[0]), rel=1e-6)
+
+
+def test_probes_page_accuracy_ci_and_chance(run_dir):
+    at = page("probes", [run_dir])
+    assert not at.error
+    probes, abl = charts(at)
+    table = pd.read_parquet(run_dir / "probe_results.parquet")
+    direct = [t for t in traces_named(probes, "direct") if t.get("mode") == "lines+markers"][0]
+    # default filters: first checkpoint ("final" sorts first), first distance (1), x = layer
+    sel = table[(table.checkpoint == "final") & (table.distance == 1) & (table.condition == "direct")]
+    assert arr(direct["y"]) == pytest.approx(sel.sort_values("layer").accuracy.tolist())
+    assert probes["layout"]["shapes"][0]["y0"] == pytest.approx(0.1)   # chance from the manifest
+    at.radio(key="probe_x").set_value("distance").run()
+    assert not at.exception
+    probes, _ = charts(at)
+    assert probes["layout"]["xaxis"]["title"]["text"] == "distance"
+    ab = pd.read_parquet(run_dir / "ablations.parquet").query("experiment == 'restart' and layer >= 0")
+    line = [t for t in abl["data"] if t.get("name") == "restart / restart"][0]
+    assert arr(line["y"]) == pytest.approx(ab.sort_values("layer").value.tolist())
+
+
+def test_figures_page_shows_each_figure(run_dir):
+    at = page("figures", [run_dir])
+    assert not at.error
+    pngs = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
+    assert len(at.get("image")) == len(pngs) == 2
+    assert [s.value for s in at.subheader] == sorted({p.stem for p in (run_dir / "figures").iterdir()})
+    assert len(at.get("iframe")) == 1   # the html figure, embedded from a data: URL
+
+
+# -- broken runs -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", PAGES)
+def test_missing_run_dir_shows_error(name, tmp_path):
+    at = page(name, [tmp_path / "nope"])
+    assert at.error and "no such run directory" in " ".join(e.value for e in at.error) + \
+        " ".join(w.value for w in at.sidebar.warning)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_no_run_named_shows_how_to_start(name, monkeypatch):
+    monkeypatch.delenv("MEMENTO_LENS_RUNS", raising=False)
+    at = page(name, [])
+    assert at.error and "memento-lens app RUN_DIR" in at.error[0].value
+
+
+@pytest.fixture(scope="module")
+def incomplete_run(tmp_path_factory) -> Path:
+    return write_fixture_run(tmp_path_factory.mktemp("inc") / "run",
+                             FixtureSpec(n_traces=2, probes=False, ablations=False, figures=False, complete=False))
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_incomplete_run_shows_error(name, incomplete_run):
+    at = page(name, [incomplete_run])
+    assert at.error and any("incomplete" in e.value for e in at.error)
+
+
+@pytest.fixture
+def broken_copy(run_dir, tmp_path):
+    dst = tmp_path / "broken"
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+@pytest.mark.parametrize("name", ["trace", "attention", "residue"])
+def test_corrupt_tokens_file_names_it(name, broken_copy):
+    f = broken_copy / "tokens.parquet"
+    f.write_bytes(f.read_bytes()[:100])
+    at = page(name, [broken_copy])
+    assert at.error and any("tokens.parquet" in e.value and "checksum" in e.value for e in at.error)
+
+
+def test_corrupt_kv_shard_on_residue_page(broken_copy):
+    shard = broken_copy / "kv/shard-00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-10:] = b"\x00" * 10
+    shard.write_bytes(bytes(data))
+    at = page("residue", [broken_copy])
+    assert at.error and any("shard-00000.safetensors" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_garbage_manifest_shows_error(name, broken_copy):
+    (broken_copy / "manifest.json").write_text("{not json")
+    at = page(name, [broken_copy])
+    assert at.error and any("manifest.json" in e.value for e in at.error)
+
+
+def test_missing_table_in_complete_run_names_it(broken_copy):
+    m = json.loads((broken_copy / "manifest.json").read_text())
+    del m["files"]["events.parquet"]
+    (broken_copy / "manifest.json").write_text(json.dumps(m))
+    at = page("trace", [broken_copy])
+    assert at.error and any("events.parquet" in e.value for e in at.error)
+
+
+def test_run_without_attention_says_how_to_capture(tmp_path):
+    run = write_fixture_run(tmp_path / "noatt", FixtureSpec(n_traces=1, attention_traces=0))
+    at = page("attention", [run])
+    assert at.error and "attention" in at.error[0].value and "capture" in at.error[0].value
+
+
+def test_rewritten_run_is_not_served_from_a_stale_cache(tmp_path):
+    run = write_fixture_run(tmp_path / "r", FixtureSpec(n_traces=1, seed=1))
+    at = page("trace", [run])
+    first = arr(traces_named(charts(at)[1], "memento")[0]["y"])
+    write_fixture_run(run, FixtureSpec(n_traces=1, seed=2, block_len=(20, 30)))   # same path, new content
+    at = page("trace", [run])
+    second = arr(traces_named(charts(at)[1], "memento")[0]["y"])
+    assert list(second) != list(first)
+    occ = pd.read_parquet(run / "occupancy.parquet").query("mode == 'memento'").sort_values("step")
+    assert list(second) == occ.tokens.tolist()
+
+
+def test_selected_trace_survives_page_switch(run_dir):
+    at = page("trace", [run_dir])
+    at.sidebar.selectbox(key="trace").set_value("t0001").run()
+    at.switch_page("pages/residue.py").run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="trace").value == "t0001"
+
+
+def test_only_named_runs_are_listed(run_dir, tmp_path):
+    other = write_fixture_run(tmp_path / "other", FixtureSpec(n_traces=1))
+    at = page("runs", [tmp_path])     # a folder of runs: the runs directly inside it
+    assert at.dataframe[0].value["run"].tolist() == [str(other.resolve())]
+    assert not np.isin([str(run_dir)], at.dataframe[0].value["run"]).any()
