@@ -66,8 +66,8 @@ class ProbeConditions(Figure):
                 fig.add_trace(go.Scatter(x=g["layer"], y=g["accuracy"], error_y=err, mode="lines+markers",
                                          name=f"{cond} ({probe})", legendgroup=f"{cond}{probe}", showlegend=i == 1,
                                          line=dict(color=color("condition", cond), dash=dashes[probe])), 1, i)
-            fig.add_hline(y=PASSCODE_CHANCE, line=dict(color=CHANCE_COLOR, dash="dash"), row=1, col=i,
-                          annotation_text="chance" if i == 1 else None)
+            label = dict(annotation_text="chance") if i == 1 else {}  # None would print "new text"
+            fig.add_hline(y=PASSCODE_CHANCE, line=dict(color=CHANCE_COLOR, dash="dash"), row=1, col=i, **label)
             fig.update_xaxes(title_text="layer", row=1, col=i)
         fig.update_yaxes(title_text="probe accuracy (mean over 5 digits)", range=[0, 1], row=1, col=1)
         fig.update_layout(title=self.title, template="plotly_white")

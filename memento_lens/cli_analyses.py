@@ -1,0 +1,174 @@
+"""CLI for the analyses: ingest trace files, KV accounting, trace statistics, paper figures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import user_errors
+
+TOKENIZER_HELP = ("'approx' (model-free: special tokens count 1, other text ~4 chars/token; 'approx:3.5' sets the "
+                  "ratio) or a local HF tokenizer directory")
+MODEL_HELP = "KV bytes/token: a preset (qwen3-8b, qwen3-32b, phi-4-reasoning) or a HF config.json / model directory"
+
+
+def _masking(keep_last_n: int, mask_delimiters: bool):
+    from memento_lens.runtime.config import BlockMaskingConfig
+
+    return BlockMaskingConfig(mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n,
+                              require_assistant_section=False)
+
+
+def _print_report(report, stream=sys.stderr) -> None:
+    print(f"ingested {report.n_ingested} of {report.n_rows} rows; skipped {report.n_skipped}", file=stream)
+    for issue in report.skipped[:20]:
+        print(f"  skipped: {issue}", file=stream)
+    if report.n_skipped > 20:
+        print(f"  ... and {report.n_skipped - 20} more (see --json)", file=stream)
+
+
+def ingest_cmd(
+    files: List[Path] = typer.Argument(..., help="Trace files: OpenMementos .parquet, Memento .json, vLLM .jsonl."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
+    tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
+    fmt: Optional[str] = typer.Option(None, "--format", help="openmementos | memento-json | vllm-jsonl (default: from the file name)."),
+    model: str = typer.Option("qwen3-8b", "--model", help=MODEL_HELP),
+    keep_last_n: int = typer.Option(0, "--keep-last-n", help="keep_last_n_blocks of the memento schedule."),
+    mask_delimiters: bool = typer.Option(False, "--mask-delimiters/--keep-delimiters", help="Evict the block delimiters too (Phi-4 style)."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first malformed trace instead of skipping it."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+) -> None:
+    """Ingest trace files into a run directory (traces, tokens, events, occupancy tables) the app can show."""
+    from memento_lens.analyses.ingest import ingest_files, write_run
+
+    with user_errors():
+        res = ingest_files(files, tokenizer, fmt=fmt, strict=strict, keep_text=True)
+        _print_report(res.report)
+        store = write_run(out, res.traces, tokenizer, config=_masking(keep_last_n, mask_delimiters), spec=model,
+                          report=res.report, overwrite=overwrite)
+        print(f"wrote {store.path} ({len(res.traces)} traces)")
+
+
+def kv_cmd(
+    files: List[Path] = typer.Argument(..., help="Trace files (see `ingest`)."),
+    tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
+    fmt: Optional[str] = typer.Option(None, "--format"),
+    model: str = typer.Option("qwen3-8b", "--model", help=MODEL_HELP),
+    keep_last_n: int = typer.Option(0, "--keep-last-n"),
+    mask_delimiters: bool = typer.Option(False, "--mask-delimiters/--keep-delimiters"),
+    restart: bool = typer.Option(False, "--restart", help="Also account restart mode."),
+    per_trace: bool = typer.Option(False, "--per-trace", help="Print one row per trace and mode."),
+    strict: bool = typer.Option(False, "--strict"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """KV accounting of trace files (no model): peak KV and AUC (GB·ktok), vanilla vs memento."""
+    import dataclasses
+
+    from memento_lens.analyses.figures.base import md_table
+    from memento_lens.analyses.ingest import ingest_files
+    from memento_lens.analyses.kv import kv_summary, reduction_table, resolve_spec
+    from memento_lens.analyses.tokenization import load_tokenizer
+    from memento_lens.runtime.config import BlockMaskingConfig
+
+    with user_errors():
+        tok = load_tokenizer(tokenizer)
+        spec = resolve_spec(model)
+        res = ingest_files(files, tok, fmt=fmt, strict=strict)
+        memento = _masking(keep_last_n, mask_delimiters)
+        configs = {"vanilla": BlockMaskingConfig.vanilla(mask_delimiters), "memento": memento}
+        if restart:
+            configs["restart"] = dataclasses.replace(memento, restart_mode=True)
+        summary = kv_summary(res.traces, tok.ids, configs, spec)
+        red = reduction_table(summary) if len(summary) else summary
+        if as_json:
+            print(json.dumps({"kv_spec": dataclasses.asdict(spec), "bytes_per_token": spec.bytes_per_token,
+                              "ingest": res.report.to_dict(), "modes": red.to_dict(orient="records"),
+                              "traces": summary.to_dict(orient="records") if per_trace else None}, default=float))
+            return
+        _print_report(res.report)
+        print(f"KV spec {spec.name}: {spec.bytes_per_token} bytes/token ({spec.bytes_per_token / 1024:g} KB); "
+              f"GB = 2^30 bytes, AUC over generated tokens in GB·ktok\n")
+        print(md_table(red))
+        if per_trace:
+            print()
+            print(md_table(summary, max_rows=10_000))
+
+
+def stats_cmd(
+    files: List[Path] = typer.Argument(..., help="Trace files (see `ingest`)."),
+    tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
+    fmt: Optional[str] = typer.Option(None, "--format"),
+    blocks_csv: Optional[Path] = typer.Option(None, "--blocks-csv", help="Also write the per-block table here."),
+    strict: bool = typer.Option(False, "--strict"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Trace statistics: blocks per trace, block/memento sizes, compression ratio, by domain."""
+    from memento_lens.analyses.figures.base import md_table
+    from memento_lens.analyses.ingest import ingest_files
+    from memento_lens.analyses.stats import block_stats, domain_stats
+    from memento_lens.analyses.tokenization import load_tokenizer
+
+    with user_errors():
+        tok = load_tokenizer(tokenizer)
+        res = ingest_files(files, tok, fmt=fmt, strict=strict)
+        blocks = block_stats(res.traces, tok.ids)
+        if blocks_csv:
+            blocks.to_csv(blocks_csv, index=False)
+        dom = domain_stats(blocks) if len(blocks) else blocks
+        if as_json:
+            print(json.dumps({"ingest": res.report.to_dict(), "domains": dom.to_dict(orient="records")},
+                             default=float))
+            return
+        _print_report(res.report)
+        print(md_table(dom))
+
+
+def figures_cmd(
+    names: Optional[List[str]] = typer.Argument(None, help="Figures to render (default all): kv-sawtooth, "
+                                                "compression-cdf, probe-conditions, toy-leakage, restart-ablation."),
+    runs: Optional[List[Path]] = typer.Option(None, "--run", help="Run directory (repeatable)."),
+    traces: Optional[List[Path]] = typer.Option(None, "--traces", help="Trace file (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN/figures for one run)."),
+    tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
+    model: str = typer.Option("qwen3-8b", "--model", help=MODEL_HELP),
+    trace_id: Optional[str] = typer.Option(None, "--trace", help="Trace shown by kv-sawtooth (default: the first)."),
+    png: bool = typer.Option(True, "--png/--no-png", help="Static PNGs (need chromium; skipped with a message if absent)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Render the paper figures (PNG + HTML + CSV + Markdown) from run directories and/or trace files."""
+    from memento_lens.analyses.figures import render_figures
+    from memento_lens.runtime.config import ConfigError
+
+    with user_errors():
+        runs, traces = list(runs or []), list(traces or [])
+        if not runs and not traces:
+            raise ConfigError("give at least one --run DIR or --traces FILE")
+        if out is None:
+            if len(runs) != 1:
+                raise ConfigError("--out is required unless exactly one --run is given")
+            out = runs[0] / "figures"
+        rep = render_figures(names or ["all"], runs=runs, traces=traces, out_dir=out, tokenizer=tokenizer,
+                             spec=model, trace_id=trace_id, png=png)
+        if as_json:
+            print(json.dumps(rep.to_dict()))
+        else:
+            for r in rep.rendered:
+                print(f"{r.name}: {', '.join(Path(f).name for f in r.files)}")
+            for name, why in rep.skipped.items():
+                print(f"{name}: skipped: {why}")
+            if rep.png_skipped and rep.rendered:
+                print(f"PNG: {rep.png_skipped}", file=sys.stderr)
+            print(f"-> {rep.out_dir}")
+        if not rep.rendered:
+            raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ingest")(ingest_cmd)
+    app.command("kv")(kv_cmd)
+    app.command("stats")(stats_cmd)
+    app.command("figures")(figures_cmd)
