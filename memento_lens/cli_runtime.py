@@ -54,5 +54,245 @@ def schedule_cmd(
                       + (f"  {e['message']}" if 'message' in e else ""))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Runtime commands: generate, replay, verify
+# ---------------------------------------------------------------------------------------------------------
+def _masking(mode: str, keep: int, mask_delimiters: Optional[str], config_file: Optional[Path], max_block_tokens: int):
+    """The BlockMaskingConfig from --config FILE or the flags; mask_delimiters must be explicit."""
+    from memento_lens.runtime.config import BlockMaskingConfig, ConfigError
+
+    if config_file is not None:
+        try:
+            data = json.loads(config_file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--config {config_file}: no such file") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--config {config_file}: invalid JSON ({exc})") from None
+        return BlockMaskingConfig.from_dict(data, where=str(config_file))
+    if mask_delimiters is None:
+        if mode != "vanilla":
+            raise ConfigError("--mask-delimiters must be set explicitly to true or false "
+                              "(false: Qwen3/OLMo3 style, delimiters stay; true: Phi-4 style)")
+        mask_delimiters = "false"
+    if mask_delimiters.lower() not in ("true", "false"):
+        raise ConfigError(f"--mask-delimiters must be true or false, got {mask_delimiters!r}")
+    return BlockMaskingConfig.from_mode(mode, mask_delimiters=mask_delimiters.lower() == "true",
+                                        keep_last_n_blocks=keep, max_block_tokens=max_block_tokens)
+
+
+def _setup(threads: int, seed: int) -> None:
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+
+
+def _captures(capture: bool, layers: Optional[str], evicted_block: bool, attention_layers: Optional[str],
+              attention_queries: Optional[str]):
+    from memento_lens.runtime.capture import default_captures
+
+    def ints(text: Optional[str], opt: str):
+        if not text:
+            return None
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"{opt} expects comma-separated integers, got {text!r}") from None
+
+    if not capture:
+        return []
+    return default_captures(ints(layers, "--layers"), evicted_block, ints(attention_layers, "--attention-layers") or (),
+                            ints(attention_queries, "--attention-queries"))
+
+
+def _load(model: str, device: str, dtype: Optional[str], seed: int):
+    from memento_lens.runtime.model import load_model
+
+    return load_model(model, device=device, dtype=dtype, seed=seed)
+
+
+_MODEL_HELP = "Local HF checkpoint dir, 'toy', 'toy@<ckpt>', or 'random:tiny' / 'random:bench'."
+
+
+def generate_cmd(
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="Prompt text (repeatable). Chat template applied when the tokenizer has one."),
+    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="One prompt per line (or JSON list of strings / id lists)."),
+    model: str = typer.Option("toy", "--model", help=_MODEL_HELP),
+    mode: str = typer.Option("memento", "--mode", help="vanilla | memento | restart"),
+    keep: int = typer.Option(0, "--keep", help="keep_last_n_blocks for memento/restart"),
+    mask_delimiters: Optional[str] = typer.Option(None, "--mask-delimiters", help="true | false (required unless vanilla)"),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="BlockMaskingConfig as JSON (overrides the flags)."),
+    max_block_tokens: int = typer.Option(0, "--max-block-tokens"),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k"),
+    min_p: float = typer.Option(0.0, "--min-p"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    capture: bool = typer.Option(False, "--capture/--no-capture", help="Replay the outputs and store memento K/V."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Layers to capture, e.g. 0,3 (default all)."),
+    evicted_block: bool = typer.Option(False, "--evicted-block", help="Also store evicted blocks' K/V."),
+    attention_layers: Optional[str] = typer.Option(None, "--attention-layers"),
+    attention_queries: Optional[str] = typer.Option(None, "--attention-queries"),
+    out: Path = typer.Option(Path("runs/generate"), "--out"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    resume: bool = typer.Option(False, "--resume"),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0: torch default)."),
+) -> None:
+    """Generate with block masking and physical KV eviction; write a run directory."""
+    with user_errors():
+        from memento_lens.runtime.capture import generate_to_run
+        from memento_lens.runtime.generate import SamplingConfig, encode_prompts
+
+        cfg = _masking(mode, keep, mask_delimiters, config_file, max_block_tokens)
+        sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                                  max_new_tokens=max_new_tokens, seed=seed)
+        texts: list = list(prompt)
+        if prompts_file is not None:
+            if not prompts_file.exists():
+                raise FileNotFoundError(f"--prompts-file {prompts_file}: no such file")
+            raw = prompts_file.read_text()
+            try:
+                loaded = json.loads(raw)
+                texts += loaded if isinstance(loaded, list) else [loaded]
+            except json.JSONDecodeError:
+                texts += [line for line in raw.splitlines() if line.strip()]
+        caps = _captures(capture, layers, evicted_block, attention_layers, attention_queries)
+        _setup(threads, seed)
+        lm = _load(model, device, dtype, seed)
+        tokens = lm.require_tokens()
+        if not texts:
+            bos = getattr(lm.tokenizer, "bos_token_id", None)
+            if bos is None:
+                raise ValueError("give at least one --prompt (the model's tokenizer has no BOS to start from)")
+            texts = [[bos]]
+        ids = encode_prompts(lm.tokenizer, texts)
+        store = generate_to_run(lm.model, ids, cfg, tokens, out, sampling=sampling, eos_token_id=lm.eos_token_id,
+                                captures=caps, run_config={"model": lm.name}, tokenizer=lm.tokenizer,
+                                batch_size=batch_size, overwrite=overwrite, resume=resume, progress=True)
+        _summary(store)
+
+
+def _read_traces(path: Path):
+    """Traces from a run directory (traces.parquet + tokens.parquet) or a JSONL file of
+    {"trace", "token_ids", "prompt_len"} objects."""
+    from memento_lens.runtime.store import RunStore
+    from memento_lens.runtime.trace import Trace
+
+    if path.is_dir():
+        store = RunStore.open(path, require_complete=True)
+        meta = store.read_table("traces.parquet")
+        toks = store.read_table("tokens.parquet", columns=["trace", "pos", "token_id"]).sort_values(["trace", "pos"])
+        grouped = {k: g["token_id"].tolist() for k, g in toks.groupby("trace", sort=False)}
+        return [Trace(str(r.trace), grouped[r.trace], int(r.prompt_len)) for r in meta.itertuples(index=False)]
+    if not path.exists():
+        raise FileNotFoundError(f"--traces {path}: no such file or directory")
+    traces = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            traces.append(Trace(str(obj.get("trace", f"trace-{i:05d}")), [int(t) for t in obj["token_ids"]],
+                                int(obj.get("prompt_len", 0))))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: line {i + 1}: not a trace object ({exc})") from None
+    return traces
+
+
+def replay_cmd(
+    traces_path: Optional[Path] = typer.Option(None, "--traces", help="Run directory or JSONL of {trace, token_ids, prompt_len}."),
+    toy: int = typer.Option(0, "--toy", help="Instead of --traces: sample this many toy-task sequences."),
+    model: str = typer.Option("toy", "--model", help=_MODEL_HELP),
+    mode: str = typer.Option("memento", "--mode", help="vanilla | memento | restart"),
+    keep: int = typer.Option(0, "--keep"),
+    mask_delimiters: Optional[str] = typer.Option(None, "--mask-delimiters", help="true | false (required unless vanilla)"),
+    config_file: Optional[Path] = typer.Option(None, "--config"),
+    layers: Optional[str] = typer.Option(None, "--layers"),
+    evicted_block: bool = typer.Option(False, "--evicted-block"),
+    attention_layers: Optional[str] = typer.Option(None, "--attention-layers"),
+    attention_queries: Optional[str] = typer.Option(None, "--attention-queries"),
+    capture: bool = typer.Option(True, "--capture/--no-capture"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    out: Path = typer.Option(Path("runs/replay"), "--out"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    resume: bool = typer.Option(False, "--resume"),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(0, "--threads"),
+) -> None:
+    """Teacher-forced segment replay with the schedule; capture memento K/V into a run directory."""
+    with user_errors():
+        from memento_lens.runtime.capture import replay_to_run
+        from memento_lens.runtime.replay import traces_from_ids
+
+        cfg = _masking(mode, keep, mask_delimiters, config_file, 0)
+        caps = _captures(capture, layers, evicted_block, attention_layers, attention_queries)
+        if (traces_path is None) == (toy <= 0):
+            raise ValueError("give exactly one of --traces PATH or --toy N")
+        if traces_path is not None:
+            traces = _read_traces(traces_path)
+            source = str(traces_path)
+        else:
+            from memento_lens.runtime.toy.task import sample
+
+            traces = traces_from_ids(sample(toy, seed).token_ids, prompt_len=1, prefix="toy")
+            source = f"toy.task.sample(n={toy}, seed={seed})"
+        _setup(threads, seed)
+        lm = _load(model, device, dtype, seed)
+        tokens = lm.require_tokens()
+        store = replay_to_run(lm.model, traces, cfg, tokens, out, captures=caps,
+                              run_config={"model": lm.name, "source": source}, source=source,
+                              tokenizer=lm.tokenizer, batch_size=batch_size, overwrite=overwrite, resume=resume,
+                              progress=True)
+        _summary(store)
+
+
+def verify_cmd(
+    model: Optional[str] = typer.Option(None, "--model", help="Default: a tiny random Qwen3 built from a config. " + _MODEL_HELP),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 (default), bfloat16, float16"),
+    seed: int = typer.Option(0, "--seed"),
+    blocks: int = typer.Option(3, "--blocks", help="Blocks in the random test streams."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report here."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    threads: int = typer.Option(0, "--threads"),
+) -> None:
+    """Check incremental eviction against one dense forward; print a JSON report; exit 1 on failure."""
+    with user_errors():
+        from memento_lens.runtime.verify import verify_model
+
+        if out is not None and out.exists() and not overwrite:
+            raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
+        _setup(threads, seed)
+        report = verify_model(model, device=device, dtype=dtype, seed=seed, n_blocks=blocks)
+        text = json.dumps(report.to_dict(), indent=2)
+        if out is not None:
+            from memento_lens.runtime.store import atomic_write_bytes
+
+            atomic_write_bytes(out, text.encode())
+        print(text)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def _summary(store) -> None:
+    from rich.console import Console
+
+    info = store.manifest.info
+    files = store.manifest.files
+    kv = sum(1 for f in files if f.startswith("kv/shard-"))
+    Console(stderr=True).print(f"[green]{store.manifest.status}[/green] run at {store.path}: "
+                               f"{info.get('n_traces', '?')} traces, {kv} K/V shard(s)")
+
+
 def register(app: typer.Typer) -> None:
     app.command("schedule")(schedule_cmd)
+    app.command("generate")(generate_cmd)
+    app.command("replay")(replay_cmd)
+    app.command("verify")(verify_cmd)

@@ -313,6 +313,52 @@ def replay_to_run(model: Any, traces: Sequence[Trace], config: BlockMaskingConfi
     return store
 
 
+
+def generate_to_run(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingConfig,
+                    tokens: MementoTokenIds, out: str | Path, *, sampling: Any = None, eos_token_id: int | None = None,
+                    captures: Sequence[Capture] = (), run_config: dict[str, Any] | None = None, tokenizer: Any = None,
+                    batch_size: int = 16, overwrite: bool = False, resume: bool = False,
+                    progress: bool = False) -> RunStore:
+    """Generate from prompts in batches and write each batch as a part (resumable); with ``captures`` the
+    generated traces are replayed (teacher forcing rebuilds the identical cache) to capture K/V.
+
+    Batch ``j`` samples with seed ``sampling.seed + j``, so a resumed run regenerates nothing it kept and
+    produces what an uninterrupted run would have.
+    """
+    import dataclasses
+
+    from .generate import SamplingConfig, generate
+    from .model import kv_bytes_per_token, model_info
+    from .replay import replay
+
+    sampling = sampling or SamplingConfig()
+    cfg = {"masking": config.to_dict(), "tokens": tokens.to_dict(), "sampling": dataclasses.asdict(sampling),
+           "captures": [c.describe() for c in captures], "model_info": model_info(model),
+           "prompts": [list(map(int, p)) for p in prompts], **(run_config or {})}
+    store = RunStore.create(out, "generate", cfg, overwrite=overwrite, resume=resume)
+    if store.complete:
+        return store
+    writer = RunWriter(store)
+    done = writer.done_traces()
+    sink = CaptureSink()
+    for c in captures:
+        c.sink = sink
+    bpt = kv_bytes_per_token(model)
+    for j, k in enumerate(range(0, len(prompts), batch_size)):
+        ids = [f"gen-{i:05d}" for i in range(k, min(k + batch_size, len(prompts)))]
+        if all(i in done for i in ids):
+            continue
+        batch_sampling = dataclasses.replace(sampling, seed=sampling.seed + j)
+        results = generate(model, prompts[k: k + batch_size], config, tokens, sampling=batch_sampling,
+                           eos_token_id=eos_token_id, trace_ids=ids, progress=progress)
+        tables = [trace_tables(r.trace, r.schedule, tokens, config.mode, "generate", bpt, tokenizer)
+                  for r in results]
+        if captures:
+            replay(model, [r.trace for r in results], config, tokens, captures=captures, strict=False)
+        writer.write_part(tables, sink if captures else None)
+    writer.finish(n_traces=len(prompts))
+    return store
+
 def default_captures(layers: Sequence[int] | None = None, evicted_block: bool = False,
                      attention_layers: Sequence[int] = (), attention_queries: Sequence[int] | None = None
                      ) -> list[Capture]:
@@ -326,4 +372,4 @@ def default_captures(layers: Sequence[int] | None = None, evicted_block: bool = 
 
 
 __all__ = ["Capture", "KVCapture", "MementoKV", "EvictedBlockKV", "AttentionWeights", "RunWriter",
-           "replay_to_run", "trace_tables", "default_captures"]
+           "replay_to_run", "generate_to_run", "trace_tables", "default_captures"]
