@@ -1,0 +1,63 @@
+"""The toy model: a standard HF Qwen3 architecture of the paper's toy size (4 layers, d 128, ~0.8M params).
+
+A standard architecture means the runtime, replay and capture code serve it unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .task import BOS, EOS, PAD, ToyLayout
+from .tokenizer import TOKENIZER_VOCAB
+
+
+@dataclass(frozen=True)
+class ToyModelConfig:
+    """Architecture of the toy model (Qwen3; 786,432 non-embedding + 4,352 embedding parameters by default)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    attn_implementation: str = "sdpa"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def hf_config(cfg: ToyModelConfig = ToyModelConfig(), layout: ToyLayout = ToyLayout()):
+    """The ``transformers.Qwen3Config`` of the toy model."""
+    from transformers import Qwen3Config
+
+    hf = Qwen3Config(vocab_size=len(TOKENIZER_VOCAB), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                     num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+                     num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
+                     max_position_embeddings=max(256, 2 * layout.length), tie_word_embeddings=True,
+                     bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, rope_theta=10000.0)
+    hf._attn_implementation = cfg.attn_implementation
+    return hf
+
+
+def build_model(cfg: ToyModelConfig = ToyModelConfig(), *, seed: int = 0, device: torch.device | str | None = None,
+                dtype: torch.dtype = torch.float32, layout: ToyLayout = ToyLayout()):
+    """A freshly initialised toy model (deterministic for a given ``seed``)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(cfg, layout))
+    return model.to(device=device, dtype=dtype)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Unique trainable parameters (tied embeddings counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
