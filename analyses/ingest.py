@@ -39,6 +39,7 @@ from .tokenization import TextTokenizer, load_tokenizer
 FORMATS = ("openmementos", "memento-json", "vllm-jsonl")
 _PAIR = re.compile(re.escape(BLOCK_START) + "(.*?)" + re.escape(BLOCK_END) + r"\s*" + re.escape(SUMMARY_START)
                    + "(.*?)" + re.escape(SUMMARY_END), re.S)
+_DELIMS = re.compile("(" + "|".join(re.escape(t) for t in (BLOCK_START, BLOCK_END, SUMMARY_START, SUMMARY_END)) + ")")
 _CHECK = BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0, require_assistant_section=False)
 
 
@@ -118,9 +119,23 @@ def chatml_prompt(problem: str) -> str:
 
 
 def segment_chars(response: str) -> tuple[list[int], list[int]]:
-    """Character lengths of each block's content and of its memento, from the inline special tokens."""
-    pairs = _PAIR.findall(response)
-    return [len(b) for b, _ in pairs], [len(m) for _, m in pairs]
+    """Character lengths of each block's content and of its memento, from the inline special tokens.
+
+    Pairs ``<|block_start|> block <|block_end|> (whitespace) <|summary_start|> memento <|summary_end|>``;
+    anything else (nested or unfinished blocks) is not counted.
+    """
+    parts = _DELIMS.split(response)  # text, delimiter, text, delimiter, ...: delimiters at odd indices
+    blocks, mementos = [], []
+    i = 1
+    while i + 6 < len(parts):
+        if (parts[i] == BLOCK_START and parts[i + 2] == BLOCK_END and not parts[i + 3].strip()
+                and parts[i + 4] == SUMMARY_START and parts[i + 6] == SUMMARY_END):
+            blocks.append(len(parts[i + 1]))
+            mementos.append(len(parts[i + 5]))
+            i += 8
+        else:
+            i += 2
+    return blocks, mementos
 
 
 def render_segments(blocks: Sequence[str], mementos: Sequence[str], answer: str | None) -> str:
@@ -313,7 +328,7 @@ _READERS = {"openmementos": _read_openmementos, "memento-json": _read_memento_js
 # -- tokenization and validation ---------------------------------------------------------------------
 
 def _to_trace(raw: RawTrace, tok: TextTokenizer, source: str, check: BlockMaskingConfig,
-              keep_text: bool = False) -> Trace:
+              keep_text: bool = False, arrays: bool = False) -> Trace:
     real_ids = not tok.name.startswith("approx")
     if real_ids and raw.response_ids is not None:
         resp = np.asarray(raw.response_ids, dtype=np.int64)
@@ -334,16 +349,18 @@ def _to_trace(raw: RawTrace, tok: TextTokenizer, source: str, check: BlockMaskin
                 memento_chars=memento_chars, tokenizer=tok.name)
     if keep_text:
         meta.update(prompt_text=raw.prompt, response_text=raw.response)
-    return Trace(raw.trace_id, ids.tolist(), len(prompt), meta)
+    return Trace(raw.trace_id, ids if arrays else ids.tolist(), len(prompt), meta)
 
 
 def iter_ingest(path: str | Path, tokenizer: TextTokenizer | str | None = None, *, fmt: str | None = None,
                 strict: bool = False, report: IngestReport | None = None,
-                check: BlockMaskingConfig = _CHECK, keep_text: bool = False) -> Iterator[Trace]:
+                check: BlockMaskingConfig = _CHECK, keep_text: bool = False, arrays: bool = False
+                ) -> Iterator[Trace]:
     """Stream the well-formed traces of one file; skipped rows go into ``report`` (or raise under ``strict``).
 
     ``keep_text`` keeps the rendered prompt/response text in ``meta`` (``prompt_text``, ``response_text``)
-    so :func:`write_run` can store readable token strings.
+    so :func:`write_run` can store readable token strings. ``arrays`` keeps ``token_ids`` as the int64 numpy
+    array tokenization produced instead of a list (faster for bulk accounting; same values).
     """
     path = Path(path)
     if not path.is_file():
@@ -362,7 +379,7 @@ def iter_ingest(path: str | Path, tokenizer: TextTokenizer | str | None = None, 
                 raise item
             if item.trace_id in seen:
                 raise _RowError(item.trace_id, "duplicate trace id in this file")
-            trace = _to_trace(item, tok, str(path), check, keep_text)
+            trace = _to_trace(item, tok, str(path), check, keep_text, arrays)
         except _RowError as exc:
             issue = IngestIssue(str(path), exc.trace, exc.position, exc.message)
             if strict:
@@ -375,21 +392,23 @@ def iter_ingest(path: str | Path, tokenizer: TextTokenizer | str | None = None, 
 
 
 def ingest_file(path: str | Path, tokenizer: TextTokenizer | str | None = None, *, fmt: str | None = None,
-                strict: bool = False, keep_text: bool = False) -> IngestResult:
+                strict: bool = False, keep_text: bool = False, arrays: bool = False) -> IngestResult:
     report = IngestReport()
-    traces = list(iter_ingest(path, tokenizer, fmt=fmt, strict=strict, report=report, keep_text=keep_text))
+    traces = list(iter_ingest(path, tokenizer, fmt=fmt, strict=strict, report=report, keep_text=keep_text,
+                              arrays=arrays))
     return IngestResult(traces, report)
 
 
 def ingest_files(paths: Iterable[str | Path], tokenizer: TextTokenizer | str | None = None, *,
-                 fmt: str | None = None, strict: bool = False, keep_text: bool = False) -> IngestResult:
+                 fmt: str | None = None, strict: bool = False, keep_text: bool = False,
+                 arrays: bool = False) -> IngestResult:
     """Ingest several files with one tokenizer; trace ids are prefixed by the file stem when they collide."""
     tok = load_tokenizer(tokenizer)
     report = IngestReport()
     traces: list[Trace] = []
     ids: set[str] = set()
     for p in paths:
-        for t in iter_ingest(p, tok, fmt=fmt, strict=strict, report=report, keep_text=keep_text):
+        for t in iter_ingest(p, tok, fmt=fmt, strict=strict, report=report, keep_text=keep_text, arrays=arrays):
             if t.trace_id in ids:
                 t = Trace(f"{Path(p).stem}/{t.trace_id}", t.token_ids, t.prompt_len, t.meta)
             ids.add(t.trace_id)

@@ -127,6 +127,18 @@ def _interesting_ids(tokens: MementoTokenIds, config: BlockMaskingConfig) -> np.
     return np.asarray(sorted(set(ids)), dtype=np.int64)
 
 
+def _member(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``np.isin(ids, wanted)`` through a lookup table (ids are small non-negative vocabulary indices)."""
+    if len(ids) == 0:
+        return np.zeros(0, dtype=bool)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi > 1 << 24:
+        return np.isin(ids, wanted)
+    lut = np.zeros(max(hi, int(wanted.max())) + 1, dtype=bool)
+    lut[wanted] = True
+    return lut[ids]
+
+
 def fast_schedule(token_ids: Sequence[int] | np.ndarray, config: BlockMaskingConfig, tokens: MementoTokenIds,
                   prompt_len: int = 0) -> Schedule:
     """Exactly :func:`runtime.schedule.compute_schedule`, feeding the tracker only the tokens that can change
@@ -141,9 +153,10 @@ def fast_schedule(token_ids: Sequence[int] | np.ndarray, config: BlockMaskingCon
     tracker = BlockTracker(config, tokens, prompt_len=prompt_len)
     interesting = _interesting_ids(tokens, tracker.config)
     events = []
-    for pos in np.flatnonzero(np.isin(ids, interesting)).tolist():
+    positions = np.flatnonzero(_member(ids, interesting))
+    for pos, tok in zip(positions.tolist(), ids[positions].tolist()):
         tracker.n_seen = pos
-        events.extend(tracker.step(int(ids[pos])))
+        events.extend(tracker.step(tok))
     tracker.n_seen = len(ids)
     events.extend(tracker.finish())
     return Schedule(tuple(events), tuple(tracker.blocks), tracker.n_seen, prompt_len, tracker.config)
@@ -205,18 +218,27 @@ def account_trace(trace: Trace, tokens: MementoTokenIds, configs: Mapping[str, B
     ids = np.asarray(trace.token_ids, dtype=np.int64)
     out = {}
     for label, cfg in configs.items():
-        sched = fast_schedule(ids, cfg, tokens, prompt_len=trace.prompt_len)
-        out[label] = KVCurve(trace.trace_id, label, occupancy(sched), trace.prompt_len, spec.bytes_per_token)
+        if not cfg.evicts:  # vanilla: nothing is ever evicted, occupancy(schedule) is 1..n
+            occ = np.arange(1, len(ids) + 1, dtype=np.int64)
+        else:
+            occ = occupancy(fast_schedule(ids, cfg, tokens, prompt_len=trace.prompt_len))
+        out[label] = KVCurve(trace.trace_id, label, occ, trace.prompt_len, spec.bytes_per_token)
     return out
 
 
+SUMMARY_COLUMNS = ["trace", "mode", "n_tokens", "prompt_len", "peak_tokens", "peak_gb", "auc_token_steps",
+                   "auc_gb_ktok"]
+
+
+def summary_row(c: KVCurve) -> dict[str, Any]:
+    return {"trace": c.trace, "mode": c.mode, "n_tokens": len(c.tokens), "prompt_len": c.prompt_len,
+            "peak_tokens": c.peak_tokens, "peak_gb": c.peak_gb, "auc_token_steps": c.auc_token_steps,
+            "auc_gb_ktok": c.auc_gb_ktok}
+
+
 def summarize_curves(curves: Iterable[KVCurve]) -> pd.DataFrame:
-    """One row per (trace, mode): n_tokens, prompt_len, peak_tokens, peak_gb, auc_gb_ktok."""
-    rows = [{"trace": c.trace, "mode": c.mode, "n_tokens": len(c.tokens), "prompt_len": c.prompt_len,
-             "peak_tokens": c.peak_tokens, "peak_gb": c.peak_gb, "auc_token_steps": c.auc_token_steps,
-             "auc_gb_ktok": c.auc_gb_ktok} for c in curves]
-    return pd.DataFrame(rows, columns=["trace", "mode", "n_tokens", "prompt_len", "peak_tokens", "peak_gb",
-                                       "auc_token_steps", "auc_gb_ktok"])
+    """One row per (trace, mode): n_tokens, prompt_len, peak_tokens, peak_gb, auc_token_steps, auc_gb_ktok."""
+    return pd.DataFrame([summary_row(c) for c in curves], columns=SUMMARY_COLUMNS)
 
 
 def kv_summary(traces: Iterable[Trace], tokens: MementoTokenIds,
@@ -224,8 +246,10 @@ def kv_summary(traces: Iterable[Trace], tokens: MementoTokenIds,
                spec: KVSpec | str | None = None) -> pd.DataFrame:
     """Peak and AUC per trace and mode (tidy), see :func:`summarize_curves`."""
     spec = resolve_spec(spec)
-    curves = [c for t in traces for c in account_trace(t, tokens, configs, spec).values()]
-    return summarize_curves(curves)
+    rows = []
+    for t in traces:  # streamed: only the summary rows are kept, not the per-step curves
+        rows.extend(summary_row(c) for c in account_trace(t, tokens, configs, spec).values())
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def reduction_table(summary: pd.DataFrame, baseline: str = "vanilla") -> pd.DataFrame:

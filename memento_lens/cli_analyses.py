@@ -77,7 +77,7 @@ def kv_cmd(
     with user_errors():
         tok = load_tokenizer(tokenizer)
         spec = resolve_spec(model)
-        res = ingest_files(files, tok, fmt=fmt, strict=strict)
+        res = ingest_files(files, tok, fmt=fmt, strict=strict, arrays=True)
         memento = _masking(keep_last_n, mask_delimiters)
         configs = {"vanilla": BlockMaskingConfig.vanilla(mask_delimiters), "memento": memento}
         if restart:
@@ -114,7 +114,7 @@ def stats_cmd(
 
     with user_errors():
         tok = load_tokenizer(tokenizer)
-        res = ingest_files(files, tok, fmt=fmt, strict=strict)
+        res = ingest_files(files, tok, fmt=fmt, strict=strict, arrays=True)
         blocks = block_stats(res.traces, tok.ids)
         if blocks_csv:
             blocks.to_csv(blocks_csv, index=False)

@@ -168,3 +168,15 @@ def test_count_equals_physical_cache_bytes(tokens, cfg):
         assert _cache_bytes(cache) == counted[p] * spec.bytes_per_token, f"step {p}"
     if cfg.evicts:
         assert counted[-1] < len(stream)
+
+
+@settings(max_examples=150, deadline=None)
+@given(stream=st.lists(st.integers(0, 12), min_size=1, max_size=50), prompt=st.integers(0, 10),
+       keep=st.integers(-1, 2), mask=st.booleans(), restart=st.booleans(), compact=st.booleans())
+def test_account_trace_equals_runtime_occupancy(stream, prompt, keep, mask, restart, compact):
+    cfg = BlockMaskingConfig(mask_delimiters=mask, keep_last_n_blocks=keep, restart_mode=restart,
+                             compact_on_summary_end=compact, require_assistant_section=False)
+    prompt = min(prompt, len(stream))
+    curve = account_trace(Trace("t", stream, prompt), IDS, {"x": cfg}, "qwen3-8b")["x"]
+    ref = occupancy(compute_schedule(stream, cfg, IDS, prompt_len=prompt))
+    assert curve.tokens.tolist() == ref.tolist()

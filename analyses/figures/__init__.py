@@ -162,7 +162,7 @@ def render_figures(names: Iterable[str] | None = None, *, runs: Sequence[str | o
     objs = [t for t in traces if isinstance(t, Trace)]
     paths = [t for t in traces if not isinstance(t, Trace)]
     if paths:
-        objs += ingest_files(paths, tok).traces
+        objs += ingest_files(paths, tok, arrays=True).traces
     inputs = FigureInputs(runs=stores, traces=objs, token_ids=tok.ids, spec=resolve_spec(spec), trace_id=trace_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

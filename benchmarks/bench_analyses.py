@@ -1,0 +1,194 @@
+"""Analyses benchmarks: ingest + KV-account OpenMementos-sized traces; render the figure set.
+
+Targets (issue 5): 10,000 OpenMementos-sized traces (~9 blocks of ~1,150 tokens, ~190-token mementos) ingested
+from Parquet and KV-accounted (vanilla + memento, schedule only) in under 60 s on 2 cores; the figure set for a
+demo-sized run in under 60 s. The baseline is the runtime's per-token ``compute_schedule`` on the same traces.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import BenchRow
+
+CHARS_PER_TOKEN = 4  # approx tokenization
+
+
+def synth_openmementos(path: Path, n: int, seed: int = 0, batch: int = 500) -> None:
+    """OpenMementos-shaped Parquet: median ~9 blocks of ~1,150 tokens, mementos ~190 tokens (approx tokens)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    words = rng.choice(["the", "so", "we", "x", "=", "2", "then", "sum", "of", "prime", "check", "case", "\n",
+                        "therefore", "let", "f(n)", "+", "1", "wait", "is", "not"], size=40_000)
+    text = " ".join(words.tolist())
+    domains = np.array(["math", "code", "science"])
+    writer = None
+    try:
+        for lo in range(0, n, batch):
+            rows = {"problem": [], "response": [], "domain": [], "source": [], "difficulty": []}
+            for _ in range(min(batch, n - lo)):
+                nb = int(np.clip(rng.poisson(9), 2, 30))
+                parts = ["<think>"]
+                for _ in range(nb):
+                    bl = int(np.clip(rng.normal(1150, 350), 200, 6000)) * CHARS_PER_TOKEN
+                    ml = int(np.clip(rng.normal(190, 60), 20, 800)) * CHARS_PER_TOKEN
+                    a, b = rng.integers(0, len(text) - bl), rng.integers(0, len(text) - ml)
+                    parts += ["<|block_start|>", text[a:a + bl], "<|block_end|>\n<|summary_start|>",
+                              text[b:b + ml], "<|summary_end|>\n"]
+                parts += ["</think>", text[:800]]
+                rows["problem"].append(text[:400])
+                rows["response"].append("".join(parts))
+                rows["domain"].append(str(rng.choice(domains, p=[0.54, 0.19, 0.27])))
+                rows["source"].append("synthetic")
+                rows["difficulty"].append(int(rng.integers(1, 10)))
+            table = pa.table(rows)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _ingest_and_account(path: Path, reference: bool = False, limit: int | None = None):
+    from memento_lens.analyses.ingest import IngestReport, iter_ingest
+    from memento_lens.analyses.kv import KVCurve, account_trace, default_configs, resolve_spec, summary_row
+    from memento_lens.analyses.tokenization import ApproxTokenizer
+    from memento_lens.runtime.masks import occupancy
+    from memento_lens.runtime.schedule import compute_schedule
+
+    tok = ApproxTokenizer()
+    configs = default_configs()
+    spec = resolve_spec("qwen3-8b")
+    report = IngestReport()
+    n_tok = 0
+    rows = []
+    for i, t in enumerate(iter_ingest(path, tok, report=report, arrays=True)):
+        if limit is not None and i >= limit:
+            break
+        n_tok += len(t.token_ids)
+        if reference:
+            curves = [KVCurve(t.trace_id, m, occupancy(compute_schedule(t.token_ids, c, tok.ids, t.prompt_len)),
+                              t.prompt_len, spec.bytes_per_token) for m, c in configs.items()]
+        else:
+            curves = account_trace(t, tok.ids, configs, spec).values()
+        rows.extend(summary_row(c) for c in curves)
+    return report, n_tok, rows
+
+
+def bench_ingest_kv(quick: bool) -> list[BenchRow]:
+    import memento_lens.analyses.ingest  # noqa: F401  (imports, torch included via runtime.masks, not timed)
+    import memento_lens.runtime.masks  # noqa: F401
+
+    n = 1_000 if quick else 10_000
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "openmementos.parquet"
+        t0 = time.perf_counter()
+        synth_openmementos(path, n)
+        synth_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        report, n_tok, rows = _ingest_and_account(path)
+        fast_s = time.perf_counter() - t0
+        sub = 100 if quick else 300
+        t0 = time.perf_counter()
+        _, sub_tok, _ = _ingest_and_account(path, reference=True, limit=sub)
+        ref_sub_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _ingest_and_account(path, limit=sub)
+        fast_sub_s = time.perf_counter() - t0
+    target = 60.0 * n / 10_000
+    note = (f"{report.n_ingested} traces, {n_tok / 1e6:.1f}M approx tokens (mean {n_tok / max(report.n_ingested, 1):.0f}"
+            f"/trace), vanilla+memento; synthesis {synth_s:.1f}s and imports not counted; 1 process, "
+            "Parquet read + approx tokenization + validation + 2 schedules")
+    return [
+        BenchRow(f"ingest + KV-account {n} OpenMementos-sized traces", "seconds", fast_s, f"< {target:.0f} s",
+                 fast_s < target, note),
+        BenchRow(f"fast schedule vs per-token compute_schedule ({sub} traces, ingest included)", "speed ratio",
+                 ref_sub_s / fast_sub_s, ">= 1.0x", ref_sub_s >= fast_sub_s,
+                 f"reference {ref_sub_s:.2f}s vs fast {fast_sub_s:.2f}s on {sub_tok / 1e6:.1f}M tokens"),
+    ]
+
+
+def bench_figures(quick: bool) -> list[BenchRow]:
+    import pandas as pd
+
+    from memento_lens.analyses.figures import REGISTRY, chromium_path, render_figures
+    from memento_lens.analyses.ingest import ingest_files, write_run
+    from memento_lens.runtime.store import RunStore
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    examples = sorted(data.glob("memento_example_*.json")) if data.exists() else []
+    with tempfile.TemporaryDirectory() as d:
+        run = Path(d) / "demo"
+        if examples:
+            res = ingest_files(examples, "approx", keep_text=True)
+            store = write_run(run, res.traces, "approx")
+        else:
+            store = RunStore.create(run, "ingest", {})
+        store.write_table("probe_results.parquet", _demo_probes())
+        store.write_table("ablations.parquet", _demo_ablations())
+        store.mark_complete()
+        t0 = time.perf_counter()
+        rep_nopng = render_figures(["all"], runs=[run], out_dir=Path(d) / "nopng", png=False)
+        nopng_s = time.perf_counter() - t0
+        rows = [BenchRow("figure set, demo-sized run, no PNG", "seconds", nopng_s, "< 60 s", nopng_s < 60,
+                         f"{len(rep_nopng.rendered)}/{len(REGISTRY)} figures: CSV+MD+HTML")]
+        if chromium_path() is None:
+            rows.append(BenchRow("figure set with PNG", "seconds", float("nan"), "< 60 s", None,
+                                 "skipped: chromium not installed"))
+            return rows
+        t0 = time.perf_counter()
+        rep = render_figures(["all"], runs=[run], out_dir=run / "figures")
+        png_s = time.perf_counter() - t0
+        rows.append(BenchRow("figure set, demo-sized run, with PNG", "seconds", png_s, "< 60 s", png_s < 60,
+                             f"{len(rep.rendered)}/{len(REGISTRY)} figures, one kaleido/chromium server; "
+                             f"png: {rep.png_skipped or 'ok'}"))
+    return rows
+
+
+def _demo_probes():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for model, cks in (("toy", ("step-1000", "step-3000", "final")), ("qwen3-8b", ("final",))):
+        for ck in cks:
+            for cond, dists in (("direct", (0,)), ("masked", tuple(range(1, 8))), ("causal_control", (-1,))):
+                for dist in dists:
+                    for layer in range(4 if model == "toy" else 36):
+                        for seed in range(3):
+                            acc = float(rng.uniform(0.1, 0.7))
+                            rows.append({"model": model, "checkpoint": ck, "condition": cond, "distance": dist,
+                                         "layer": layer, "head": -1, "probe": "mlp", "seed": seed, "n_train": 1000,
+                                         "n_val": 200, "accuracy": acc, "ci_low": acc - .03, "ci_high": acc + .03,
+                                         "control_accuracy": .1, "selectivity": acc - .1, "task_accuracy": .9})
+    return pd.DataFrame(rows)
+
+
+def _demo_ablations():
+    import pandas as pd
+
+    rows = [{"experiment": "restart", "model": "qwen3-8b", "checkpoint": "final", "variant": v, "layer": -1, "head": -1,
+             "direction": "none", "metric": "accuracy", "value": val, "ci_low": val - .05, "ci_high": val + .05,
+             "n": 30} for v, val in (("normal", .661), ("restart", .508))]
+    rows += [{"experiment": "patch", "model": "qwen3-8b", "checkpoint": "final", "variant": "restart", "layer": ly,
+              "head": -1, "direction": "normal->restart", "metric": "nll", "value": 1 + .01 * ly, "ci_low": .9,
+              "ci_high": 1.2, "n": 30} for ly in range(36)]
+    return pd.DataFrame(rows)
+
+
+def run(quick: bool = False) -> list[BenchRow]:
+    return bench_ingest_kv(quick) + bench_figures(quick)
+
+
+if __name__ == "__main__":
+    import sys
+
+    for row in run(quick="--quick" in sys.argv):
+        print(row)
