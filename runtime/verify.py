@@ -34,11 +34,12 @@ TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.bfloat16: 0.25, tor
 
 @dataclass
 class Check:
-    """One measured check. ``value`` is a max |difference| (or a count of mismatches for occupancy)."""
+    """One measured check. ``value`` is a max |difference| (or a count of mismatches for occupancy); None when
+    the run under test failed before it could be measured (``note`` says why)."""
 
     name: str
     config: dict[str, Any]
-    value: float
+    value: float | None
     tolerance: float
     passed: bool
     note: str = ""
@@ -134,8 +135,12 @@ def verify(model: Any, tokens: MementoTokenIds, *, name: str = "model", seed: in
         dense = [dense_forward(model, torch.tensor([t.token_ids], device=dev), visibility_mask(s, device=dev))
                  for t, s in zip(traces, scheds)]
         final = FinalCacheKV()
-        rep = replay(model, traces[:1], cfg, tokens, keep_logits=True, captures=[final], max_chunk=5)
-        rep += replay(model, traces[1:], cfg, tokens, keep_logits=True)
+        try:
+            rep = replay(model, traces[:1], cfg, tokens, keep_logits=True, captures=[final], max_chunk=5)
+            rep += replay(model, traces[1:], cfg, tokens, keep_logits=True)
+        except AssertionError as exc:   # the replay's own occupancy accounting disagreed with the schedule
+            report.checks.append(Check("replay_vs_dense_logits", cd, None, tol, False, f"replay failed: {exc}"))
+            continue
         d_rep = max(float((d.logits[0].float().cpu() - r.logits).abs().max()) for d, r in zip(dense, rep))
         report.checks.append(Check("replay_vs_dense_logits", cd, d_rep, tol, d_rep <= tol,
                                    f"{len(traces)} traces, {len(scheds[0].evictions)} evictions in trace 0"))
