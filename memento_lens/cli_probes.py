@@ -1,0 +1,364 @@
+"""CLI: ``probe passcode``, ``ablate restart``, ``ablate patch`` (heavy modules imported inside commands)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import user_errors
+
+probe_app = typer.Typer(no_args_is_help=True, help="Probe the implicit KV channel (passcode probes).")
+ablate_app = typer.Typer(no_args_is_help=True, help="Restart ablation and causal KV patching.")
+
+MODEL_HELP = "toy, toy@<checkpoint>, random:tiny, or a local HF checkpoint directory."
+
+
+def _ints(text: Optional[str], option: str) -> tuple[int, ...]:
+    if text is None or text.strip() in ("", "all"):
+        return ()
+    try:
+        return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        from memento_lens.probes.features import ProbeInputError
+
+        raise ProbeInputError(f"{option}: expected comma-separated integers, got {text!r}") from None
+
+
+def _clean(rows: list[dict]) -> list[dict]:
+    """JSON-safe rows (NaN -> null, numpy scalars -> Python)."""
+    out = []
+    for r in rows:
+        d = {}
+        for k, v in r.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            d[k] = v
+        out.append(d)
+    return out
+
+
+class _Progress:
+    """A rich progress bar per stage on stderr (silent with --json unless a TTY)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+            self.bar.__enter__()
+        return self
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def _setup(threads: int, seed: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    torch.manual_seed(seed)
+
+
+def _report_skips(skips: list[dict]) -> None:
+    for s in skips:
+        print(f"skipped: {s}", file=sys.stderr)
+
+
+# -- probe passcode ----------------------------------------------------------------------------------------
+@probe_app.command("passcode")
+def passcode_cmd(
+    model: str = typer.Option("toy", "--model", help=MODEL_HELP),
+    task: str = typer.Option("auto", "--task", help="toy (block digits are the passcode) | trace | auto."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Memento JSON trace for real models."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("float32", "--dtype"),
+    seed: int = typer.Option(0, "--seed"),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Sequences (default 50000; --quick 4000)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layer indices (negative from the end); default all."),
+    heads: Optional[str] = typer.Option(None, "--heads", help="Also probe these KV heads one at a time."),
+    distances: Optional[str] = typer.Option(None, "--distances", help="Masked distances (default 1..7; --quick 1,2,7)."),
+    distance_layers: str = typer.Option("last", "--distance-layers", help="Layers for masked distances >= 2: last | all."),
+    target_block: int = typer.Option(1, "--target-block", help="0-based block holding the passcode (1 = paper's T2)."),
+    positions: str = typer.Option("span", "--positions", help="span (summary_start..summary_end) | digits (toy)."),
+    probes: str = typer.Option("mlp,linear", "--probes"),
+    control: bool = typer.Option(True, "--control/--no-control", help="Fit the control task (selectivity)."),
+    checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Toy only: 'all' or comma-separated checkpoint names; one sweep per checkpoint with its task accuracy."),
+    features_from: Optional[Path] = typer.Option(None, "--features-from", help="Re-fit probes on features cached in this run directory."),
+    cache_features: bool = typer.Option(True, "--cache-features/--no-cache-features", help="Save features (safetensors) in the run directory."),
+    threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a loaded 2-core box)."),
+    out: Path = typer.Option(Path("runs/passcode"), "--out"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    quick: bool = typer.Option(False, "--quick", help="Demo preset: 4000 samples, distances 1,2,7, short training."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result rows as a JSON list."),
+) -> None:
+    """Passcode probes on memento K/V: direct, masked (+k) and causal-control conditions per layer."""
+    with user_errors():
+        import dataclasses
+
+        from memento_lens.probes.features import MementoFeatures, ProbeInputError
+        from memento_lens.probes.passcode import QUICK, PasscodeConfig, run_passcode, summarize
+        from memento_lens.probes.models import make_probe
+        from memento_lens.runtime.store import RunStore
+
+        _setup(threads, seed)
+        base = dict(QUICK) if quick else {}
+        base["train"] = dataclasses.replace(base.get("train", PasscodeConfig().train), threads=threads)
+        if samples is not None:
+            if samples < 20:
+                raise ProbeInputError(f"--samples {samples}: need at least 20 for a train/validation split")
+            base["samples"] = samples
+        if distances is not None:
+            base["distances"] = _ints(distances, "--distances")
+        probe_names = tuple(p.strip() for p in probes.split(",") if p.strip())
+        for p in probe_names:
+            make_probe(p)
+        cfg = PasscodeConfig(model=model, task=task, trace=str(trace) if trace else None, layers=_ints(layers, "--layers"),
+                             heads=_ints(heads, "--heads"), target_block=target_block, distance_layers=distance_layers,
+                             positions=positions, probes=probe_names, control=control, seed=seed, device=device,
+                             dtype=dtype, **base)
+        specs = [model]
+        if checkpoints:
+            if not model.startswith("toy"):
+                raise ProbeInputError("--checkpoints applies to the shipped toy model (--model toy)")
+            from memento_lens.runtime.toy.shipped import list_checkpoints
+
+            known = [str(c) for c in list_checkpoints()]
+            wanted = known if checkpoints == "all" else [c.strip() for c in checkpoints.split(",")]
+            bad = [c for c in wanted if c not in known]
+            if bad:
+                raise ProbeInputError(f"--checkpoints: unknown {', '.join(bad)}; known: {', '.join(known)}")
+            specs = [f"toy@{c}" for c in wanted]
+        store = RunStore.create(out, "probe_passcode", {"passcode": cfg.to_dict(), "checkpoints": specs},
+                                overwrite=overwrite)
+        import pandas as pd
+
+        frames, skips, infos = [], [], {}
+        with _Progress(not as_json or sys.stderr.isatty()) as bar:
+            for spec in specs:
+                run_cfg = dataclasses.replace(cfg, model=spec)
+                ckpt = spec.split("@", 1)[1] if "@" in spec else ""
+                feats = None
+                if features_from is not None:
+                    feats = MementoFeatures.load(RunStore.open(features_from))
+                loaded, task_acc = None, float("nan")
+                if feats is None:
+                    from memento_lens.runtime.model import load_model
+
+                    loaded = load_model(spec, device=device, dtype=dtype)
+                    if checkpoints:
+                        task_acc = _toy_task_accuracy(loaded.model, device)
+                prefix = f"features/{ckpt}" if ckpt else "features"
+                on_feat = (lambda f, p=prefix: f.save(store, p)) if cache_features and feats is None else None
+                res = run_passcode(run_cfg, loaded, features=feats, checkpoint=ckpt, task_accuracy=task_acc,
+                                   on_features=on_feat, progress=lambda s, d, t, c=ckpt: bar(f"{c} {s}".strip(), d, t))
+                frames.append(res.rows)
+                skips += [s.to_dict() for s in res.skips]
+                infos[spec] = res.info
+        df = pd.concat(frames, ignore_index=True)
+        store.write_table("probe_results.parquet", df)
+        summary = {"summary": summarize(df), "skipped": skips, "info": infos}
+        store.write_json("passcode_summary.json", summary)
+        store.mark_complete(rows=len(df))
+        _report_skips(skips)
+        if as_json:
+            print(json.dumps(_clean(df.to_dict("records"))))
+        else:
+            _print_table(df[["checkpoint", "condition", "distance", "layer", "head", "probe", "accuracy", "ci_low",
+                             "ci_high", "control_accuracy", "task_accuracy"]], f"wrote {out}/probe_results.parquet")
+
+
+def _toy_task_accuracy(model, device: str) -> float:
+    """Teacher-forced memento exact-match rate (toy evaluation, memento attention, held-out seed)."""
+    from memento_lens.runtime.toy.evaluate import evaluate_all
+
+    return float(evaluate_all(model, n=1000, modes=("memento",), device=device)["memento"].exact)
+
+
+def _print_table(df, footer: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(show_lines=False)
+    for c in df.columns:
+        t.add_column(str(c))
+    for r in df.itertuples(index=False):
+        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r])
+    console = Console()
+    console.print(t)
+    console.print(footer)
+
+
+# -- ablate ------------------------------------------------------------------------------------------------
+def _ablation_inputs(model: str, trace: Optional[Path], samples: int, seed: int, device: str, dtype: str):
+    """(loaded model, token ids [n, T], AblationLayout, info) for the toy or a real trace."""
+    import dataclasses
+
+    import numpy as np
+
+    from memento_lens.probes.ablation import AblationLayout, toy_layout, trace_targets
+    from memento_lens.probes.features import ProbeInputError
+    from memento_lens.runtime.model import load_model
+    from memento_lens.runtime.schedule import compute_schedule
+    from memento_lens.runtime.toy.task import TOY_MASKING, VOCAB, sample
+
+    loaded = load_model(model, device=device, dtype=dtype)
+    is_toy = model.startswith("toy") or loaded.model.config.vocab_size <= len(VOCAB) + 1
+    if is_toy and trace is None:
+        batch = sample(samples, np.random.default_rng(seed), )
+        return loaded, batch.token_ids, toy_layout(), {"task": "toy"}
+    if trace is None:
+        raise ProbeInputError("--trace is required for a real model (a Memento JSON trace)")
+    from memento_lens.probes.real import build_passcode_trace, load_segments
+
+    tokens = loaded.require_tokens()
+    pt = build_passcode_trace(load_segments(trace), loaded.tokenizer, tokens, TOY_MASKING, target_block=0,
+                              source=str(trace))
+    ids = pt.token_ids.tolist()
+    cfg = tokens.resolve_config(TOY_MASKING)
+    normal = compute_schedule(ids, cfg, tokens, prompt_len=pt.prompt_len)
+    restart = compute_schedule(ids, dataclasses.replace(cfg, restart_mode=True), tokens, prompt_len=pt.prompt_len)
+    targets = trace_targets(normal)
+    if len(normal.blocks) < 2 or not targets:
+        raise ProbeInputError(f"--trace {trace}: needs at least 2 blocks with mementos for the restart ablation, "
+                              f"found {len(normal.blocks)}")
+    layout = AblationLayout.from_schedules(normal, restart, targets)
+    return loaded, pt.token_ids[None, :], layout, {"task": "trace", "trace": str(trace), "n_tokens": len(ids),
+                                                   "note": "passcode sentence 00000 inserted at block 0"}
+
+
+@ablate_app.command("restart")
+def restart_cmd(
+    model: str = typer.Option("toy", "--model", help=MODEL_HELP),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Memento JSON trace (real models)."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("float32", "--dtype"),
+    seed: int = typer.Option(0, "--seed"),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Toy sequences (default 2000; --quick 256)."),
+    generated: bool = typer.Option(True, "--generated/--no-generated", help="Toy: also greedy-generate the mementos."),
+    threads: int = typer.Option(1, "--threads"),
+    out: Path = typer.Option(Path("runs/restart"), "--out"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    quick: bool = typer.Option(False, "--quick"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Restart ablation: normal memento KV vs restart (recomputed without the block), same weights and sequences."""
+    with user_errors():
+        import pandas as pd
+
+        from memento_lens.probes.ablation import (ABLATION_COLUMNS, restart_ablation, restart_block_rows, restart_rows,
+                                                  toy_generated_accuracy)
+        from memento_lens.runtime.store import RunStore
+
+        _setup(threads, seed)
+        n = samples if samples is not None else (256 if quick else 2000)
+        config = {"model": model, "trace": str(trace) if trace else None, "samples": n, "seed": seed,
+                  "generated": generated, "device": device, "dtype": dtype}
+        store = RunStore.create(out, "ablate_restart", config, overwrite=overwrite)
+        loaded, ids, layout, info = _ablation_inputs(model, trace, n, seed, device, dtype)
+        with _Progress(not as_json or sys.stderr.isatty()) as bar:
+            acc = restart_ablation(loaded.model, ids, layout, device=device,
+                                   progress=lambda d: bar("restart (teacher-forced)", d, len(ids)))
+            gen = None
+            if generated and info["task"] == "toy":
+                gen = {w: toy_generated_accuracy(loaded.model, ids, layout, w, device=device)
+                       for w in ("normal", "restart")}
+                bar("generated", 1, 1)
+        ckpt = model.split("@", 1)[1] if "@" in model else ""
+        rows = restart_rows(acc, layout, model, ckpt, gen)
+        df = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+        store.write_table("ablations.parquet", df)
+        store.write_table("ablation_blocks.parquet", pd.DataFrame(restart_block_rows(acc, layout, model)))
+        info["generated"] = ("greedy memento generation, block digits given" if gen is not None else
+                             "not run (real traces: the continuation is scored teacher-forced only)")
+        store.write_json("restart_summary.json", {"rows": _clean(rows), "info": info})
+        store.mark_complete(rows=len(df))
+        if as_json:
+            print(json.dumps(_clean(rows)))
+        else:
+            _print_table(df[["variant", "metric", "value", "ci_low", "ci_high", "n"]], f"wrote {out}/ablations.parquet")
+
+
+@ablate_app.command("patch")
+def patch_cmd(
+    model: str = typer.Option("toy", "--model", help=MODEL_HELP),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Memento JSON trace (real models)."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("float32", "--dtype"),
+    seed: int = typer.Option(0, "--seed"),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Toy sequences (default 1000; --quick 128)."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers; default all."),
+    heads: Optional[str] = typer.Option(None, "--heads", help="Also patch these KV heads one at a time."),
+    directions: str = typer.Option("restart->normal,normal->restart", "--directions"),
+    threads: int = typer.Option(1, "--threads"),
+    out: Path = typer.Option(Path("runs/patch"), "--out"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    quick: bool = typer.Option(False, "--quick"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Causal KV patching: swap earlier mementos' K/V between normal and restart runs at one layer (or head)."""
+    with user_errors():
+        import pandas as pd
+
+        from memento_lens.probes.ablation import ABLATION_COLUMNS, patch_rows, patch_sweep
+        from memento_lens.probes.features import resolve_layers
+        from memento_lens.runtime.store import RunStore
+
+        _setup(threads, seed)
+        n = samples if samples is not None else (128 if quick else 1000)
+        dirs = [d.strip() for d in directions.split(",") if d.strip()]
+        config = {"model": model, "trace": str(trace) if trace else None, "samples": n, "seed": seed,
+                  "layers": layers, "heads": heads, "directions": dirs, "device": device, "dtype": dtype}
+        store = RunStore.create(out, "ablate_patch", config, overwrite=overwrite)
+        loaded, ids, layout, info = _ablation_inputs(model, trace, n, seed, device, dtype)
+        ly = resolve_layers(list(_ints(layers, "--layers")), int(loaded.model.config.num_hidden_layers))
+        n_kv = int(loaded.model.config.num_key_value_heads)
+        hd = [-1, *_ints(heads, "--heads")]
+        bad = [h for h in hd if h >= n_kv]
+        if bad:
+            from memento_lens.probes.features import ProbeInputError
+
+            raise ProbeInputError(f"--heads: {bad} out of range ({n_kv} KV heads)")
+        with _Progress(not as_json or sys.stderr.isatty()) as bar:
+            acc = patch_sweep(loaded.model, ids, layout, ly, heads=hd, directions=dirs, device=device,
+                              progress=lambda d: bar("patching", d, len(ids)))
+        ckpt = model.split("@", 1)[1] if "@" in model else ""
+        rows = patch_rows(acc, layout, model, ly, hd, dirs, ckpt)
+        df = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
+        store.write_table("ablations.parquet", df)
+        store.write_json("patch_summary.json", {"rows": _clean(rows), "info": info, "method":
+                         "forward hooks on self_attn.k_proj/v_proj splice the donor run's projections at earlier "
+                         "memento positions at one layer; every other layer pinned to the base run's own values"})
+        store.mark_complete(rows=len(df))
+        if as_json:
+            print(json.dumps(_clean(rows)))
+        else:
+            _print_table(df[df["metric"].isin(["accuracy", "delta_accuracy", "nll", "kl"])]
+                         [["variant", "direction", "layer", "head", "metric", "value", "ci_low", "ci_high"]],
+                         f"wrote {out}/ablations.parquet")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(probe_app, name="probe")
+    app.add_typer(ablate_app, name="ablate")

@@ -1,0 +1,332 @@
+"""Restart ablation (paper §6.2.1) and causal KV patching (beyond the paper).
+
+Worlds (all from the runtime's schedules, one structure shared by every sequence of a batch):
+
+* ``normal``: block masking keep 0; each memento's KV was computed with its block visible.
+* ``restart``: the restart schedule (block *and* delimiters evicted, memento KV recomputed without the
+  block). Memento c itself is still generated with block c visible, so segment c (block c + memento c) is
+  scored under :meth:`AblationLayout.restart_world` ``(c)``: the restart mask with memento c's rows seeing
+  block c. One forward per segment, truncated after it.
+
+Scores per segment c >= 1 (segment 0 has no earlier memento, so both worlds agree): toy = the memento
+digits of block c (teacher-forced task accuracy, NLL); real traces = every token of block c + memento c
+(+ the answer after the last memento), NLL and KL(normal || restart).
+
+Patching (see :mod:`.patching`): in a base world, the K/V of mementos j < c at one layer (optionally one KV
+head) are replaced by the other world's; every other layer stays the base's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from memento_lens.runtime.dense import dense_forward
+from memento_lens.runtime.masks import visibility_mask
+from memento_lens.runtime.schedule import EventKind, Schedule
+
+from .patching import KVProj, capture_kv_proj, patch_kv_proj, surgery_patches
+
+DIRECTIONS = {"restart->normal": ("normal", "restart"), "normal->restart": ("restart", "normal")}
+
+
+@dataclass
+class AblationLayout:
+    """Structure shared by a batch.
+
+    Attributes:
+        normal_visible, restart_visible: ``[T, T]`` bool.
+        restart_ranges: ``{c: (rewind_to, position, start, end)}`` of block c's restart event.
+        memento_spans: ``{c: [positions]}`` summary_start .. summary_end.
+        targets: ``{segment: [positions]}`` tokens scored (each predicted from the position before it).
+    """
+
+    normal_visible: torch.Tensor
+    restart_visible: torch.Tensor
+    restart_ranges: dict[int, tuple[int, int, int, int]]
+    memento_spans: dict[int, np.ndarray]
+    targets: dict[int, np.ndarray]
+
+    @classmethod
+    def from_schedules(cls, normal: Schedule, restart: Schedule, targets: dict[int, np.ndarray]) -> "AblationLayout":
+        ranges = {e.block: (e.rewind_to, e.position, e.start, e.end) for e in restart.evictions
+                  if e.kind == EventKind.RESTART}
+        spans = {s.block: np.arange(s.summary_start, s.summary_end + 1) for s in normal.blocks
+                 if s.summary_start is not None and s.summary_end is not None}
+        return cls(visibility_mask(normal), visibility_mask(restart), ranges, spans, targets)
+
+    def restart_world(self, c: int) -> torch.Tensor:
+        """Restart visibility in which memento c's rows still see block c (as when it was generated)."""
+        vis = self.restart_visible.clone()
+        if c in self.restart_ranges:
+            rewind, pos, start, end = self.restart_ranges[c]
+            vis[rewind:pos, start:end] = True
+        return vis
+
+    def earlier_memento_positions(self, c: int) -> torch.Tensor:
+        parts = [self.memento_spans[j] for j in sorted(self.memento_spans) if j < c]
+        return torch.as_tensor(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64), dtype=torch.long)
+
+    def all_memento_positions(self) -> torch.Tensor:
+        return torch.as_tensor(np.concatenate([self.memento_spans[j] for j in sorted(self.memento_spans)]),
+                               dtype=torch.long)
+
+    @property
+    def segments(self) -> list[int]:
+        return [c for c in sorted(self.targets) if c >= 1]
+
+
+def toy_layout() -> AblationLayout:
+    """The toy's layout: segment c scores memento c's digits."""
+    import dataclasses
+
+    from memento_lens.runtime.schedule import compute_schedule
+    from memento_lens.runtime.toy.task import TOY_MASKING, TOY_TOKENS, ToyLayout, sample
+
+    lay = ToyLayout()
+    ids = sample(1, 0, lay).token_ids[0].tolist()
+    cfg = TOY_TOKENS.resolve_config(TOY_MASKING)
+    normal = compute_schedule(ids, cfg, TOY_TOKENS, prompt_len=1)
+    restart = compute_schedule(ids, dataclasses.replace(cfg, restart_mode=True), TOY_TOKENS, prompt_len=1)
+    return AblationLayout.from_schedules(normal, restart, {c: lay.memento(c) for c in range(lay.n_blocks)})
+
+
+def trace_targets(schedule: Schedule) -> dict[int, np.ndarray]:
+    """Real traces: segment c = tokens after memento c-1 up to memento c's end; the answer after the last memento
+    is segment ``n_blocks``."""
+    ends = [s.summary_end for s in schedule.blocks if s.summary_end is not None]
+    out: dict[int, np.ndarray] = {}
+    for c in range(1, len(ends)):
+        out[c] = np.arange(ends[c - 1] + 1, ends[c] + 1)
+    if ends and ends[-1] + 1 < schedule.n_tokens:
+        out[len(ends)] = np.arange(ends[-1] + 1, schedule.n_tokens)
+    return out
+
+
+@dataclass
+class SegmentScore:
+    """Per-sequence scores of one segment: ``nll``, ``correct`` ``[B, P]``; ``logp`` ``[B, P, V]`` (kept for KL)."""
+
+    nll: torch.Tensor
+    correct: torch.Tensor
+    logp: torch.Tensor
+
+
+def score_segment(model: torch.nn.Module, ids: torch.Tensor, visible: torch.Tensor, targets: np.ndarray,
+                  patches: dict[int, KVProj] | None = None) -> SegmentScore:
+    """Teacher-forced log-probs of ``ids[:, targets]`` under ``visible`` (and optional K/V patches)."""
+    t = int(targets.max()) + 1
+    tg = torch.as_tensor(targets, dtype=torch.long, device=ids.device)
+    if patches:
+        with patch_kv_proj(model, patches):
+            logits = dense_forward(model, ids[:, :t], visible[:t, :t], want_kv=False).logits
+    else:
+        logits = dense_forward(model, ids[:, :t], visible[:t, :t], want_kv=False).logits
+    logp = F.log_softmax(logits[:, tg - 1].float(), dim=-1)
+    gold = ids[:, tg]
+    nll = -logp.gather(-1, gold.unsqueeze(-1)).squeeze(-1)
+    return SegmentScore(nll=nll, correct=logp.argmax(-1) == gold, logp=logp)
+
+
+def kl_div(ref: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``KL(ref || other)`` per token from log-probs ``[..., V]``."""
+    return (ref.exp() * (ref - other)).sum(-1)
+
+
+@dataclass
+class AblationAccumulator:
+    """Per-sequence (and per-segment) values collected over batches."""
+
+    values: dict[tuple, list[np.ndarray]] = field(default_factory=dict)
+
+    def add(self, key: tuple, per_sequence: torch.Tensor) -> None:
+        self.values.setdefault(key, []).append(per_sequence.detach().cpu().double().numpy())
+
+    def get(self, key: tuple) -> np.ndarray:
+        return np.concatenate(self.values[key])
+
+
+def restart_ablation(model: torch.nn.Module, token_ids: np.ndarray, layout: AblationLayout, *, batch_size: int = 128,
+                     device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
+                     ) -> AblationAccumulator:
+    """Teacher-forced normal vs restart scores. Keys: (world, segment, metric) with metric in
+    {accuracy, nll, kl}; values per sequence (mean over the segment's tokens)."""
+    acc = AblationAccumulator()
+    ids_all = torch.as_tensor(token_ids, dtype=torch.long)
+    normal_vis = layout.normal_visible.to(device)
+    for s in range(0, len(ids_all), batch_size):
+        ids = ids_all[s:s + batch_size].to(device)
+        for c in layout.segments:
+            tg = layout.targets[c]
+            ref = score_segment(model, ids, normal_vis, tg)
+            rst = score_segment(model, ids, layout.restart_world(c).to(device), tg)
+            for world, sc in (("normal", ref), ("restart", rst)):
+                acc.add((world, c, "accuracy"), sc.correct.float().mean(1))
+                acc.add((world, c, "nll"), sc.nll.mean(1))
+            acc.add(("restart", c, "kl"), kl_div(ref.logp, rst.logp).mean(1))
+        if progress:
+            progress(min(s + batch_size, len(ids_all)))
+    return acc
+
+
+def capture_world(model: torch.nn.Module, ids: torch.Tensor, visible: torch.Tensor, positions: torch.Tensor
+                  ) -> dict[int, KVProj]:
+    """K/V projections of every layer at ``positions`` from one dense forward under ``visible``."""
+    n_layers = int(model.config.num_hidden_layers)
+    t = int(positions.max()) + 1
+    with capture_kv_proj(model, list(range(n_layers)), positions) as cap:
+        dense_forward(model, ids[:, :t], visible[:t, :t], want_kv=False)
+    return cap
+
+
+def patch_sweep(model: torch.nn.Module, token_ids: np.ndarray, layout: AblationLayout, layers: Iterable[int], *,
+                heads: Iterable[int] = (-1,), directions: Iterable[str] = tuple(DIRECTIONS), batch_size: int = 128,
+                device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
+                ) -> AblationAccumulator:
+    """Per layer (and head) and direction, scores with earlier mementos' K/V patched at that layer only.
+
+    Keys: (direction, layer, head, segment, metric) plus the unpatched bases (world, -1, -1, segment, metric)
+    (world = "normal"/"restart"). Metrics: accuracy, nll, kl (vs the unpatched base world).
+    """
+    layers, heads = list(layers), list(heads)
+    head_dim = int(getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads)
+    for d in directions:
+        if d not in DIRECTIONS:
+            raise ValueError(f"--directions: unknown {d!r}; choose from {', '.join(DIRECTIONS)}")
+    acc = AblationAccumulator()
+    ids_all = torch.as_tensor(token_ids, dtype=torch.long)
+    pos_all = layout.all_memento_positions()
+    normal_vis = layout.normal_visible.to(device)
+    for s in range(0, len(ids_all), batch_size):
+        ids = ids_all[s:s + batch_size].to(device)
+        caps = {"normal": capture_world(model, ids, normal_vis, pos_all),
+                "restart": capture_world(model, ids, layout.restart_visible.to(device), pos_all)}
+        for c in layout.segments:
+            tg = layout.targets[c]
+            earlier = layout.earlier_memento_positions(c)
+            worlds = {"normal": normal_vis, "restart": layout.restart_world(c).to(device)}
+            base_scores = {}
+            for w, vis in worlds.items():
+                base_scores[w] = score_segment(model, ids, vis, tg)
+                acc.add((w, -1, -1, c, "accuracy"), base_scores[w].correct.float().mean(1))
+                acc.add((w, -1, -1, c, "nll"), base_scores[w].nll.mean(1))
+            for d in directions:
+                base_w, donor_w = DIRECTIONS[d]
+                for layer in layers:
+                    for head in heads:
+                        patches = surgery_patches(caps[base_w], caps[donor_w], layer, earlier, head, head_dim)
+                        sc = score_segment(model, ids, worlds[base_w], tg, patches)
+                        key = (d, layer, head, c)
+                        acc.add((*key, "accuracy"), sc.correct.float().mean(1))
+                        acc.add((*key, "nll"), sc.nll.mean(1))
+                        acc.add((*key, "kl"), kl_div(base_scores[base_w].logp, sc.logp).mean(1))
+        if progress:
+            progress(min(s + batch_size, len(ids_all)))
+    return acc
+
+
+@torch.inference_mode()
+def toy_generated_accuracy(model: torch.nn.Module, token_ids: np.ndarray, layout: AblationLayout, world: str, *,
+                           batch_size: int = 128, device: str | torch.device = "cpu") -> np.ndarray:
+    """Greedy generation of every memento's digits (block digits given), errors carried forward.
+
+    Returns ``[n, n_segments]`` bool: memento c fully right (segments c >= 1)."""
+    out = []
+    ids_all = torch.as_tensor(token_ids, dtype=torch.long)
+    for s in range(0, len(ids_all), batch_size):
+        ids = ids_all[s:s + batch_size].to(device).clone()
+        gold = ids.clone()
+        for c in sorted(layout.targets):
+            vis = (layout.normal_visible if world == "normal" else layout.restart_world(c)).to(device)
+            for p in layout.targets[c]:
+                logits = dense_forward(model, ids[:, :p], vis[:p, :p], want_kv=False).logits
+                ids[:, p] = logits[:, -1].argmax(-1)
+        segs = layout.segments
+        out.append(torch.stack([(ids[:, layout.targets[c]] == gold[:, layout.targets[c]]).all(1) for c in segs], 1)
+                   .cpu().numpy())
+    return np.concatenate(out)
+
+
+# -- tables (ablations.parquet contract) ---------------------------------------------------------------------
+ABLATION_COLUMNS = ["experiment", "model", "checkpoint", "variant", "layer", "head", "direction", "metric", "value",
+                    "ci_low", "ci_high", "n"]
+
+
+def _ci(per_seq: np.ndarray, seed: int = 0, n_boot: int = 1000) -> tuple[float, float, float]:
+    from .train import bootstrap_ci
+
+    return bootstrap_ci(np.asarray(per_seq, dtype=np.float64)[:, None], n_boot=n_boot, seed=seed)
+
+
+def _over_segments(acc: AblationAccumulator, prefix: tuple, metric: str, segments: list[int]) -> np.ndarray:
+    """Per-sequence mean over segments c >= 1."""
+    return np.mean([acc.get((*prefix, c, metric)) for c in segments], axis=0)
+
+
+def restart_rows(acc: AblationAccumulator, layout: AblationLayout, model: str, checkpoint: str = "",
+                 generated: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Contract rows: per world the teacher-forced accuracy and NLL, restart KL, and (toy) generated exact rate."""
+    rows = []
+    segs = layout.segments
+
+    def row(variant, metric, per_seq):
+        v, lo, hi = _ci(per_seq)
+        rows.append({"experiment": "restart", "model": model, "checkpoint": checkpoint, "variant": variant,
+                     "layer": -1, "head": -1, "direction": "", "metric": metric, "value": v, "ci_low": lo,
+                     "ci_high": hi, "n": int(len(per_seq))})
+
+    for world in ("normal", "restart"):
+        row(world, "accuracy_teacher_forced", _over_segments(acc, (world,), "accuracy", segs))
+        row(world, "nll_teacher_forced", _over_segments(acc, (world,), "nll", segs))
+    row("restart", "kl_teacher_forced", _over_segments(acc, ("restart",), "kl", segs))
+    for world, exact in (generated or {}).items():
+        row(world, "memento_exact_generated", exact.mean(axis=1))
+    return rows
+
+
+def restart_block_rows(acc: AblationAccumulator, layout: AblationLayout, model: str) -> list[dict]:
+    """Per segment (block) detail: ``ablation_blocks.parquet`` (segment, variant, metric, value, CI, n)."""
+    rows = []
+    for c in layout.segments:
+        for world, metric in (("normal", "accuracy"), ("normal", "nll"), ("restart", "accuracy"),
+                              ("restart", "nll"), ("restart", "kl")):
+            per = acc.get((world, c, metric))
+            v, lo, hi = _ci(per)
+            rows.append({"experiment": "restart", "model": model, "segment": c, "variant": world, "metric": metric,
+                         "value": v, "ci_low": lo, "ci_high": hi, "n": int(len(per))})
+    return rows
+
+
+def patch_rows(acc: AblationAccumulator, layout: AblationLayout, model: str, layers: list[int], heads: list[int],
+               directions: list[str], checkpoint: str = "") -> list[dict]:
+    """Contract rows: unpatched bases (layer -1) and, per direction/layer/head, accuracy, nll, kl and the shift
+    from the base world (``delta_accuracy``, ``delta_nll``)."""
+    rows = []
+    segs = layout.segments
+
+    def row(variant, layer, head, direction, metric, per_seq):
+        v, lo, hi = _ci(per_seq)
+        rows.append({"experiment": "patch", "model": model, "checkpoint": checkpoint, "variant": variant,
+                     "layer": layer, "head": head, "direction": direction, "metric": metric, "value": v,
+                     "ci_low": lo, "ci_high": hi, "n": int(len(per_seq))})
+
+    base = {}
+    for world in ("normal", "restart"):
+        for metric in ("accuracy", "nll"):
+            base[(world, metric)] = _over_segments(acc, (world, -1, -1), metric, segs)
+            row(world, -1, -1, "", metric, base[(world, metric)])
+    for d in directions:
+        base_w, donor_w = DIRECTIONS[d]
+        for layer in layers:
+            for head in heads:
+                key = (d, layer, head)
+                for metric in ("accuracy", "nll", "kl"):
+                    per = _over_segments(acc, key, metric, segs)
+                    row(f"{donor_w}_kv", layer, head, d, metric, per)
+                    if metric != "kl":
+                        row(f"{donor_w}_kv", layer, head, d, f"delta_{metric}", per - base[(base_w, metric)])
+    return rows

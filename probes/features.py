@@ -1,0 +1,260 @@
+"""Passcode features: keys and values at memento token positions, from a batched replay with block masking.
+
+Indexing (0-based everywhere, as in the rest of memento-lens): the paper's T1/M1 is our block 0. The paper
+injects the passcode into T2 (= our ``target_block`` 1) and reads
+
+====================  =======================  ===========================
+condition             paper                    our memento block
+====================  =======================  ===========================
+``causal_control``    M1 (before T2 existed)   ``target_block - 1`` (0)
+``direct``            M2 (saw T2)              ``target_block`` (1)
+``masked`` +k         M(2+k) (T2 evicted)      ``target_block + k`` (1 + k)
+====================  =======================  ===========================
+
+Features of one (memento block, layer): ``[n, kv_heads, n_positions, 2 * d_head]`` (K and V concatenated on
+the last axis, keys post-RoPE as cached); :meth:`MementoFeatures.matrix` flattens all heads (``head=-1``)
+or one head to ``[n, features]``. Every sample of one extraction shares its positions (toy sequences have a
+fixed layout; real-trace samples differ only in the substituted passcode tokens), so one visibility mask
+serves the whole batch and :func:`memento_lens.runtime.dense.dense_forward` replays it in one forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from memento_lens.runtime.dense import dense_forward
+
+CONDITIONS = ("direct", "masked", "causal_control")
+
+
+class ProbeInputError(ValueError):
+    """Bad probe input (too few blocks, distance beyond the trace, layer out of range); names the option."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """Which memento is read for a target block.
+
+    Attributes:
+        name: ``direct`` | ``masked`` | ``causal_control``.
+        distance: 0 direct, k >= 1 masked (memento of ``target + k``), -1 causal control.
+        memento_block: 0-based block whose memento supplies the features.
+    """
+
+    name: str
+    distance: int
+    memento_block: int
+
+    def to_dict(self) -> dict:
+        return {"condition": self.name, "distance": self.distance, "memento_block": self.memento_block}
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A requested (condition, distance, layer) that cannot be run, and why (reported, never silent)."""
+
+    condition: str
+    distance: int
+    reason: str
+    layer: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"condition": self.condition, "distance": self.distance, "layer": self.layer, "reason": self.reason}
+
+
+def passcode_conditions(target_block: int, n_blocks: int, distances: Iterable[int] = range(1, 8),
+                        conditions: Sequence[str] = CONDITIONS) -> tuple[list[Condition], list[Skip]]:
+    """Conditions for a passcode in ``target_block`` of a sequence with ``n_blocks`` completed mementos.
+
+    Raises:
+        ProbeInputError: the masked condition is asked for but no memento follows the target (a trace
+            needs at least 3 blocks for target block 1), or an unknown condition.
+    Returns:
+        (conditions to run, skipped requests with the reason).
+    """
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown:
+        raise ProbeInputError(f"--conditions: unknown {', '.join(unknown)}; choose from {', '.join(CONDITIONS)}")
+    if not 0 <= target_block < n_blocks:
+        raise ProbeInputError(f"target block {target_block} outside the trace's {n_blocks} blocks")
+    out: list[Condition] = []
+    skips: list[Skip] = []
+    if "causal_control" in conditions:
+        if target_block >= 1:
+            out.append(Condition("causal_control", -1, target_block - 1))
+        else:
+            skips.append(Skip("causal_control", -1, "target block 0 has no earlier memento"))
+    if "direct" in conditions:
+        out.append(Condition("direct", 0, target_block))
+    if "masked" in conditions:
+        if target_block + 1 >= n_blocks:
+            raise ProbeInputError(
+                f"masked condition needs a memento after the target block: the trace has {n_blocks} blocks, "
+                f"target block {target_block} (0-based) needs at least {target_block + 2} "
+                f"(at least 3 blocks for the paper's T2 with a causal control)")
+        for k in sorted(set(int(d) for d in distances)):
+            if k < 1:
+                raise ProbeInputError(f"--distances: masked distances start at 1, got {k}")
+            if target_block + k < n_blocks:
+                out.append(Condition("masked", k, target_block + k))
+            else:
+                skips.append(Skip("masked", k, f"distance {k} beyond the trace: memento of block {target_block + k} "
+                                               f"does not exist ({n_blocks} blocks)"))
+    return out, skips
+
+
+def resolve_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    """Layer indices (negative counts from the end); None = all. Out of range raises naming ``--layers``."""
+    if layers is None or len(layers) == 0:
+        return list(range(n_layers))
+    out = []
+    for layer in layers:
+        idx = layer + n_layers if layer < 0 else layer
+        if not 0 <= idx < n_layers:
+            raise ProbeInputError(f"--layers: layer {layer} out of range for a model with {n_layers} layers "
+                                  f"(valid 0..{n_layers - 1} or -1..-{n_layers})")
+        if idx not in out:
+            out.append(idx)
+    return sorted(out)
+
+
+@dataclass
+class MementoFeatures:
+    """K/V features at memento positions.
+
+    Attributes:
+        kv: ``{(memento_block, layer): [n, kv_heads, n_positions, 2 * d_head]}`` (stored dtype, e.g. float16).
+        labels: ``[n, n_digits]`` int64 passcode digits.
+        positions: ``{memento_block: [n_positions]}`` token positions read.
+    """
+
+    kv: dict[tuple[int, int], torch.Tensor]
+    labels: torch.Tensor
+    positions: dict[int, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.labels.shape[0])
+
+    def layers(self) -> list[int]:
+        return sorted({layer for _, layer in self.kv})
+
+    def matrix(self, memento_block: int, layer: int, head: int = -1) -> torch.Tensor:
+        """``[n, features]`` float32: all heads (``head=-1``) or one KV head."""
+        t = self.kv[(memento_block, layer)]
+        if head >= 0:
+            if head >= t.shape[1]:
+                raise ProbeInputError(f"--heads: head {head} out of range ({t.shape[1]} KV heads)")
+            t = t[:, head]
+        return t.reshape(t.shape[0], -1).float()
+
+    # -- cache in a run directory (safetensors through RunStore) --------------------------------------------
+    def save(self, store, prefix: str = "features") -> None:
+        """Write ``<prefix>/layer-XX.safetensors`` + ``<prefix>/labels.safetensors`` and a typed index."""
+        import pandas as pd
+
+        rows = []
+        for layer in self.layers():
+            tensors = {}
+            for (mb, ly), t in self.kv.items():
+                if ly == layer:
+                    name = f"memento{mb}"
+                    tensors[name] = t
+                    rows.append({"memento_block": mb, "layer": layer, "file": f"{prefix}/layer-{layer:02d}.safetensors",
+                                 "tensor": name, "positions": [int(p) for p in self.positions.get(mb, [])]})
+            store.write_tensors(f"{prefix}/layer-{layer:02d}.safetensors", tensors)
+        store.write_tensors(f"{prefix}/labels.safetensors", {"labels": self.labels})
+        store.write_table(f"{prefix}/index.parquet", pd.DataFrame(rows))
+
+    @classmethod
+    def load(cls, store, prefix: str = "features") -> "MementoFeatures":
+        index = store.read_table(f"{prefix}/index.parquet")
+        labels = store.read_tensors(f"{prefix}/labels.safetensors")["labels"]
+        kv: dict[tuple[int, int], torch.Tensor] = {}
+        positions: dict[int, np.ndarray] = {}
+        files: dict[str, dict[str, torch.Tensor]] = {}
+        for row in index.itertuples():
+            if row.file not in files:
+                files[row.file] = store.read_tensors(row.file)
+            kv[(int(row.memento_block), int(row.layer))] = files[row.file][row.tensor]
+            positions[int(row.memento_block)] = np.asarray(row.positions, dtype=np.int64)
+        return cls(kv=kv, labels=labels, positions=positions)
+
+
+def extract_memento_kv(model: torch.nn.Module, input_ids: torch.Tensor | np.ndarray, visible: torch.Tensor,
+                       positions: Mapping[int, np.ndarray], layers: Sequence[int], labels: torch.Tensor | np.ndarray,
+                       *, wanted: Iterable[tuple[int, int]] | None = None, batch_size: int = 256,
+                       device: torch.device | str | None = None, store_dtype: torch.dtype = torch.float16,
+                       progress: Callable[[int], None] | None = None) -> MementoFeatures:
+    """Replay ``input_ids`` with one shared visibility mask and gather K/V at memento positions.
+
+    Args:
+        model: HF causal LM (eval mode).
+        input_ids: ``[n, T]``; every row has the same layout.
+        visible: ``[T, T]`` bool visibility (the block-masking schedule's mask, e.g. keep 0).
+        positions: ``{memento_block: [n_positions]}`` token positions to read per memento.
+        layers: layer indices to keep.
+        labels: ``[n, n_digits]`` passcode digits.
+        wanted: restrict to these (memento_block, layer) pairs (saves memory in large sweeps); default all.
+        batch_size: sequences per forward.
+        device: where the forward runs (default: the model's device).
+        store_dtype: dtype the features are kept in (float16 halves memory; probes upcast to float32).
+        progress: called with the number of sequences done after each batch.
+    """
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
+    n, t = ids.shape
+    if visible.shape != (t, t):
+        raise ProbeInputError(f"visibility mask {tuple(visible.shape)} does not match sequence length {t}")
+    pairs = list(wanted) if wanted is not None else [(mb, ly) for mb in positions for ly in layers]
+    # Only run the prefix up to the last position needed: later tokens cannot change earlier K/V.
+    last = max(int(np.max(positions[mb])) for mb, _ in pairs) + 1
+    vis = visible[:last, :last].to(dev)
+    pos_t = {mb: torch.as_tensor(np.asarray(p), dtype=torch.long, device=dev) for mb, p in positions.items()}
+    chunks: dict[tuple[int, int], list[torch.Tensor]] = {pair: [] for pair in pairs}
+    for s in range(0, n, batch_size):
+        batch = ids[s:s + batch_size, :last].to(dev)
+        out = dense_forward(model, batch, vis)
+        for mb, ly in pairs:
+            k = out.keys[ly].index_select(2, pos_t[mb])      # [b, kvh, P, d]
+            v = out.values[ly].index_select(2, pos_t[mb])
+            chunks[(mb, ly)].append(torch.cat([k, v], dim=-1).to("cpu", store_dtype))
+        if progress is not None:
+            progress(min(s + batch_size, n))
+    kv = {pair: torch.cat(parts) for pair, parts in chunks.items()}
+    return MementoFeatures(kv=kv, labels=torch.as_tensor(np.asarray(labels), dtype=torch.long),
+                           positions={mb: np.asarray(p) for mb, p in positions.items()})
+
+
+# -- toy task ----------------------------------------------------------------------------------------------
+def toy_visibility(layout=None, restart: bool = False, device: torch.device | str | None = None) -> torch.Tensor:
+    """``[T, T]`` bool visibility of the toy layout under keep 0 (or restart mode), from the real schedule."""
+    import dataclasses
+
+    from memento_lens.runtime.masks import visibility_mask
+    from memento_lens.runtime.schedule import compute_schedule
+    from memento_lens.runtime.toy.task import TOY_MASKING, TOY_TOKENS, ToyLayout, sample
+
+    layout = layout or ToyLayout()
+    config = TOY_TOKENS.resolve_config(dataclasses.replace(TOY_MASKING, restart_mode=restart))
+    ids = sample(1, 0, layout).token_ids[0]
+    sched = compute_schedule(ids.tolist(), config, TOY_TOKENS, prompt_len=1)
+    return visibility_mask(sched, device=device)
+
+
+def toy_memento_positions(layout, memento_blocks: Iterable[int], span: bool = True) -> dict[int, np.ndarray]:
+    """Positions read per memento: the whole span (``<|summary_start|>`` .. ``<|summary_end|>``) or its digits."""
+    return {mb: (layout.memento_span(mb) if span else layout.memento(mb)) for mb in memento_blocks}
+
+
+def toy_passcode_batch(n: int, seed: int, layout=None, target_block: int = 1):
+    """``n`` toy sequences; the passcode is the target block's digits (``[n, block_digits]``)."""
+    from memento_lens.runtime.toy.task import ToyLayout, sample
+
+    layout = layout or ToyLayout()
+    batch = sample(n, np.random.default_rng(seed), layout)
+    return batch, batch.digits[:, target_block, :].copy()
