@@ -180,3 +180,23 @@ def test_account_trace_equals_runtime_occupancy(stream, prompt, keep, mask, rest
     curve = account_trace(Trace("t", stream, prompt), IDS, {"x": cfg}, "qwen3-8b")["x"]
     ref = occupancy(compute_schedule(stream, cfg, IDS, prompt_len=prompt))
     assert curve.tokens.tolist() == ref.tolist()
+
+
+@pytest.mark.parametrize("cfg", [BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0),
+                                 BlockMaskingConfig(mask_delimiters=True, keep_last_n_blocks=1),
+                                 BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0, restart_mode=True)],
+                         ids=["keep0", "keep1-masked", "restart"])
+def test_count_equals_runtime_generation_cache(tokens, cfg):
+    """The runtime's generation loop (physical eviction, teacher-forced) measures what we count."""
+    generate_mod = pytest.importorskip("memento_lens.runtime.generate")
+    from conftest import tiny_qwen3
+
+    model = tiny_qwen3()
+    prompt = [0, 9, 10]
+    gen = [B, 5, 6, 7, E, S, 8, X, B, 5, 5, 6, E, S, 8, 9, X, B, 7, E, S, 9, X, 10, 11]
+    res = generate_mod.generate(model, [prompt], cfg, tokens, forced=[gen])[0]
+    assert list(res.trace.token_ids) == prompt + gen
+    spec = KVSpec.from_hf_config(model.config, dtype_bytes=4)
+    counted = account_trace(Trace("t", prompt + gen, len(prompt)), tokens, {"m": cfg}, spec)["m"]
+    assert res.measured.tokens.tolist() == counted.tokens.tolist()
+    assert res.measured.bytes_per_token == spec.bytes_per_token
