@@ -16,8 +16,8 @@ from plotly.subplots import make_subplots
 from .compute import (CHANCE_COLOR, CONDITION_COLORS, EVICTED_COLOR, MASS_CATEGORIES, MODE_COLORS, ROLES,
                       VARIANT_COLORS, role_colors)
 
-_LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=50, b=45), height=360,
-               legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
+_LAYOUT = dict(template="plotly_white", margin=dict(l=55, r=20, t=85, b=45), height=380, title_y=0.96,
+               title_yanchor="top", legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
 
 MASS_COLORS = {"prompt": "prompt", "mementos": "memento", "current block": "block",
                "other visible blocks": "block", "delimiters": "delimiter", "answer": "answer"}
@@ -278,8 +278,11 @@ def ablation_figure(df: pd.DataFrame, metric: str) -> go.Figure:
                                      name=name, legendgroup=name, line=dict(color=color)))
         all_l = sub[sub["layer"] < 0]
         if len(all_l):
-            fig.add_hline(y=float(all_l["value"].mean()), line=dict(color=color, dash="dash"),
-                          annotation_text=f"{name}: all layers", annotation_position="top left")
+            layers = d.loc[d["layer"] >= 0, "layer"]
+            xs = [layers.min(), layers.max()] if len(layers) else [0, 1]
+            v = float(all_l["value"].mean())
+            fig.add_trace(go.Scatter(x=xs, y=[v, v], mode="lines", name=f"{name} (all layers)",
+                                     legendgroup=name, line=dict(color=color, dash="dash", width=1.5)))
     fig.update_layout(title=f"Restart ablation and patching: {metric}", xaxis_title="layer",
                       yaxis_title=metric, **_LAYOUT)
     fig.update_xaxes(dtick=1)

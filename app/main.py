@@ -1,7 +1,7 @@
 """memento-lens app entry script: `memento-lens app RUN_DIR ...` runs `streamlit run` on this file.
 
-Pages live in ``pages/``; they read runs only through :mod:`memento_lens.app.state` (cached) and
-:mod:`memento_lens.app.data`.
+Pages live in ``views/`` (not ``pages/``, which streamlit would also serve as stand-alone pages); they
+read runs only through :mod:`memento_lens.app.state` (cached) and :mod:`memento_lens.app.data`.
 """
 
 import streamlit as st
@@ -9,12 +9,12 @@ import streamlit as st
 st.set_page_config(page_title="memento-lens", page_icon="🔍", layout="wide")
 
 PAGES = [
-    st.Page("pages/runs.py", title="Runs", icon="📁", url_path="runs", default=True),
-    st.Page("pages/trace.py", title="Trace explorer", icon="🧵", url_path="trace"),
-    st.Page("pages/attention.py", title="Attention", icon="🎯", url_path="attention"),
-    st.Page("pages/residue.py", title="Erased-block residue", icon="🧪", url_path="residue"),
-    st.Page("pages/probes.py", title="Probes and ablations", icon="📈", url_path="probes"),
-    st.Page("pages/figures.py", title="Figures", icon="🖼️", url_path="figures"),
+    st.Page("views/runs.py", title="Runs", icon="📁", url_path="runs", default=True),
+    st.Page("views/trace.py", title="Trace explorer", icon="🧵", url_path="trace"),
+    st.Page("views/attention.py", title="Attention", icon="🎯", url_path="attention"),
+    st.Page("views/residue.py", title="Erased-block residue", icon="🧪", url_path="residue"),
+    st.Page("views/probes.py", title="Probes and ablations", icon="📈", url_path="probes"),
+    st.Page("views/figures.py", title="Figures", icon="🖼️", url_path="figures"),
 ]
 
 st.navigation(PAGES).run()

@@ -177,7 +177,8 @@ def shown_errors() -> Iterator[None]:
 
 
 # -- pickers --------------------------------------------------------------------------------------
-def sticky(widget: Callable[..., Any], label: str, options: Sequence[Any], key: str, **kw: Any) -> Any:
+def sticky(widget: Callable[..., Any], label: str, options: Sequence[Any], key: str, default: Any = None,
+           **kw: Any) -> Any:
     """A selectbox-like widget whose choice survives page switches (kept under ``_keep_<key>``).
 
     Streamlit forgets a widget's state when another page is shown; the choice is copied to a plain
@@ -189,6 +190,8 @@ def sticky(widget: Callable[..., Any], label: str, options: Sequence[Any], key: 
         st.session_state[key] = st.session_state[keep]
     elif key in st.session_state and st.session_state[key] not in options:
         del st.session_state[key]
+    if key not in st.session_state and default in options:
+        st.session_state[key] = default
 
     def remember() -> None:
         st.session_state[keep] = st.session_state[key]

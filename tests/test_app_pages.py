@@ -43,7 +43,7 @@ def page(name: str, run_dirs: list, **state) -> AppTest:
     for k, v in state.items():
         at.session_state[k] = v
     at.run()
-    at.switch_page(f"pages/{name}.py")
+    at.switch_page(f"views/{name}.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -107,7 +107,7 @@ def test_attention_page_bars_equal_captured_weights(run_dir):
     assert not at.error
     att, mass = charts(at)
     idx = pd.read_parquet(run_dir / "attention/index.parquet")
-    q = int(idx[idx.trace == "t0000"].query_pos.min())
+    q = int(idx[idx.trace == "t0000"].query_pos.max())   # the page defaults to the latest query
     row = idx[(idx.trace == "t0000") & (idx.variant == "normal") & (idx.layer == 0) & (idx.query_pos == q)].iloc[0]
     w = load_file(str(run_dir / row["shard"]))[row["tensor"]][0].mean(0).numpy()   # mean over heads
     shown = {}
@@ -269,7 +269,7 @@ def test_rewritten_run_is_not_served_from_a_stale_cache(tmp_path):
 def test_selected_trace_survives_page_switch(run_dir):
     at = page("trace", [run_dir])
     at.sidebar.selectbox(key="trace").set_value("t0001").run()
-    at.switch_page("pages/residue.py").run()
+    at.switch_page("views/residue.py").run()
     assert not at.exception
     assert at.sidebar.selectbox(key="trace").value == "t0001"
 

@@ -24,7 +24,8 @@ with state.shown_errors():
     tokstr = toks["token"].astype(str).to_numpy()
     c1, c2, c3 = st.columns(3)
     queries = sorted(int(q) for q in idx["query_pos"].unique())
-    q = state.sticky(c1.selectbox, "Query token", queries, key="att_query",
+    # default: the latest captured query (the most evictions behind it)
+    q = state.sticky(c1.selectbox, "Query token", queries, key="att_query", default=queries[-1],
                      format_func=lambda p: f"{p}: {tokstr[p]!r} ({roles[p]})" if p < len(tokstr) else str(p))
     layers = sorted(int(x) for x in idx["layer"].unique())
     layer = state.sticky(c2.selectbox, "Layer", layers, key="att_layer")

@@ -1,0 +1,106 @@
+"""End to end: `memento-lens app FIXTURE_RUN --port P` on 127.0.0.1, every page opened in headless Debian
+chromium through playwright; each page's main chart renders without an exception."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from memento_lens.app.fixtures import FixtureSpec, write_fixture_run
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+# url path -> CSS selector of the page's main chart
+PAGES = {
+    "runs": ".js-plotly-plot",
+    "trace": ".js-plotly-plot",
+    "attention": ".js-plotly-plot",
+    "residue": ".js-plotly-plot .heatmaplayer, .js-plotly-plot",
+    "probes": ".js-plotly-plot",
+    "figures": "[data-testid='stImage'] img",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli() -> list[str]:
+    exe = Path(sys.executable).with_name("memento-lens")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "memento_lens.cli"]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)  # polling a server start, not a timed assertion
+    raise TimeoutError(f"{url} not healthy after {timeout} s")
+
+
+def start_app(run: Path, port: int) -> subprocess.Popen:
+    return subprocess.Popen([*cli(), "app", str(run), "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_every_page_renders_in_chromium(tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    run = write_fixture_run(tmp_path / "run", FixtureSpec(n_traces=3, attention_traces=1))
+    port = free_port()
+    proc = start_app(run, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        # bound to loopback only
+        out = subprocess.run(["ss", "-ltn"], capture_output=True, text=True).stdout if shutil.which("ss") else ""
+        if out:
+            assert f"127.0.0.1:{port}" in out and f"0.0.0.0:{port}" not in out
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+                errors: list[str] = []
+                pg.on("pageerror", lambda e: errors.append(str(e)))
+                for path, selector in PAGES.items():
+                    pg.goto(f"{url}/{path}", wait_until="domcontentloaded")
+                    pg.wait_for_selector(selector, timeout=60_000)
+                    assert pg.locator("[data-testid='stException']").count() == 0, f"exception on /{path}"
+                    assert pg.locator("[data-testid='stAlertContentError']").count() == 0, f"error on /{path}"
+                assert not errors, errors
+            finally:
+                browser.close()
+    finally:
+        stop(proc)
