@@ -134,7 +134,8 @@ def figures_cmd(
     traces: Optional[List[Path]] = typer.Option(None, "--traces", help="Trace file (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN/figures for one run)."),
     tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
-    model: str = typer.Option("qwen3-8b", "--model", help=MODEL_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (default: qwen3-8b for trace files, "
+                                        "a run's own occupancy bytes)"),
     trace_id: Optional[str] = typer.Option(None, "--trace", help="Trace shown by kv-sawtooth (default: the first)."),
     png: bool = typer.Option(True, "--png/--no-png", help="Static PNGs (need chromium; skipped with a message if absent)."),
     as_json: bool = typer.Option(False, "--json"),

@@ -213,3 +213,19 @@ def test_png_export_with_chromium(tmp_path, probe_run):
     for name in REGISTRY:
         png = (tmp_path / "f" / f"{name}.png").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_sawtooth_from_a_memento_only_run(tmp_path):
+    """A runtime capture of a memento run holds only its own occupancy; vanilla is the same stream unevicted."""
+    occ = pd.DataFrame({"trace": "g0", "mode": "memento", "step": np.arange(8),
+                        "tokens": [1, 2, 3, 4, 5, 3, 4, 5], "bytes": np.array([1, 2, 3, 4, 5, 3, 4, 5]) * 64})
+    store = RunStore.create(tmp_path / "r", "generate", {})
+    store.write_table("occupancy.parquet", occ)
+    store.write_table("traces.parquet", pd.DataFrame({"trace": ["g0"], "n_tokens": [8], "prompt_len": [2],
+                                                      "n_blocks": [1], "mode": ["memento"], "source": ["gen"]}))
+    rep = render_figures(["kv-sawtooth"], runs=[tmp_path / "r"], out_dir=tmp_path / "f", png=False)
+    assert not rep.skipped
+    df = pd.read_csv(tmp_path / "f" / "kv-sawtooth.csv")
+    assert df[df["mode"] == "memento"]["tokens"].tolist() == [3, 4, 5, 3, 4, 5]
+    assert df[df["mode"] == "vanilla"]["tokens"].tolist() == [3, 4, 5, 6, 7, 8]
+    assert df["kv_gb"].tolist() == pytest.approx((df["tokens"] * 64 / 2 ** 30).tolist())

@@ -149,7 +149,8 @@ def render_figures(names: Iterable[str] | None = None, *, runs: Sequence[str | o
         traces: trace files (ingested with ``tokenizer``; malformed rows skipped) or Trace objects
             (whose ids must come from ``tokenizer``).
         out_dir: where ``<name>.{csv,html,md,png}`` go; a run's ``figures/`` is recorded in its manifest.
-        spec: KV bytes per token (preset name, HF config path or KVSpec; default qwen3-8b).
+        spec: KV bytes per token (preset name, HF config path or KVSpec). Default: qwen3-8b for trace files;
+            a run's occupancy keeps its own ``bytes`` (the model that produced it) unless ``spec`` is given.
         trace_id: the trace kv-sawtooth shows (default: the first).
         png: also write PNGs (needs chromium).
     """
@@ -163,7 +164,8 @@ def render_figures(names: Iterable[str] | None = None, *, runs: Sequence[str | o
     paths = [t for t in traces if not isinstance(t, Trace)]
     if paths:
         objs += ingest_files(paths, tok, arrays=True).traces
-    inputs = FigureInputs(runs=stores, traces=objs, token_ids=tok.ids, spec=resolve_spec(spec), trace_id=trace_id)
+    inputs = FigureInputs(runs=stores, traces=objs, token_ids=tok.ids,
+                          spec=resolve_spec(spec) if spec is not None else None, trace_id=trace_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write = _writer_for(out)

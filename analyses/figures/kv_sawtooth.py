@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..kv import GB, KTOK, account_trace, curves_from_occupancy, default_configs, resolve_spec
+from ..kv import GB, KTOK, KVCurve, account_trace, curves_from_occupancy, default_configs, resolve_spec
 from ..palette import color
 from .base import Figure, FigureInputs, MissingInputs, md_table
 
@@ -50,6 +50,10 @@ class KVSawtooth(Figure):
             prompt = dict(zip(tr["trace"].astype(str), tr["prompt_len"].astype(int)))
         bpt = resolve_spec(inputs.spec).bytes_per_token if inputs.spec is not None else None
         curves = {c.mode: c for c in curves_from_occupancy(occ.drop(columns="run"), prompt, bpt)}
+        if "vanilla" not in curves:  # a memento-only run: the same stream without eviction holds step + 1 tokens
+            m = curves["memento"]
+            curves["vanilla"] = KVCurve(m.trace, "vanilla", np.arange(1, len(m.tokens) + 1, dtype=np.int64),
+                                        m.prompt_len, m.bytes_per_token)
         return [curves[m] for m in MODES if m in curves]
 
     @staticmethod
