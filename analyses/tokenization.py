@@ -129,11 +129,15 @@ class HFTextTokenizer(TextTokenizer):
 
 
 def load_tokenizer(spec: str | TextTokenizer | None) -> TextTokenizer:
-    """``"approx"`` / ``"approx:3.5"`` (chars per token) / a local tokenizer directory / a TextTokenizer."""
+    """``"approx"`` / ``"approx:3.5"`` (chars per token) / ``"toy"`` / a local tokenizer directory / a TextTokenizer."""
     if isinstance(spec, TextTokenizer):
         return spec
     if spec is None or spec == "approx":
         return ApproxTokenizer()
+    if spec == "toy":  # the embedded toy model's word-level tokenizer (runtime.toy), built in memory
+        from memento_lens.runtime.toy.tokenizer import build_tokenizer
+
+        return HFTextTokenizer("toy", tokenizer=build_tokenizer())
     if spec.startswith("approx:"):
         try:
             return ApproxTokenizer(float(spec.split(":", 1)[1]))

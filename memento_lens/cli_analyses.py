@@ -12,7 +12,7 @@ import typer
 from .errors import user_errors
 
 TOKENIZER_HELP = ("'approx' (model-free: special tokens count 1, other text ~4 chars/token; 'approx:3.5' sets the "
-                  "ratio) or a local HF tokenizer directory")
+                  "ratio), 'toy' (the embedded toy model's tokenizer) or a local HF tokenizer directory")
 MODEL_HELP = "KV bytes/token: a preset (qwen3-8b, qwen3-32b, phi-4-reasoning) or a HF config.json / model directory"
 
 

@@ -172,3 +172,18 @@ def test_write_run_follows_the_contract(tmp_path):
     assert from_run["block_tokens"].tolist() == direct["block_tokens"].tolist()
     assert from_run["domain"].tolist() == direct["domain"].tolist()
     assert store.read_json("ingest_report.json")["n_ingested"] == 2
+
+
+def test_toy_tokenizer_vllm_jsonl(tmp_path):
+    from memento_lens.runtime.toy.task import TOKEN_TO_ID
+
+    text = "<|block_start|> 3 1 4 1 5 <|block_end|> <|summary_start|> 0 1 4 <|summary_end|> <eos>"
+    path = tmp_path / "toy.jsonl"
+    path.write_text(json.dumps({"request_id": "toy0", "prompt": "<bos>", "text": text}) + "\n")
+    tok = load_tokenizer("toy")
+    res = ingest_file(path, tok)
+    t = res.traces[0]
+    assert t.prompt_len == 1 and t.token_ids[:3] == [TOKEN_TO_ID["<bos>"], TOKEN_TO_ID["<|block_start|>"],
+                                                      TOKEN_TO_ID["3"]]
+    b = block_stats(res.traces, tok.ids)
+    assert b["block_tokens"].tolist() == [5] and b["memento_tokens"].tolist() == [3]
