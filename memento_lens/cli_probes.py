@@ -233,7 +233,7 @@ def _ablation_inputs(model: str, trace: Optional[Path], samples: int, seed: int,
     from memento_lens.probes.real import build_passcode_trace, load_segments
 
     tokens = loaded.require_tokens()
-    pt = build_passcode_trace(load_segments(trace), loaded.tokenizer, tokens, TOY_MASKING, target_block=0,
+    pt = build_passcode_trace(load_segments(trace), loaded.tokenizer, tokens, TOY_MASKING, target_block=None,
                               source=str(trace))
     ids = pt.token_ids.tolist()
     cfg = tokens.resolve_config(TOY_MASKING)
@@ -244,8 +244,7 @@ def _ablation_inputs(model: str, trace: Optional[Path], samples: int, seed: int,
         raise ProbeInputError(f"--trace {trace}: needs at least 2 blocks with mementos for the restart ablation, "
                               f"found {len(normal.blocks)}")
     layout = AblationLayout.from_schedules(normal, restart, targets)
-    return loaded, pt.token_ids[None, :], layout, {"task": "trace", "trace": str(trace), "n_tokens": len(ids),
-                                                   "note": "passcode sentence 00000 inserted at block 0"}
+    return loaded, pt.token_ids[None, :], layout, {"task": "trace", "trace": str(trace), "n_tokens": len(ids)}
 
 
 @ablate_app.command("restart")

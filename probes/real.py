@@ -27,7 +27,7 @@ from .features import ProbeInputError
 
 PASSCODE_PREFIX = "The passcode is "
 PASSCODE_SUFFIX = ". "
-TEMPLATE_PASSCODE = "00000"
+TEMPLATE_PASSCODE = "13579"  # no repeated digits: the common token count for merging tokenizers
 
 
 @dataclass
@@ -35,7 +35,7 @@ class PasscodeTrace:
     """A real trace with a passcode slot.
 
     Attributes:
-        token_ids: ``[T]`` the template (passcode ``00000``).
+        token_ids: ``[T]`` the template (passcode ``13579``).
         prompt_len: prompt tokens.
         passcode_slot: ``[n_tokens]`` positions of the passcode's tokens.
         schedule: the keep-0 schedule of the template.
@@ -88,8 +88,9 @@ def load_segments(path: str | Path) -> dict[str, Any]:
 
 
 def build_passcode_trace(data: dict[str, Any], tokenizer: Any, tokens: MementoTokenIds, config: BlockMaskingConfig,
-                         target_block: int = 1, source: str = "") -> PasscodeTrace:
-    """Tokenise a segmented trace with a passcode sentence at the start of block ``target_block`` (0-based).
+                         target_block: int | None = 1, source: str = "") -> PasscodeTrace:
+    """Tokenise a segmented trace with a passcode sentence at the start of block ``target_block`` (0-based;
+    ``None``: the trace as it is, no passcode).
 
     Raises:
         ProbeInputError: the trace has no block ``target_block``.
@@ -117,6 +118,8 @@ def build_passcode_trace(data: dict[str, Any], tokenizer: Any, tokens: MementoTo
             if think_end is not None:
                 ids.append(think_end)
             ids += _encode(tokenizer, text)
+    if slot is None and target_block is None:
+        slot = np.zeros(0, dtype=np.int64)
     if slot is None:
         raise ProbeInputError(f"trace {source or '?'}: has {block + 1} blocks, no block {target_block} (0-based) "
                               "to hold the passcode")
@@ -124,7 +127,8 @@ def build_passcode_trace(data: dict[str, Any], tokenizer: Any, tokens: MementoTo
     spans = {s.block: np.arange(s.summary_start, s.summary_end + 1) for s in sched.blocks
              if s.summary_start is not None and s.summary_end is not None}
     return PasscodeTrace(token_ids=np.asarray(ids, dtype=np.int64), prompt_len=prompt_len, passcode_slot=slot,
-                         schedule=sched, memento_spans=spans, target_block=target_block, source=source)
+                         schedule=sched, memento_spans=spans, target_block=-1 if target_block is None else target_block,
+                         source=source)
 
 
 def passcode_samples(trace: PasscodeTrace, tokenizer: Any, n: int, seed: int, n_digits: int = 5) -> PasscodeSamples:

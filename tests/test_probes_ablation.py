@@ -1,0 +1,113 @@
+"""Restart ablation and KV patching on a small random toy-vocabulary model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from memento_lens.probes.ablation import (DIRECTIONS, capture_world, patch_rows, patch_sweep, restart_ablation,
+                                          restart_rows, score_segment, toy_generated_accuracy, toy_layout)
+from memento_lens.probes.patching import surgery_patches
+from memento_lens.runtime.toy.task import sample
+
+
+def small_toy_model(seed: int = 0):
+    """A random toy-vocabulary Qwen3, smaller than the shipped toy (fast tests)."""
+    from memento_lens.runtime.toy.model import ToyModelConfig, build_model
+
+    cfg = ToyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16)
+    return build_model(cfg, seed=seed).eval()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    model = small_toy_model(seed=1)
+    layout = toy_layout()
+    batch = sample(8, 2)
+    ids = torch.from_numpy(batch.token_ids)
+    pos = layout.all_memento_positions()
+    caps = {"normal": capture_world(model, ids, layout.normal_visible, pos),
+            "restart": capture_world(model, ids, layout.restart_visible, pos)}
+    return model, layout, batch, ids, caps
+
+
+def test_restart_world_hides_earlier_blocks_but_not_the_own_block():
+    layout = toy_layout()
+    vis = layout.restart_world(3)
+    rewind, pos, start, end = layout.restart_ranges[3]
+    digit_row = layout.targets[3][0]
+    assert vis[digit_row, start:end].all()                       # memento 3 is generated seeing block 3
+    r2 = layout.restart_ranges[2]
+    assert not vis[digit_row, r2[2]:r2[3]].any()                 # block 2 (with delimiters) is gone
+    assert not vis[layout.memento_spans[2][0], r2[2]:r2[3]].any()  # and memento 2 was recomputed without it
+
+
+def test_pinned_patch_is_the_identity(setup):
+    model, layout, _, ids, caps = setup
+    c = 5
+    tg, earlier = layout.targets[c], layout.earlier_memento_positions(c)
+    base = score_segment(model, ids, layout.normal_visible, tg)
+    same = score_segment(model, ids, layout.normal_visible, tg,
+                         surgery_patches(caps["normal"], caps["restart"], layer=99, positions=earlier))
+    torch.testing.assert_close(same.logp, base.logp)
+
+
+def test_restart_kv_at_every_layer_in_the_restart_world_is_the_identity(setup):
+    model, layout, _, ids, caps = setup
+    c = 4
+    tg, earlier = layout.targets[c], layout.earlier_memento_positions(c)
+    ref = score_segment(model, ids, layout.restart_world(c), tg)
+    got = score_segment(model, ids, layout.restart_world(c), tg,
+                        surgery_patches(caps["restart"], caps["restart"], None, earlier))
+    torch.testing.assert_close(got.logp, ref.logp, rtol=1e-4, atol=1e-5)
+
+
+def test_patching_one_layer_changes_the_continuation(setup):
+    model, layout, _, ids, caps = setup
+    c = 4
+    tg, earlier = layout.targets[c], layout.earlier_memento_positions(c)
+    base = score_segment(model, ids, layout.normal_visible, tg)
+    patched = score_segment(model, ids, layout.normal_visible, tg,
+                            surgery_patches(caps["normal"], caps["restart"], 1, earlier))
+    assert (patched.logp - base.logp).abs().max() > 1e-4
+    head = score_segment(model, ids, layout.normal_visible, tg,
+                         surgery_patches(caps["normal"], caps["restart"], 1, earlier, head=0, head_dim=16))
+    torch.testing.assert_close(head.logp, patched.logp)  # one KV head in this model: head 0 = all
+
+
+def test_restart_matches_the_toy_evaluator(setup):
+    from memento_lens.runtime.toy.evaluate import predicted_mementos
+
+    model, layout, batch, _, _ = setup
+    acc = restart_ablation(model, batch.token_ids, layout)
+    pred = predicted_mementos(model, batch, "restart")
+    target = batch.token_ids[:, batch.layout.all_memento_digits()]
+    for c in (1, 6):
+        np.testing.assert_allclose(acc.get(("restart", c, "accuracy")), (pred[:, c] == target[:, c]).mean(1))
+    rows = restart_rows(acc, layout, "m")
+    assert {r["metric"] for r in rows} >= {"accuracy_teacher_forced", "nll_teacher_forced", "kl_teacher_forced"}
+
+
+def test_patch_sweep_rows_follow_the_contract(setup):
+    model, layout, batch, _, _ = setup
+    acc = patch_sweep(model, batch.token_ids[:3], layout, [0, 1], heads=(-1,))
+    rows = patch_rows(acc, layout, "m", [0, 1], [-1], list(DIRECTIONS))
+    keys = {"experiment", "model", "checkpoint", "variant", "layer", "head", "direction", "metric", "value", "ci_low",
+            "ci_high", "n"}
+    assert all(set(r) == keys for r in rows)
+    assert {(r["direction"], r["layer"]) for r in rows if r["metric"] == "kl"} == {
+        (d, ly) for d in DIRECTIONS for ly in (0, 1)}
+
+
+def test_generated_accuracy_shape(setup):
+    model, layout, batch, _, _ = setup
+    out = toy_generated_accuracy(model, batch.token_ids[:2], layout, "restart")
+    assert out.shape == (2, len(layout.segments)) and out.dtype == bool

@@ -1,0 +1,77 @@
+"""CLI: ``probe passcode --json`` shape on a tiny random toy-vocabulary model; bad input; ablate commands."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from memento_lens.cli import app
+
+
+def small_toy_model(seed: int = 0):
+    """A random toy-vocabulary Qwen3, smaller than the shipped toy (fast tests)."""
+    from memento_lens.runtime.toy.model import ToyModelConfig, build_model
+
+    cfg = ToyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=16)
+    return build_model(cfg, seed=seed).eval()
+
+REQUIRED = {"condition", "distance", "layer", "probe", "accuracy", "ci_low", "ci_high", "control_accuracy"}
+CONTRACT = ["model", "checkpoint", "condition", "distance", "layer", "head", "probe", "seed", "n_train", "n_val",
+            "accuracy", "ci_low", "ci_high", "control_accuracy", "selectivity", "task_accuracy"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("toyrand")
+    small_toy_model().save_pretrained(path)
+    return path
+
+
+def test_passcode_json_rows(model_dir, tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["probe", "passcode", "--model", str(model_dir), "--samples", "200", "--quick",
+                                   "--layers", "-1", "--probes", "linear", "--distances", "1,2,9", "--out", str(out),
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert isinstance(rows, list) and rows and all(REQUIRED <= set(r) for r in rows)
+    assert {r["condition"] for r in rows} == {"direct", "masked", "causal_control"}
+    assert {r["distance"] for r in rows if r["condition"] == "masked"} == {1, 2}
+    assert all(r["layer"] == 1 for r in rows)
+    df = pd.read_parquet(out / "probe_results.parquet")
+    assert list(df.columns) == CONTRACT and len(df) == len(rows)
+    summary = json.loads((out / "passcode_summary.json").read_text())
+    assert summary["skipped"] and summary["skipped"][0]["distance"] == 9
+    assert (out / "features" / "index.parquet").exists()
+    # re-fit from the cached features without the model
+    res2 = CliRunner().invoke(app, ["probe", "passcode", "--features-from", str(out), "--quick", "--layers", "-1",
+                                    "--probes", "linear", "--distances", "1", "--out", str(tmp_path / "refit"),
+                                    "--json"])
+    assert res2.exit_code == 0, res2.output
+    assert len(json.loads(res2.stdout)) == 3
+
+
+def test_layer_out_of_range_is_one_line_exit_2(model_dir, tmp_path):
+    res = CliRunner().invoke(app, ["probe", "passcode", "--model", str(model_dir), "--samples", "50", "--layers", "7",
+                                   "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert "--layers: layer 7 out of range" in res.output
+
+
+def test_ablate_restart_and_patch_json(model_dir, tmp_path):
+    res = CliRunner().invoke(app, ["ablate", "restart", "--model", str(model_dir), "--samples", "6", "--no-generated",
+                                   "--out", str(tmp_path / "a"), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert {r["variant"] for r in rows} == {"normal", "restart"}
+    res = CliRunner().invoke(app, ["ablate", "patch", "--model", str(model_dir), "--samples", "3", "--layers", "0",
+                                   "--out", str(tmp_path / "p"), "--json"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_parquet(tmp_path / "p" / "ablations.parquet")
+    assert set(df["experiment"]) == {"patch"} and {0, -1} == set(df["layer"])
