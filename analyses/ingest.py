@@ -166,7 +166,10 @@ def detect_format(path: Path) -> str:
 def _read_openmementos(path: Path, batch_size: int = 512) -> Iterator[RawTrace | _RowError]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise ConfigError(f"{path}: unreadable Parquet ({exc})") from None
     names = set(pf.schema_arrow.names)
     wanted = [c for c in ("id", "task_id", "problem", "response", "domain", "source", "difficulty", "sentences",
                           "blocks", "block_summaries") if c in names]

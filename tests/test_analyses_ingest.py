@@ -187,3 +187,18 @@ def test_toy_tokenizer_vllm_jsonl(tmp_path):
                                                       TOKEN_TO_ID["3"]]
     b = block_stats(res.traces, tok.ids)
     assert b["block_tokens"].tolist() == [5] and b["memento_tokens"].tolist() == [3]
+
+
+def test_unreadable_and_foreign_files(tmp_path):
+    from memento_lens.runtime.config import ConfigError
+
+    bad = tmp_path / "broken.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(ConfigError, match="broken.parquet: unreadable Parquet"):
+        ingest_file(bad, "approx")
+    other = tmp_path / "other.parquet"
+    pd.DataFrame({"x": [1]}).to_parquet(other)
+    with pytest.raises(ConfigError, match="not an OpenMementos file"):
+        ingest_file(other, "approx")
+    with pytest.raises(ConfigError, match="unknown trace file type"):
+        ingest_file(tmp_path / "x.txt" if (tmp_path / "x.txt").write_text("x") else None, "approx")
