@@ -290,6 +290,34 @@ class RunData:
         return self._tensor(r["shard"], r["key"]), self._tensor(r["shard"], r["value"]), (int(r["start"]),
                                                                                           int(r["end"]))
 
+    def kv_many(self, keys: list[KVKey], index: pd.DataFrame | None = None
+                ) -> dict[KVKey, tuple[Any, Any, tuple[int, int]]]:
+        """Several KV entries at once, opening each shard once: ``{key: (keys, values, (start, end))}``.
+
+        Keys that were not captured are left out.
+        """
+        if not keys:
+            return {}
+        traces = {k.trace for k in keys}
+        idx = index if index is not None else pd.concat([self.kv_index(t) for t in sorted(traces)])
+        want = {(k.trace, k.layer, k.variant, k.block): k for k in keys}
+        rows = [r for r in idx.itertuples(index=False)
+                if (r.trace, int(r.layer), r.variant, int(r.block)) in want]
+        out: dict[KVKey, tuple[Any, Any, tuple[int, int]]] = {}
+        from safetensors import safe_open
+
+        for shard in sorted({r.shard for r in rows}):
+            full = self.verify(shard)
+            try:
+                with safe_open(str(full), framework="pt") as f:
+                    for r in rows:
+                        if r.shard == shard:
+                            k = want[(r.trace, int(r.layer), r.variant, int(r.block))]
+                            out[k] = (f.get_tensor(r.key), f.get_tensor(r.value), (int(r.start), int(r.end)))
+            except Exception as exc:
+                raise CorruptFile(f"{full}: cannot read tensors ({exc})") from None
+        return out
+
     # -- attention -----------------------------------------------------------------------------
     def attention_index(self, trace: str | None = None) -> pd.DataFrame:
         filters = [("trace", "==", trace)] if trace is not None else None

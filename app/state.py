@@ -118,19 +118,22 @@ def residue_table(path: str, fp: str, trace: str, which: str) -> pd.DataFrame:
     idx = rd.kv_index(trace)
     rows = []
     pairs = idx[idx["variant"].isin(["normal", "restart"])]
-    for (block, layer), g in pairs.groupby(["block", "layer"], sort=True):
-        if set(g["variant"]) != {"normal", "restart"}:
+    wanted = [KVKey(trace, int(r.layer), r.variant, int(r.block)) for r in pairs.itertuples(index=False)]
+    got = rd.kv_many(wanted, pairs)
+    for (block, layer) in sorted({(k.block, k.layer) for k in got}):
+        n = got.get(KVKey(trace, layer, "normal", block))
+        r = got.get(KVKey(trace, layer, "restart", block))
+        if n is None or r is None:
             continue
-        nk, nv, nr = rd.kv(KVKey(trace, int(layer), "normal", int(block)), idx)
-        rk, rv, rr = rd.kv(KVKey(trace, int(layer), "restart", int(block)), idx)
-        sl = compute.align_ranges(nr, rr)
+        sl = compute.align_ranges(n[2], r[2])
         if sl is None:
             continue
-        a, b = (nk, rk) if which == "keys" else (nv, rv)
+        a, b = (n[0], r[0]) if which == "keys" else (n[1], r[1])
         res = compute.residue(a[:, :, sl[0]], b[:, :, sl[1]])
         for h in range(len(res.rel_l2)):
-            rows.append({"block": int(block), "layer": int(layer), "head": h, "rel_l2": float(res.rel_l2[h]),
-                         "cosine": float(res.cosine[h]), "start": max(nr[0], rr[0]), "end": min(nr[1], rr[1])})
+            rows.append({"block": block, "layer": layer, "head": h, "rel_l2": float(res.rel_l2[h]),
+                         "cosine": float(res.cosine[h]), "start": max(n[2][0], r[2][0]),
+                         "end": min(n[2][1], r[2][1])})
     return pd.DataFrame(rows, columns=["block", "layer", "head", "rel_l2", "cosine", "start", "end"])
 
 
