@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from .config import BlockMaskingConfig, MementoTokenIds
-from .hf_paths import ATTN_IMPLEMENTATION_ATTR, SELF_ATTN_ATTR, decoder_layers
+from .hf_paths import ATTN_IMPLEMENTATION_ATTR, ATTN_WEIGHTS_OUTPUT_INDEX, SELF_ATTN_ATTR, decoder_layers
 from .kvstore import ATTN_INDEX, KV_INDEX, AttnItem, CaptureSink, KVItem, KVKey
 from .schedule import EvictionEvent
 from .store import RunStore
@@ -171,8 +171,9 @@ class AttentionWeights(Capture):
 
     def _hook(self, layer: int):
         def hook(module: Any, args: Any, output: Any) -> None:
-            if isinstance(output, tuple) and len(output) > 1 and output[1] is not None:
-                self._last[layer] = output[1].detach()
+            i = ATTN_WEIGHTS_OUTPUT_INDEX
+            if isinstance(output, tuple) and len(output) > i and output[i] is not None:
+                self._last[layer] = output[i].detach()
         return hook
 
     def after_chunk(self, view: Any, start: int, end: int) -> None:
@@ -287,8 +288,12 @@ def replay_to_run(model: Any, traces: Sequence[Trace], config: BlockMaskingConfi
                   part_traces: int = 256) -> RunStore:
     """Replay traces with captures and write a complete run directory (resumable)."""
     from .model import kv_bytes_per_token, model_info
-    from .replay import replay
+    from .replay import replay, validate_all
 
+    ids = [t.trace_id for t in traces]
+    if len(set(ids)) != len(ids):
+        raise ValueError("trace ids must be unique within a run")
+    validate_all(model, traces, config, tokens)          # bad input fails before anything is written
     cfg = {"masking": config.to_dict(), "tokens": tokens.to_dict(), "captures": [c.describe() for c in captures],
            "model_info": model_info(model), **(run_config or {})}
     store = RunStore.create(out, kind, cfg, overwrite=overwrite, resume=resume)
@@ -297,9 +302,6 @@ def replay_to_run(model: Any, traces: Sequence[Trace], config: BlockMaskingConfi
     writer = RunWriter(store)
     done = writer.done_traces()
     todo = [t for t in traces if t.trace_id not in done]
-    ids = [t.trace_id for t in traces]
-    if len(set(ids)) != len(ids):
-        raise ValueError("trace ids must be unique within a run")
     sink = CaptureSink()
     for c in captures:
         c.sink = sink

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from .config import BlockMaskingConfig, ConfigError, MementoTokenIds
-from .hf_paths import CACHE_INPUT_KWARG, CACHE_KEYS_ATTR, CACHE_VALUES_ATTR, cache_layers
+from .hf_paths import (CACHE_DATA_KWARG, CACHE_INPUT_KWARG, CACHE_KEYS_ATTR, CACHE_VALUES_ATTR, FULL_ATTENTION,
+                       LAYER_TYPES_ATTR, LOGITS_TO_KEEP_KWARG, cache_layers)
 from .masks import occupancy as schedule_occupancy
 from .schedule import BlockTracker, EvictionEvent, EventKind, Schedule, compute_schedule
 from .trace import Trace
@@ -76,8 +77,8 @@ class CacheOccupancy:
 
 def check_runtime_model(model: Any) -> None:
     """Physical slicing needs plain full-attention layers (no sliding-window ring buffers)."""
-    types = getattr(model.config, "layer_types", None)
-    if types and any(t != "full_attention" for t in types):
+    types = getattr(model.config, LAYER_TYPES_ATTR, None)
+    if types and any(t != FULL_ATTENTION for t in types):
         raise ConfigError(f"model has non-full-attention layers ({sorted(set(types))}); the memento runtime "
                           "supports full-attention decoders only")
 
@@ -146,7 +147,7 @@ class SlotCache:
             mask = torch.cat([self.pos >= 0, v.cpu()], dim=1).to(device=device, dtype=torch.long)
         keep = 0 if (logits == "all" or (logits == "last" and padded)) else 1
         out = self.model(input_ids=input_ids, position_ids=positions.to(device), attention_mask=mask,
-                         use_cache=True, logits_to_keep=keep, **{CACHE_INPUT_KWARG: self.cache})
+                         use_cache=True, **{CACHE_INPUT_KWARG: self.cache, LOGITS_TO_KEEP_KWARG: keep})
         new_pos = positions.detach().to("cpu", torch.long).clone()
         if valid is not None:
             new_pos[~valid.cpu()] = DEAD
@@ -250,7 +251,7 @@ class SlotCache:
             for layer, (k, v) in zip(cache_layers(self.cache), saved):
                 setattr(layer, CACHE_KEYS_ATTR, k)
                 setattr(layer, CACHE_VALUES_ATTR, v)
-        new = DynamicCache(ddp_cache_data=data) if data else DynamicCache(config=self.model.config)
+        new = DynamicCache(**{CACHE_DATA_KWARG: data}) if data else DynamicCache(config=self.model.config)
         return SlotCache(self.model, self.batch, cache=new, pos=tmp.pos)
 
 
@@ -380,6 +381,8 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingC
     device = torch.device(device) if device is not None else next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(sampling.seed)
     n = len(prompts)
+    if n == 0 or any(len(p) == 0 for p in prompts):
+        raise ConfigError("generate needs at least one prompt, each with at least one token")
     ids_list = trace_ids or [f"gen-{i:05d}" for i in range(n)]
     rows: list[_Row] = []
     for i, p in enumerate(prompts):

@@ -38,3 +38,14 @@ def decoder_layers(model: Any) -> list[Any]:
     for part in DECODER_LAYERS_PATH.split("."):
         obj = getattr(obj, part)
     return list(obj)
+
+# --- used by the runtime (generate / replay / capture) ---------------------------------------------------
+# forward() kwarg: compute logits for the last N positions only (0 = all).
+LOGITS_TO_KEEP_KWARG = "logits_to_keep"
+# DynamicCache constructor kwarg taking per-layer (keys, values) to pre-fill a cache (counterfactual copies).
+CACHE_DATA_KWARG = "ddp_cache_data"
+# Config attribute listing each layer's attention type; the runtime supports only FULL_ATTENTION layers.
+LAYER_TYPES_ATTR = "layer_types"
+FULL_ATTENTION = "full_attention"
+# Index of the attention weights in a self-attention module's output tuple (set under eager attention).
+ATTN_WEIGHTS_OUTPUT_INDEX = 1

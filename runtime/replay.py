@@ -112,6 +112,18 @@ def validate(trace: Trace, schedule: Schedule, vocab_size: int | None = None) ->
         raise ReplayError(f"trace {trace.trace_id!r}: malformed block structure at token {w.position}: {w.message}")
 
 
+def validate_all(model: Any, traces: Sequence[Trace], config: BlockMaskingConfig,
+                 tokens: MementoTokenIds) -> list[Schedule]:
+    """Schedules of all traces, raising :class:`ReplayError` for the first malformed one (before any work)."""
+    vocab = getattr(model.config, "vocab_size", None)
+    out = []
+    for t in traces:
+        s = compute_schedule(t.token_ids, config, tokens, prompt_len=t.prompt_len)
+        validate(t, s, vocab)
+        out.append(s)
+    return out
+
+
 def structure_key(schedule: Schedule) -> tuple:
     """Traces with equal keys replay in one batch (identical slicing)."""
     return (schedule.n_tokens, schedule.prompt_len,
@@ -230,5 +242,5 @@ def traces_from_ids(rows: Iterable[Sequence[int]], prompt_len: int, prefix: str 
     return [Trace(f"{prefix}-{i:05d}", [int(t) for t in r], prompt_len) for i, r in enumerate(rows)]
 
 
-__all__ = ["replay", "replay_batch", "ReplayView", "ReplayResult", "ReplayError", "validate", "structure_key",
+__all__ = ["replay", "replay_batch", "ReplayView", "ReplayResult", "ReplayError", "validate", "validate_all", "structure_key",
            "traces_from_ids"]
