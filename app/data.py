@@ -152,6 +152,11 @@ def _category_mb(files: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+# table -> its name inside an unfinished capture's parts/NNNNN/ (runtime/capture.py RunWriter)
+_PART_NAMES = {TRACES: "traces", TOKENS: "tokens", EVENTS: "events", OCCUPANCY: "occupancy",
+               KV_INDEX: "kv_index", ATTENTION_INDEX: "attn_index"}
+
+
 class RunData:
     """Read-only access to one run directory. Cheap to create; reads on demand; thread-safe."""
 
@@ -168,7 +173,8 @@ class RunData:
         return self.store.manifest.status == STATUS_COMPLETE
 
     def has(self, rel: str) -> bool:
-        return self.store.has(rel)
+        """Whether the run holds ``rel`` (for an unfinished capture: in one of its committed parts)."""
+        return self.store.has(rel) or bool(self._parts(rel))
 
     def files(self, prefix: str = "") -> list[str]:
         return sorted(r for r in self.store.manifest.files if r.startswith(prefix))
@@ -203,15 +209,30 @@ class RunData:
             raise RunError(f"{self.path / rel}: missing{hint}; this run has no {what}")
         return self.verify(rel)
 
+    def _parts(self, rel: str) -> list[str]:
+        """An unfinished capture keeps its tables in ``parts/NNNNN/`` (``traces.parquet`` last, as the
+        commit marker) until it merges them: the committed parts that hold ``rel``'s rows."""
+        name = _PART_NAMES.get(rel)
+        if name is None or self.complete:
+            return []
+        files = self.store.manifest.files
+        marks = sorted(r for r in files if r.startswith("parts/") and r.endswith("/traces.parquet"))
+        return [p for p in (m.rsplit("/", 1)[0] + f"/{name}.parquet" for m in marks) if p in files]
+
     def _read(self, rel: str, what: str, filters: list | None = None, columns: list[str] | None = None
               ) -> pd.DataFrame:
-        full = self._require(rel, what)
-        try:
-            import pyarrow.parquet as pq
+        import pyarrow.parquet as pq
 
-            df = pq.read_table(full, filters=filters, columns=columns).to_pandas()
-        except Exception as exc:  # pyarrow raises several types for damaged files
-            raise CorruptFile(f"{full}: unreadable Parquet ({exc})") from None
+        parts = [] if rel in self.store.manifest.files else self._parts(rel)
+        frames = []
+        for f in parts or [rel]:
+            full = self._require(f, what)
+            try:
+                frames.append(pq.read_table(full, filters=filters, columns=columns).to_pandas())
+            except Exception as exc:  # pyarrow raises several types for damaged files
+                raise CorruptFile(f"{full}: unreadable Parquet ({exc})") from None
+        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+        full = self.path / rel
         missing = [c for c in REQUIRED_COLUMNS.get(rel, ()) if c not in df.columns and (columns is None
                                                                                         or c in columns)]
         if missing:
@@ -223,24 +244,25 @@ class RunData:
     def summary(self) -> RunSummary:
         m = self.store.manifest
         files = m.files
-        model = _find_key(m.info, ("model", "model_name", "model_path")) or \
-            _find_key(m.config, ("model", "model_name", "model_path", "name")) or "?"
-        n_traces = n_tokens = None
-        try:
-            import pyarrow.parquet as pq
+        model = _find_key(m.info, ("model", "model_name", "model_path", "model_spec")) or \
+            _find_key(m.config, ("model", "model_name", "model_path", "model_spec")) or \
+            _find_key(m.config, ("model_type",)) or "?"
 
-            if TRACES in files:
-                n_traces = pq.ParquetFile(self.path / TRACES).metadata.num_rows
-            if TOKENS in files:
-                n_tokens = pq.ParquetFile(self.path / TOKENS).metadata.num_rows
-        except Exception:  # counted lazily; a damaged file is reported when a page reads it
-            pass
-        has = {"traces": TRACES in files, "tokens": TOKENS in files, "events": EVENTS in files,
-               "occupancy": OCCUPANCY in files, "kv": KV_INDEX in files, "attention": ATTENTION_INDEX in files,
-               "probes": PROBES in files, "ablations": ABLATIONS in files,
+        def rows(rel: str) -> int | None:
+            rels = [rel] if rel in files else self._parts(rel)
+            try:
+                import pyarrow.parquet as pq
+
+                return sum(pq.ParquetFile(self.path / r).metadata.num_rows for r in rels) if rels else None
+            except Exception:  # counted lazily; a damaged file is reported when a page reads it
+                return None
+
+        has = {"traces": self.has(TRACES), "tokens": self.has(TOKENS), "events": self.has(EVENTS),
+               "occupancy": self.has(OCCUPANCY), "kv": self.has(KV_INDEX), "attention": self.has(ATTENTION_INDEX),
+               "probes": self.has(PROBES), "ablations": self.has(ABLATIONS),
                "figures": any(r.startswith(FIGURES) for r in files)}
         return RunSummary(path=str(self.path), kind=m.kind, status=m.status, created=m.created, model=str(model),
-                          masking=_find_masking(m.config), n_traces=n_traces, n_tokens=n_tokens,
+                          masking=_find_masking(m.config), n_traces=rows(TRACES), n_tokens=rows(TOKENS),
                           total_bytes=int(sum(f["bytes"] for f in files.values())),
                           kv_bytes=int(sum(f["bytes"] for r, f in files.items() if r.startswith("kv/"))),
                           n_files=len(files), has=has, category_mb=_category_mb(files))

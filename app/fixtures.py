@@ -54,6 +54,8 @@ class FixtureSpec:
         traces_per_shard: traces whose tensors share one safetensors shard.
         probes, ablations, figures: also write the downstream tables and figure files.
         complete: mark the run complete.
+        as_parts: (with ``complete=False``) leave the tables where an unfinished capture keeps them,
+            ``parts/00000/{tokens,events,occupancy,kv_index,attn_index,traces}.parquet``.
         seed: everything is a function of it.
     """
 
@@ -71,6 +73,7 @@ class FixtureSpec:
     ablations: bool = True
     figures: bool = True
     complete: bool = True
+    as_parts: bool = False
     seed: int = 0
 
 
@@ -208,15 +211,21 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
         if (t + 1) % spec.traces_per_shard == 0:
             flush_kv()
     flush_kv()
+    parts = spec.as_parts and not spec.complete
+
+    def rel(contract: str, part_name: str) -> str:
+        return f"parts/00000/{part_name}.parquet" if parts else contract
+
     if att_tensors:
         store.write_tensors(f"attention/shard-{att_no:05d}.safetensors", att_tensors)
-        store.write_table("attention/index.parquet", pd.DataFrame(att_rows))
-    store.write_table("traces.parquet", pd.DataFrame(traces))
-    store.write_table("tokens.parquet", pd.concat(tokens, ignore_index=True))
-    store.write_table("events.parquet", pd.DataFrame(events, columns=["trace", "kind", "position", "start", "end",
-                                                                      "block", "rewind_to", "message"]))
-    store.write_table("occupancy.parquet", pd.concat(occ, ignore_index=True))
-    store.write_table("kv/index.parquet", pd.DataFrame(kv_rows))
+        store.write_table(rel("attention/index.parquet", "attn_index"), pd.DataFrame(att_rows))
+    store.write_table(rel("tokens.parquet", "tokens"), pd.concat(tokens, ignore_index=True))
+    store.write_table(rel("events.parquet", "events"),
+                      pd.DataFrame(events, columns=["trace", "kind", "position", "start", "end", "block", "rewind_to",
+                                                    "message"]))
+    store.write_table(rel("occupancy.parquet", "occupancy"), pd.concat(occ, ignore_index=True))
+    store.write_table(rel("kv/index.parquet", "kv_index"), pd.DataFrame(kv_rows))
+    store.write_table(rel("traces.parquet", "traces"), pd.DataFrame(traces))  # last: a part's commit marker
     if spec.probes:
         store.write_table("probe_results.parquet", _probe_table(rng, spec))
     if spec.ablations:

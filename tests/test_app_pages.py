@@ -209,6 +209,20 @@ def test_incomplete_run_shows_error(name, incomplete_run):
     assert at.error and any("incomplete" in e.value for e in at.error)
 
 
+def test_interrupted_capture_shows_its_committed_parts(tmp_path):
+    run = write_fixture_run(tmp_path / "partial", FixtureSpec(n_traces=2, complete=False, as_parts=True,
+                                                              probes=False, ablations=False, figures=False))
+    assert not (run / "tokens.parquet").exists() and (run / "parts/00000/tokens.parquet").exists()
+    at = page("trace", [run])
+    assert any("incomplete" in e.value for e in at.error)
+    occ = pd.read_parquet(run / "parts/00000/occupancy.parquet").query("trace == 't0000' and mode == 'memento'")
+    assert arr(traces_named(charts(at)[1], "memento")[0]["y"]) == occ.sort_values("step").tokens.tolist()
+    at = page("runs", [run])
+    assert at.dataframe[0].value.iloc[0]["traces"] == 2
+    at = page("residue", [run])
+    assert charts(at) and charts(at)[0]["data"][0]["type"] == "heatmap"
+
+
 @pytest.fixture
 def broken_copy(run_dir, tmp_path):
     dst = tmp_path / "broken"
