@@ -229,3 +229,14 @@ def test_sawtooth_from_a_memento_only_run(tmp_path):
     assert df[df["mode"] == "memento"]["tokens"].tolist() == [3, 4, 5, 3, 4, 5]
     assert df[df["mode"] == "vanilla"]["tokens"].tolist() == [3, 4, 5, 6, 7, 8]
     assert df["kv_gb"].tolist() == pytest.approx((df["tokens"] * 64 / 2 ** 30).tolist())
+
+
+@needs_examples
+def test_without_chromium_png_is_skipped_with_a_reason(tmp_path, monkeypatch):
+    import memento_lens.analyses.figures as figs
+
+    monkeypatch.setattr(figs, "chromium_path", lambda: None)
+    rep = render_figures(["kv-sawtooth"], traces=EXAMPLES[:1], out_dir=tmp_path)
+    assert rep.png_skipped and "chromium not found" in rep.png_skipped
+    assert [Path(f).suffix for f in rep.rendered[0].files] == [".csv", ".md", ".html"]
+    assert not (tmp_path / "kv-sawtooth.png").exists()
