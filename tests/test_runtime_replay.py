@@ -36,8 +36,9 @@ def model():
     return tiny_qwen3(layers=3)
 
 
-configs = st.builds(lambda k, md, rs: BlockMaskingConfig(mask_delimiters=md, keep_last_n_blocks=k, restart_mode=rs),
-                    st.sampled_from([-1, 0, 1, 2]), st.booleans(), st.booleans())
+configs = st.builds(lambda k, md, rs, defer: BlockMaskingConfig(mask_delimiters=md, keep_last_n_blocks=k,
+                                                                  restart_mode=rs, keep_last_block_for_answer=defer),
+                    st.sampled_from([-1, 0, 1, 2]), st.booleans(), st.booleans(), st.booleans())
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
