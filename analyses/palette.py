@@ -50,7 +50,10 @@ DOMAIN_COLORS: dict[str, str] = {
 TASK_COLOR = "#009E73"
 CHANCE_COLOR = "#BBBBBB"
 
-_FALLBACK = ("#56B4E9", "#F0E442", "#882255", "#44AA99", "#AA4499", "#332288", "#DDCC77", "#117733")
+# Series without a fixed meaning (sources, models): distinct, readable on white (no yellows).
+SERIES_COLORS: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#882255", "#332288",
+                                  "#117733", "#AA4499", "#44AA99")
+_FALLBACK = SERIES_COLORS
 
 PALETTES: dict[str, Mapping[str, str]] = {
     "role": ROLE_COLORS, "mode": MODE_COLORS, "condition": CONDITION_COLORS,
@@ -68,3 +71,8 @@ def color(kind: str, key: str) -> str:
     if key in palette:
         return palette[key]
     return _FALLBACK[sum(map(ord, str(key))) % len(_FALLBACK)]
+
+
+def series_color(index: int) -> str:
+    """The ``index``-th colour for series without a palette of their own (e.g. one line per source)."""
+    return SERIES_COLORS[index % len(SERIES_COLORS)]

@@ -1,11 +1,14 @@
-"""compression-cdf (paper Fig. 6): CDF of the per-block compression ratio memento / block, by domain."""
+"""compression-cdf (paper Fig. 6): CDF of the per-block compression ratio memento / block, one panel per
+domain, one line per source (trace file or run; the paper's lines are models)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..palette import color
+from ..palette import color, series_color
 from ..stats import block_stats, blocks_from_tokens_table
 from .base import Figure, FigureInputs, MissingInputs, md_table
 
@@ -13,50 +16,71 @@ from .base import Figure, FigureInputs, MissingInputs, md_table
 class CompressionCDF(Figure):
     name = "compression-cdf"
     title = "Compression ratio (memento / block) per block"
-    paper = ("Memento paper Fig. 6: empirical CDF per domain. Ratio in characters when the trace text is known "
-             "(trace files), in tokens otherwise (run directories).")
+    paper = ("Memento paper Fig. 6: empirical CDF per domain (panels), one line per source (trace file or run). "
+             "Ratio in characters when the trace text is known (trace files), in tokens otherwise (runs).")
 
     def data(self, inputs: FigureInputs) -> pd.DataFrame:
+        parts = []
         if inputs.traces:
             if inputs.token_ids is None:
                 raise MissingInputs("traces given without their tokenizer's memento token ids")
-            blocks = block_stats(inputs.traces, inputs.token_ids)
+            b = block_stats(inputs.traces, inputs.token_ids)
+            src = {t.trace_id: Path(str(t.meta.get("source_file") or "traces")).stem for t in inputs.traces}
+            parts.append(b.assign(source=b["trace"].map(src)))
         else:
-            tokens = inputs.table("tokens.parquet")
-            if tokens is None:
+            for run in inputs.runs:
+                if run.has("tokens.parquet"):
+                    tr = run.read_table("traces.parquet") if run.has("traces.parquet") else None
+                    b = blocks_from_tokens_table(run.read_table("tokens.parquet"), tr)
+                    parts.append(b.assign(source=run.path.name))
+            if not parts:
                 raise MissingInputs("needs trace files (--traces) or a run with tokens.parquet")
-            blocks = blocks_from_tokens_table(tokens, inputs.table("traces.parquet"))
+        blocks = pd.concat(parts, ignore_index=True)
         if blocks.empty:
             raise MissingInputs("no completed block (block + memento) in the inputs")
         unit = "chars" if blocks["ratio_chars"].notna().all() else "tokens"
-        ratio = blocks[f"ratio_{unit}"]
-        blocks = blocks.assign(ratio=ratio)[ratio.notna()]
-        groups = [(d, g) for d, g in blocks.groupby("domain", sort=True)]
-        if len(groups) > 1:
-            groups.append(("all", blocks))
-        parts = []
-        for dom, g in groups:
-            r = np.sort(g["ratio"].to_numpy(float))
-            parts.append(pd.DataFrame({"domain": dom, "unit": unit, "ratio": r,
-                                       "cdf": np.arange(1, len(r) + 1) / len(r)}))
-        return pd.concat(parts, ignore_index=True)
+        blocks = blocks.assign(ratio=blocks[f"ratio_{unit}"])
+        blocks = blocks[blocks["ratio"].notna()]
+        domains = sorted(blocks["domain"].unique())
+        panels = [(d, blocks[blocks["domain"] == d]) for d in domains]
+        if len(domains) > 1:
+            panels.append(("all", blocks))
+        out = []
+        for dom, g in panels:
+            for source, s in g.groupby("source", sort=True):
+                r = np.sort(s["ratio"].to_numpy(float))
+                out.append(pd.DataFrame({"domain": dom, "source": source, "unit": unit, "ratio": r,
+                                         "cdf": np.arange(1, len(r) + 1) / len(r)}))
+        return pd.concat(out, ignore_index=True)
 
     def plot(self, df: pd.DataFrame):
         import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
 
-        fig = go.Figure()
-        for dom, g in df.groupby("domain", sort=False):
-            med = float(np.median(g["ratio"]))
-            fig.add_trace(go.Scatter(x=g["ratio"], y=g["cdf"], mode="lines", line_shape="hv",
-                                     name=f"{dom} (n={len(g)}, median {med:.2f})",
-                                     line=dict(color=color("domain", dom), width=2)))
+        domains = list(dict.fromkeys(df["domain"]))
+        sources = list(dict.fromkeys(df["source"]))
+        fig = make_subplots(rows=1, cols=len(domains), subplot_titles=domains, shared_yaxes=True)
+        shown: set[str] = set()
+        for i, dom in enumerate(domains, start=1):
+            for source, g in df[df["domain"] == dom].groupby("source", sort=False):
+                med = float(np.median(g["ratio"]))
+                # One source: colour by domain (palette); several: colour by source, consistent across panels.
+                col = color("domain", dom) if len(sources) == 1 else series_color(sources.index(source))
+                fig.add_trace(go.Scatter(x=g["ratio"], y=g["cdf"], mode="lines", line_shape="hv",
+                                         name=source if len(sources) > 1 else dom, legendgroup=source,
+                                         showlegend=len(sources) > 1 and source not in shown,
+                                         hovertemplate=f"{source}<br>ratio %{{x:.3f}}<br>CDF %{{y:.2f}}"
+                                                       f"<br>median {med:.3f} (n={len(g)})",
+                                         line=dict(color=col, width=2)), 1, i)
+                shown.add(source)
         unit = df["unit"].iloc[0] if len(df) else "chars"
-        fig.update_layout(title=self.title, xaxis_title=f"memento / block ({unit})", yaxis_title="CDF",
-                          yaxis_range=[0, 1.02], template="plotly_white")
+        fig.update_xaxes(title_text=f"memento / block ({unit})", rangemode="tozero", matches="x")
+        fig.update_yaxes(title_text="CDF", range=[0, 1.02], row=1, col=1)
+        fig.update_layout(title=self.title, template="plotly_white")
         return fig
 
     def markdown(self, df: pd.DataFrame) -> str:
-        g = df.groupby("domain", sort=False)["ratio"]
+        g = df.groupby(["domain", "source"], sort=False)["ratio"]
         table = pd.DataFrame({"blocks": g.size(), "median": g.median(), "p25": g.quantile(0.25),
                               "p75": g.quantile(0.75), "mean": g.mean()}).reset_index()
         unit = df["unit"].iloc[0] if len(df) else "chars"
