@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from memento_lens.analyses.figures import REGISTRY, chromium_path, render_figures, resolve_names
 from memento_lens.analyses.figures.base import checkpoint_order
 from memento_lens.analyses.ingest import ingest_files, write_run
-from memento_lens.analyses.kv import account_trace, default_configs, resolve_spec
+from memento_lens.analyses.kv import account_trace, default_configs
 from memento_lens.analyses.stats import block_stats
 from memento_lens.analyses.tokenization import ApproxTokenizer
 from memento_lens.runtime.config import ConfigError
