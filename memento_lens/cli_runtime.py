@@ -112,7 +112,7 @@ def _load(model: str, device: str, dtype: Optional[str], seed: int):
     return load_model(model, device=device, dtype=dtype, seed=seed)
 
 
-_MODEL_HELP = "Local HF checkpoint dir, 'toy', 'toy@<ckpt>', or 'random:tiny' / 'random:bench'."
+_MODEL_HELP = "Local HF checkpoint dir, 'toy', 'toy@<ckpt>', or 'random:tiny' / 'random:bench' / 'random:toy'."
 
 
 def generate_cmd(

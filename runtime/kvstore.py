@@ -120,7 +120,7 @@ class KVReader:
                       else pd.DataFrame(columns=KV_INDEX_COLUMNS))
         self._rows = {KVKey(r.trace, int(r.layer), r.variant, int(r.block)): r
                       for r in self.index.itertuples(index=False)}
-        self._verified: set[str] = set()
+        self._handles: dict[str, Any] = {}
 
     def __contains__(self, key: KVKey) -> bool:
         return key in self._rows
@@ -147,14 +147,21 @@ class KVReader:
         except KeyError:
             raise KeyError(f"{self.store.path}: no captured K/V for {key}") from None
 
+    def select(self, *, trace: str | None = None, layer: int | None = None, variant: str | None = None,
+               block: int | None = None) -> list[KVKey]:
+        """Every captured key matching the given fields (None = any), in index order."""
+        return [k for k in self._rows if (trace is None or k.trace == trace) and (layer is None or k.layer == layer)
+                and (variant is None or k.variant == variant) and (block is None or k.block == block)]
+
     def _load(self, shard: str, name: str) -> torch.Tensor:
         from safetensors import safe_open
 
-        if shard not in self._verified:
+        handle = self._handles.get(shard)
+        if handle is None:        # checksum verified once per shard, then the file stays open (memory-mapped)
             self.store.verify_file(shard)
-            self._verified.add(shard)
-        with safe_open(str(self.store.path / shard), framework="pt", device=self.device) as f:
-            return f.get_tensor(name)
+            handle = self._handles[shard] = safe_open(str(self.store.path / shard), framework="pt",
+                                                      device=self.device)
+        return handle.get_tensor(name)
 
     def attention(self, trace: str, variant: str, layer: int, query_pos: int) -> torch.Tensor:
         """``[1, heads, n_keys]`` attention weights of one captured query."""

@@ -2,7 +2,7 @@
 config; and adding the memento tokens to a vocabulary that lacks them (initialised as in the paper).
 
 Nothing here touches the network: a model spec is a local path, ``toy`` / ``toy@<checkpoint>``, or
-``random:tiny`` / ``random:bench`` (random Qwen3-architecture models built from a config).
+``random:tiny`` / ``random:bench`` / ``random:toy`` (random Qwen3-architecture models built from a config).
 """
 
 from __future__ import annotations
@@ -148,11 +148,18 @@ def load_model(spec: str | Path, *, device: str | torch.device = "cpu", dtype: s
     """
     name = str(spec)
     tdtype = parse_dtype(dtype)
+    if name == "random:toy":   # the toy's architecture and tokenizer, random weights (before/without training)
+        from .toy.model import build_model
+        from .toy.tokenizer import build_tokenizer
+
+        model = build_model(seed=seed, device=device, dtype=tdtype or torch.float32).eval()
+        setattr(model.config, ATTN_IMPLEMENTATION_ATTR, attn_implementation)
+        return from_objects(model, build_tokenizer(), name=name)
     if name.startswith("random:"):
         kind = name.split(":", 1)[1]
         if kind not in RANDOM_SPECS:
             raise ModelLoadError(f"unknown random model {name!r}; known: "
-                                 + ", ".join(f"random:{k}" for k in RANDOM_SPECS))
+                                 + ", ".join(f"random:{k}" for k in (*RANDOM_SPECS, "toy")))
         model = random_qwen3(**RANDOM_SPECS[kind], seed=seed, device=device, dtype=tdtype or torch.float32,
                              attn_implementation=attn_implementation)
         tok = random_tokenizer(RANDOM_SPECS[kind]["vocab_size"])
@@ -166,12 +173,19 @@ def load_model(spec: str | Path, *, device: str | torch.device = "cpu", dtype: s
                                  "'toy', or 'random:tiny')")
     from transformers import AutoModelForCausalLM
 
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()     # the CLI shows its own progress; keep errors on one line
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype if tdtype is not None else "auto",
                                                      attn_implementation=attn_implementation,
                                                      local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: not a loadable HF causal LM ({str(exc).splitlines()[0]})") from None
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     model = model.to(device).eval()
     tokenizer = _load_tokenizer(path, name)
     return from_objects(model, tokenizer, name=name)

@@ -70,3 +70,34 @@ def test_toy_spec_loads_or_fails_cleanly():
         assert "\n" not in str(exc)
         pytest.skip(f"toy weights not shipped in this checkout: {exc}")
     assert lm.tokens is not None and lm.tokenizer is not None
+
+
+def test_local_checkpoint_loads_and_verifies(tmp_path):
+    """A saved HF checkpoint (model + tokenizer with the memento tokens) goes through --model PATH."""
+    from memento_lens.runtime.verify import verify_model
+
+    lm = load_model("random:tiny")
+    lm.model.save_pretrained(tmp_path / "ckpt")
+    lm.tokenizer.save_pretrained(tmp_path / "ckpt")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loaded = load_model(tmp_path / "ckpt")
+        assert loaded.tokens.delimiters == lm.tokens.delimiters
+        assert all(torch.equal(a, b) for a, b in zip(loaded.model.parameters(), lm.model.parameters()))
+        report = verify_model(str(tmp_path / "ckpt"), n_blocks=2)
+        assert report.passed and report.model == str(tmp_path / "ckpt")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_checkpoint_without_memento_tokens_is_refused_by_name(tmp_path):
+    from typer.testing import CliRunner
+
+    from memento_lens.cli import app
+
+    tiny_qwen3(vocab_size=18).save_pretrained(tmp_path / "plain")
+    plain_tokenizer().save_pretrained(tmp_path / "plain")
+    res = CliRunner().invoke(app, ["verify", "--model", str(tmp_path / "plain")])
+    assert res.exit_code == 2
+    assert "<|block_start|>" in res.stderr and "add_memento_tokens" in res.stderr and res.stderr.count("\n") == 1
