@@ -95,10 +95,10 @@ def passcode_cmd(
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
     seed: int = typer.Option(0, "--seed"),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Sequences (default 50000; --quick 4000)."),
+    samples: Optional[int] = typer.Option(None, "--samples", help="Sequences (default 50000; --quick 2000)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layer indices (negative from the end); default all."),
     heads: Optional[str] = typer.Option(None, "--heads", help="Also probe these KV heads one at a time."),
-    distances: Optional[str] = typer.Option(None, "--distances", help="Masked distances (default 1..7; --quick 1,2,7)."),
+    distances: Optional[str] = typer.Option(None, "--distances", help="Masked distances (default 1..7; --quick 1,2)."),
     distance_layers: str = typer.Option("last", "--distance-layers", help="Layers for masked distances >= 2: last | all."),
     target_block: int = typer.Option(1, "--target-block", help="0-based block holding the passcode (1 = paper's T2)."),
     positions: str = typer.Option("span", "--positions", help="span (summary_start..summary_end) | digits (toy)."),
@@ -110,7 +110,7 @@ def passcode_cmd(
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a loaded 2-core box)."),
     out: Path = typer.Option(Path("runs/passcode"), "--out"),
     overwrite: bool = typer.Option(False, "--overwrite"),
-    quick: bool = typer.Option(False, "--quick", help="Demo preset: 4000 samples, distances 1,2,7, short training."),
+    quick: bool = typer.Option(False, "--quick", help="Demo preset: 2000 samples, layers 0,-1, distances 1,2, short training."),
     as_json: bool = typer.Option(False, "--json", help="Print the result rows as a JSON list."),
 ) -> None:
     """Passcode probes on memento K/V: direct, masked (+k) and causal-control conditions per layer."""
@@ -134,7 +134,9 @@ def passcode_cmd(
         probe_names = tuple(p.strip() for p in probes.split(",") if p.strip())
         for p in probe_names:
             make_probe(p)
-        cfg = PasscodeConfig(model=model, task=task, trace=str(trace) if trace else None, layers=_ints(layers, "--layers"),
+        if layers is not None:
+            base["layers"] = _ints(layers, "--layers")
+        cfg = PasscodeConfig(model=model, task=task, trace=str(trace) if trace else None,
                              heads=_ints(heads, "--heads"), target_block=target_block, distance_layers=distance_layers,
                              positions=positions, probes=probe_names, control=control, seed=seed, device=device,
                              dtype=dtype, **base)
@@ -168,7 +170,7 @@ def passcode_cmd(
 
                     loaded = load_model(spec, device=device, dtype=dtype)
                     if checkpoints:
-                        task_acc = _toy_task_accuracy(loaded.model, device)
+                        task_acc = _toy_task_accuracy(spec, loaded.model, device)
                 prefix = f"features/{ckpt}" if ckpt else "features"
                 on_feat = (lambda f, p=prefix: f.save(store, p)) if cache_features and feats is None else None
                 res = run_passcode(run_cfg, loaded, features=feats, checkpoint=ckpt, task_accuracy=task_acc,
@@ -185,12 +187,20 @@ def passcode_cmd(
         if as_json:
             print(json.dumps(_clean(df.to_dict("records"))))
         else:
-            _print_table(df[["checkpoint", "condition", "distance", "layer", "head", "probe", "accuracy", "ci_low",
-                             "ci_high", "control_accuracy", "task_accuracy"]], f"wrote {out}/probe_results.parquet")
+            cols = ["condition", "distance", "layer", "head", "probe", "accuracy", "ci_low", "ci_high", "control_accuracy"]
+            if checkpoints:
+                cols = ["checkpoint", "task_accuracy", *cols]
+            _print_table(df[cols], f"wrote {out}/probe_results.parquet (chance 0.100)")
 
 
-def _toy_task_accuracy(model, device: str) -> float:
-    """Teacher-forced memento exact-match rate (toy evaluation, memento attention, held-out seed)."""
+def _toy_task_accuracy(spec: str, model, device: str) -> float:
+    """Task accuracy of a toy checkpoint: the training log's teacher-forced memento exact-match rate (memento
+    attention, held-out sequences); evaluated here when the checkpoint does not record it."""
+    from memento_lens.runtime.toy.shipped import checkpoint_info
+
+    value = checkpoint_info(spec).get("memento_exact")
+    if value is not None:
+        return float(value)
     from memento_lens.runtime.toy.evaluate import evaluate_all
 
     return float(evaluate_all(model, n=1000, modes=("memento",), device=device)["memento"].exact)
@@ -200,12 +210,14 @@ def _print_table(df, footer: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    short = {"condition": "cond", "distance": "dist", "control_accuracy": "control", "task_accuracy": "task_acc",
+             "direction": "dir", "checkpoint": "ckpt"}
     t = Table(show_lines=False)
     for c in df.columns:
-        t.add_column(str(c))
+        t.add_column(short.get(str(c), str(c)), no_wrap=True)
     for r in df.itertuples(index=False):
-        t.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r])
-    console = Console()
+        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
+    console = Console(width=200)
     console.print(t)
     console.print(footer)
 

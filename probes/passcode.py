@@ -69,7 +69,10 @@ class PasscodeConfig:
         return d
 
 
-QUICK = dict(samples=4000, distances=(1, 2, 7), train=TrainConfig(max_epochs=12, patience=2, n_boot=300))
+# The demo preset (target < 1 min on 2 cores): first and last layer, masked +1/+2 only, so the replay stops
+# after memento 3 (less than half the sequence), and short training.
+QUICK = dict(samples=2000, layers=(0, -1), distances=(1, 2),
+             train=TrainConfig(max_epochs=10, patience=2, batch_size=512, n_boot=200))
 
 
 @dataclass
