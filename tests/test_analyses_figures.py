@@ -127,7 +127,7 @@ def test_probe_figures_csv_match_inputs(probe_run, tmp_path):
     patch = ra[ra["panel"] == "patch"]
     assert patch["layer"].tolist() == list(LAYERS) and patch["value"].tolist() == pytest.approx([1.0, 1.1, 1.2, 1.3])
     md = (out / "restart-ablation.md").read_text()
-    assert "| qwen3-8b | accuracy | 0.661 | 0.508 | -0.153 |" in md
+    assert "| qwen3-8b | final | accuracy | 0.661 | 0.508 | -0.153 |" in md
 
 
 def test_toy_model_at_checkpoint_names_group_together(tmp_path):
@@ -239,3 +239,45 @@ def test_without_chromium_png_is_skipped_with_a_reason(tmp_path, monkeypatch):
     assert rep.png_skipped and "chromium not found" in rep.png_skipped
     assert [Path(f).suffix for f in rep.rendered[0].files] == [".csv", ".md", ".html"]
     assert not (tmp_path / "kv-sawtooth.png").exists()
+
+
+def probes_shaped_ablations() -> pd.DataFrame:
+    """Rows shaped like probes.ablation's output: several metrics, baselines at layer -1, per-head patches."""
+    rows = []
+
+    def add(exp, variant, layer, head, direction, metric, value):
+        rows.append({"experiment": exp, "model": "toy", "checkpoint": "", "variant": variant, "layer": layer,
+                     "head": head, "direction": direction, "metric": metric, "value": value, "ci_low": value - 0.01,
+                     "ci_high": value + 0.01, "n": 64})
+
+    for variant, acc, nll in (("normal", 0.95, 0.2), ("restart", 0.70, 0.9)):
+        add("restart", variant, -1, -1, "", "accuracy_teacher_forced", acc)
+        add("restart", variant, -1, -1, "", "nll_teacher_forced", nll)
+        add("patch", variant, -1, -1, "", "accuracy", acc)
+        add("patch", variant, -1, -1, "", "nll", nll)
+    add("restart", "restart", -1, -1, "", "kl_teacher_forced", 0.4)
+    for layer in range(3):
+        for head in (-1, 0):
+            add("patch", "normal_kv", layer, head, "normal->restart", "accuracy", 0.7 + 0.1 * layer + 0.01 * head)
+            add("patch", "normal_kv", layer, head, "normal->restart", "nll", 0.9 - 0.2 * layer)
+    return pd.DataFrame(rows)
+
+
+def test_restart_ablation_on_probes_shaped_rows(tmp_path):
+    store = RunStore.create(tmp_path / "r", "ablation", {})
+    store.write_table("ablations.parquet", probes_shaped_ablations())
+    rep = render_figures(["restart-ablation"], runs=[tmp_path / "r"], out_dir=tmp_path / "f", png=False)
+    assert not rep.skipped
+    df = pd.read_csv(tmp_path / "f" / "restart-ablation.csv", keep_default_na=False)
+    restart = df[df["panel"] == "restart"]
+    assert len(restart) == 5 and set(restart["metric"]) == {"accuracy_teacher_forced", "nll_teacher_forced",
+                                                            "kl_teacher_forced"}
+    curve = df[df["panel"] == "patch"]
+    acc = curve[curve["metric"] == "accuracy"]
+    assert acc["layer"].tolist() == [0, 1, 2]
+    assert acc["value"].astype(float).tolist() == pytest.approx([0.69, 0.79, 0.89])   # head -1 rows only
+    base = df[df["panel"] == "patch_base"]
+    assert sorted(zip(base["metric"], base["variant"])) == [("accuracy", "normal"), ("accuracy", "restart"),
+                                                            ("nll", "normal"), ("nll", "restart")]
+    md = (tmp_path / "f" / "restart-ablation.md").read_text()
+    assert "| toy |  | accuracy_teacher_forced | 0.95 | 0.7 | -0.25 |" in md

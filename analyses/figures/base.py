@@ -118,3 +118,9 @@ def mean_over_seeds(df: pd.DataFrame, by: list[str], value: str = "accuracy") ->
         if c in df:
             cols[c] = (c, "mean")
     return df.groupby(by, sort=True, dropna=False).agg(**cols).reset_index()
+
+
+def layer_dtick(layers: pd.Series) -> int:
+    """Integer tick spacing for a layer axis: every layer up to 12 of them, then about 12 ticks."""
+    span = int(layers.max() - layers.min()) + 1 if len(layers) else 1
+    return max(1, math.ceil(span / 12))

@@ -7,7 +7,7 @@ import pandas as pd
 
 from ..palette import CHANCE_COLOR, color
 from .base import (PASSCODE_CHANCE, Figure, FigureInputs, MissingInputs, checkpoint_order, md_table,
-                   mean_over_seeds, normalize_models)
+                   layer_dtick, mean_over_seeds, normalize_models)
 
 CONDITIONS = ("direct", "masked", "causal_control")
 NEEDS = "needs probe_results.parquet in a --run directory (written by the probes); trace files alone carry none"
@@ -68,7 +68,7 @@ class ProbeConditions(Figure):
                                          line=dict(color=color("condition", cond), dash=dashes[probe])), 1, i)
             label = dict(annotation_text="chance") if i == 1 else {}  # None would print "new text"
             fig.add_hline(y=PASSCODE_CHANCE, line=dict(color=CHANCE_COLOR, dash="dash"), row=1, col=i, **label)
-            fig.update_xaxes(title_text="layer", row=1, col=i)
+            fig.update_xaxes(title_text="layer", row=1, col=i, dtick=layer_dtick(df.loc[df["model"] == model, "layer"]))
         fig.update_yaxes(title_text="probe accuracy (mean over 5 digits)", range=[0, 1], row=1, col=1)
         fig.update_layout(title=self.title, template="plotly_white")
         return fig

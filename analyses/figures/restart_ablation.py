@@ -1,12 +1,17 @@
 """restart-ablation (paper Table 3 + the causal patching curve): normal vs restart memento KV, and the
-effect of patching KV layer by layer."""
+effect of patching memento KV layer by layer.
+
+Rows used from ``ablations.parquet``: ``experiment == "restart"`` at layer -1 (one bar per variant, one
+panel per metric); ``experiment == "patch"`` with all heads (head -1): layer >= 0 gives the curve per
+direction (one panel per metric), layer -1 the unpatched normal/restart baselines (dashed lines).
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from ..palette import color
-from .base import Figure, FigureInputs, MissingInputs, md_table
+from ..palette import color, series_color
+from .base import Figure, FigureInputs, MissingInputs, layer_dtick, md_table
 
 COLUMNS = ["panel", "model", "checkpoint", "variant", "direction", "layer", "metric", "value", "ci_low", "ci_high", "n"]
 
@@ -15,8 +20,8 @@ class RestartAblation(Figure):
     name = "restart-ablation"
     title = "Restart ablation and KV patching"
     paper = ("Memento paper Table 3: the task metric with normal memento KV vs restart (memento KV recomputed "
-             "without its block); and the causal patching curve (metric by patched layer). Rows with layer -1 "
-             "cover all layers.")
+             "without its block); and the causal patching curve (metric by patched layer, all heads; dashed: "
+             "unpatched baselines).")
 
     def data(self, inputs: FigureInputs) -> pd.DataFrame:
         ab = inputs.table("ablations.parquet")
@@ -24,45 +29,63 @@ class RestartAblation(Figure):
             raise MissingInputs("needs ablations.parquet in a --run directory (written by the probes' restart "
                                 "ablation / patching); trace files alone carry none")
         ab = ab.copy()
-        for c in ("ci_low", "ci_high", "n", "direction", "checkpoint"):
+        for c in ("ci_low", "ci_high", "n", "direction", "checkpoint", "head"):
             if c not in ab:
-                ab[c] = pd.NA
+                ab[c] = -1 if c == "head" else pd.NA
+        ab["direction"] = ab["direction"].fillna("").astype(str)
+        ab["checkpoint"] = ab["checkpoint"].fillna("").astype(str)
+        all_heads = ab["head"].fillna(-1) == -1
         restart = ab[(ab["experiment"] == "restart") & (ab["layer"] == -1)].assign(panel="restart")
-        patch = ab[(ab["experiment"] == "patch") & (ab["layer"] >= 0)].assign(panel="patch")
-        out = pd.concat([restart, patch], ignore_index=True)
+        patch = ab[(ab["experiment"] == "patch") & all_heads]
+        curve = patch[patch["layer"] >= 0].assign(panel="patch")
+        base = patch[(patch["layer"] == -1) & patch["metric"].isin(curve["metric"].unique())].assign(panel="patch_base")
+        out = pd.concat([restart, curve, base], ignore_index=True)
         if out.empty:
-            raise MissingInputs("ablations.parquet has no restart (layer -1) or patch (layer >= 0) rows")
-        return out.sort_values(["panel", "model", "metric", "variant", "layer"], kind="stable",
-                               ascending=[False, True, True, True, True]).reset_index(drop=True)[COLUMNS]
+            raise MissingInputs("ablations.parquet has no restart rows at layer -1 and no all-head patch rows")
+        order = {"restart": 0, "patch": 1, "patch_base": 2}
+        out = out.sort_values(["panel", "model", "metric", "direction", "variant", "layer"], kind="stable",
+                              key=lambda c: c.map(order) if c.name == "panel" else c)
+        return out.reset_index(drop=True)[COLUMNS]
 
     def plot(self, df: pd.DataFrame):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        panels = [p for p in ("restart", "patch") if (df["panel"] == p).any()]
-        titles = {"restart": "normal vs restart", "patch": "KV patching by layer"}
-        fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[titles[p] for p in panels])
-        for i, panel in enumerate(panels, start=1):
-            sub = df[df["panel"] == panel]
-            keys = ["variant"] if panel == "restart" else ["variant", "direction"]
-            for key, g in sub.groupby(keys, sort=False, dropna=False):
-                key = key if isinstance(key, tuple) else (key,)
-                variant = str(key[0])
-                label = " / ".join(str(k) for k in key if pd.notna(k))
-                err = None
-                if g["ci_low"].notna().all() and g["ci_high"].notna().all():
-                    err = dict(type="data", symmetric=False, array=(g["ci_high"] - g["value"]).astype(float),
-                               arrayminus=(g["value"] - g["ci_low"]).astype(float))
-                if panel == "restart":
-                    x = [f"{m} · {met}" for m, met in zip(g["model"], g["metric"])]
-                    fig.add_trace(go.Bar(x=x, y=g["value"], error_y=err, name=label,
-                                         marker_color=color("variant", variant)), 1, i)
-                else:
-                    fig.add_trace(go.Scatter(x=g["layer"], y=g["value"], error_y=err, mode="lines+markers",
-                                             name=f"patch {label}", line=dict(color=color("variant", variant))), 1, i)
-            if panel == "patch":
-                fig.update_xaxes(title_text="layer", row=1, col=i)
-                fig.update_yaxes(title_text=", ".join(sorted(set(sub["metric"].astype(str)))), row=1, col=i)
+        r_metrics = list(dict.fromkeys(df.loc[df["panel"] == "restart", "metric"]))
+        p_metrics = list(dict.fromkeys(df.loc[df["panel"] == "patch", "metric"]))
+        rows = [m for m in (r_metrics, p_metrics) if m]
+        ncols = max(len(r) for r in rows)
+        titles = []
+        for kind, metrics in (("restart", r_metrics), ("patch", p_metrics)):
+            if metrics:
+                titles += [f"{kind}: {m}" for m in metrics] + [""] * (ncols - len(metrics))
+        fig = make_subplots(rows=len(rows), cols=ncols, subplot_titles=titles, vertical_spacing=0.18)
+        shown: set[str] = set()
+        row = 1
+        if r_metrics:
+            for j, metric in enumerate(r_metrics, start=1):
+                sub = df[(df["panel"] == "restart") & (df["metric"] == metric)]
+                for variant, g in sub.groupby("variant", sort=False):
+                    fig.add_trace(go.Bar(x=[f"{m} {c}".strip() for m, c in zip(g["model"], g["checkpoint"])],
+                                         y=g["value"], error_y=_err(g), name=str(variant), legendgroup=str(variant),
+                                         showlegend=str(variant) not in shown,
+                                         marker_color=color("variant", str(variant))), row, j)
+                    shown.add(str(variant))
+            row += 1
+        if p_metrics:
+            directions = list(dict.fromkeys(df.loc[df["panel"] == "patch", "direction"]))
+            for j, metric in enumerate(p_metrics, start=1):
+                sub = df[(df["panel"] == "patch") & (df["metric"] == metric)]
+                for (model, direction, variant), g in sub.groupby(["model", "direction", "variant"], sort=False):
+                    name = f"patch {direction or variant}"
+                    fig.add_trace(go.Scatter(x=g["layer"], y=g["value"], error_y=_err(g), mode="lines+markers",
+                                             name=name, legendgroup=name, showlegend=name not in shown,
+                                             line=dict(color=series_color(directions.index(direction)))), row, j)
+                    shown.add(name)
+                for b in df[(df["panel"] == "patch_base") & (df["metric"] == metric)].itertuples():
+                    fig.add_hline(y=b.value, row=row, col=j, line=dict(color=color("variant", str(b.variant)),
+                                                                       dash="dash", width=1))
+                fig.update_xaxes(title_text="patched layer", row=row, col=j, dtick=layer_dtick(sub["layer"]))
         fig.update_layout(title=self.title, template="plotly_white", barmode="group")
         return fig
 
@@ -70,11 +93,21 @@ class RestartAblation(Figure):
         out = [f"## {self.title}\n\n{self.paper}\n"]
         r = df[df["panel"] == "restart"]
         if len(r):
-            t = r.pivot_table(index=["model", "metric"], columns="variant", values="value", sort=False).reset_index()
+            t = r.pivot_table(index=["model", "checkpoint", "metric"], columns="variant", values="value",
+                              sort=False).reset_index()
             if {"normal", "restart"} <= set(t.columns):
                 t["delta"] = t["restart"] - t["normal"]
+            t.columns.name = None
             out.append(f"### Table 3: normal vs restart\n\n{md_table(t)}\n")
-        p = df[df["panel"] == "patch"]
+        p = df[df["panel"].isin(["patch", "patch_base"])]
         if len(p):
-            out.append(f"### Patching curve\n\n{md_table(p.drop(columns=['panel']))}\n")
+            out.append(f"### Patching (all heads; layer -1 = unpatched baseline)\n\n"
+                       f"{md_table(p.drop(columns=['panel']))}\n")
         return "\n".join(out)
+
+
+def _err(g: pd.DataFrame):
+    if g["ci_low"].notna().all() and g["ci_high"].notna().all():
+        return dict(type="data", symmetric=False, array=(g["ci_high"] - g["value"]).astype(float).tolist(),
+                    arrayminus=(g["value"] - g["ci_low"]).astype(float).tolist())
+    return None
