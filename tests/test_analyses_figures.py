@@ -281,3 +281,18 @@ def test_restart_ablation_on_probes_shaped_rows(tmp_path):
                                                             ("nll", "normal"), ("nll", "restart")]
     md = (tmp_path / "f" / "restart-ablation.md").read_text()
     assert "| toy |  | accuracy_teacher_forced | 0.95 | 0.7 | -0.25 |" in md
+
+
+@needs_examples
+def test_compression_cdf_mixes_runs_and_trace_files_in_tokens(tmp_path):
+    tok = ApproxTokenizer()
+    res = ingest_files(EXAMPLES[:1], tok, keep_text=True)
+    write_run(tmp_path / "run", res.traces, tok)
+    rep = render_figures(["compression-cdf"], runs=[tmp_path / "run"], traces=EXAMPLES[1:], out_dir=tmp_path / "f",
+                         png=False)
+    assert not rep.skipped
+    df = pd.read_csv(tmp_path / "f" / "compression-cdf.csv")
+    assert set(df["unit"]) == {"tokens"} and set(df["source"]) == {"run", "memento_example_code"}
+    both = block_stats(ingest_files(EXAMPLES, tok).traces, tok.ids)
+    assert df[df["domain"] == "all"]["ratio"].sort_values().tolist() == pytest.approx(
+        sorted(both["ratio_tokens"]))

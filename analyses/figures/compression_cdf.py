@@ -17,7 +17,7 @@ class CompressionCDF(Figure):
     name = "compression-cdf"
     title = "Compression ratio (memento / block) per block"
     paper = ("Memento paper Fig. 6: empirical CDF per domain (panels), one line per source (trace file or run). "
-             "Ratio in characters when the trace text is known (trace files), in tokens otherwise (runs).")
+             "Ratio in characters when every source has the text (trace files only), in tokens otherwise.")
 
     def data(self, inputs: FigureInputs) -> pd.DataFrame:
         parts = []
@@ -27,14 +27,13 @@ class CompressionCDF(Figure):
             b = block_stats(inputs.traces, inputs.token_ids)
             src = {t.trace_id: Path(str(t.meta.get("source_file") or "traces")).stem for t in inputs.traces}
             parts.append(b.assign(source=b["trace"].map(src)))
-        else:
-            for run in inputs.runs:
-                if run.has("tokens.parquet"):
-                    tr = run.read_table("traces.parquet") if run.has("traces.parquet") else None
-                    b = blocks_from_tokens_table(run.read_table("tokens.parquet"), tr)
-                    parts.append(b.assign(source=run.path.name))
-            if not parts:
-                raise MissingInputs("needs trace files (--traces) or a run with tokens.parquet")
+        for run in inputs.runs:
+            if run.has("tokens.parquet"):
+                tr = run.read_table("traces.parquet") if run.has("traces.parquet") else None
+                b = blocks_from_tokens_table(run.read_table("tokens.parquet"), tr)
+                parts.append(b.assign(source=run.path.name))
+        if not parts:
+            raise MissingInputs("needs trace files (--traces) or a run with tokens.parquet")
         blocks = pd.concat(parts, ignore_index=True)
         if blocks.empty:
             raise MissingInputs("no completed block (block + memento) in the inputs")
