@@ -241,7 +241,8 @@ def probe_figure(df: pd.DataFrame, x: str, chance: float | None,
                  palette: Mapping[str, str] | None = CONDITION_COLORS) -> go.Figure:
     """Probe accuracy against ``x`` (layer, distance or checkpoint), one line per condition, 95% CI band,
     chance line. Rows with the same (condition, x) are averaged (e.g. over seeds)."""
-    g = df.groupby(["condition", x], sort=True)[["accuracy", "ci_low", "ci_high"]].mean().reset_index()
+    numeric = pd.api.types.is_numeric_dtype(df[x])
+    g = df.groupby(["condition", x], sort=numeric)[["accuracy", "ci_low", "ci_high"]].mean().reset_index()
     fig = go.Figure()
     for i, (cond, sub) in enumerate(g.groupby("condition", sort=False)):
         color = _series_color(str(cond), palette, i)

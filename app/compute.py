@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from memento_lens.analyses.palette import (CHANCE_COLOR, CONDITION_COLORS, MODE_COLORS,  # noqa: F401
@@ -161,3 +162,55 @@ def align_ranges(a: tuple[int, int], b: tuple[int, int]) -> tuple[slice, slice] 
     if e <= s:
         return None
     return slice(s - a[0], e - a[0]), slice(s - b[0], e - b[0])
+
+
+def with_vanilla_overlay(occ: pd.DataFrame) -> pd.DataFrame:
+    """Occupancy rows of one trace plus a ``vanilla`` curve when the run recorded only evicting modes.
+
+    Vanilla attention keeps every token, so after step s it holds ``s + 1`` tokens; bytes use the
+    run's own bytes per token (taken from the recorded mode). Recorded vanilla rows are kept as they are.
+    """
+    if occ.empty or (occ["mode"] == "vanilla").any():
+        return occ
+    ref = occ[occ["mode"] == occ["mode"].iloc[0]]
+    nz = ref[ref["tokens"] > 0]
+    per_token = float((nz["bytes"] / nz["tokens"]).median()) if len(nz) else 0.0
+    steps = np.sort(ref["step"].unique())
+    van = pd.DataFrame({"mode": "vanilla", "step": steps, "tokens": steps + 1,
+                        "bytes": np.round((steps + 1) * per_token).astype(np.int64)})
+    for col in occ.columns:
+        if col not in van.columns:
+            van[col] = occ[col].iloc[0]
+    return pd.concat([occ, van[occ.columns]], ignore_index=True)
+
+
+def nearest_distance(distances) -> int:
+    """The distance closest to the probed block (masked +1 before +2 ...; 0 = direct; -1 = control)."""
+    return int(min(distances, key=lambda d: (abs(d), d < 0)))
+
+
+def probe_selection(df: pd.DataFrame, x: str, *, distance: int | None = None, layer: int | None = None,
+                    checkpoint: str | None = None) -> pd.DataFrame:
+    """Rows of ``probe_results.parquet`` for an accuracy-against-``x`` plot (x = layer | distance | checkpoint).
+
+    All-head probes only (``head == -1``) when present. Per condition, dimensions other than ``x`` are
+    fixed: distance = ``distance`` when the condition was probed at it, else the condition's nearest
+    distance (direct and causal control have one each); layer = ``layer`` when present, else the
+    condition's last layer (masked distances >= 2 are often probed at the last layer only); checkpoint =
+    ``checkpoint`` (the caller passes the last one by default).
+    """
+    d = df
+    if "head" in d.columns and (d["head"] == -1).any():
+        d = d[d["head"] == -1]
+    if x != "checkpoint" and checkpoint is not None and "checkpoint" in d.columns:
+        d = d[d["checkpoint"].astype(str) == str(checkpoint)]
+    parts = []
+    for _, g in d.groupby("condition", sort=False):
+        if x != "distance" and "distance" in g.columns:
+            have = set(g["distance"].tolist())
+            g = g[g["distance"] == (distance if distance in have else nearest_distance(have))]
+        if x != "layer" and "layer" in g.columns:
+            have = set(g["layer"].tolist())
+            g = g[g["layer"] == (layer if layer in have else max(have))]
+        parts.append(g)
+    return pd.concat(parts, ignore_index=True) if parts else d.iloc[:0]

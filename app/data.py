@@ -33,6 +33,7 @@ ATTENTION_INDEX = "attention/index.parquet"
 PROBES = "probe_results.parquet"
 ABLATIONS = "ablations.parquet"
 FIGURES = "figures/"
+PASSCODE_SUMMARY = "passcode_summary.json"
 
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     TRACES: ("trace", "n_tokens", "prompt_len", "n_blocks", "mode"),
@@ -362,9 +363,15 @@ class RunData:
         return self._read(ABLATIONS, "ablation results (run the restart ablation / patching on it)")
 
     def chance(self) -> float | None:
-        """Chance accuracy of the probed label, if the run records one (manifest info/config ``chance``)."""
+        """Chance accuracy of the probed label, if the run records one (manifest info/config ``chance``, or
+        ``passcode_summary.json``)."""
         c = _find_key(self.store.manifest.info, ("chance", "chance_accuracy")) or \
             _find_key(self.store.manifest.config, ("chance", "chance_accuracy"))
+        if c is None and PASSCODE_SUMMARY in self.store.manifest.files:   # written by `probe passcode`
+            try:
+                c = _find_key(self.store.read_json(PASSCODE_SUMMARY), ("chance",))
+            except RunError:
+                c = None
         try:
             return float(c) if c is not None else None
         except (TypeError, ValueError):

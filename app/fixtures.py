@@ -243,17 +243,22 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
 
 
 def _probe_table(rng: np.random.Generator, spec: FixtureSpec) -> pd.DataFrame:
+    """Shaped like `memento-lens probe passcode`: causal control at distance -1, direct at 0, masked at
+    1..3 (distances >= 2 at the last layer only)."""
     rows = []
+    last = spec.n_layers - 1
+    plan = [("causal_control", -1, 0.12), ("direct", 0, 0.9), ("masked", 1, 0.55), ("masked", 2, 0.45),
+            ("masked", 3, 0.35)]
     for checkpoint in ("step-500", "final"):
-        for condition, level in (("direct", 0.9), ("masked", 0.55), ("causal_control", 0.12)):
-            for distance in (1, 2, 3):
-                for layer in range(spec.n_layers):
-                    acc = float(np.clip(level - 0.08 * (distance - 1) + 0.05 * layer + rng.normal(0, 0.02), 0, 1))
-                    rows.append({"model": "fixture-tiny", "checkpoint": checkpoint, "condition": condition,
-                                 "distance": distance, "layer": layer, "head": -1, "probe": "mlp", "seed": 0,
-                                 "n_train": 800, "n_val": 200, "accuracy": acc, "ci_low": max(0.0, acc - 0.04),
-                                 "ci_high": min(1.0, acc + 0.04), "control_accuracy": 0.1,
-                                 "selectivity": acc - 0.1, "task_accuracy": 0.97})
+        for condition, distance, level in plan:
+            for layer in (range(spec.n_layers) if distance <= 1 else [last]):
+                acc = float(np.clip(level + 0.05 * layer + rng.normal(0, 0.02)
+                                    - (0.1 if checkpoint == "step-500" else 0), 0, 1))
+                rows.append({"model": "fixture-tiny", "checkpoint": checkpoint, "condition": condition,
+                             "distance": distance, "layer": layer, "head": -1, "probe": "mlp", "seed": 0,
+                             "n_train": 800, "n_val": 200, "accuracy": acc, "ci_low": max(0.0, acc - 0.04),
+                             "ci_high": min(1.0, acc + 0.04), "control_accuracy": 0.1,
+                             "selectivity": acc - 0.1, "task_accuracy": 0.97})
     return pd.DataFrame(rows)
 
 

@@ -232,6 +232,10 @@ def run_or_stop() -> RunData:
 
 
 def trace_or_stop(rd: RunData, only: Sequence[str] | None = None) -> str:
+    if rd.complete and not rd.has("traces.parquet"):
+        st.info(f"{rd.path}: this {rd.store.manifest.kind} run holds no traces (no traces.parquet); this page "
+                "needs a run written by `memento-lens replay`, `generate` or `ingest`.")
+        st.stop()
     try:
         tr = traces(str(rd.path), rd.fingerprint)
     except RunError as exc:

@@ -105,3 +105,51 @@ def test_role_colors_one_distinct_colour_per_role():
     colors = compute.role_colors()
     assert set(colors) == set(compute.ROLES)
     assert len(set(colors.values())) == len(colors)
+
+
+def test_vanilla_overlay_added_only_when_missing():
+    import pandas as pd
+
+    occ = pd.DataFrame({"trace": "t", "mode": "memento", "step": [0, 1, 2, 3], "tokens": [1, 2, 1, 2],
+                        "bytes": [10, 20, 10, 20]})
+    out = compute.with_vanilla_overlay(occ)
+    van = out[out["mode"] == "vanilla"]
+    assert van["tokens"].tolist() == [1, 2, 3, 4] and van["bytes"].tolist() == [10, 20, 30, 40]
+    assert (van["trace"] == "t").all() and len(out) == 8
+    both = pd.concat([occ, occ.assign(mode="vanilla", tokens=[1, 2, 3, 4])])
+    assert compute.with_vanilla_overlay(both) is both
+
+
+def _probe_rows():
+    import pandas as pd
+
+    rows = []
+    for cond, dist, layers in (("causal_control", -1, range(4)), ("direct", 0, range(4)), ("masked", 1, range(4)),
+                               ("masked", 2, [3]), ("masked", 7, [3])):
+        for layer in layers:
+            rows.append({"condition": cond, "distance": dist, "layer": layer, "head": -1, "checkpoint": "",
+                         "accuracy": 0.1 * layer + dist})
+    rows.append({"condition": "direct", "distance": 0, "layer": 0, "head": 1, "checkpoint": "", "accuracy": 9.0})
+    return pd.DataFrame(rows)
+
+
+def test_probe_selection_by_layer_fixes_each_conditions_distance():
+    sel = compute.probe_selection(_probe_rows(), "layer", checkpoint="")
+    got = {c: sorted(zip(g.distance, g.layer)) for c, g in sel.groupby("condition")}
+    assert got == {"causal_control": [(-1, l) for l in range(4)], "direct": [(0, l) for l in range(4)],
+                   "masked": [(1, l) for l in range(4)]}            # nearest masked distance; head -1 only
+    sel = compute.probe_selection(_probe_rows(), "layer", distance=7)
+    assert sel[sel.condition == "masked"][["distance", "layer"]].values.tolist() == [[7, 3]]
+
+
+def test_probe_selection_by_distance_uses_the_last_layer_by_default():
+    sel = compute.probe_selection(_probe_rows(), "distance")
+    assert sorted(sel[sel.condition == "masked"].distance) == [1, 2, 7]
+    assert set(sel.layer) == {3}
+    sel = compute.probe_selection(_probe_rows(), "distance", layer=0)
+    assert sorted(sel[sel.condition == "masked"].distance) == [1]
+
+
+def test_nearest_distance():
+    assert compute.nearest_distance([7, 2, 1]) == 1 and compute.nearest_distance([-1]) == -1
+    assert compute.nearest_distance([-1, 1]) == 1

@@ -160,14 +160,19 @@ def test_probes_page_accuracy_ci_and_chance(run_dir):
     probes, abl = charts(at)
     table = pd.read_parquet(run_dir / "probe_results.parquet")
     direct = [t for t in traces_named(probes, "direct") if t.get("mode") == "lines+markers"][0]
-    # default filters: first checkpoint ("final" sorts first), first distance (1), x = layer
-    sel = table[(table.checkpoint == "final") & (table.distance == 1) & (table.condition == "direct")]
+    # defaults: x = layer, the last checkpoint in training order ("final" after "step-500")
+    sel = table[(table.checkpoint == "final") & (table.condition == "direct")]
     assert arr(direct["y"]) == pytest.approx(sel.sort_values("layer").accuracy.tolist())
+    masked = [t for t in traces_named(probes, "masked") if t.get("mode") == "lines+markers"][0]
+    sel = table[(table.checkpoint == "final") & (table.condition == "masked") & (table.distance == 1)]
+    assert arr(masked["y"]) == pytest.approx(sel.sort_values("layer").accuracy.tolist())
     assert probes["layout"]["shapes"][0]["y0"] == pytest.approx(0.1)   # chance from the manifest
     at.radio(key="probe_x").set_value("distance").run()
     assert not at.exception
     probes, _ = charts(at)
     assert probes["layout"]["xaxis"]["title"]["text"] == "distance"
+    masked = [t for t in traces_named(probes, "masked") if t.get("mode") == "lines+markers"][0]
+    assert arr(masked["x"]) == [1, 2, 3]          # at the last layer, where every distance was probed
     ab = pd.read_parquet(run_dir / "ablations.parquet").query("experiment == 'restart' and layer >= 0")
     line = [t for t in abl["data"] if t.get("name") == "restart / restart"][0]
     assert arr(line["y"]) == pytest.approx(ab.sort_values("layer").value.tolist())
@@ -265,7 +270,7 @@ def test_missing_table_in_complete_run_names_it(broken_copy):
 def test_run_without_attention_says_how_to_capture(tmp_path):
     run = write_fixture_run(tmp_path / "noatt", FixtureSpec(n_traces=1, attention_traces=0))
     at = page("attention", [run])
-    assert at.error and "attention" in at.error[0].value and "capture" in at.error[0].value
+    assert not at.error and "--attention-layers" in at.info[0].value
 
 
 def test_rewritten_run_is_not_served_from_a_stale_cache(tmp_path):

@@ -9,9 +9,9 @@ from memento_lens.app.data import ATTENTION_INDEX
 st.title("Attention")
 rd = state.run_or_stop()
 if not rd.has(ATTENTION_INDEX):
-    st.error(f"{rd.path}: no attention captured (no {ATTENTION_INDEX}). Attention is optional in a capture: "
-             "re-run the capture of this run with attention capture enabled (see `memento-lens --help`) to "
-             "write attention/index.parquet and its shards.")
+    st.info(f"{rd.path}: no attention captured (no {ATTENTION_INDEX}). Attention weights are an optional "
+            "capture; replay the traces with it, e.g. `memento-lens replay --traces RUN_DIR --attention-layers "
+            "0,1 --attention-queries 20,60,100 --out NEW_RUN` (or `--toy N` for toy sequences).")
     st.stop()
 with state.shown_errors():
     with_att = state.attention_traces(*state.key(rd))

@@ -3,7 +3,8 @@ restart-ablation and patching curves."""
 
 import streamlit as st
 
-from memento_lens.app import charts, state
+from memento_lens.analyses.figures.base import PASSCODE_CHANCE, checkpoint_order, normalize_models
+from memento_lens.app import charts, compute, state
 from memento_lens.app.data import ABLATIONS, PROBES
 
 st.title("Probes and ablations")
@@ -22,27 +23,45 @@ def pick(container, label, df, col, key):
 
 st.subheader("Probe accuracy")
 if not rd.has(PROBES):
-    st.info(f"No probe results in this run ({PROBES}); run the probes on it to fill this section.")
+    st.info(f"No probe results in this run ({PROBES}); run `memento-lens probe passcode` to write them.")
 else:
     with state.shown_errors():
-        df = state.probe_results(*state.key(rd))
-        xs = [x for x in ("layer", "distance", "checkpoint") if x in df.columns and df[x].nunique() > 0]
-        x = st.radio("x axis", xs, horizontal=True, key="probe_x")
+        df = normalize_models(state.probe_results(*state.key(rd)))
+        xs = [x for x in ("layer", "distance", "checkpoint") if x in df.columns and df[x].nunique() > 1]
+        x = st.radio("x axis", xs or ["layer"], horizontal=True, key="probe_x")
         cols = st.columns(5)
         d = pick(cols[0], "Model", df, "model", "probe_model")
         d = pick(cols[1], "Probe", d, "probe", "probe_kind")
-        if "head" in d.columns and (d["head"] == -1).any():
-            d = d[d["head"] == -1]
-        for i, col in enumerate(c for c in ("checkpoint", "distance", "layer") if c != x):
-            d = pick(cols[2 + i], col.capitalize(), d, col, f"probe_{col}")
+        checkpoints = checkpoint_order(d["checkpoint"]) if "checkpoint" in d.columns else []
+        ck = None
+        if x != "checkpoint" and checkpoints:
+            ck = state.sticky(cols[2].selectbox, "Checkpoint", checkpoints, key="probe_ckpt",
+                              default=checkpoints[-1]) if len(checkpoints) > 1 else checkpoints[0]
+        dist = lay = None
+        multi = [g["distance"].unique() for _, g in d.groupby("condition") if g["distance"].nunique() > 1] \
+            if "distance" in d.columns else []
+        if x != "distance" and multi:
+            opts = sorted({int(v) for arr in multi for v in arr})
+            dist = state.sticky(cols[3].selectbox, "Masked distance", opts, key="probe_dist",
+                                default=compute.nearest_distance(opts),
+                                help="Blocks between the probed block and the memento (masked condition)")
+        if x != "layer":
+            opts = sorted(int(v) for v in d["layer"].unique())
+            lay = state.sticky(cols[4].selectbox, "Layer", opts, key="probe_layer", default=opts[-1])
+        sel = compute.probe_selection(d, x, distance=dist, layer=lay, checkpoint=ck)
+        if x == "checkpoint":
+            order = {c: i for i, c in enumerate(checkpoints)}
+            sel = sel.assign(_o=sel["checkpoint"].astype(str).map(order)).sort_values("_o").drop(columns="_o")
         chance = rd.chance()
-        if chance is None and "chance" in d.columns:
-            chance = float(d["chance"].mean())
-        st.plotly_chart(charts.probe_figure(d, x, chance), key="probes", width="stretch")
+        if chance is None and "chance" in sel.columns:
+            chance = float(sel["chance"].mean())
+        if chance is None and set(sel["condition"]) & {"direct", "masked", "causal_control"}:
+            chance = PASSCODE_CHANCE   # one of 10 digits per passcode position
+        st.plotly_chart(charts.probe_figure(sel, x, chance), key="probes", width="stretch")
         if chance is None:
-            st.caption("This run records no chance level (manifest info `chance`), so no chance line is drawn.")
+            st.caption("This run records no chance level, so no chance line is drawn.")
         with st.expander("Table"):
-            st.dataframe(d, hide_index=True, width="stretch")
+            st.dataframe(sel, hide_index=True, width="stretch")
 
 st.subheader("Restart ablation and patching")
 if not rd.has(ABLATIONS):

@@ -10,7 +10,8 @@ st.caption("How much of an erased block survives in its memento's KV: the mement
            "block visible (normal) against the same tokens recomputed without it (restart).")
 rd = state.run_or_stop()
 if not rd.has(KV_INDEX):
-    st.error(f"{rd.path}: no captured KV ({KV_INDEX} missing); capture the run with KV capture enabled.")
+    st.info(f"{rd.path}: no captured KV ({KV_INDEX} missing). Capture memento K/V (normal and restart) with "
+            "`memento-lens replay --traces RUN_DIR --out NEW_RUN` (add `--evicted-block` for the erased blocks).")
     st.stop()
 trace = state.trace_or_stop(rd)
 with state.shown_errors():

@@ -24,7 +24,7 @@ with state.shown_errors():
 
     st.plotly_chart(charts.token_strip_figure(toks, gone, step), key="strip", width="stretch")
     if rd.has("occupancy.parquet"):
-        occ = state.occupancy(*state.key(rd), trace)
+        occ = compute.with_vanilla_overlay(state.occupancy(*state.key(rd), trace))
         unit = st.radio("Occupancy unit", ["tokens", "bytes"], horizontal=True, key="occ_unit")
         st.plotly_chart(charts.occupancy_figure(occ, step, ev, unit=unit), key="occupancy", width="stretch")
     else:
