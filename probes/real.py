@@ -154,4 +154,10 @@ def passcode_samples(trace: PasscodeTrace, tokenizer: Any, n: int, seed: int, n_
     if not rows:
         raise ProbeInputError(f"trace {trace.source or '?'}: every passcode changed the block's token count "
                               f"(template {width} tokens); this tokenizer cannot take a token-level substitution")
+    distinct_codes = len({tuple(c) for c in labels})
+    distinct_tokens = len({tuple(r[trace.passcode_slot]) for r in rows})
+    if distinct_tokens < distinct_codes:
+        raise ProbeInputError(f"trace {trace.source or '?'}: the tokenizer maps {distinct_codes} distinct passcodes "
+                              f"to only {distinct_tokens} token sequences (unknown-token digits?); the passcode "
+                              "cannot be represented")
     return PasscodeSamples(token_ids=np.stack(rows), labels=np.stack(labels), skipped=skipped, skip_reasons=reasons)

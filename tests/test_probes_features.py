@@ -177,3 +177,17 @@ def test_trace_without_the_target_block_is_an_error():
     tok = _CharTokenizer()
     with pytest.raises(ProbeInputError, match="no block 5"):
         build_passcode_trace(TRACE, tok, _tokens(tok), TOY_MASKING, target_block=5)
+
+
+def test_tokenizer_that_cannot_represent_digits_is_an_error():
+    from memento_lens.probes.real import build_passcode_trace, passcode_samples
+    from memento_lens.runtime.toy.task import TOY_MASKING
+
+    class _Unk(_CharTokenizer):
+        def encode(self, text, add_special_tokens=False):
+            return [0 if ch.isdigit() else 9 for ch in text]
+
+    tok = _Unk()
+    pt = build_passcode_trace(TRACE, tok, _tokens(tok), TOY_MASKING, target_block=1)
+    with pytest.raises(ProbeInputError, match="cannot be represented"):
+        passcode_samples(pt, tok, 20, seed=0)
