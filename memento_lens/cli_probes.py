@@ -171,6 +171,10 @@ def passcode_cmd(
                     loaded = load_model(spec, device=device, dtype=dtype)
                     if checkpoints:
                         task_acc = _toy_task_accuracy(spec, loaded.model, device)
+                    elif (Path(spec) / "checkpoint.json").exists():  # a `toy train` checkpoint directory
+                        info = json.loads((Path(spec) / "checkpoint.json").read_text())
+                        task_acc = float(info.get("memento_exact", float("nan")))
+                        ckpt = str(info.get("name", Path(spec).name))
                 prefix = f"features/{ckpt}" if ckpt else "features"
                 on_feat = (lambda f, p=prefix: f.save(store, p)) if cache_features and feats is None else None
                 res = run_passcode(run_cfg, loaded, features=feats, checkpoint=ckpt, task_accuracy=task_acc,
