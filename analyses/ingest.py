@@ -482,5 +482,7 @@ def write_run(path: str | Path, traces: Sequence[Trace], tokenizer: TextTokenize
     store.write_json("ingest_report.json", (report or IngestReport()).to_dict())
     store.write_json("traces_meta.json", {t.trace_id: {k: v for k, v in t.meta.items()
                                                       if k not in ("prompt_text", "response_text")} for t in traces})
-    store.mark_complete(n_traces=len(traces), token_ids=tok.ids.to_dict())
+    sources = sorted({str(t.meta.get("source_file", "")) for t in traces} - {""})
+    store.mark_complete(n_traces=len(traces), token_ids=tok.ids.to_dict(), sources=sources,
+                        model=f"ingested traces (KV accounted as {spec.name})")
     return store
