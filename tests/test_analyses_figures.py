@@ -296,3 +296,20 @@ def test_compression_cdf_mixes_runs_and_trace_files_in_tokens(tmp_path):
     both = block_stats(ingest_files(EXAMPLES, tok).traces, tok.ids)
     assert df[df["domain"] == "all"]["ratio"].sort_values().tolist() == pytest.approx(
         sorted(both["ratio_tokens"]))
+
+
+def test_trace_objects_with_their_own_token_ids(tmp_path):
+    """Runtime traces (here the toy vocabulary) plot with their own memento ids."""
+    from memento_lens.runtime.toy.task import TOKEN_TO_ID, TOY_TOKENS
+    from memento_lens.runtime.trace import Trace
+
+    d = TOKEN_TO_ID
+    one = [d["<|block_start|>"], *[d["3"]] * 5, d["<|block_end|>"], d["<|summary_start|>"], d["0"], d["0"], d["3"],
+           d["<|summary_end|>"]]
+    trace = Trace("toy0", [d["<bos>"], *one * 3, d["<eos>"]], prompt_len=1)
+    rep = render_figures(["kv-sawtooth"], traces=[trace], token_ids=TOY_TOKENS, out_dir=tmp_path, png=False)
+    df = pd.read_csv(tmp_path / "kv-sawtooth.csv")
+    mem = df[df["mode"] == "memento"]["tokens"].tolist()
+    van = df[df["mode"] == "vanilla"]["tokens"].tolist()
+    assert van[-1] == 38 and mem[-1] == 38 - 3 * 5   # each block's 5 digits evicted (delimiters stay)
+    assert not rep.skipped

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from memento_lens.runtime.config import ConfigError
+from memento_lens.runtime.config import ConfigError, MementoTokenIds
 from memento_lens.runtime.store import MANIFEST, RunStore, atomic_write_bytes
 from memento_lens.runtime.trace import Trace
 
@@ -141,13 +141,13 @@ def _writer_for(out_dir: Path):
 def render_figures(names: Iterable[str] | None = None, *, runs: Sequence[str | os.PathLike | RunStore] = (),
                    traces: Sequence[str | os.PathLike | Trace] = (), out_dir: str | os.PathLike,
                    tokenizer: Any = "approx", spec: str | KVSpec | None = None, trace_id: str | None = None,
-                   png: bool = True) -> FigureReport:
+                   png: bool = True, token_ids: MementoTokenIds | None = None) -> FigureReport:
     """Render figures (``None``/``["all"]`` = every one) from run directories and/or trace files.
 
     Args:
         runs: run directories (paths or opened stores).
         traces: trace files (ingested with ``tokenizer``; malformed rows skipped) or Trace objects
-            (whose ids must come from ``tokenizer``).
+            (their vocabulary's memento ids in ``token_ids``; default: ``tokenizer``'s).
         out_dir: where ``<name>.{csv,html,md,png}`` go; a run's ``figures/`` is recorded in its manifest.
         spec: KV bytes per token (preset name, HF config path or KVSpec). Default: qwen3-8b for trace files;
             a run's occupancy keeps its own ``bytes`` (the model that produced it) unless ``spec`` is given.
@@ -162,9 +162,13 @@ def render_figures(names: Iterable[str] | None = None, *, runs: Sequence[str | o
     tok = load_tokenizer(tokenizer)
     objs = [t for t in traces if isinstance(t, Trace)]
     paths = [t for t in traces if not isinstance(t, Trace)]
+    ids = token_ids or tok.ids
     if paths:
+        if objs and ids != tok.ids:
+            raise ConfigError("trace files (tokenized with --tokenizer) and Trace objects with other token ids "
+                              "cannot be mixed in one call")
         objs += ingest_files(paths, tok, arrays=True).traces
-    inputs = FigureInputs(runs=stores, traces=objs, token_ids=tok.ids,
+    inputs = FigureInputs(runs=stores, traces=objs, token_ids=ids,
                           spec=resolve_spec(spec) if spec is not None else None, trace_id=trace_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
