@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from memento_lens.cli import app
 
 DATA = Path("/work/shared/data")
+if not DATA.exists():  # a checkout next to shared/
+    DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EXAMPLES = [str(DATA / "memento_example_math.json"), str(DATA / "memento_example_code.json")]
 pytestmark = pytest.mark.skipif(not Path(EXAMPLES[0]).exists(), reason="shared example traces not present")
 runner = CliRunner()

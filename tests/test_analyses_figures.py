@@ -18,6 +18,8 @@ from memento_lens.runtime.config import ConfigError
 from memento_lens.runtime.store import RunStore
 
 DATA = Path("/work/shared/data")
+if not DATA.exists():  # a checkout next to shared/
+    DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EXAMPLES = [DATA / "memento_example_math.json", DATA / "memento_example_code.json"]
 needs_examples = pytest.mark.skipif(not EXAMPLES[0].exists(), reason="shared example traces not present")
 LAYERS = range(4)
