@@ -13,6 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from memento_lens.analyses.palette import color as palette_color
+
 from .compute import (CHANCE_COLOR, CONDITION_COLORS, EVICTED_COLOR, MASS_CATEGORIES, MODE_COLORS, ROLES,
                       VARIANT_COLORS, role_colors)
 
@@ -65,12 +67,13 @@ def token_strip_figure(tokens: pd.DataFrame, gone: np.ndarray, step: int) -> go.
             continue
         fig.add_trace(go.Bar(x=pos[sel], y=np.ones(sel.sum()), name=role, marker_color=colors[role],
                              marker_opacity=[1.0 if p <= step else 0.25 for p in pos[sel]],
-                             text=tokens["token"].to_numpy()[sel], hovertemplate="%{x}: %{text}<extra>" + role
+                             text=tokens["token"].to_numpy()[sel], textposition="none",
+                             hovertemplate="%{x}: %{text}<extra>" + role
                              + "</extra>"))
     if gone.any():
         fig.add_trace(go.Bar(x=pos[gone], y=np.ones(gone.sum()), name="evicted", marker_color=EVICTED_COLOR,
                              marker_pattern=dict(shape="/", fgcolor="#AAAAAA"),
-                             text=tokens["token"].to_numpy()[gone],
+                             text=tokens["token"].to_numpy()[gone], textposition="none",
                              hovertemplate="%{x}: %{text}<extra>evicted</extra>"))
     fig.add_vline(x=step, line=dict(color="#000000", width=1, dash="dash"))
     fig.update_layout(title=f"Tokens by role at step {step}", barmode="overlay", bargap=0, height=170,
@@ -177,7 +180,9 @@ def attention_figure(rows: Mapping[str, np.ndarray | None], roles: np.ndarray, v
             shown_roles.add("evicted")
         fig.add_vline(x=query_pos, line=dict(color="#000", width=1, dash="dash"), row=1, col=c)
     fig.update_layout(title=f"Attention of query {query_pos} ({head_label}) over visible positions",
-                      barmode="overlay", bargap=0, **_LAYOUT)
+                      barmode="overlay", bargap=0,
+                      **{**_LAYOUT, "margin": dict(l=55, r=20, t=85, b=95),
+                         "legend": dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)})
     fig.update_xaxes(title_text="key position")
     fig.update_yaxes(title_text="attention weight", row=1, col=1)
     return fig
@@ -270,8 +275,10 @@ def ablation_figure(df: pd.DataFrame, metric: str) -> go.Figure:
     fig = go.Figure()
     label_cols = [c for c in ("experiment", "variant", "direction") if c in d.columns]
     for i, (key, sub) in enumerate(d.groupby(label_cols, sort=False)):
-        name = " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)) if str(k) not in ("", "none"))
-        color = _SERIES[i % len(_SERIES)]
+        parts = dict(zip(label_cols, key if isinstance(key, tuple) else (key,)))
+        name = " / ".join(str(k) for k in parts.values() if str(k) not in ("", "none"))
+        color = palette_color("variant", str(parts.get("variant", ""))) if "variant" in parts else \
+            _SERIES[i % len(_SERIES)]
         per = sub[sub["layer"] >= 0].groupby("layer")[["value", "ci_low", "ci_high"]].mean().reset_index()
         if len(per):
             _band(fig, per["layer"], per["ci_low"], per["ci_high"], color, name)

@@ -6,15 +6,15 @@ read runs only through :mod:`memento_lens.app.state` (cached) and :mod:`memento_
 
 import streamlit as st
 
-st.set_page_config(page_title="memento-lens", page_icon="🔍", layout="wide")
+st.set_page_config(page_title="memento-lens", page_icon=":material/search:", layout="wide")
 
 PAGES = [
-    st.Page("views/runs.py", title="Runs", icon="📁", url_path="runs", default=True),
-    st.Page("views/trace.py", title="Trace explorer", icon="🧵", url_path="trace"),
-    st.Page("views/attention.py", title="Attention", icon="🎯", url_path="attention"),
-    st.Page("views/residue.py", title="Erased-block residue", icon="🧪", url_path="residue"),
-    st.Page("views/probes.py", title="Probes and ablations", icon="📈", url_path="probes"),
-    st.Page("views/figures.py", title="Figures", icon="🖼️", url_path="figures"),
+    st.Page("views/runs.py", title="Runs", icon=":material/folder_open:", url_path="runs", default=True),
+    st.Page("views/trace.py", title="Trace explorer", icon=":material/text_snippet:", url_path="trace"),
+    st.Page("views/attention.py", title="Attention", icon=":material/center_focus_strong:", url_path="attention"),
+    st.Page("views/residue.py", title="Erased-block residue", icon=":material/grid_on:", url_path="residue"),
+    st.Page("views/probes.py", title="Probes and ablations", icon=":material/monitoring:", url_path="probes"),
+    st.Page("views/figures.py", title="Figures", icon=":material/image:", url_path="figures"),
 ]
 
 st.navigation(PAGES).run()

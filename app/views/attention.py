@@ -31,8 +31,7 @@ with state.shown_errors():
     layer = state.sticky(c2.selectbox, "Layer", layers, key="att_layer")
     variants = [v for v in ("normal", "restart") if v in set(idx["variant"])] or sorted(idx["variant"].unique())
     rows = {v: state.attention(*state.key(rd), trace, v, layer, q) for v in variants}
-    if "restart" not in rows:
-        rows["restart"] = None
+    rows = {v: r for v, r in rows.items() if r is not None} or rows
     n_heads = max((r.shape[0] for r in rows.values() if r is not None), default=1)
     head = state.sticky(c3.selectbox, "Head", ["mean"] + list(range(n_heads)), key="att_head",
                         format_func=lambda h: "mean over heads" if h == "mean" else f"head {h}")
@@ -48,5 +47,5 @@ with state.shown_errors():
     if leak:
         st.warning("Attention mass on evicted or future positions (should be 0 — a masking leak?): "
                    + ", ".join(f"{v}: {m:.4f}" for v, m in leak.items()))
-    if rows.get("restart") is None:
-        st.info("No restart-variant attention captured for this query; only the normal panel is filled.")
+    if "restart" not in rows:
+        st.info("No restart-variant attention was captured for this query, so only the normal variant is shown.")

@@ -1,7 +1,12 @@
-"""Figures: the regenerated paper figures of the run (figures/*.png, *.html, *.csv, *.md)."""
+"""Figures: the regenerated paper figures of the run (figures/*.png, *.html, *.csv, *.md).
+
+PNG and Markdown are shown; an HTML figure is embedded (from a data: URL, so its scripts cannot reach the
+app) only when it is small, else offered as a download read on click; CSV data is shown on request.
+"""
 
 import base64
 import io
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -10,37 +15,43 @@ import streamlit as st
 from memento_lens.app import state
 
 MAX_INLINE_HTML = 1_500_000
+ORDER = (".png", ".md", ".html", ".csv")
 
 st.title("Figures")
 rd = state.run_or_stop()
+
+
+def read(rel: str) -> bytes:
+    return state.file_bytes(*state.key(rd), rel)
+
+
 with state.shown_errors():
     figs = rd.figures()
     if not figs:
-        st.info(f"{rd.path}: no figures yet (figures/ is empty); regenerate them with the analyses "
-                "(see `memento-lens --help`).")
+        st.info(f"{rd.path}: no figures yet (figures/ is empty); render them with "
+                f"`memento-lens figures --run {rd.path}`.")
         st.stop()
     names = sorted(figs)
     chosen = st.multiselect("Figures", names, default=names, key="fig_names")
+    sizes = {rel: rd.store.manifest.files[rel]["bytes"] for name in names for rel in figs[name]}
     for name in chosen:
         st.subheader(name)
-        for rel in sorted(figs[name], key=lambda r: [".png", ".html", ".md", ".csv"].index(Path(r).suffix)
-                          if Path(r).suffix in (".png", ".html", ".md", ".csv") else 9):
+        rels = sorted(figs[name], key=lambda r: ORDER.index(Path(r).suffix) if Path(r).suffix in ORDER else 9)
+        suffixes = {Path(r).suffix for r in rels}
+        for rel in rels:
             suffix = Path(rel).suffix
-            data = state.file_bytes(*state.key(rd), rel)
             if suffix == ".png":
-                st.image(data, caption=rel)
-            elif suffix == ".html":
-                with st.expander(f"{rel} (interactive)", expanded=".png" not in {Path(r).suffix for r in figs[name]}):
-                    if len(data) <= MAX_INLINE_HTML:
-                        # data: URL -> opaque origin: the figure's scripts cannot reach the app
-                        st.iframe("data:text/html;base64," + base64.b64encode(data).decode(), height=480)
-                    else:
-                        st.caption(f"{rel} is {len(data) / 1e6:.1f} MB, too large to embed; download it and "
-                                   "open it in your browser.")
-                    st.download_button("Download HTML", data, file_name=Path(rel).name, key=f"dlh::{rel}")
+                st.image(read(rel), caption=rel)
             elif suffix == ".md":
-                st.markdown(data.decode("utf-8", "replace"))
+                with st.expander(f"{rel} (table)", expanded=".png" not in suffixes):
+                    st.markdown(read(rel).decode("utf-8", "replace"))
+            elif suffix == ".html":
+                if sizes[rel] <= MAX_INLINE_HTML:
+                    with st.expander(f"{rel} (interactive)", expanded=".png" not in suffixes):
+                        st.iframe("data:text/html;base64," + base64.b64encode(read(rel)).decode(), height=480)
+                st.download_button(f"Download {Path(rel).name} (interactive, {sizes[rel] / 1e6:.1f} MB)",
+                                   partial(read, rel), file_name=Path(rel).name, mime="text/html",
+                                   key=f"dlh::{rel}")
             elif suffix == ".csv":
-                with st.expander(f"{rel} (data)"):
-                    st.dataframe(pd.read_csv(io.BytesIO(data)), hide_index=True)
-                    st.download_button("Download CSV", data, file_name=Path(rel).name, key=f"dl::{rel}")
+                if st.toggle(f"Show {Path(rel).name} (data)", key=f"csv::{rel}"):
+                    st.dataframe(pd.read_csv(io.BytesIO(read(rel))), hide_index=True)
