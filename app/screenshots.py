@@ -51,7 +51,7 @@ def take(run: Path, out: Path, width: int = 1500, height: int = 1900) -> list[Pa
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             pg = browser.new_page(viewport={"width": width, "height": height})
             for path, selector in PAGES.items():
-                pg.goto(f"{url}/{path}", wait_until="domcontentloaded")
+                pg.goto(f"{url}/{'' if path == 'runs' else path}", wait_until="domcontentloaded")  # runs is /
                 pg.wait_for_selector(selector, timeout=90_000)
                 pg.wait_for_timeout(2500)  # let plotly finish its transitions before the picture
                 dest = out / f"{path}.png"

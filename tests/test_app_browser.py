@@ -95,10 +95,11 @@ def test_every_page_renders_in_chromium(tmp_path):
                 errors: list[str] = []
                 pg.on("pageerror", lambda e: errors.append(str(e)))
                 for path, selector in PAGES.items():
-                    pg.goto(f"{url}/{path}", wait_until="domcontentloaded")
+                    pg.goto(f"{url}/{'' if path == 'runs' else path}", wait_until="domcontentloaded")  # runs is /
                     pg.wait_for_selector(selector, timeout=60_000)
                     assert pg.locator("[data-testid='stException']").count() == 0, f"exception on /{path}"
                     assert pg.locator("[data-testid='stAlertContentError']").count() == 0, f"error on /{path}"
+                    assert pg.get_by_text("Page not found").count() == 0, f"/{path} is not a page"
                 assert not errors, errors
             finally:
                 browser.close()
