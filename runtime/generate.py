@@ -28,7 +28,7 @@ from .config import BlockMaskingConfig, ConfigError, MementoTokenIds
 from .hf_paths import (CACHE_DATA_KWARG, CACHE_INPUT_KWARG, CACHE_KEYS_ATTR, CACHE_VALUES_ATTR, FULL_ATTENTION,
                        LAYER_TYPES_ATTR, LOGITS_TO_KEEP_KWARG, cache_layers)
 from .masks import occupancy as schedule_occupancy
-from .schedule import BlockTracker, EvictionEvent, EventKind, Schedule, compute_schedule
+from .schedule import BlockTracker, EventKind, EvictionEvent, Schedule
 from .trace import Trace
 
 DEAD = -1  # logical position of a physical slot that holds nothing (evicted, padding)
@@ -102,6 +102,7 @@ class SlotCache:
         self.cache = cache if cache is not None else DynamicCache(config=model.config)
         self.pos = pos if pos is not None else torch.empty(batch, 0, dtype=torch.long)
         self.peak_bytes = 0
+        self._dirty = bool((self.pos < 0).any())   # any dead slot (evicted or padding) not yet compacted
 
     # -- size --------------------------------------------------------------------------------------------
     @property
@@ -114,6 +115,12 @@ class SlotCache:
 
     def alive(self) -> torch.Tensor:
         return self.pos >= 0
+
+    def held(self) -> list[int]:
+        """Tokens held per row (slots that are not dead)."""
+        if not self._dirty:
+            return [self.n_slots] * self.batch
+        return (self.pos >= 0).sum(1).tolist()
 
     def layers_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         out = []
@@ -140,7 +147,7 @@ class SlotCache:
         b, q = input_ids.shape
         device = input_ids.device
         padded = valid is not None and not bool(valid.all())
-        holes = padded or bool((self.pos < 0).any())
+        holes = padded or self._dirty
         mask = None
         if holes:
             v = valid if valid is not None else torch.ones(b, q, dtype=torch.bool)
@@ -149,8 +156,9 @@ class SlotCache:
         out = self.model(input_ids=input_ids, position_ids=positions.to(device), attention_mask=mask,
                          use_cache=True, **{CACHE_INPUT_KWARG: self.cache, LOGITS_TO_KEEP_KWARG: keep})
         new_pos = positions.detach().to("cpu", torch.long).clone()
-        if valid is not None:
+        if padded:
             new_pos[~valid.cpu()] = DEAD
+            self._dirty = True
         self.pos = torch.cat([self.pos, new_pos], dim=1)
         self.peak_bytes = max(self.peak_bytes, self.nbytes())
         if logits == "none":
@@ -170,11 +178,17 @@ class SlotCache:
             sel = torch.zeros(self.batch, 1, dtype=torch.bool)
             sel[torch.as_tensor(list(rows), dtype=torch.long)] = True
             hit &= sel
-        self.pos[hit] = DEAD
-        return int(hit.sum())
+        n = int(hit.sum())
+        if n:
+            self.pos[hit] = DEAD
+            self._dirty = True
+        return n
 
     def compact(self) -> None:
         """Physically remove dead slots from every layer (rows keep their own slot order)."""
+        if not self._dirty:
+            return
+        self._dirty = False
         alive = self.pos >= 0
         if bool(alive.all()):
             return
@@ -198,6 +212,7 @@ class SlotCache:
 
         self._reindex(gather)
         self.pos = new_pos
+        self._dirty = bool((new_pos < 0).any())     # rows shorter than the widest keep padding slots
 
     def select_rows(self, rows: Sequence[int]) -> None:
         """Keep only ``rows`` of the batch (finished sequences leave)."""
@@ -453,7 +468,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingC
                 r.stop = "eos" if done_eos else "length"
                 leaving.append(b)
                 chunks.append(([], []))
-                alive_after = int((cache.pos[b] >= 0).sum()) + 1
+                alive_after = cache.held()[b] + 1
                 r.occ.append(alive_after)
                 continue
             chunks.append((r.ids[rewind: p + 1], list(range(rewind, p + 1))))
@@ -466,20 +481,24 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingC
             bar.update(1)
             break
         width = max(len(c[0]) for c in chunks)
-        inp = torch.zeros(len(active), width, dtype=torch.long)
-        pos = torch.zeros(len(active), width, dtype=torch.long)
-        valid = torch.zeros(len(active), width, dtype=torch.bool)
-        for b, (toks, ps) in enumerate(chunks):
-            inp[b, : len(toks)] = torch.as_tensor(toks)
-            pos[b, : len(ps)] = torch.as_tensor(ps)
-            pos[b, len(ps):] = ps[-1]
-            valid[b, : len(toks)] = True
+        if width == 1:    # the common decode step: one token per row
+            inp = torch.tensor([c[0] for c in chunks], dtype=torch.long)
+            pos = torch.tensor([c[1] for c in chunks], dtype=torch.long)
+            valid = None
+        else:
+            inp = torch.zeros(len(active), width, dtype=torch.long)
+            pos = torch.zeros(len(active), width, dtype=torch.long)
+            valid = torch.zeros(len(active), width, dtype=torch.bool)
+            for b, (toks, ps) in enumerate(chunks):
+                inp[b, : len(toks)] = torch.as_tensor(toks)
+                pos[b, : len(ps)] = torch.as_tensor(ps)
+                pos[b, len(ps):] = ps[-1]
+                valid[b, : len(toks)] = True
         cache.compact()
         want_all = keep_logits or width > 1
-        out = cache.forward(inp.to(device), pos, valid if width > 1 else None,
-                            logits="all" if want_all else "last")
+        out = cache.forward(inp.to(device), pos, valid, logits="all" if want_all else "last")
         if want_all:
-            lens = valid.sum(1)
+            lens = valid.sum(1) if valid is not None else torch.ones(len(active), dtype=torch.long)
             last = out[torch.arange(len(active), device=out.device), (lens - 1).to(out.device)]
             if keep_logits:
                 for b, ri in enumerate(active):
@@ -488,7 +507,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingC
         else:
             last = out
         cache.compact()
-        alive = (cache.pos >= 0).sum(1).tolist()
+        alive = cache.held()
         for b, ri in enumerate(active):
             rows[ri].occ.append(int(alive[b]))
         bar.update(1)
@@ -523,10 +542,6 @@ def _bar(enabled: bool, total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="tok", leave=False)
-
-
-def schedule_of(trace: Trace, config: BlockMaskingConfig, tokens: MementoTokenIds) -> Schedule:
-    return compute_schedule(trace.token_ids, config, tokens, prompt_len=trace.prompt_len)
 
 
 __all__ = ["SlotCache", "SamplingConfig", "GenerationResult", "CacheOccupancy", "generate", "encode_prompts",
