@@ -23,7 +23,8 @@ def streamlit_command(run_dirs: list[Path], host: str, port: int) -> tuple[list[
         entry = Path(app_pkg.__file__).with_name("main.py")
     argv = [sys.executable, "-m", "streamlit", "run", str(entry),
             "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--global.developmentMode", "false"]
+            "--browser.gatherUsageStats", "false", "--global.developmentMode", "false",
+            "--client.toolbarMode", "minimal"]
     env = dict(os.environ)
     env[ENV_RUNS] = os.pathsep.join(str(p.resolve()) for p in run_dirs)
     return argv, env
