@@ -106,10 +106,11 @@ def _captures(capture: bool, layers: Optional[str], evicted_block: bool, attenti
                             ints(attention_queries, "--attention-queries"))
 
 
-def _load(model: str, device: str, dtype: Optional[str], seed: int):
+def _load(model: str, device: str, dtype: Optional[str]):
+    """Load a model spec; random specs always get the same weights, so a run can be replayed by spec."""
     from memento_lens.runtime.model import load_model
 
-    return load_model(model, device=device, dtype=dtype, seed=seed)
+    return load_model(model, device=device, dtype=dtype)
 
 
 _MODEL_HELP = "Local HF checkpoint dir, 'toy', 'toy@<ckpt>', or 'random:tiny' / 'random:bench' / 'random:toy'."
@@ -163,7 +164,7 @@ def generate_cmd(
                 texts += [line for line in raw.splitlines() if line.strip()]
         caps = _captures(capture, layers, evicted_block, attention_layers, attention_queries)
         _setup(threads, seed)
-        lm = _load(model, device, dtype, seed)
+        lm = _load(model, device, dtype)
         tokens = lm.require_tokens()
         if not texts:
             bos = getattr(lm.tokenizer, "bos_token_id", None)
@@ -217,6 +218,8 @@ def replay_cmd(
     attention_layers: Optional[str] = typer.Option(None, "--attention-layers"),
     attention_queries: Optional[str] = typer.Option(None, "--attention-queries"),
     capture: bool = typer.Option(True, "--capture/--no-capture"),
+    allow_truncated: bool = typer.Option(False, "--allow-truncated",
+                                         help="Accept traces whose last block is still open (cut generations)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     out: Path = typer.Option(Path("runs/replay"), "--out"),
     overwrite: bool = typer.Option(False, "--overwrite"),
@@ -244,12 +247,12 @@ def replay_cmd(
             traces = traces_from_ids(sample(toy, seed).token_ids, prompt_len=1, prefix="toy")
             source = f"toy.task.sample(n={toy}, seed={seed})"
         _setup(threads, seed)
-        lm = _load(model, device, dtype, seed)
+        lm = _load(model, device, dtype)
         tokens = lm.require_tokens()
         store = replay_to_run(lm.model, traces, cfg, tokens, out, captures=caps,
                               run_config={"model": lm.name, "source": source}, source=source,
                               tokenizer=lm.tokenizer, batch_size=batch_size, overwrite=overwrite, resume=resume,
-                              progress=True)
+                              progress=True, allow_unclosed=allow_truncated)
         _summary(store)
 
 

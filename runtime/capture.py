@@ -285,15 +285,19 @@ def replay_to_run(model: Any, traces: Sequence[Trace], config: BlockMaskingConfi
                   out: str | Path, *, captures: Sequence[Capture] = (), run_config: dict[str, Any] | None = None,
                   kind: str = "replay", source: str = "replay", tokenizer: Any = None, batch_size: int = 64,
                   overwrite: bool = False, resume: bool = False, progress: bool = False,
-                  part_traces: int = 256) -> RunStore:
-    """Replay traces with captures and write a complete run directory (resumable)."""
+                  part_traces: int = 256, allow_unclosed: bool = False) -> RunStore:
+    """Replay traces with captures and write a complete run directory (resumable).
+
+    Malformed traces raise :class:`~memento_lens.runtime.replay.ReplayError` before anything is written;
+    ``allow_unclosed`` accepts traces whose last block is still open (generations cut by their length limit).
+    """
     from .model import kv_bytes_per_token, model_info
     from .replay import replay, validate_all
 
     ids = [t.trace_id for t in traces]
     if len(set(ids)) != len(ids):
         raise ValueError("trace ids must be unique within a run")
-    validate_all(model, traces, config, tokens)          # bad input fails before anything is written
+    validate_all(model, traces, config, tokens, allow_unclosed)   # bad input fails before anything is written
     cfg = {"masking": config.to_dict(), "tokens": tokens.to_dict(), "captures": [c.describe() for c in captures],
            "model_info": model_info(model), **(run_config or {})}
     store = RunStore.create(out, kind, cfg, overwrite=overwrite, resume=resume)
@@ -308,7 +312,8 @@ def replay_to_run(model: Any, traces: Sequence[Trace], config: BlockMaskingConfi
     bpt = kv_bytes_per_token(model)
     for k in range(0, len(todo), part_traces):
         chunk = todo[k: k + part_traces]
-        results = replay(model, chunk, config, tokens, batch_size=batch_size, captures=captures, progress=progress)
+        results = replay(model, chunk, config, tokens, batch_size=batch_size, captures=captures, progress=progress,
+                         allow_unclosed=allow_unclosed)
         tables = [trace_tables(r.trace, r.schedule, tokens, config.mode, source, bpt, tokenizer) for r in results]
         writer.write_part(tables, sink if captures else None)
     writer.finish(n_traces=len(traces))

@@ -96,8 +96,15 @@ class ReplayResult:
     logits: torch.Tensor | None = None
 
 
-def validate(trace: Trace, schedule: Schedule, vocab_size: int | None = None) -> None:
-    """Raise :class:`ReplayError` naming the trace and token index for malformed input."""
+UNCLOSED = "was never closed"   # the tracker's end-of-stream warning (a generation cut by its length limit)
+
+
+def validate(trace: Trace, schedule: Schedule, vocab_size: int | None = None, allow_unclosed: bool = False) -> None:
+    """Raise :class:`ReplayError` naming the trace and token index for malformed input.
+
+    Args:
+        allow_unclosed: accept a block still open at the end (a truncated generation); other warnings still raise.
+    """
     ids = np.asarray(trace.token_ids, dtype=np.int64)
     if len(ids) == 0:
         raise ReplayError(f"trace {trace.trace_id!r}: no tokens")
@@ -107,19 +114,20 @@ def validate(trace: Trace, schedule: Schedule, vocab_size: int | None = None) ->
             i = int(bad[0])
             raise ReplayError(f"trace {trace.trace_id!r}: token {i} has id {int(ids[i])} outside the model's "
                               f"vocabulary [0, {vocab_size})")
-    if schedule.warnings:
-        w = schedule.warnings[0]
+    warnings = [w for w in schedule.warnings if not (allow_unclosed and UNCLOSED in (w.message or ""))]
+    if warnings:
+        w = warnings[0]
         raise ReplayError(f"trace {trace.trace_id!r}: malformed block structure at token {w.position}: {w.message}")
 
 
 def validate_all(model: Any, traces: Sequence[Trace], config: BlockMaskingConfig,
-                 tokens: MementoTokenIds) -> list[Schedule]:
+                 tokens: MementoTokenIds, allow_unclosed: bool = False) -> list[Schedule]:
     """Schedules of all traces, raising :class:`ReplayError` for the first malformed one (before any work)."""
     vocab = getattr(model.config, "vocab_size", None)
     out = []
     for t in traces:
         s = compute_schedule(t.token_ids, config, tokens, prompt_len=t.prompt_len)
-        validate(t, s, vocab)
+        validate(t, s, vocab, allow_unclosed)
         out.append(s)
     return out
 
@@ -132,12 +140,13 @@ def structure_key(schedule: Schedule) -> tuple:
 
 def replay(model: Any, traces: Sequence[Trace], config: BlockMaskingConfig, tokens: MementoTokenIds, *,
            batch_size: int = 64, captures: Sequence["Capture"] = (), keep_logits: bool = False,
-           max_chunk: int = DEFAULT_MAX_CHUNK, strict: bool = True, progress: bool = False,
-           device: str | torch.device | None = None) -> list[ReplayResult]:
+           max_chunk: int = DEFAULT_MAX_CHUNK, strict: bool = True, allow_unclosed: bool = False,
+           progress: bool = False, device: str | torch.device | None = None) -> list[ReplayResult]:
     """Replay many traces; same-structure traces are batched. Results come back in input order.
 
     Args:
         strict: malformed traces (schedule warnings, ids outside the vocabulary) raise :class:`ReplayError`.
+        allow_unclosed: with ``strict``, still accept a block left open at the end (truncated generations).
     """
     check_runtime_model(model)
     vocab = getattr(model.config, "vocab_size", None)
@@ -145,7 +154,7 @@ def replay(model: Any, traces: Sequence[Trace], config: BlockMaskingConfig, toke
     for t in traces:
         s = compute_schedule(t.token_ids, config, tokens, prompt_len=t.prompt_len)
         if strict:
-            validate(t, s, vocab)
+            validate(t, s, vocab, allow_unclosed)
         schedules.append(s)
     groups: dict[tuple, list[int]] = {}
     for i, s in enumerate(schedules):

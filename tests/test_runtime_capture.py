@@ -163,3 +163,51 @@ def test_generate_run_writes_tables_and_capture(model, tmp_path):
     occ = store.read_table("occupancy.parquet")
     assert len(occ) == tr["n_tokens"].sum()
     assert (occ["bytes"] == occ["tokens"] * 2 * 2 * 2 * 16 * 4).all()
+
+
+def test_generate_run_resume_reproduces_uninterrupted_run(model, tmp_path, monkeypatch):
+    cfg = BlockMaskingConfig(mask_delimiters=False, require_assistant_section=False)
+    prompts = [[0, TOKENS.block_start, 7 + i] for i in range(3)]
+    sampling = SamplingConfig(max_new_tokens=5, seed=11)
+    generate_to_run(model, prompts, cfg, TOKENS, tmp_path / "full", sampling=sampling, batch_size=1)
+    real = capture_mod.RunWriter.write_part
+    calls = []
+
+    def failing(self, tables, sink):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(self, tables, sink)
+
+    monkeypatch.setattr(capture_mod.RunWriter, "write_part", failing)
+    with pytest.raises(KeyboardInterrupt):
+        generate_to_run(model, prompts, cfg, TOKENS, tmp_path / "cut", sampling=sampling, batch_size=1)
+    monkeypatch.setattr(capture_mod.RunWriter, "write_part", real)
+    assert not RunStore.open(tmp_path / "cut").complete
+    generate_to_run(model, prompts, cfg, TOKENS, tmp_path / "cut", sampling=sampling, batch_size=1, resume=True)
+    a = pd.read_parquet(tmp_path / "full" / "tokens.parquet")
+    b = pd.read_parquet(tmp_path / "cut" / "tokens.parquet")
+    pd.testing.assert_frame_equal(a.sort_values(["trace", "pos"]).reset_index(drop=True),
+                                  b.sort_values(["trace", "pos"]).reset_index(drop=True))
+
+
+def test_cli_generate_then_replay_its_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from memento_lens.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["generate", "--model", "random:tiny", "-p", "w1 <|block_start|> w2", "-p", "w3",
+                              "--mode", "restart", "--mask-delimiters", "false", "--max-new-tokens", "8",
+                              "--out", str(tmp_path / "g"), "--threads", "1", "--temperature", "0.7", "--seed", "2"])
+    assert res.exit_code == 0, res.output
+    gen = RunStore.open(tmp_path / "g", require_complete=True)
+    assert gen.manifest.config["masking"]["restart_mode"] is True
+    assert gen.manifest.config["sampling"]["temperature"] == 0.7
+    res = runner.invoke(app, ["replay", "--traces", str(tmp_path / "g"), "--model", "random:tiny", "--mode",
+                              "restart", "--mask-delimiters", "false", "--out", str(tmp_path / "r"), "--threads", "1",
+                              "--allow-truncated"])
+    assert res.exit_code == 0, res.output
+    rep = RunStore.open(tmp_path / "r", require_complete=True)
+    pd.testing.assert_frame_equal(rep.read_table("tokens.parquet")[["trace", "pos", "token_id", "role"]],
+                                  gen.read_table("tokens.parquet")[["trace", "pos", "token_id", "role"]])

@@ -112,3 +112,13 @@ def test_malformed_trace_names_trace_and_token(model, ids, where):
 def test_token_outside_vocab_is_named(model):
     with pytest.raises(ReplayError, match=r"trace 'v'.*token 2 has id 999"):
         replay(model, [Trace("v", [0, 5, 999], 1)], BlockMaskingConfig(mask_delimiters=False), TOKENS)
+
+
+def test_truncated_generation_is_accepted_only_when_asked(model):
+    trace = Trace("cut", [0, B, 6, 7, 8], 1)
+    cfg = BlockMaskingConfig(mask_delimiters=False)
+    with pytest.raises(ReplayError, match="token 4"):
+        replay(model, [trace], cfg, TOKENS)
+    assert len(replay(model, [trace], cfg, TOKENS, allow_unclosed=True)) == 1
+    with pytest.raises(ReplayError, match="token 2"):        # other defects still raise
+        replay(model, [Trace("x", [0, 5, E, B, 7], 1)], cfg, TOKENS, allow_unclosed=True)
