@@ -140,7 +140,8 @@ def _openmementos_rows(quick: bool) -> list[BenchRow]:
     occ_m = occupancy(trace.schedule(memento, RANDOM_TOKENS))
     peak_v, peak_m = res["vanilla"].peak_bytes, res["memento"].peak_bytes
     exact = bool(peak_v == occ_v.max() * bpt and peak_m == occ_m.max() * bpt)
-    flop_limit = flop_model(model, occ_m) / flop_model(model, occ_v)
+    f_mem, f_van = flop_model(model, occ_m), flop_model(model, occ_v)
+    flop_limit = f_mem / f_van
     ratio = t_mem / t_van
     cap = t_cap / t_mem
     cap_limit = 1 + capture_flops(model, trace, memento, RANDOM_TOKENS) / flop_model(model, occ_m)
@@ -151,8 +152,12 @@ def _openmementos_rows(quick: bool) -> list[BenchRow]:
                  f"{shape}; physical peak {peak_m:,} vs {peak_v:,} bytes ({bpt} B/token); schedule: "
                  f"{int(occ_m.max()) * bpt:,} vs {int(occ_v.max()) * bpt:,}"),
         BenchRow("OpenMementos-shaped trace: segment replay time, memento / vanilla", "time ratio", ratio, "<= 0.42x",
-                 ratio <= 0.42, f"FLOP limit {flop_limit:.3f}x (linear + attention FLOPs from the occupancy); "
-                 f"memento {t_mem:.2f} s, vanilla {t_van:.2f} s; random Qwen3 8L d256 MLP768 8h/4kv hd32, fp32"),
+                 ratio <= 0.42, f"FLOP limit {flop_limit:.3f}x (linear + attention FLOPs from the occupancy: "
+                 f"{f_mem / 1e9:.0f} vs {f_van / 1e9:.0f} GFLOP); memento {t_mem:.2f} s "
+                 f"({f_mem / t_mem / 1e9:.1f} GFLOP/s), vanilla {t_van:.2f} s ({f_van / t_van / 1e9:.1f} GFLOP/s: "
+                 "attention over up to 12K keys runs at a lower rate than the memento pass's short contexts, so the "
+                 "time ratio can beat the FLOP ratio); random Qwen3 8L d256 MLP768 8h/4kv hd32, fp32, "
+                 "1,024-token chunks"),
         BenchRow("capture overhead: normal + restart memento K/V, all layers", "time ratio", cap, "<= 1.15x",
                  cap <= 1.15, f"FLOP limit {cap_limit:.3f}x (the restart variant recomputes every memento); "
                  f"memento replay with capture {t_cap:.2f} s vs without {t_mem:.2f} s; "
