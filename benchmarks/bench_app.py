@@ -106,19 +106,24 @@ def run(quick: bool = False) -> list[BenchRow]:
         return pd.read_parquet(run / "traces.parquet", columns=["trace"])["trace"].tolist()
 
     interactions(small, trace_names(small))  # warm the imports once, so neither side pays them
-    t_small = interactions(small, trace_names(small))
-    t_large = interactions(large, trace_names(large))
+    repeats = 1 if quick else 3             # best of N whole sequences (caches cleared each time)
+    runs_small = [interactions(small, trace_names(small)) for _ in range(repeats)]
+    runs_large = [interactions(large, trace_names(large)) for _ in range(repeats)]
+    t_small = {k: min(r[k] for r in runs_small) for k in runs_small[0]}
+    t_large = {k: min(r[k] for r in runs_large) for k in runs_large[0]}
+    slowest = {k: max(r[k] for r in runs_large) for k in runs_large[0]}
     rows = []
     for name, s in t_large.items():
         rows.append(BenchRow(benchmark=f"app {name}", metric="seconds (large run)", value=round(s, 3),
                              target=f"< {TARGET_S:g} s", passed=s < TARGET_S,
-                             note=f"small run {t_small[name]:.3f} s; ratio {s / max(t_small[name], 1e-9):.2f}x; "
-                                  f"{big.n_traces} traces, {kv_mb:.0f} MB KV"))
+                             note=f"best of {repeats}, slowest {slowest[name]:.3f} s; small run {t_small[name]:.3f} s; "
+                                  f"ratio {s / max(t_small[name], 1e-9):.2f}x; {big.n_traces} traces, {kv_mb:.0f} MB KV"))
     worst = max(t_large.values())
     rows.append(BenchRow(benchmark="app worst interaction", metric="seconds (large run)", value=round(worst, 3),
                          target=f"< {TARGET_S:g} s", passed=worst < TARGET_S,
-                         note=f"{max(t_large, key=t_large.get)}; small-run worst {max(t_small.values()):.3f} s; "
-                              f"{big.n_traces} traces, {kv_mb:.0f} MB KV"))
+                         note=f"{max(t_large, key=t_large.get)}; slowest single sample {max(slowest.values()):.3f} s; "
+                              f"small-run worst {max(t_small.values()):.3f} s; {big.n_traces} traces, "
+                              f"{kv_mb:.0f} MB KV"))
     return rows
 
 
@@ -126,4 +131,4 @@ if __name__ == "__main__":
     import sys
 
     for r in run(quick="--quick" in sys.argv):
-        print(f"{r.benchmark:45s} {r.value:7.3f} s  {'ok' if r.passed else 'SLOW'}  {r.note}")
+        print(f"{r.benchmark:42s} {r.value:6.3f} s  {'ok' if r.passed else 'SLOW'}  {r.note}")
