@@ -259,7 +259,8 @@ def probe_figure(df: pd.DataFrame, x: str, chance: float | None,
                                               arrayminus=(sub["accuracy"] - sub["ci_low"]).tolist(),
                                               thickness=1)))
     if chance is not None:
-        fig.add_hline(y=chance, line=dict(color=CHANCE_COLOR, dash="dot", width=2), annotation_text=f"chance {chance:.2f}",
+        fig.add_hline(y=chance, line=dict(color=CHANCE_COLOR, dash="dot", width=2),
+                      annotation_text=f"chance {chance:.2f}",
                       annotation_position="bottom right")
     fig.update_layout(title=f"Probe accuracy by {x} (95% CI)", xaxis_title=x, yaxis_title="accuracy",
                       yaxis_range=[0, 1.02], **_LAYOUT)

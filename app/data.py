@@ -6,6 +6,11 @@ checksum-verified lazily, the first time each is read (a 100 MB run opens instan
 reported, naming it, when a page needs it). Per-trace reads use Parquet row filters and single-tensor
 safetensors reads, so the cost of one interaction does not grow with the number of traces.
 
+Captured K/V are looked up by the runtime's typed :class:`~memento_lens.runtime.kvstore.KVKey`. The app does
+not use ``KVReader`` itself: that reader indexes every trace of a run up front (about 2.5 s for 1,000
+traces on 2 cores) and needs a complete run, while the app answers one trace at a time, from unfinished
+captures too.
+
 Errors are :class:`~memento_lens.runtime.store.RunError` (or its subclass ``CorruptFile``) with one
 line naming the file at fault; the UI shows them, never a traceback.
 """
@@ -21,15 +26,17 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from memento_lens.runtime.kvstore import ATTN_INDEX, ATTN_INDEX_COLUMNS, KV_INDEX, KV_INDEX_COLUMNS, KVKey
 from memento_lens.runtime.store import MANIFEST, STATUS_COMPLETE, CorruptFile, RunError, RunStore
+
+__all__ = ["RunData", "RunRef", "RunSummary", "KVKey", "discover_runs", "manifest_fingerprint", "ENV_RUNS"]
 
 ENV_RUNS = "MEMENTO_LENS_RUNS"  # os.pathsep-separated run directories; set by `memento-lens app`
 TRACES = "traces.parquet"
 TOKENS = "tokens.parquet"
 EVENTS = "events.parquet"
 OCCUPANCY = "occupancy.parquet"
-KV_INDEX = "kv/index.parquet"
-ATTENTION_INDEX = "attention/index.parquet"
+ATTENTION_INDEX = ATTN_INDEX
 PROBES = "probe_results.parquet"
 ABLATIONS = "ablations.parquet"
 FIGURES = "figures/"
@@ -40,21 +47,11 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     TOKENS: ("trace", "pos", "token_id", "token", "role", "block"),
     EVENTS: ("trace", "kind", "position", "start", "end", "block"),
     OCCUPANCY: ("trace", "mode", "step", "tokens", "bytes"),
-    KV_INDEX: ("trace", "variant", "layer", "block", "start", "end", "shard", "key", "value"),
-    ATTENTION_INDEX: ("trace", "variant", "layer", "query_pos", "shard", "tensor"),
+    KV_INDEX: tuple(KV_INDEX_COLUMNS),
+    ATTENTION_INDEX: tuple(ATTN_INDEX_COLUMNS),
     PROBES: ("condition", "layer", "accuracy", "ci_low", "ci_high"),
     ABLATIONS: ("experiment", "variant", "layer", "metric", "value", "ci_low", "ci_high"),
 }
-
-
-@dataclass(frozen=True)
-class KVKey:
-    """Typed key of one captured K/V pair (trace, layer, variant, block)."""
-
-    trace: str
-    layer: int
-    variant: str  # normal | restart | evicted_block
-    block: int
 
 
 @dataclass(frozen=True)

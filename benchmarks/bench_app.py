@@ -117,7 +117,8 @@ def run(quick: bool = False) -> list[BenchRow]:
         rows.append(BenchRow(benchmark=f"app {name}", metric="seconds (large run)", value=round(s, 3),
                              target=f"< {TARGET_S:g} s", passed=s < TARGET_S,
                              note=f"best of {repeats}, slowest {slowest[name]:.3f} s; small run {t_small[name]:.3f} s; "
-                                  f"ratio {s / max(t_small[name], 1e-9):.2f}x; {big.n_traces} traces, {kv_mb:.0f} MB KV"))
+                                  f"ratio {s / max(t_small[name], 1e-9):.2f}x; {big.n_traces} traces, "
+                                  f"{kv_mb:.0f} MB KV"))
     worst = max(t_large.values())
     rows.append(BenchRow(benchmark="app worst interaction", metric="seconds (large run)", value=round(worst, 3),
                          target=f"< {TARGET_S:g} s", passed=worst < TARGET_S,

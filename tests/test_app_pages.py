@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 pytest.importorskip("streamlit")
 from safetensors.torch import load_file  # noqa: E402
