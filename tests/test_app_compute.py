@@ -153,3 +153,30 @@ def test_probe_selection_by_distance_uses_the_last_layer_by_default():
 def test_nearest_distance():
     assert compute.nearest_distance([7, 2, 1]) == 1 and compute.nearest_distance([-1]) == -1
     assert compute.nearest_distance([-1, 1]) == 1
+
+
+def test_token_stream_html_puts_each_memento_beside_its_block_and_escapes():
+    import re
+
+    import pandas as pd
+
+    from memento_lens.app import charts
+
+    toks = ["<b>", "x", "<|block_start|>", "a", "b", "<|block_end|>", "<|summary_start|>", "M", "<|summary_end|>",
+            "ans"]
+    roles = ["prompt", "prompt", "delimiter", "block", "block", "delimiter", "delimiter", "memento", "delimiter",
+             "answer"]
+    blocks = [-1, -1, 0, 0, 0, 0, 0, 0, 0, -1]
+    df = pd.DataFrame({"pos": range(10), "token": toks, "role": roles, "block": blocks})
+    gone = compute.evicted_at_step(10, [3], [5], [8], step=9)
+    html = charts.token_stream_html(df, gone, step=9)
+    assert "<b>" not in html.replace("<b>prompt</b>", "").replace("<b>answer</b>", "") and "&lt;b&gt;" in html
+    row = re.search(r"<tr><td[^>]*>0</td>(.*?)</tr>", html).group(1)
+    block_cell, memento_cell = re.findall(r"<td[^>]*>(.*?)</td>", row)
+    assert ">a<" in block_cell and ">M<" in memento_cell and "summary_start" in memento_cell
+    struck = re.findall(r'title="(\d+) [a-z]*" style="[^"]*line-through', html)
+    assert sorted(int(p) for p in struck) == [3, 4]
+    # before the eviction fires nothing is struck, and tokens after the step are faded
+    html = charts.token_stream_html(df, compute.evicted_at_step(10, [3], [5], [8], step=7), step=7)
+    assert not re.findall(r'title="\d+ [a-z]*" style="[^"]*line-through', html)   # (the legend's is pos -1)
+    assert len(re.findall(r"opacity:0.35", html)) == 2   # positions 8, 9
