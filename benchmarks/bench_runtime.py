@@ -136,6 +136,10 @@ def _openmementos_rows(quick: bool) -> list[BenchRow]:
                              "capture": run(memento, "capture", [MementoKV(counterfactual=True)])},
                             2 if quick else 3)
     t_van, t_mem, t_cap = best["vanilla"], best["memento"], best["capture"]
+    # two more interleaved rounds for the capture ratio (a small difference on a noisy shared machine)
+    more = interleaved_best({"memento": run(memento, "memento"),
+                             "capture": run(memento, "capture", [MementoKV(counterfactual=True)])}, 2)
+    t_mem_c, t_cap = min(t_mem, more["memento"]), min(t_cap, more["capture"])
     occ_v = occupancy(trace.schedule(vanilla, RANDOM_TOKENS))
     occ_m = occupancy(trace.schedule(memento, RANDOM_TOKENS))
     peak_v, peak_m = res["vanilla"].peak_bytes, res["memento"].peak_bytes
@@ -143,7 +147,7 @@ def _openmementos_rows(quick: bool) -> list[BenchRow]:
     f_mem, f_van = flop_model(model, occ_m), flop_model(model, occ_v)
     flop_limit = f_mem / f_van
     ratio = t_mem / t_van
-    cap = t_cap / t_mem
+    cap = t_cap / t_mem_c
     cap_limit = 1 + capture_flops(model, trace, memento, RANDOM_TOKENS) / flop_model(model, occ_m)
     shape = f"{N_BLOCKS} x ({BLOCK} + {MEMENTO}) + {PROMPT}-token prompt = {n} tokens, keep 0"
     return [
@@ -160,7 +164,7 @@ def _openmementos_rows(quick: bool) -> list[BenchRow]:
                  "1,024-token chunks"),
         BenchRow("capture overhead: normal + restart memento K/V, all layers", "time ratio", cap, "<= 1.15x",
                  cap <= 1.15, f"FLOP limit {cap_limit:.3f}x (the restart variant recomputes every memento); "
-                 f"memento replay with capture {t_cap:.2f} s vs without {t_mem:.2f} s; "
+                 f"memento replay with capture {t_cap:.2f} s vs without {t_mem_c:.2f} s (best of 4 interleaved); "
                  f"{N_BLOCKS} mementos x 8 layers x 2 variants"),
     ]
 
