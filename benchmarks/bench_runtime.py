@@ -102,7 +102,7 @@ def _decode_rows(quick: bool) -> list[BenchRow]:
 
     ours()
     hf()                                                     # warm-up both
-    best = interleaved_best({"ours": ours, "hf": hf}, 4 if quick else 5)
+    best = interleaved_best({"ours": ours, "hf": hf}, 6 if quick else 8)
     t_ours, t_hf = best["ours"], best["hf"]
     same = out["ours"] == out["hf"]
     ratio = t_hf / t_ours
