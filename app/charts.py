@@ -25,6 +25,12 @@ MASS_COLORS = {"prompt": "prompt", "mementos": "memento", "current block": "bloc
                "other visible blocks": "block", "delimiters": "delimiter", "answer": "answer"}
 
 
+def _roles_in(roles) -> list[str]:
+    """The known roles in display order, then any other role value found (drawn in a fallback colour)."""
+    extra = sorted({str(r) for r in pd.unique(pd.Series(roles).astype(str))} - set(ROLES))
+    return [*ROLES, *extra]
+
+
 def occupancy_figure(occ: pd.DataFrame, step: int | None = None, events: pd.DataFrame | None = None,
                      unit: str = "tokens") -> go.Figure:
     """KV-cache occupancy per generation step, one line per mode (vanilla vs memento overlay)."""
@@ -58,10 +64,11 @@ def occupancy_figure(occ: pd.DataFrame, step: int | None = None, events: pd.Data
 
 def token_strip_figure(tokens: pd.DataFrame, gone: np.ndarray, step: int) -> go.Figure:
     """Every position as a coloured cell by role; evicted at ``step`` greyed, future faded."""
-    colors = role_colors()
+    all_roles = _roles_in(tokens["role"])
+    colors = {r: palette_color("role", r) for r in all_roles}
     pos = tokens["pos"].to_numpy()
     fig = go.Figure()
-    for role in ROLES:
+    for role in all_roles:
         sel = (tokens["role"].to_numpy() == role) & ~gone
         if not sel.any():
             continue
@@ -148,8 +155,8 @@ def attention_figure(rows: Mapping[str, np.ndarray | None], roles: np.ndarray, v
     ``rows[variant]`` is ``[n_keys]`` (or None when not captured). Evicted positions are shown as grey
     markers at 0.
     """
-    colors = role_colors()
     variants = list(rows)
+    colors = {r: palette_color("role", r) for r in _roles_in(roles)}
     fig = make_subplots(rows=1, cols=len(variants), shared_yaxes=True, horizontal_spacing=0.04,
                         subplot_titles=[f"{v}" + ("" if rows[v] is not None else " (not captured)")
                                         for v in variants])
@@ -163,7 +170,7 @@ def attention_figure(rows: Mapping[str, np.ndarray | None], roles: np.ndarray, v
             continue
         row = np.zeros(n)
         row[: min(n, len(w))] = w[:n]
-        for role in ROLES:
+        for role in _roles_in(roles):
             sel = (roles == role) & visible & upto
             if not sel.any():
                 continue
