@@ -24,9 +24,13 @@ with state.shown_errors():
 
     st.plotly_chart(charts.token_strip_figure(toks, gone, step), key="strip", width="stretch")
     if rd.has("occupancy.parquet"):
-        occ = compute.with_vanilla_overlay(state.occupancy(*state.key(rd), trace))
+        recorded = state.occupancy(*state.key(rd), trace)
+        occ = compute.with_vanilla_overlay(recorded)
         unit = st.radio("Occupancy unit", ["tokens", "bytes"], horizontal=True, key="occ_unit")
         st.plotly_chart(charts.occupancy_figure(occ, step, ev, unit=unit), key="occupancy", width="stretch")
+        if len(occ) != len(recorded):
+            st.caption("The run records only the evicting mode; the vanilla line is what full attention would "
+                       "hold (every token, at the run's own bytes per token).")
     else:
         st.error(f"{rd.path / 'occupancy.parquet'}: missing; this run has no KV occupancy table")
     st.subheader("Token stream")
