@@ -297,3 +297,17 @@ def test_only_named_runs_are_listed(run_dir, tmp_path):
     at = page("runs", [tmp_path])     # a folder of runs: the runs directly inside it
     assert at.dataframe[0].value["run"].tolist() == [str(other.resolve())]
     assert not np.isin([str(run_dir)], at.dataframe[0].value["run"]).any()
+
+
+def test_vanilla_overlay_derived_when_only_memento_occupancy_recorded(broken_copy):
+    from memento_lens.runtime.store import RunStore
+
+    store = RunStore.open(broken_copy)
+    occ = pd.read_parquet(broken_copy / "occupancy.parquet")
+    store.write_table("occupancy.parquet", occ[occ["mode"] == "memento"])
+    at = page("trace", [broken_copy])
+    assert not at.error
+    van = traces_named(charts(at)[1], "vanilla")[0]
+    n = int((occ.trace == "t0000").sum() / 2)
+    assert arr(van["y"]) == list(range(1, n + 1))
+    assert any("vanilla line is what full attention would hold" in c.value for c in at.caption)
