@@ -32,7 +32,7 @@ with state.shown_errors():
     sub = table[table["block"] == b]
     worst = sub.sort_values("rel_l2", ascending=False).iloc[0]
     c1, c2, c3 = st.columns(3)
-    layer = c1.selectbox("Layer", sorted(sub["layer"].unique().tolist()), index=None, key=f"res_layer",
+    layer = c1.selectbox("Layer", sorted(sub["layer"].unique().tolist()), index=None, key="res_layer",
                          placeholder=f"layer {int(worst['layer'])} (largest residue)")
     layer = int(worst["layer"]) if layer is None else int(layer)
     head = c2.selectbox("Head", sorted(sub["head"].unique().tolist()), index=None, key="res_head",
