@@ -22,8 +22,11 @@ The memento variants (docs/ARCHITECTURE.md): ``normal`` = the memento's K/V as t
 computed it (its block visible; with keep 0 the ``<|summary_end|>`` token itself is computed after the
 eviction that fires at it); ``restart`` = the same memento tokens recomputed with the block (delimiters
 included) and everything from ``<|summary_start|>`` on removed from the cache; ``evicted_block`` = the
-evicted range's K/V at eviction time. In a restart-mode run ``restart`` is the run's own memento K/V and
-``normal`` covers ``[<|summary_start|>, <|summary_end|>)``, the tokens first computed with the block visible.
+evicted range's K/V at eviction time. In a restart-mode run ``restart`` is the run's own (recomputed) memento
+K/V and ``normal`` the memento tokens as first computed, before the rewind: ``[<|summary_start|>,
+<|summary_end|>)`` for a restart fired by ``<|summary_end|>`` (that token is only ever computed after the
+eviction), the whole memento for a deferred flush. Mementos a restart run never rewinds are stored as
+``normal`` (plus the ``restart`` counterfactual).
 """
 
 from __future__ import annotations
@@ -106,7 +109,9 @@ class MementoKV(KVCapture):
             s, e = span.summary_start, span.summary_end
             if s is None or e is None or span.end is None or not start <= e < end or s < sched.prompt_len:
                 continue
-            rewound = any(ev.position == e and ev.rewind_to == s for ev in sched.evictions)
+            rewound = s in view.rewound
+            if not rewound and any(ev.rewind_to == s for ev in sched.evictions):
+                continue      # first pass of a memento that will be recomputed: before_evict stores it as normal
             own = view.cache.gather(range(s, e + 1), self.layers)
             self.emit(view, "restart" if rewound else "normal", span.block, s, e + 1, own)
             if self.counterfactual and not rewound:
@@ -122,8 +127,9 @@ class MementoKV(KVCapture):
             if s is None or position <= s:
                 continue
             span = next((b for b in view.schedule.blocks if b.summary_start == s), None)
-            if span is not None:
-                self.emit(view, "normal", span.block, s, position, view.cache.gather(range(s, position), self.layers))
+            if span is not None and span.summary_end is not None:
+                end = min(position, span.summary_end + 1)
+                self.emit(view, "normal", span.block, s, end, view.cache.gather(range(s, end), self.layers))
 
 
 @dataclass

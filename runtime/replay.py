@@ -13,7 +13,7 @@ batched cache with identical slicing; :func:`replay` groups any list of traces t
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
@@ -45,6 +45,7 @@ class ReplayView:
         traces, schedules: one per row.
         input_ids: ``[batch, n_tokens]`` (CPU).
         config: the masking config applied.
+        rewound: restart mode: the ``rewind_to`` positions whose memento has been dropped and is being fed again.
     """
 
     model: Any
@@ -53,6 +54,7 @@ class ReplayView:
     schedules: list[Schedule]
     input_ids: torch.Tensor
     config: BlockMaskingConfig
+    rewound: set[int] = field(default_factory=set)   # rewind_to positions applied so far (restart mode)
 
     @property
     def schedule(self) -> Schedule:
@@ -227,6 +229,7 @@ def replay_batch(model: Any, traces: Sequence[Trace], schedules: Sequence[Schedu
                 rewind = min(rewind, ev.rewind_to)
         if rewind < p:
             cache.drop_range(rewind, p)
+            view.rewound.add(rewind)
         cache.compact()
         cur = rewind
     feed(cur, n)

@@ -211,3 +211,28 @@ def test_cli_generate_then_replay_its_run(tmp_path):
     rep = RunStore.open(tmp_path / "r", require_complete=True)
     pd.testing.assert_frame_equal(rep.read_table("tokens.parquet")[["trace", "pos", "token_id", "role"]],
                                   gen.read_table("tokens.parquet")[["trace", "pos", "token_id", "role"]])
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_restart_run_variants_match_dense_reference(model, tmp_path, defer):
+    """Restart runs: `restart` = the recomputed memento K/V (dense with the restart visibility); `normal` = as
+    first computed (block visible); with a deferred flush the whole memento was first computed with the block."""
+    cfg = BlockMaskingConfig(mask_delimiters=False, restart_mode=True, keep_last_block_for_answer=defer)
+    trs = traces(1, seed=9, n_blocks=3)
+    replay_to_run(model, trs, cfg, TOKENS, tmp_path / "r", captures=[MementoKV()])
+    kv = KVReader(tmp_path / "r")
+    t = trs[0]
+    sched = compute_schedule(t.token_ids, cfg, TOKENS, prompt_len=t.prompt_len)
+    dense = dense_forward(model, torch.tensor([t.token_ids]), visibility_mask(sched))
+    plain = dense_forward(model, torch.tensor([t.token_ids]), torch.ones(len(t), len(t), dtype=torch.bool).tril())
+    rewound = {e.rewind_to for e in sched.evictions}
+    assert rewound
+    for span in sched.blocks:
+        s, e = span.summary_start, span.summary_end
+        k, _ = kv.get(KVKey(t.trace_id, 1, "restart", span.block))
+        if s in rewound:
+            assert torch.allclose(k, dense.keys[1][:, :, s:e + 1], atol=1e-5)
+            kn, _ = kv.get(KVKey(t.trace_id, 1, "normal", span.block))
+            assert kv.span(KVKey(t.trace_id, 1, "normal", span.block)) == (s, e + 1 if defer else e)
+            if span.block == 0:   # nothing evicted before block 0's memento: first pass == plain causal
+                assert torch.allclose(kn, plain.keys[1][:, :, s:s + kn.shape[2]], atol=1e-5)
