@@ -137,3 +137,48 @@ def test_chat_template_is_applied():
     assert chat == [0, *tok.convert_tokens_to_ids(["w1", "w2", "w9"])]
     assert plain != chat
     assert encode_prompts(tok, [[0, 5]]) == [[0, 5]]
+
+
+class GrammarBiased(torch.nn.Module):
+    """A tiny model whose logits are nudged towards the memento grammar (block_end -> summary_start, ...), so free
+    sampling produces blocks, mementos and evictions at different steps in different rows."""
+
+    BIAS = {TOKENS.block_end: {TOKENS.summary_start: 30.0}, TOKENS.summary_start: {TOKENS.summary_end: 1.5},
+            TOKENS.summary_end: {TOKENS.block_start: 3.0}, TOKENS.block_start: {TOKENS.block_end: -30.0}}
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids, **kw):
+        out = self.inner(input_ids=input_ids, **kw)
+        ids = input_ids[:, -out.logits.shape[1]:]
+        bias = torch.zeros_like(out.logits)
+        bias[..., TOKENS.block_end] += 3.0
+        for prev, nxt in self.BIAS.items():
+            for tok, b in nxt.items():
+                bias[..., tok] += (ids == prev).float() * b
+        out.logits = out.logits + bias
+        return out
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_free_running_batched_sampling_matches_dense(restart):
+    """Sampled rows that evict (and restart) at different steps in one batch: every row's logits equal the dense
+    forward of its own trace under its own schedule."""
+    model = GrammarBiased(tiny_qwen3(seed=3))
+    cfg = BlockMaskingConfig(mask_delimiters=False, restart_mode=restart, require_assistant_section=False)
+    prompts = [[0, 7], [0, 9, 10, 11], [0, 12, 13], [0, 1, 14]]
+    res = generate(model, prompts, cfg, TOKENS, keep_logits=True,
+                   sampling=SamplingConfig(temperature=1.0, max_new_tokens=60, seed=5))
+    evictions = set()
+    for r in res:
+        ids = r.trace.token_ids
+        assert tuple(r.schedule.events) == compute_schedule(ids, cfg, TOKENS, prompt_len=r.trace.prompt_len).events
+        dense = dense_forward(model, torch.tensor([ids]), visibility_mask(r.schedule))
+        fed = len(ids) - 1                       # the last sampled token is never fed
+        assert float((dense.logits[0, :fed] - r.logits[:fed]).abs().max()) < 1e-4
+        assert (r.measured.tokens == occupancy(r.schedule)).all()
+        evictions |= {e.position for e in r.schedule.evictions}
+    assert len(evictions) >= 3                   # rows evict at different steps
