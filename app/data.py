@@ -339,6 +339,11 @@ class RunData:
         return out
 
     # -- attention -----------------------------------------------------------------------------
+    def attention_traces(self) -> list[str]:
+        """Traces with captured attention (reads only the ``trace`` column of the index)."""
+        idx = self._read(ATTENTION_INDEX, "captured attention (attention/index.parquet)", columns=["trace"])
+        return sorted(idx["trace"].astype(str).unique().tolist())
+
     def attention_index(self, trace: str | None = None) -> pd.DataFrame:
         filters = [("trace", "==", trace)] if trace is not None else None
         return self._read(ATTENTION_INDEX, "captured attention (attention/index.parquet)", filters=filters)

@@ -98,7 +98,7 @@ def kv_index(path: str, fp: str, trace: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def attention_traces(path: str, fp: str) -> list[str]:
-    return sorted(_rd(path, fp).attention_index()["trace"].unique().tolist())
+    return _rd(path, fp).attention_traces()
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
