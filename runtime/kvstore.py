@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 import torch
@@ -113,13 +113,27 @@ class KVReader:
         k, v = kv.get(KVKey("toy-00000", layer=3, variant="normal", block=2))   # [1, kv_heads, n, d]
     """
 
-    def __init__(self, run: str | Path | RunStore, device: str = "cpu"):
+    def __init__(self, run: str | Path | RunStore, device: str = "cpu", traces: Iterable[str] | None = None):
+        """Args:
+            traces: index only these traces (the full index is still read once, but only these are keyed).
+        """
         self.store = run if isinstance(run, RunStore) else RunStore.open(run, verify=False, require_complete=True)
         self.device = device
-        self.index = (self.store.read_table(KV_INDEX) if self.store.has(KV_INDEX)
-                      else pd.DataFrame(columns=KV_INDEX_COLUMNS))
-        self._rows = {KVKey(r.trace, int(r.layer), r.variant, int(r.block)): r
-                      for r in self.index.itertuples(index=False)}
+        index = (self.store.read_table(KV_INDEX) if self.store.has(KV_INDEX)
+                 else pd.DataFrame(columns=KV_INDEX_COLUMNS))
+        if traces is not None:
+            index = index[index["trace"].isin(set(traces))].reset_index(drop=True)
+        self.index = index
+        self._rows: dict[KVKey, int] = {}
+        for i, (t, layer, variant, block) in enumerate(zip(index["trace"].tolist(), index["layer"].tolist(),
+                                                           index["variant"].tolist(), index["block"].tolist())):
+            key = object.__new__(KVKey)            # index rows were validated when written
+            object.__setattr__(key, "trace", t)
+            object.__setattr__(key, "layer", int(layer))
+            object.__setattr__(key, "variant", variant)
+            object.__setattr__(key, "block", int(block))
+            self._rows[key] = i
+        self._cols = {c: index[c].tolist() for c in ("start", "end", "shard", "key", "value")}
         self._handles: dict[str, Any] = {}
 
     def __contains__(self, key: KVKey) -> bool:
@@ -133,15 +147,16 @@ class KVReader:
 
     def span(self, key: KVKey) -> tuple[int, int]:
         """Positions ``[start, end)`` the tensors cover."""
-        row = self._row(key)
-        return int(row.start), int(row.end)
+        i = self._row(key)
+        return int(self._cols["start"][i]), int(self._cols["end"][i])
 
     def get(self, key: KVKey) -> tuple[torch.Tensor, torch.Tensor]:
         """``(keys, values)``, each ``[1, kv_heads, end-start, d_head]`` (keys post-RoPE, as cached)."""
-        row = self._row(key)
-        return self._load(row.shard, row.key), self._load(row.shard, row.value)
+        i = self._row(key)
+        shard = self._cols["shard"][i]
+        return self._load(shard, self._cols["key"][i]), self._load(shard, self._cols["value"][i])
 
-    def _row(self, key: KVKey) -> Any:
+    def _row(self, key: KVKey) -> int:
         try:
             return self._rows[key]
         except KeyError:
