@@ -214,3 +214,20 @@ def probe_selection(df: pd.DataFrame, x: str, *, distance: int | None = None, la
             g = g[g["layer"] == (layer if layer in have else max(have))]
         parts.append(g)
     return pd.concat(parts, ignore_index=True) if parts else d.iloc[:0]
+
+
+def step_from_selection(event, n_tokens: int) -> int | None:
+    """The generation step a click on a position-axis chart picks: the first selected point's x, rounded
+    and clipped to ``[0, n_tokens)``; None when nothing numeric was selected.
+
+    ``event`` is a plotly selection event as streamlit reports it (``{"selection": {"points": [...]}}``).
+    """
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points or []:
+        x = p.get("x") if isinstance(p, dict) else None
+        if isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x):
+            return int(min(max(round(x), 0), n_tokens - 1))
+    return None

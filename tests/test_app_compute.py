@@ -180,3 +180,11 @@ def test_token_stream_html_puts_each_memento_beside_its_block_and_escapes():
     html = charts.token_stream_html(df, compute.evicted_at_step(10, [3], [5], [8], step=7), step=7)
     assert not re.findall(r'title="\d+ [a-z]*" style="[^"]*line-through', html)   # (the legend's is pos -1)
     assert len(re.findall(r"opacity:0.35", html)) == 2   # positions 8, 9
+
+
+def test_step_from_selection():
+    assert compute.step_from_selection({"selection": {"points": [{"x": 41.6, "y": 3}]}}, 100) == 42
+    assert compute.step_from_selection({"selection": {"points": [{"x": 500}]}}, 100) == 99
+    assert compute.step_from_selection({"selection": {"points": [{"x": "a"}, {"x": -3}]}}, 100) == 0
+    assert compute.step_from_selection({"selection": {"points": []}}, 100) is None
+    assert compute.step_from_selection(None, 100) is None
