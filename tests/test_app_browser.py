@@ -100,6 +100,16 @@ def test_every_page_renders_in_chromium(tmp_path):
                     assert pg.locator("[data-testid='stException']").count() == 0, f"exception on /{path}"
                     assert pg.locator("[data-testid='stAlertContentError']").count() == 0, f"error on /{path}"
                     assert pg.get_by_text("Page not found").count() == 0, f"/{path} is not a page"
+                # linked charts: a click on the token strip moves the step slider there
+                pg.goto(f"{url}/trace", wait_until="domcontentloaded")
+                pg.wait_for_selector(".js-plotly-plot .nsewdrag", timeout=60_000)
+                thumb = pg.locator("[data-testid='stSliderThumbValue']")
+                before = int(thumb.inner_text())
+                box = pg.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+                pg.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+                pg.wait_for_function(f"() => document.querySelector(\"[data-testid='stSliderThumbValue']\")"
+                                     f".innerText !== '{before}'", timeout=30_000)
+                assert int(thumb.inner_text()) < before
                 assert not errors, errors
             finally:
                 browser.close()
