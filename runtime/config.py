@@ -168,7 +168,9 @@ class MementoTokenIds:
         assistant = single(ASSISTANT)
         if assistant is None:
             enc = tokenizer.encode(ASSISTANT, add_special_tokens=False)
-            assistant = enc[0] if len(enc) == 1 else None
+            unk = getattr(tokenizer, "unk_token_id", None)
+            # A word-level vocabulary without the word encodes it as <unk>: that is not the marker.
+            assistant = enc[0] if len(enc) == 1 and enc[0] != unk else None
         return cls(**ids, im_start=single(IM_START), assistant=assistant, think_end=single(THINK_END))
 
     def resolve_config(self, config: BlockMaskingConfig) -> BlockMaskingConfig:
