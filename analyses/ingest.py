@@ -423,29 +423,25 @@ def ingest_files(paths: Iterable[str | Path], tokenizer: TextTokenizer | str | N
 
 def trace_tables(traces: Sequence[Trace], tokenizer: TextTokenizer, config: BlockMaskingConfig
                  ) -> dict[str, pd.DataFrame]:
-    """``traces``, ``tokens`` and ``events`` tables (run-directory contract) under ``config``."""
-    t_rows, tok_parts, ev_rows = [], [], []
+    """``traces``, ``tokens`` and ``events`` tables (run-directory contract) under ``config``, built by the
+    runtime's one contract builder (occupancy comes from :func:`account_trace`, vanilla included)."""
+    from memento_lens.runtime.capture import trace_tables as contract_tables
+
+    parts = []
     for t in traces:
         ids = np.asarray(t.token_ids, dtype=np.int64)
         sched = fast_schedule(ids, config, tokenizer.ids, prompt_len=t.prompt_len)
-        roles = assign_roles(sched, ids, tokenizer.ids)
-        t_rows.append({"trace": t.trace_id, "n_tokens": len(ids), "prompt_len": t.prompt_len,
-                       "n_blocks": len(sched.blocks), "mode": config.mode,
-                       "source": str(t.meta.get("source_file", t.meta.get("format", ""))),
-                       "domain": str(t.meta.get("domain", ""))})
-        strings = _token_strings(t, ids, tokenizer)
-        tok_parts.append(pd.DataFrame({"trace": t.trace_id, "pos": np.arange(len(ids), dtype=np.int64),
-                                       "token_id": ids, "token": strings, "role": roles.role.astype(str),
-                                       "block": roles.block}))
-        for e in sched.events:
-            ev_rows.append({"trace": t.trace_id, "kind": e.kind.value, "position": e.position, "start": e.start,
-                            "end": e.end, "block": e.block, "rewind_to": e.rewind_to, "message": e.message})
-    events = pd.DataFrame(ev_rows, columns=["trace", "kind", "position", "start", "end", "block", "rewind_to",
-                                            "message"])
-    for c in ("block", "rewind_to"):
-        events[c] = events[c].astype("Int64")
-    return {"traces": pd.DataFrame(t_rows), "tokens": pd.concat(tok_parts, ignore_index=True) if tok_parts
-            else pd.DataFrame(columns=["trace", "pos", "token_id", "token", "role", "block"]), "events": events}
+        source = str(t.meta.get("source_file", t.meta.get("format", "")))
+        parts.append(contract_tables(t, sched, tokenizer.ids, config.mode, source, 0,
+                                     token_strings=_token_strings(t, ids, tokenizer),
+                                     trace_columns={"domain": str(t.meta.get("domain", ""))}))
+    if not parts:
+        return {"traces": pd.DataFrame(columns=["trace", "n_tokens", "prompt_len", "n_blocks", "mode", "source",
+                                                "domain"]),
+                "tokens": pd.DataFrame(columns=["trace", "pos", "token_id", "token", "role", "block"]),
+                "events": pd.DataFrame(columns=["trace", "kind", "position", "start", "end", "block", "rewind_to",
+                                                "message"])}
+    return {name: pd.concat([p[name] for p in parts], ignore_index=True) for name in ("traces", "tokens", "events")}
 
 
 def _token_strings(t: Trace, ids: np.ndarray, tok: TextTokenizer) -> list[str]:

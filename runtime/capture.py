@@ -206,14 +206,24 @@ class AttentionWeights(Capture):
 # Run writing (parts, resume, merge)
 # ---------------------------------------------------------------------------------------------------------
 def trace_tables(trace: Trace, schedule: Any, tokens: MementoTokenIds, mode: str, source: str,
-                 bytes_per_token: int, tokenizer: Any = None) -> dict[str, pd.DataFrame]:
-    """The four per-trace tables of the run contract."""
+                 bytes_per_token: int, tokenizer: Any = None, token_strings: Sequence[str] | None = None,
+                 trace_columns: dict[str, Any] | None = None) -> dict[str, pd.DataFrame]:
+    """The four per-trace tables of the run contract (the one builder: generation, replay and ingestion).
+
+    Args:
+        token_strings: ``[n_tokens]`` display strings (default: the tokenizer's, else the ids).
+        trace_columns: extra columns for the ``traces`` row (e.g. ``domain`` of ingested traces).
+    """
     from .masks import occupancy
 
     roles = assign_roles(schedule, trace.token_ids, tokens)
     n = len(trace.token_ids)
-    names = (tokenizer.convert_ids_to_tokens(list(trace.token_ids)) if tokenizer is not None
-             else [str(t) for t in trace.token_ids])
+    if token_strings is not None:
+        names = list(token_strings)
+    elif tokenizer is not None:
+        names = tokenizer.convert_ids_to_tokens(list(trace.token_ids))
+    else:
+        names = [str(t) for t in trace.token_ids]
     tok = pd.DataFrame({"trace": [trace.trace_id] * n, "pos": np.arange(n, dtype=np.int64),
                         "token_id": np.asarray(trace.token_ids, dtype=np.int64),
                         "token": [str(x) for x in names], "role": [str(r) for r in roles.role],
@@ -227,7 +237,7 @@ def trace_tables(trace: Trace, schedule: Any, tokens: MementoTokenIds, mode: str
     oc = pd.DataFrame({"trace": trace.trace_id, "mode": mode, "step": np.arange(n, dtype=np.int64),
                        "tokens": occ, "bytes": occ * bytes_per_token})
     tr = pd.DataFrame([{"trace": trace.trace_id, "n_tokens": n, "prompt_len": trace.prompt_len,
-                        "n_blocks": len(schedule.blocks), "mode": mode, "source": source}])
+                        "n_blocks": len(schedule.blocks), "mode": mode, "source": source, **(trace_columns or {})}])
     return {"traces": tr, "tokens": tok, "events": ev, "occupancy": oc}
 
 
