@@ -163,6 +163,11 @@ def ablations(path: str, fp: str) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
+def json_file(path: str, fp: str, rel: str) -> Any:
+    return _rd(path, fp).store.read_json(rel)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
 def file_bytes(path: str, fp: str, rel: str) -> bytes:
     return _rd(path, fp).read_bytes(rel)
 

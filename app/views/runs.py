@@ -68,6 +68,9 @@ if rows:
         with st.expander("Masking config and manifest info"):
             st.json(json.loads(json.dumps({"masking": s.masking, "config": rd.store.manifest.config,
                                            "info": rd.store.manifest.info}, default=str)))
+        for rel in [r for r in rd.files() if "/" not in r and r.endswith(".json")]:
+            with st.expander(f"{rel}"):
+                st.json(state.json_file(*state.key(rd), rel), expanded=2)
         if st.button("Verify all checksums", help="sha256 of every file against manifest.json"):
             errors = rd.verify_all()
             if errors:
