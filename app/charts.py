@@ -282,6 +282,16 @@ def ablation_figure(df: pd.DataFrame, metric: str) -> go.Figure:
     d = df[df["metric"] == metric]
     fig = go.Figure()
     label_cols = [c for c in ("experiment", "variant", "direction") if c in d.columns]
+    if len(d) and not (d["layer"] >= 0).any():   # a whole-model metric: one bar per variant, with its CI
+        g = d.groupby(label_cols, sort=False)[["value", "ci_low", "ci_high"]].mean().reset_index()
+        names = [" / ".join(str(r[c]) for c in label_cols if str(r[c]) not in ("", "none")) for _, r in g.iterrows()]
+        colors = [palette_color("variant", str(v)) for v in g["variant"]] if "variant" in g else None
+        fig.add_trace(go.Bar(x=names, y=g["value"].tolist(), marker_color=colors, name=metric,
+                             error_y=dict(type="data", symmetric=False, array=(g["ci_high"] - g["value"]).tolist(),
+                                          arrayminus=(g["value"] - g["ci_low"]).tolist())))
+        fig.update_layout(title=f"Restart ablation and patching: {metric} (all layers)", yaxis_title=metric,
+                          **_LAYOUT)
+        return fig
     for i, (key, sub) in enumerate(d.groupby(label_cols, sort=False)):
         parts = dict(zip(label_cols, key if isinstance(key, tuple) else (key,)))
         name = " / ".join(str(k) for k in parts.values() if str(k) not in ("", "none"))

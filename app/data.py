@@ -288,6 +288,13 @@ class RunData:
         filters = [("trace", "==", trace)] if trace is not None else None
         return self._read(KV_INDEX, "captured KV (kv/index.parquet)", filters=filters)
 
+    def residue_traces(self) -> list[str]:
+        """Traces with at least one memento captured in both the normal and the restart variant."""
+        idx = self._read(KV_INDEX, "captured KV (kv/index.parquet)", columns=["trace", "variant", "layer", "block"])
+        idx = idx[idx["variant"].isin(["normal", "restart"])]
+        both = idx.groupby(["trace", "layer", "block"])["variant"].nunique()
+        return sorted(both[both == 2].reset_index()["trace"].astype(str).unique().tolist())
+
     def _tensor(self, shard: str, name: str):
         full = self.verify(shard)
         try:

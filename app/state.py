@@ -97,6 +97,11 @@ def kv_index(path: str, fp: str, trace: str) -> pd.DataFrame:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
+def residue_traces(path: str, fp: str) -> list[str]:
+    return _rd(path, fp).residue_traces()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
 def attention_traces(path: str, fp: str) -> list[str]:
     return _rd(path, fp).attention_traces()
 

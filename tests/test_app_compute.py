@@ -188,3 +188,21 @@ def test_step_from_selection():
     assert compute.step_from_selection({"selection": {"points": [{"x": "a"}, {"x": -3}]}}, 100) == 0
     assert compute.step_from_selection({"selection": {"points": []}}, 100) is None
     assert compute.step_from_selection(None, 100) is None
+
+
+def test_ablation_figure_bars_for_whole_model_metrics_and_lines_per_layer():
+    import pandas as pd
+
+    from memento_lens.app import charts
+
+    rows = [{"experiment": "restart", "variant": v, "direction": "", "layer": -1, "metric": "acc", "value": x,
+             "ci_low": x - 0.1, "ci_high": x + 0.1} for v, x in (("normal", 0.9), ("restart", 0.4))]
+    rows += [{"experiment": "patch", "variant": "restart_kv", "direction": "restart->normal", "layer": l,
+              "metric": "kl", "value": 0.1 * l, "ci_low": 0.0, "ci_high": 1.0} for l in range(3)]
+    df = pd.DataFrame(rows)
+    bars = charts.ablation_figure(df, "acc")
+    (bar,) = bars.data
+    assert bar.type == "bar" and list(bar.y) == [0.9, 0.4] and list(bar.x) == ["restart / normal", "restart / restart"]
+    lines = charts.ablation_figure(df, "kl")
+    line = [t for t in lines.data if t.mode == "lines+markers"][0]
+    assert list(line.x) == [0, 1, 2] and list(line.y) == pytest.approx([0.0, 0.1, 0.2])

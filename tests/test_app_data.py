@@ -148,3 +148,18 @@ def test_app_cli_default_host_and_demo_message(tmp_path, monkeypatch):
     (argv, env), = calls
     assert "127.0.0.1" in argv and "9999" in argv
     assert env[ENV_RUNS] == str(demo.resolve())
+
+
+def test_residue_traces_need_both_variants(run_dir, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from memento_lens.runtime.store import RunStore
+
+    assert RunData(run_dir).residue_traces() == ["t0000", "t0001", "t0002"]
+    dst = tmp_path / "copy"
+    shutil.copytree(run_dir, dst)
+    idx = pd.read_parquet(dst / "kv/index.parquet")
+    RunStore.open(dst).write_table("kv/index.parquet", idx[~((idx.trace == "t0001") & (idx.variant == "restart"))])
+    assert RunData(dst).residue_traces() == ["t0000", "t0002"]

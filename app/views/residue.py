@@ -13,8 +13,13 @@ if not rd.has(KV_INDEX):
     st.info(f"{rd.path}: no captured KV ({KV_INDEX} missing). Capture memento K/V (normal and restart) with "
             "`memento-lens replay --traces RUN_DIR --out NEW_RUN` (add `--evicted-block` for the erased blocks).")
     st.stop()
-trace = state.trace_or_stop(rd)
 with state.shown_errors():
+    paired = state.residue_traces(*state.key(rd))
+    if not paired:
+        st.info(f"{rd.path}: no memento was captured in both the normal and the restart variant, so there is no "
+                "residue to show (a block needs its complete memento; capture with counterfactual restart KV).")
+        st.stop()
+    trace = state.trace_or_stop(rd, only=paired)
     c1, c2 = st.columns(2)
     which = c1.radio("Tensor", ["keys", "values"], horizontal=True, key="res_which")
     metric = c2.radio("Metric", ["rel_l2", "cosine"], horizontal=True, key="res_metric",
