@@ -393,5 +393,25 @@ class RunData:
             out.setdefault(Path(rel).stem, []).append(rel)
         return out
 
+    def unrecorded_figures(self) -> dict[str, list[str]]:
+        """Files in ``figures/`` that the manifest does not list (written around the run store, or dropped
+        from the manifest by a writer holding a stale copy): ``{figure name: [relative paths]}``."""
+        root = self.path / FIGURES
+        if not root.is_dir():
+            return {}
+        recorded = set(self.store.manifest.files)
+        out: dict[str, list[str]] = {}
+        for f in sorted(root.iterdir()):
+            rel = f"{FIGURES}{f.name}"
+            if f.is_file() and not f.is_symlink() and not f.name.startswith(".") and rel not in recorded:
+                out.setdefault(f.stem, []).append(rel)
+        return out
+
+    def read_unrecorded(self, rel: str) -> bytes:
+        """Bytes of an unrecorded ``figures/`` file (no checksum to verify it against)."""
+        if rel not in {r for rels in self.unrecorded_figures().values() for r in rels}:
+            raise RunError(f"{self.path / rel}: not an unrecorded figure of this run")
+        return (self.path / rel).read_bytes()
+
     def read_bytes(self, rel: str) -> bytes:
         return self._require(rel, rel).read_bytes()

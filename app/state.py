@@ -177,6 +177,11 @@ def file_bytes(path: str, fp: str, rel: str) -> bytes:
     return _rd(path, fp).read_bytes(rel)
 
 
+def unrecorded_bytes(path: str, fp: str, rel: str) -> bytes:
+    """Not cached: an unrecorded file has no checksum in the fingerprint, so it may change under us."""
+    return _rd(path, fp).read_unrecorded(rel)
+
+
 # -- errors ---------------------------------------------------------------------------------------
 @contextmanager
 def shown_errors() -> Iterator[None]:

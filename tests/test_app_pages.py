@@ -311,3 +311,12 @@ def test_vanilla_overlay_derived_when_only_memento_occupancy_recorded(broken_cop
     n = int((occ.trace == "t0000").sum() / 2)
     assert arr(van["y"]) == list(range(1, n + 1))
     assert any("vanilla line is what full attention would hold" in c.value for c in at.caption)
+
+
+def test_figures_not_in_the_manifest_are_shown_with_a_warning(broken_copy):
+    m = json.loads((broken_copy / "manifest.json").read_text())
+    m["files"] = {r: f for r, f in m["files"].items() if not r.startswith("figures/")}
+    (broken_copy / "manifest.json").write_text(json.dumps(m))
+    at = page("figures", [broken_copy])
+    assert not at.error and "not recorded in manifest.json" in at.warning[0].value
+    assert len(at.get("image")) == 2

@@ -21,19 +21,30 @@ st.title("Figures")
 rd = state.run_or_stop()
 
 
-def read(rel: str) -> bytes:
-    return state.file_bytes(*state.key(rd), rel)
-
-
 with state.shown_errors():
     figs = rd.figures()
+    loose = rd.unrecorded_figures()
+    loose_rels = {r for rels in loose.values() for r in rels}
+    if loose:
+        st.warning(f"{rd.path / 'figures'}: {len(loose_rels)} file(s) are not recorded in manifest.json (written "
+                   "around the run store, or dropped from the manifest by a later write), so their checksums "
+                   "cannot be verified; they are shown as found.")
+        for name, rels in loose.items():
+            figs.setdefault(name, []).extend(rels)
+
+    def read(rel: str) -> bytes:
+        if rel in loose_rels:
+            return state.unrecorded_bytes(*state.key(rd), rel)
+        return state.file_bytes(*state.key(rd), rel)
+
     if not figs:
         st.info(f"{rd.path}: no figures yet (figures/ is empty); render them with "
                 f"`memento-lens figures --run {rd.path}`.")
         st.stop()
     names = sorted(figs)
     chosen = st.multiselect("Figures", names, default=names, key="fig_names")
-    sizes = {rel: rd.store.manifest.files[rel]["bytes"] for name in names for rel in figs[name]}
+    sizes = {rel: (rd.path / rel).stat().st_size if rel in loose_rels else rd.store.manifest.files[rel]["bytes"]
+             for name in names for rel in figs[name]}
     for name in chosen:
         st.subheader(name)
         rels = sorted(figs[name], key=lambda r: ORDER.index(Path(r).suffix) if Path(r).suffix in ORDER else 9)
