@@ -169,7 +169,8 @@ def passcode_cmd(
                     from memento_lens.runtime.model import load_model
 
                     loaded = load_model(spec, device=device, dtype=dtype)
-                    if checkpoints:
+                    if spec.startswith("toy"):
+                        ckpt = ckpt or "final"
                         task_acc = _toy_task_accuracy(spec, loaded.model, device)
                     elif (Path(spec) / "checkpoint.json").exists():  # a `toy train` checkpoint directory
                         info = json.loads((Path(spec) / "checkpoint.json").read_text())
