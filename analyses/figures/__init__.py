@@ -121,11 +121,13 @@ def png_exporter(enabled: bool = True) -> Iterator[tuple[Any, str | None]]:
                 kaleido.stop_sync_server()
 
 
-def _writer_for(out_dir: Path):
+def _writer_for(out_dir: Path, stores: Sequence[RunStore] = ()):
     """Plain atomic writes, or through the run's store (recorded in its manifest) when ``out_dir`` is a
-    run directory's ``figures/``."""
+    run directory's ``figures/``. A store the caller already holds for that run is reused, so its in-memory
+    manifest stays the one that is saved."""
     if out_dir.name == "figures" and (out_dir.parent / MANIFEST).exists():
-        store = RunStore.open(out_dir.parent, verify=False)
+        same = [s for s in stores if Path(s.path).resolve() == out_dir.parent.resolve()]
+        store = same[0] if same else RunStore.open(out_dir.parent, verify=False)
 
         def write(name: str, data: bytes) -> str:
             store.add_file(f"figures/{name}", lambda tmp: Path(tmp).write_bytes(data))
@@ -172,7 +174,7 @@ def render_figures(names: Iterable[str] | None = None, *, runs: Sequence[str | o
                           spec=resolve_spec(spec) if spec is not None else None, trace_id=trace_id)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write = _writer_for(out)
+    write = _writer_for(out, stores)
     report = FigureReport(out_dir=str(out))
     prepared = []
     for name in wanted:
