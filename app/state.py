@@ -76,6 +76,14 @@ def traces(path: str, fp: str) -> pd.DataFrame:
     return _rd(path, fp).traces()
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def trace_labels(path: str, fp: str) -> dict[str, str]:
+    """Picker label per trace: id, length, blocks, mode (built once per run, not per option per rerun)."""
+    tr = _rd(path, fp).traces()
+    return {str(t): f"{t}  ({int(n)} tok, {int(b)} blocks, {m})"
+            for t, n, b, m in zip(tr["trace"], tr["n_tokens"], tr["n_blocks"], tr["mode"])}
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def tokens(path: str, fp: str, trace: str) -> pd.DataFrame:
     return _rd(path, fp).tokens(trace)
@@ -263,14 +271,11 @@ def trace_or_stop(rd: RunData, only: Sequence[str] | None = None) -> str:
     if not names:
         st.error(f"{rd.path}: no traces" + (" with the data this page needs" if only is not None else ""))
         st.stop()
-    info = tr.set_index("trace")
-    def fmt(t: str) -> str:
-        try:
-            r = info.loc[t]
-            return f"{t}  ({int(r['n_tokens'])} tok, {int(r['n_blocks'])} blocks, {r['mode']})"
-        except (KeyError, TypeError, ValueError):
-            return t
-    return sticky(st.sidebar.selectbox, "Trace", names, key="trace", format_func=fmt)
+    try:
+        labels = trace_labels(str(rd.path), rd.fingerprint)
+    except (KeyError, TypeError, ValueError):   # odd trace table: plain ids still work
+        labels = {}
+    return sticky(st.sidebar.selectbox, "Trace", names, key="trace", format_func=lambda t: labels.get(t, t))
 
 
 def key(rd: RunData) -> tuple[str, str]:
