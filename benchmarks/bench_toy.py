@@ -51,8 +51,8 @@ def run(quick: bool = False) -> list[BenchRow]:
                         captures=default_captures(), batch_size=250)
         gen_s = time.perf_counter() - t0
         store = RunStore.open(out, require_complete=True)
-        traces = store.read_table("traces")
-        tokens = store.read_table("tokens")
+        traces = store.read_table("traces.parquet")
+        tokens = store.read_table("tokens.parquet")
     full = traces[traces["n_tokens"] == layout.length]["trace"]
     ids = torch.tensor(tokens[tokens["trace"].isin(set(full))].sort_values(["trace", "pos"])["token_id"]
                        .to_numpy().reshape(-1, layout.length))

@@ -46,6 +46,7 @@ def test_checkpoints_load(run):
     assert model.config.num_hidden_layers == 4 and model.config.hidden_size == 128
 
 
+@pytest.mark.slow
 def test_training_is_deterministic(run, tmp_path):
     cfg, result = run
     again = train(cfg, tmp_path / "again", progress=False)
