@@ -44,7 +44,7 @@ def _claim_out(out: Path, overwrite: bool) -> None:
                        "or pass --overwrite")
 
 
-def run_demo(out: Path = DEFAULT_OUT, *, model_spec: str = "toy", traces: int = 256, probe_samples: int = 4000, ablation_samples: int = 128,
+def run_demo(out: Path = DEFAULT_OUT, *, model_spec: str = "toy", traces: int = 256, probe_samples: int = 4000, ablation_samples: int = 64,
              seed: int = 0, device: str = "cpu", threads: int = 1, overwrite: bool = False, png: bool = True,
              console: Any = None) -> dict[str, Any]:
     """Run the demo pipeline into ``out``; return the summary (also written to ``out/demo_summary.json``)."""
