@@ -31,7 +31,7 @@ import pandas as pd
 
 from memento_lens.runtime.config import (BLOCK_END, BLOCK_START, SUMMARY_END, SUMMARY_START, THINK_END, THINK_START,
                                          BlockMaskingConfig, ConfigError)
-from memento_lens.runtime.trace import Trace, assign_roles
+from memento_lens.runtime.trace import Trace
 
 from .kv import KVSpec, account_trace, default_configs, fast_schedule, occupancy_table, resolve_spec
 from .tokenization import TextTokenizer, load_tokenizer

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import typer
 
@@ -48,7 +48,6 @@ def run_demo(out: Path = DEFAULT_OUT, *, model_spec: str = "toy", traces: int = 
              seed: int = 0, device: str = "cpu", threads: int = 1, overwrite: bool = False, png: bool = True,
              console: Any = None) -> dict[str, Any]:
     """Run the demo pipeline into ``out``; return the summary (also written to ``out/demo_summary.json``)."""
-    import dataclasses
 
     import numpy as np
     import pandas as pd

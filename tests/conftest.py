@@ -11,6 +11,15 @@ from memento_lens.runtime.config import MementoTokenIds
 TOKENS = MementoTokenIds(block_start=1, block_end=2, summary_start=3, summary_end=4)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """2 shared cores: one torch thread is much faster than an oversubscribed pool for these tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tokens() -> MementoTokenIds:
     return TOKENS

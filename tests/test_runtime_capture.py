@@ -25,14 +25,6 @@ from memento_lens.runtime.verify import structured_stream
 ORDINARY = list(range(5, 48))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_qwen3()

@@ -23,14 +23,6 @@ ORDINARY = list(range(5, 48))
 B, E, S, X = 1, 2, 3, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model():
     return tiny_qwen3(layers=3)

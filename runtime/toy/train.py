@@ -19,7 +19,6 @@ checkpoints are stored as float16 to keep the shipped package small).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 import tempfile
