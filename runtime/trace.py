@@ -46,26 +46,23 @@ def assign_roles(schedule: Schedule, token_ids: Sequence[int], tokens: MementoTo
     n = len(token_ids)
     role = np.full(n, Role.DELIMITER.value, dtype=object)
     block = np.full(n, NO_BLOCK, dtype=np.int64)
-    role[: schedule.prompt_len] = Role.PROMPT.value
+
+    def mark(index: int, open_pos: int, close_pos: int | None, inner: Role) -> int:
+        """Role and block index of one delimited span (a block or its memento); returns its last position."""
+        last = close_pos if close_pos is not None else n - 1
+        if open_pos >= schedule.prompt_len:   # spans inside the prompt stay prompt
+            role[open_pos + 1: last] = inner.value
+            role[open_pos] = Role.DELIMITER.value
+            if close_pos is not None:
+                role[close_pos] = Role.DELIMITER.value
+        block[open_pos: last + 1] = index
+        return last
+
     last_struct = schedule.prompt_len - 1
     for span in schedule.blocks:
-        end = span.end if span.end is not None else n - 1
-        if span.start >= schedule.prompt_len:
-            role[span.start + 1: end] = Role.BLOCK.value
-            role[span.start] = Role.DELIMITER.value
-            if span.end is not None:
-                role[span.end] = Role.DELIMITER.value
-        block[span.start: end + 1] = span.block
-        last_struct = max(last_struct, end)
+        last_struct = max(last_struct, mark(span.block, span.start, span.end, Role.BLOCK))
         if span.summary_start is not None:
-            s_end = span.summary_end if span.summary_end is not None else n - 1
-            if span.summary_start >= schedule.prompt_len:
-                role[span.summary_start + 1: s_end] = Role.MEMENTO.value
-                role[span.summary_start] = Role.DELIMITER.value
-                if span.summary_end is not None:
-                    role[span.summary_end] = Role.DELIMITER.value
-            block[span.summary_start: s_end + 1] = span.block
-            last_struct = max(last_struct, s_end)
+            last_struct = max(last_struct, mark(span.block, span.summary_start, span.summary_end, Role.MEMENTO))
     ids = np.asarray(token_ids, dtype=np.int64)
     answer_from = last_struct + 1
     if tokens.think_end is not None:  # glue up to </think> is structure, the answer follows it
