@@ -28,17 +28,32 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-
-from memento_lens.runtime.config import (BLOCK_END, BLOCK_START, SUMMARY_END, SUMMARY_START, THINK_END, THINK_START,
-                                         BlockMaskingConfig, ConfigError)
+from memento_lens.runtime.config import (
+    BLOCK_END,
+    BLOCK_START,
+    SUMMARY_END,
+    SUMMARY_START,
+    THINK_END,
+    THINK_START,
+    BlockMaskingConfig,
+    ConfigError,
+)
 from memento_lens.runtime.trace import Trace
 
 from .kv import KVSpec, account_trace, default_configs, fast_schedule, occupancy_table, resolve_spec
 from .tokenization import TextTokenizer, load_tokenizer
 
 FORMATS = ("openmementos", "memento-json", "vllm-jsonl")
-_PAIR = re.compile(re.escape(BLOCK_START) + "(.*?)" + re.escape(BLOCK_END) + r"\s*" + re.escape(SUMMARY_START)
-                   + "(.*?)" + re.escape(SUMMARY_END), re.S)
+_PAIR = re.compile(
+    re.escape(BLOCK_START)
+    + "(.*?)"
+    + re.escape(BLOCK_END)
+    + r"\s*"
+    + re.escape(SUMMARY_START)
+    + "(.*?)"
+    + re.escape(SUMMARY_END),
+    re.S,
+)
 _DELIMS = re.compile("(" + "|".join(re.escape(t) for t in (BLOCK_START, BLOCK_END, SUMMARY_START, SUMMARY_END)) + ")")
 _CHECK = BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0, require_assistant_section=False)
 
@@ -82,12 +97,21 @@ class IngestReport:
         return len(self.skipped)
 
     def merge(self, other: "IngestReport") -> "IngestReport":
-        return IngestReport(self.sources + other.sources, self.n_rows + other.n_rows,
-                            self.n_ingested + other.n_ingested, self.skipped + other.skipped)
+        return IngestReport(
+            self.sources + other.sources,
+            self.n_rows + other.n_rows,
+            self.n_ingested + other.n_ingested,
+            self.skipped + other.skipped,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sources": self.sources, "n_rows": self.n_rows, "n_ingested": self.n_ingested,
-                "n_skipped": self.n_skipped, "skipped": [asdict(i) for i in self.skipped]}
+        return {
+            "sources": self.sources,
+            "n_rows": self.n_rows,
+            "n_ingested": self.n_ingested,
+            "n_skipped": self.n_skipped,
+            "skipped": [asdict(i) for i in self.skipped],
+        }
 
 
 @dataclass
@@ -128,8 +152,13 @@ def segment_chars(response: str) -> tuple[list[int], list[int]]:
     blocks, mementos = [], []
     i = 1
     while i + 6 < len(parts):
-        if (parts[i] == BLOCK_START and parts[i + 2] == BLOCK_END and not parts[i + 3].strip()
-                and parts[i + 4] == SUMMARY_START and parts[i + 6] == SUMMARY_END):
+        if (
+            parts[i] == BLOCK_START
+            and parts[i + 2] == BLOCK_END
+            and not parts[i + 3].strip()
+            and parts[i + 4] == SUMMARY_START
+            and parts[i + 6] == SUMMARY_END
+        ):
             blocks.append(len(parts[i + 1]))
             mementos.append(len(parts[i + 5]))
             i += 8
@@ -163,6 +192,7 @@ def detect_format(path: Path) -> str:
 
 # -- readers: yield RawTrace or _RowError, never raise for one bad row ---------------------------------
 
+
 def _read_openmementos(path: Path, batch_size: int = 512) -> Iterator[RawTrace | _RowError]:
     import pyarrow.parquet as pq
 
@@ -171,11 +201,27 @@ def _read_openmementos(path: Path, batch_size: int = 512) -> Iterator[RawTrace |
     except Exception as exc:  # pyarrow raises several types for damaged files
         raise ConfigError(f"{path}: unreadable Parquet ({exc})") from None
     names = set(pf.schema_arrow.names)
-    wanted = [c for c in ("id", "task_id", "problem", "response", "domain", "source", "difficulty", "sentences",
-                          "blocks", "block_summaries") if c in names]
+    wanted = [
+        c
+        for c in (
+            "id",
+            "task_id",
+            "problem",
+            "response",
+            "domain",
+            "source",
+            "difficulty",
+            "sentences",
+            "blocks",
+            "block_summaries",
+        )
+        if c in names
+    ]
     if "response" not in names and not {"sentences", "blocks", "block_summaries"} <= names:
-        raise ConfigError(f"{path}: not an OpenMementos file (needs a `response` column, or sentences/blocks/"
-                          f"block_summaries; has {', '.join(sorted(names))})")
+        raise ConfigError(
+            f"{path}: not an OpenMementos file (needs a `response` column, or sentences/blocks/"
+            f"block_summaries; has {', '.join(sorted(names))})"
+        )
     row = 0
     for batch in pf.iter_batches(batch_size=batch_size, columns=wanted):
         for rec in batch.to_pylist():
@@ -203,7 +249,7 @@ def _openmementos_row(tid: str, rec: Mapping[str, Any]) -> RawTrace:
         for i, idx in enumerate(blocks):
             try:
                 lo, hi = min(idx), max(idx)  # a block is a contiguous run of sentences ([first, last] or all)
-                texts.append(" ".join(sentences[lo:hi + 1]))
+                texts.append(" ".join(sentences[lo : hi + 1]))
             except (TypeError, ValueError):
                 raise _RowError(tid, f"block {i}: bad sentence indices {idx!r}") from None
         response = render_segments(texts, [str(s) for s in summaries], None)
@@ -307,15 +353,29 @@ def _vllm_obj(tid: str, obj: Any) -> RawTrace:
         raise _RowError(tid, "expected a JSON object per line")
     tid = str(obj.get("request_id") or obj.get("id") or tid)
     out0 = obj["outputs"][0] if isinstance(obj.get("outputs"), list) and obj["outputs"] else {}
-    text = next((v for v in (obj.get("text"), obj.get("generated_text"), obj.get("output"),
-                             out0.get("text") if isinstance(out0, dict) else None) if isinstance(v, str)), None)
+    text = next(
+        (
+            v
+            for v in (
+                obj.get("text"),
+                obj.get("generated_text"),
+                obj.get("output"),
+                out0.get("text") if isinstance(out0, dict) else None,
+            )
+            if isinstance(v, str)
+        ),
+        None,
+    )
     if text is None:
         raise _RowError(tid, "no generated text (text / generated_text / output / outputs[0].text)")
     prompt = obj.get("prompt")
     if not isinstance(prompt, str):
         prompt = ""
-    ids = obj.get("token_ids") or obj.get("output_token_ids") or (out0.get("token_ids") if isinstance(out0, dict)
-                                                                   else None)
+    ids = (
+        obj.get("token_ids")
+        or obj.get("output_token_ids")
+        or (out0.get("token_ids") if isinstance(out0, dict) else None)
+    )
     pids = obj.get("prompt_token_ids")
     ok = lambda v: isinstance(v, list) and all(isinstance(t, int) for t in v)  # noqa: E731
     if ids is not None and not ok(ids):
@@ -330,15 +390,25 @@ _READERS = {"openmementos": _read_openmementos, "memento-json": _read_memento_js
 
 # -- tokenization and validation ---------------------------------------------------------------------
 
-def _to_trace(raw: RawTrace, tok: TextTokenizer, source: str, check: BlockMaskingConfig,
-              keep_text: bool = False, arrays: bool = False) -> Trace:
+
+def _to_trace(
+    raw: RawTrace,
+    tok: TextTokenizer,
+    source: str,
+    check: BlockMaskingConfig,
+    keep_text: bool = False,
+    arrays: bool = False,
+) -> Trace:
     real_ids = not tok.name.startswith("approx")
     if real_ids and raw.response_ids is not None:
         resp = np.asarray(raw.response_ids, dtype=np.int64)
-        prompt = (np.asarray(raw.prompt_ids, dtype=np.int64) if raw.prompt_ids is not None else tok.encode(raw.prompt))
+        prompt = np.asarray(raw.prompt_ids, dtype=np.int64) if raw.prompt_ids is not None else tok.encode(raw.prompt)
     else:
-        prompt, resp = tok.encode_many([raw.prompt, raw.response]) if raw.prompt else (
-            np.zeros(0, np.int64), tok.encode(raw.response))
+        prompt, resp = (
+            tok.encode_many([raw.prompt, raw.response])
+            if raw.prompt
+            else (np.zeros(0, np.int64), tok.encode(raw.response))
+        )
     if len(resp) == 0:
         raise _RowError(raw.trace_id, "empty response")
     ids = np.concatenate([prompt, resp])
@@ -348,17 +418,30 @@ def _to_trace(raw: RawTrace, tok: TextTokenizer, source: str, check: BlockMaskin
         more = f" (+{len(sched.warnings) - 1} more)" if len(sched.warnings) > 1 else ""
         raise _RowError(raw.trace_id, w.message + more, position=w.position)
     block_chars, memento_chars = segment_chars(raw.response)
-    meta = dict(raw.meta, source_file=source, n_blocks=len(sched.blocks), block_chars=block_chars,
-                memento_chars=memento_chars, tokenizer=tok.name)
+    meta = dict(
+        raw.meta,
+        source_file=source,
+        n_blocks=len(sched.blocks),
+        block_chars=block_chars,
+        memento_chars=memento_chars,
+        tokenizer=tok.name,
+    )
     if keep_text:
         meta.update(prompt_text=raw.prompt, response_text=raw.response)
     return Trace(raw.trace_id, ids if arrays else ids.tolist(), len(prompt), meta)
 
 
-def iter_ingest(path: str | Path, tokenizer: TextTokenizer | str | None = None, *, fmt: str | None = None,
-                strict: bool = False, report: IngestReport | None = None,
-                check: BlockMaskingConfig = _CHECK, keep_text: bool = False, arrays: bool = False
-                ) -> Iterator[Trace]:
+def iter_ingest(
+    path: str | Path,
+    tokenizer: TextTokenizer | str | None = None,
+    *,
+    fmt: str | None = None,
+    strict: bool = False,
+    report: IngestReport | None = None,
+    check: BlockMaskingConfig = _CHECK,
+    keep_text: bool = False,
+    arrays: bool = False,
+) -> Iterator[Trace]:
     """Stream the well-formed traces of one file; skipped rows go into ``report`` (or raise under ``strict``).
 
     ``keep_text`` keeps the rendered prompt/response text in ``meta`` (``prompt_text``, ``response_text``)
@@ -394,17 +477,31 @@ def iter_ingest(path: str | Path, tokenizer: TextTokenizer | str | None = None, 
         yield trace
 
 
-def ingest_file(path: str | Path, tokenizer: TextTokenizer | str | None = None, *, fmt: str | None = None,
-                strict: bool = False, keep_text: bool = False, arrays: bool = False) -> IngestResult:
+def ingest_file(
+    path: str | Path,
+    tokenizer: TextTokenizer | str | None = None,
+    *,
+    fmt: str | None = None,
+    strict: bool = False,
+    keep_text: bool = False,
+    arrays: bool = False,
+) -> IngestResult:
     report = IngestReport()
-    traces = list(iter_ingest(path, tokenizer, fmt=fmt, strict=strict, report=report, keep_text=keep_text,
-                              arrays=arrays))
+    traces = list(
+        iter_ingest(path, tokenizer, fmt=fmt, strict=strict, report=report, keep_text=keep_text, arrays=arrays)
+    )
     return IngestResult(traces, report)
 
 
-def ingest_files(paths: Iterable[str | Path], tokenizer: TextTokenizer | str | None = None, *,
-                 fmt: str | None = None, strict: bool = False, keep_text: bool = False,
-                 arrays: bool = False) -> IngestResult:
+def ingest_files(
+    paths: Iterable[str | Path],
+    tokenizer: TextTokenizer | str | None = None,
+    *,
+    fmt: str | None = None,
+    strict: bool = False,
+    keep_text: bool = False,
+    arrays: bool = False,
+) -> IngestResult:
     """Ingest several files with one tokenizer; trace ids are prefixed by the file stem when they collide."""
     tok = load_tokenizer(tokenizer)
     report = IngestReport()
@@ -421,8 +518,10 @@ def ingest_files(paths: Iterable[str | Path], tokenizer: TextTokenizer | str | N
 
 # -- run directory -----------------------------------------------------------------------------------
 
-def trace_tables(traces: Sequence[Trace], tokenizer: TextTokenizer, config: BlockMaskingConfig
-                 ) -> dict[str, pd.DataFrame]:
+
+def trace_tables(
+    traces: Sequence[Trace], tokenizer: TextTokenizer, config: BlockMaskingConfig
+) -> dict[str, pd.DataFrame]:
     """``traces``, ``tokens`` and ``events`` tables (run-directory contract) under ``config``, built by the
     runtime's one contract builder (occupancy comes from :func:`account_trace`, vanilla included)."""
     from memento_lens.runtime.capture import trace_tables as contract_tables
@@ -432,33 +531,52 @@ def trace_tables(traces: Sequence[Trace], tokenizer: TextTokenizer, config: Bloc
         ids = np.asarray(t.token_ids, dtype=np.int64)
         sched = fast_schedule(ids, config, tokenizer.ids, prompt_len=t.prompt_len)
         source = str(t.meta.get("source_file", t.meta.get("format", "")))
-        parts.append(contract_tables(t, sched, tokenizer.ids, config.mode, source, 0,
-                                     token_strings=_token_strings(t, ids, tokenizer),
-                                     trace_columns={"domain": str(t.meta.get("domain", ""))}))
+        parts.append(
+            contract_tables(
+                t,
+                sched,
+                tokenizer.ids,
+                config.mode,
+                source,
+                0,
+                token_strings=_token_strings(t, ids, tokenizer),
+                trace_columns={"domain": str(t.meta.get("domain", ""))},
+            )
+        )
     if not parts:
-        return {"traces": pd.DataFrame(columns=["trace", "n_tokens", "prompt_len", "n_blocks", "mode", "source",
-                                                "domain"]),
-                "tokens": pd.DataFrame(columns=["trace", "pos", "token_id", "token", "role", "block"]),
-                "events": pd.DataFrame(columns=["trace", "kind", "position", "start", "end", "block", "rewind_to",
-                                                "message"])}
+        return {
+            "traces": pd.DataFrame(columns=["trace", "n_tokens", "prompt_len", "n_blocks", "mode", "source", "domain"]),
+            "tokens": pd.DataFrame(columns=["trace", "pos", "token_id", "token", "role", "block"]),
+            "events": pd.DataFrame(
+                columns=["trace", "kind", "position", "start", "end", "block", "rewind_to", "message"]
+            ),
+        }
     return {name: pd.concat([p[name] for p in parts], ignore_index=True) for name in ("traces", "tokens", "events")}
 
 
 def _token_strings(t: Trace, ids: np.ndarray, tok: TextTokenizer) -> list[str]:
     prompt, response = t.meta.get("prompt_text"), t.meta.get("response_text")
     if isinstance(prompt, str) and isinstance(response, str):
-        out = tok.token_strings(prompt, ids[:t.prompt_len]) + tok.token_strings(response, ids[t.prompt_len:])
+        out = tok.token_strings(prompt, ids[: t.prompt_len]) + tok.token_strings(response, ids[t.prompt_len :])
         if len(out) == len(ids):
             return out
     if not tok.name.startswith("approx"):
         return tok.token_strings("", ids)
     from .tokenization import APPROX_SPECIALS
+
     return [APPROX_SPECIALS[i] if i < len(APPROX_SPECIALS) else "·" for i in ids.tolist()]
 
 
-def write_run(path: str | Path, traces: Sequence[Trace], tokenizer: TextTokenizer | str | None = None, *,
-              config: BlockMaskingConfig | None = None, spec: KVSpec | str | None = None,
-              report: IngestReport | None = None, overwrite: bool = False):
+def write_run(
+    path: str | Path,
+    traces: Sequence[Trace],
+    tokenizer: TextTokenizer | str | None = None,
+    *,
+    config: BlockMaskingConfig | None = None,
+    spec: KVSpec | str | None = None,
+    report: IngestReport | None = None,
+    overwrite: bool = False,
+):
     """Write ingested traces as a run directory (kind ``ingest``): traces, tokens, events (under ``config``,
     default memento keep 0) and occupancy (vanilla + that config) tables, plus the ingest report."""
     from memento_lens.runtime.store import RunStore
@@ -466,8 +584,12 @@ def write_run(path: str | Path, traces: Sequence[Trace], tokenizer: TextTokenize
     tok = load_tokenizer(tokenizer)
     spec = resolve_spec(spec)
     config = config or default_configs()["memento"]
-    store = RunStore.create(path, "ingest", {"masking": config.to_dict(), "tokenizer": tok.describe(),
-                                             "kv_spec": asdict(spec)}, overwrite=overwrite)
+    store = RunStore.create(
+        path,
+        "ingest",
+        {"masking": config.to_dict(), "tokenizer": tok.describe(), "kv_spec": asdict(spec)},
+        overwrite=overwrite,
+    )
     tables = trace_tables(traces, tok, config)
     store.write_table("traces.parquet", tables["traces"])
     store.write_table("tokens.parquet", tables["tokens"])
@@ -476,9 +598,15 @@ def write_run(path: str | Path, traces: Sequence[Trace], tokenizer: TextTokenize
     curves = [c for t in traces for c in account_trace(t, tok.ids, configs, spec).values()]
     store.write_table("occupancy.parquet", occupancy_table(curves))
     store.write_json("ingest_report.json", (report or IngestReport()).to_dict())
-    store.write_json("traces_meta.json", {t.trace_id: {k: v for k, v in t.meta.items()
-                                                      if k not in ("prompt_text", "response_text")} for t in traces})
+    store.write_json(
+        "traces_meta.json",
+        {t.trace_id: {k: v for k, v in t.meta.items() if k not in ("prompt_text", "response_text")} for t in traces},
+    )
     sources = sorted({str(t.meta.get("source_file", "")) for t in traces} - {""})
-    store.mark_complete(n_traces=len(traces), token_ids=tok.ids.to_dict(), sources=sources,
-                        model=f"ingested traces (KV accounted as {spec.name})")
+    store.mark_complete(
+        n_traces=len(traces),
+        token_ids=tok.ids.to_dict(),
+        sources=sources,
+        model=f"ingested traces (KV accounted as {spec.name})",
+    )
     return store

@@ -19,18 +19,27 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-
 from memento_lens.runtime.config import BlockMaskingConfig, ConfigError, MementoTokenIds
 from memento_lens.runtime.masks import occupancy
 from memento_lens.runtime.schedule import BlockTracker, Schedule, compute_schedule
 from memento_lens.runtime.trace import Trace
 
 KB = 1024
-GB = 1024 ** 3
+GB = 1024**3
 KTOK = 1000
 
-_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "half": 2, "float32": 4, "float": 4, "float64": 8,
-                "float8_e4m3fn": 1, "float8_e5m2": 1, "fp8": 1, "int8": 1}
+_DTYPE_BYTES = {
+    "bfloat16": 2,
+    "float16": 2,
+    "half": 2,
+    "float32": 4,
+    "float": 4,
+    "float64": 8,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+    "fp8": 1,
+    "int8": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,13 @@ class KVSpec:
         return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
 
     @classmethod
-    def from_hf_config(cls, config: str | os.PathLike | Mapping[str, Any] | Any, *,
-                       dtype_bytes: int | None = None, name: str | None = None) -> "KVSpec":
+    def from_hf_config(
+        cls,
+        config: str | os.PathLike | Mapping[str, Any] | Any,
+        *,
+        dtype_bytes: int | None = None,
+        name: str | None = None,
+    ) -> "KVSpec":
         """From a HF ``config.json`` path (file or model directory), a dict, or a ``PretrainedConfig``.
 
         ``head_dim`` defaults to hidden_size / num_attention_heads, ``num_key_value_heads`` to
@@ -76,8 +90,11 @@ class KVSpec:
             data = dict(config)
         else:
             data = config.to_dict()
-        data = dict(data.get("text_config") or {}, **{k: v for k, v in data.items() if k != "text_config"}) \
-            if "num_hidden_layers" not in data else data
+        data = (
+            dict(data.get("text_config") or {}, **{k: v for k, v in data.items() if k != "text_config"})
+            if "num_hidden_layers" not in data
+            else data
+        )
         try:
             layers = int(data["num_hidden_layers"])
             heads = int(data["num_attention_heads"])
@@ -94,13 +111,18 @@ class KVSpec:
             if dtype not in _DTYPE_BYTES:
                 raise ConfigError(f"{where}: unknown dtype {dtype!r}; pass dtype_bytes")
             dtype_bytes = _DTYPE_BYTES[dtype]
-        return cls(name or str(data.get("_name_or_path") or data.get("model_type") or where), layers, kv_heads,
-                   int(head_dim), int(dtype_bytes))
+        return cls(
+            name or str(data.get("_name_or_path") or data.get("model_type") or where),
+            layers,
+            kv_heads,
+            int(head_dim),
+            int(dtype_bytes),
+        )
 
 
 PRESETS: dict[str, KVSpec] = {
-    "qwen3-8b": KVSpec("qwen3-8b", layers=36, kv_heads=8, head_dim=128),          # 144 KB/token
-    "qwen3-32b": KVSpec("qwen3-32b", layers=64, kv_heads=8, head_dim=128),        # 256 KB/token
+    "qwen3-8b": KVSpec("qwen3-8b", layers=36, kv_heads=8, head_dim=128),  # 144 KB/token
+    "qwen3-32b": KVSpec("qwen3-32b", layers=64, kv_heads=8, head_dim=128),  # 256 KB/token
     "phi-4-reasoning": KVSpec("phi-4-reasoning", layers=40, kv_heads=10, head_dim=128),  # 200 KB/token
 }
 
@@ -119,6 +141,7 @@ def resolve_spec(spec: str | os.PathLike | KVSpec | None) -> KVSpec:
 
 
 # -- the schedule, fast ------------------------------------------------------------------------------
+
 
 def _interesting_ids(tokens: MementoTokenIds, config: BlockMaskingConfig) -> np.ndarray:
     ids = [tokens.block_start, tokens.block_end, tokens.summary_start, tokens.summary_end]
@@ -139,8 +162,9 @@ def _member(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     return lut[ids]
 
 
-def fast_schedule(token_ids: Sequence[int] | np.ndarray, config: BlockMaskingConfig, tokens: MementoTokenIds,
-                  prompt_len: int = 0) -> Schedule:
+def fast_schedule(
+    token_ids: Sequence[int] | np.ndarray, config: BlockMaskingConfig, tokens: MementoTokenIds, prompt_len: int = 0
+) -> Schedule:
     """Exactly :func:`runtime.schedule.compute_schedule`, feeding the tracker only the tokens that can change
     its state (delimiters, and ChatML markers when the assistant section is required).
 
@@ -164,11 +188,15 @@ def fast_schedule(token_ids: Sequence[int] | np.ndarray, config: BlockMaskingCon
 
 # -- accounting --------------------------------------------------------------------------------------
 
-def default_configs(mask_delimiters: bool = False, keep_last_n_blocks: int = 0,
-                    restart: bool = False) -> dict[str, BlockMaskingConfig]:
+
+def default_configs(
+    mask_delimiters: bool = False, keep_last_n_blocks: int = 0, restart: bool = False
+) -> dict[str, BlockMaskingConfig]:
     """vanilla and memento (and restart) configs keyed by mode."""
-    out = {"vanilla": BlockMaskingConfig.vanilla(mask_delimiters),
-           "memento": BlockMaskingConfig.from_mode("memento", mask_delimiters, keep_last_n_blocks)}
+    out = {
+        "vanilla": BlockMaskingConfig.vanilla(mask_delimiters),
+        "memento": BlockMaskingConfig.from_mode("memento", mask_delimiters, keep_last_n_blocks),
+    }
     if restart:
         out["restart"] = BlockMaskingConfig.from_mode("restart", mask_delimiters, keep_last_n_blocks)
     return out
@@ -203,15 +231,19 @@ class KVCurve:
     @property
     def auc_token_steps(self) -> int:
         """Σ occupancy over generated steps (tokens × steps)."""
-        return int(self.tokens[self.prompt_len:].sum())
+        return int(self.tokens[self.prompt_len :].sum())
 
     @property
     def auc_gb_ktok(self) -> float:
         return self.auc_token_steps * self.bytes_per_token / GB / KTOK
 
 
-def account_trace(trace: Trace, tokens: MementoTokenIds, configs: Mapping[str, BlockMaskingConfig] | None = None,
-                  spec: KVSpec | str | None = None) -> dict[str, KVCurve]:
+def account_trace(
+    trace: Trace,
+    tokens: MementoTokenIds,
+    configs: Mapping[str, BlockMaskingConfig] | None = None,
+    spec: KVSpec | str | None = None,
+) -> dict[str, KVCurve]:
     """Occupancy curves of one trace, one per config label."""
     spec = resolve_spec(spec)
     configs = configs or default_configs()
@@ -226,14 +258,29 @@ def account_trace(trace: Trace, tokens: MementoTokenIds, configs: Mapping[str, B
     return out
 
 
-SUMMARY_COLUMNS = ["trace", "mode", "n_tokens", "prompt_len", "peak_tokens", "peak_gb", "auc_token_steps",
-                   "auc_gb_ktok"]
+SUMMARY_COLUMNS = [
+    "trace",
+    "mode",
+    "n_tokens",
+    "prompt_len",
+    "peak_tokens",
+    "peak_gb",
+    "auc_token_steps",
+    "auc_gb_ktok",
+]
 
 
 def summary_row(c: KVCurve) -> dict[str, Any]:
-    return {"trace": c.trace, "mode": c.mode, "n_tokens": len(c.tokens), "prompt_len": c.prompt_len,
-            "peak_tokens": c.peak_tokens, "peak_gb": c.peak_gb, "auc_token_steps": c.auc_token_steps,
-            "auc_gb_ktok": c.auc_gb_ktok}
+    return {
+        "trace": c.trace,
+        "mode": c.mode,
+        "n_tokens": len(c.tokens),
+        "prompt_len": c.prompt_len,
+        "peak_tokens": c.peak_tokens,
+        "peak_gb": c.peak_gb,
+        "auc_token_steps": c.auc_token_steps,
+        "auc_gb_ktok": c.auc_gb_ktok,
+    }
 
 
 def summarize_curves(curves: Iterable[KVCurve]) -> pd.DataFrame:
@@ -241,9 +288,12 @@ def summarize_curves(curves: Iterable[KVCurve]) -> pd.DataFrame:
     return pd.DataFrame([summary_row(c) for c in curves], columns=SUMMARY_COLUMNS)
 
 
-def kv_summary(traces: Iterable[Trace], tokens: MementoTokenIds,
-               configs: Mapping[str, BlockMaskingConfig] | None = None,
-               spec: KVSpec | str | None = None) -> pd.DataFrame:
+def kv_summary(
+    traces: Iterable[Trace],
+    tokens: MementoTokenIds,
+    configs: Mapping[str, BlockMaskingConfig] | None = None,
+    spec: KVSpec | str | None = None,
+) -> pd.DataFrame:
     """Peak and AUC per trace and mode (tidy), see :func:`summarize_curves`."""
     spec = resolve_spec(spec)
     rows = []
@@ -260,11 +310,24 @@ def reduction_table(summary: pd.DataFrame, baseline: str = "vanilla") -> pd.Data
         g = g.set_index("trace")
         common = g.index.intersection(base.index)
         peak_x = (base.loc[common, "peak_tokens"] / g.loc[common, "peak_tokens"]).mean() if len(common) else np.nan
-        auc_x = (base.loc[common, "auc_token_steps"] / g.loc[common, "auc_token_steps"].where(
-            g.loc[common, "auc_token_steps"] > 0)).mean() if len(common) else np.nan
-        rows.append({"mode": mode, "traces": len(g), "mean_peak_gb": g["peak_gb"].mean(),
-                     "mean_auc_gb_ktok": g["auc_gb_ktok"].mean(),
-                     f"peak_reduction_vs_{baseline}": peak_x, f"auc_reduction_vs_{baseline}": auc_x})
+        auc_x = (
+            (
+                base.loc[common, "auc_token_steps"]
+                / g.loc[common, "auc_token_steps"].where(g.loc[common, "auc_token_steps"] > 0)
+            ).mean()
+            if len(common)
+            else np.nan
+        )
+        rows.append(
+            {
+                "mode": mode,
+                "traces": len(g),
+                "mean_peak_gb": g["peak_gb"].mean(),
+                "mean_auc_gb_ktok": g["auc_gb_ktok"].mean(),
+                f"peak_reduction_vs_{baseline}": peak_x,
+                f"auc_reduction_vs_{baseline}": auc_x,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -273,18 +336,33 @@ def occupancy_table(curves: Iterable[KVCurve]) -> pd.DataFrame:
     parts = []
     for c in curves:
         n = len(c.tokens)
-        parts.append(pd.DataFrame({"trace": np.full(n, c.trace, dtype=object), "mode": np.full(n, c.mode, dtype=object),
-                                   "step": np.arange(n, dtype=np.int64), "tokens": c.tokens.astype(np.int64),
-                                   "bytes": c.tokens.astype(np.int64) * c.bytes_per_token}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "trace": np.full(n, c.trace, dtype=object),
+                    "mode": np.full(n, c.mode, dtype=object),
+                    "step": np.arange(n, dtype=np.int64),
+                    "tokens": c.tokens.astype(np.int64),
+                    "bytes": c.tokens.astype(np.int64) * c.bytes_per_token,
+                }
+            )
+        )
     if not parts:
-        return pd.DataFrame({"trace": pd.Series(dtype=object), "mode": pd.Series(dtype=object),
-                             "step": pd.Series(dtype=np.int64), "tokens": pd.Series(dtype=np.int64),
-                             "bytes": pd.Series(dtype=np.int64)})
+        return pd.DataFrame(
+            {
+                "trace": pd.Series(dtype=object),
+                "mode": pd.Series(dtype=object),
+                "step": pd.Series(dtype=np.int64),
+                "tokens": pd.Series(dtype=np.int64),
+                "bytes": pd.Series(dtype=np.int64),
+            }
+        )
     return pd.concat(parts, ignore_index=True)
 
 
-def curves_from_occupancy(table: pd.DataFrame, prompt_lens: Mapping[str, int], bytes_per_token: int | None = None
-                          ) -> list[KVCurve]:
+def curves_from_occupancy(
+    table: pd.DataFrame, prompt_lens: Mapping[str, int], bytes_per_token: int | None = None
+) -> list[KVCurve]:
     """KVCurves back from an ``occupancy.parquet`` table (bytes/token taken from its ``bytes`` column)."""
     out = []
     for (trace, mode), g in table.sort_values("step").groupby(["trace", "mode"], sort=False):

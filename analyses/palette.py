@@ -51,13 +51,26 @@ TASK_COLOR = "#009E73"
 CHANCE_COLOR = "#BBBBBB"
 
 # Series without a fixed meaning (sources, models): distinct, readable on white (no yellows).
-SERIES_COLORS: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#56B4E9", "#882255", "#332288",
-                                  "#117733", "#AA4499", "#44AA99")
+SERIES_COLORS: tuple[str, ...] = (
+    "#0072B2",
+    "#D55E00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#882255",
+    "#332288",
+    "#117733",
+    "#AA4499",
+    "#44AA99",
+)
 _FALLBACK = SERIES_COLORS
 
 PALETTES: dict[str, Mapping[str, str]] = {
-    "role": ROLE_COLORS, "mode": MODE_COLORS, "condition": CONDITION_COLORS,
-    "variant": VARIANT_COLORS, "domain": DOMAIN_COLORS,
+    "role": ROLE_COLORS,
+    "mode": MODE_COLORS,
+    "condition": CONDITION_COLORS,
+    "variant": VARIANT_COLORS,
+    "domain": DOMAIN_COLORS,
 }
 
 

@@ -12,14 +12,22 @@ from typing import Iterable
 
 import numpy as np
 import pandas as pd
-
 from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds
 from memento_lens.runtime.trace import Role, Trace, assign_roles
 
 from .kv import fast_schedule
 
-BLOCK_COLUMNS = ["trace", "domain", "block", "block_tokens", "memento_tokens", "block_chars", "memento_chars",
-                 "ratio_tokens", "ratio_chars"]
+BLOCK_COLUMNS = [
+    "trace",
+    "domain",
+    "block",
+    "block_tokens",
+    "memento_tokens",
+    "block_chars",
+    "memento_chars",
+    "ratio_tokens",
+    "ratio_chars",
+]
 _CFG = BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0, require_assistant_section=False)
 
 
@@ -40,10 +48,19 @@ def block_stats(traces: Iterable[Trace], tokens: MementoTokenIds) -> pd.DataFram
         bchars = _chars(t.meta.get("block_chars"), nb)
         mchars = _chars(t.meta.get("memento_chars"), nb)
         complete = np.array([s.complete for s in sched.blocks])
-        frames.append(pd.DataFrame({
-            "trace": t.trace_id, "domain": str(t.meta.get("domain") or "unknown"), "block": np.arange(nb),
-            "block_tokens": btok, "memento_tokens": mtok, "block_chars": bchars, "memento_chars": mchars,
-        })[complete])
+        frames.append(
+            pd.DataFrame(
+                {
+                    "trace": t.trace_id,
+                    "domain": str(t.meta.get("domain") or "unknown"),
+                    "block": np.arange(nb),
+                    "block_tokens": btok,
+                    "memento_tokens": mtok,
+                    "block_chars": bchars,
+                    "memento_chars": mchars,
+                }
+            )[complete]
+        )
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype=float) for c in BLOCK_COLUMNS})
     df = pd.concat(frames, ignore_index=True)
@@ -61,9 +78,13 @@ def _chars(values, n: int) -> np.ndarray:
 def trace_stats(blocks: pd.DataFrame) -> pd.DataFrame:
     """One row per trace: n_blocks, total block/memento tokens and the trace-level compression."""
     g = blocks.groupby(["trace", "domain"], sort=False)
-    out = g.agg(n_blocks=("block", "size"), block_tokens=("block_tokens", "sum"),
-                memento_tokens=("memento_tokens", "sum"), block_chars=("block_chars", "sum"),
-                memento_chars=("memento_chars", "sum")).reset_index()
+    out = g.agg(
+        n_blocks=("block", "size"),
+        block_tokens=("block_tokens", "sum"),
+        memento_tokens=("memento_tokens", "sum"),
+        block_chars=("block_chars", "sum"),
+        memento_chars=("memento_chars", "sum"),
+    ).reset_index()
     out["compression_tokens"] = out["block_tokens"] / out["memento_tokens"].where(out["memento_tokens"] > 0)
     return out
 
@@ -75,10 +96,14 @@ def domain_stats(blocks: pd.DataFrame) -> pd.DataFrame:
     df = pd.concat(parts, ignore_index=True)
     per_trace = df.groupby(["domain", "trace"]).size().rename("n_blocks").reset_index()
     agg = df.groupby("domain").agg(
-        blocks=("block", "size"), mean_block_tokens=("block_tokens", "mean"),
-        mean_memento_tokens=("memento_tokens", "mean"), median_block_chars=("block_chars", "median"),
-        median_memento_chars=("memento_chars", "median"), median_ratio_chars=("ratio_chars", "median"),
-        median_ratio_tokens=("ratio_tokens", "median"))
+        blocks=("block", "size"),
+        mean_block_tokens=("block_tokens", "mean"),
+        mean_memento_tokens=("memento_tokens", "mean"),
+        median_block_chars=("block_chars", "median"),
+        median_memento_chars=("memento_chars", "median"),
+        median_ratio_chars=("ratio_chars", "median"),
+        median_ratio_tokens=("ratio_tokens", "median"),
+    )
     agg.insert(0, "traces", per_trace.groupby("domain").size())
     agg.insert(1, "median_blocks_per_trace", per_trace.groupby("domain")["n_blocks"].median())
     return agg.reset_index()
@@ -92,10 +117,17 @@ def blocks_from_tokens_table(tokens: pd.DataFrame, traces: pd.DataFrame | None =
     counts.columns = ["block_tokens", "memento_tokens"]
     counts = counts[counts["memento_tokens"] > 0].reset_index()
     order = {t: i for i, t in enumerate(pd.unique(tokens["trace"]))}  # keep the table's trace order
-    counts = counts.sort_values(["trace", "block"], key=lambda c: c.map(order) if c.name == "trace" else c,
-                                kind="stable")
-    df = pd.DataFrame({"trace": counts["trace"].astype(str), "block": counts["block"].astype(int),
-                       "block_tokens": counts["block_tokens"], "memento_tokens": counts["memento_tokens"]})
+    counts = counts.sort_values(
+        ["trace", "block"], key=lambda c: c.map(order) if c.name == "trace" else c, kind="stable"
+    )
+    df = pd.DataFrame(
+        {
+            "trace": counts["trace"].astype(str),
+            "block": counts["block"].astype(int),
+            "block_tokens": counts["block_tokens"],
+            "memento_tokens": counts["memento_tokens"],
+        }
+    )
     dom = {}
     if traces is not None and "domain" in traces:
         dom = dict(zip(traces["trace"].astype(str), traces["domain"].astype(str)))

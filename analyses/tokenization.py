@@ -17,14 +17,31 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-
-from memento_lens.runtime.config import (BLOCK_END, BLOCK_START, IM_START, SUMMARY_END, SUMMARY_START, THINK_END,
-                                         THINK_START, ConfigError, MementoTokenIds)
+from memento_lens.runtime.config import (
+    BLOCK_END,
+    BLOCK_START,
+    IM_START,
+    SUMMARY_END,
+    SUMMARY_START,
+    THINK_END,
+    THINK_START,
+    ConfigError,
+    MementoTokenIds,
+)
 
 IM_END = "<|im_end|>"
 ENDOFTEXT = "<|endoftext|>"
-APPROX_SPECIALS: tuple[str, ...] = (IM_START, IM_END, THINK_START, THINK_END, BLOCK_START, BLOCK_END,
-                                    SUMMARY_START, SUMMARY_END, ENDOFTEXT)
+APPROX_SPECIALS: tuple[str, ...] = (
+    IM_START,
+    IM_END,
+    THINK_START,
+    THINK_END,
+    BLOCK_START,
+    BLOCK_END,
+    SUMMARY_START,
+    SUMMARY_END,
+    ENDOFTEXT,
+)
 APPROX_TEXT_ID = len(APPROX_SPECIALS)
 _SPECIAL_ID = {t: i for i, t in enumerate(APPROX_SPECIALS)}
 _SPLIT = re.compile("(" + "|".join(re.escape(t) for t in APPROX_SPECIALS) + ")")
@@ -61,10 +78,15 @@ class ApproxTokenizer(TextTokenizer):
         if not self.chars_per_token > 0:
             raise ConfigError(f"approx tokenizer: chars_per_token must be > 0, got {self.chars_per_token}")
         self.name = f"approx:{self.chars_per_token:g}"
-        self.ids = MementoTokenIds(block_start=_SPECIAL_ID[BLOCK_START], block_end=_SPECIAL_ID[BLOCK_END],
-                                   summary_start=_SPECIAL_ID[SUMMARY_START], summary_end=_SPECIAL_ID[SUMMARY_END],
-                                   im_start=_SPECIAL_ID[IM_START], assistant=None,
-                                   think_end=_SPECIAL_ID[THINK_END])
+        self.ids = MementoTokenIds(
+            block_start=_SPECIAL_ID[BLOCK_START],
+            block_end=_SPECIAL_ID[BLOCK_END],
+            summary_start=_SPECIAL_ID[SUMMARY_START],
+            summary_end=_SPECIAL_ID[SUMMARY_END],
+            im_start=_SPECIAL_ID[IM_START],
+            assistant=None,
+            think_end=_SPECIAL_ID[THINK_END],
+        )
 
     def _n(self, piece: str) -> int:
         return math.ceil(len(piece) / self.chars_per_token) if piece else 0

@@ -11,18 +11,37 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from memento_lens.analyses.palette import color as palette_color
 from plotly.subplots import make_subplots
 
-from memento_lens.analyses.palette import color as palette_color
+from .compute import (
+    CHANCE_COLOR,
+    CONDITION_COLORS,
+    EVICTED_COLOR,
+    MASS_CATEGORIES,
+    MODE_COLORS,
+    ROLES,
+    VARIANT_COLORS,
+    role_colors,
+)
 
-from .compute import (CHANCE_COLOR, CONDITION_COLORS, EVICTED_COLOR, MASS_CATEGORIES, MODE_COLORS, ROLES,
-                      VARIANT_COLORS, role_colors)
+_LAYOUT = dict(
+    template="plotly_white",
+    margin=dict(l=55, r=20, t=85, b=45),
+    height=380,
+    title_y=0.96,
+    title_yanchor="top",
+    legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
+)
 
-_LAYOUT = dict(template="plotly_white", margin=dict(l=55, r=20, t=85, b=45), height=380, title_y=0.96,
-               title_yanchor="top", legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0))
-
-MASS_COLORS = {"prompt": "prompt", "mementos": "memento", "current block": "block",
-               "other visible blocks": "block", "delimiters": "delimiter", "answer": "answer"}
+MASS_COLORS = {
+    "prompt": "prompt",
+    "mementos": "memento",
+    "current block": "block",
+    "other visible blocks": "block",
+    "delimiters": "delimiter",
+    "answer": "answer",
+}
 
 
 def _roles_in(roles) -> list[str]:
@@ -31,34 +50,58 @@ def _roles_in(roles) -> list[str]:
     return [*ROLES, *extra]
 
 
-def occupancy_figure(occ: pd.DataFrame, step: int | None = None, events: pd.DataFrame | None = None,
-                     unit: str = "tokens") -> go.Figure:
+def occupancy_figure(
+    occ: pd.DataFrame, step: int | None = None, events: pd.DataFrame | None = None, unit: str = "tokens"
+) -> go.Figure:
     """KV-cache occupancy per generation step, one line per mode (vanilla vs memento overlay)."""
     fig = go.Figure()
     for mode, g in occ.groupby("mode", sort=False):
         y = g[unit].to_numpy()
         if unit == "bytes":
             y = y / 2**20
-        fig.add_trace(go.Scatter(x=g["step"].to_numpy(), y=y, mode="lines", name=str(mode),
-                                 line=dict(color=MODE_COLORS.get(str(mode), "#333333"), width=2,
-                                           dash="dot" if mode == "vanilla" else "solid")))
+        fig.add_trace(
+            go.Scatter(
+                x=g["step"].to_numpy(),
+                y=y,
+                mode="lines",
+                name=str(mode),
+                line=dict(
+                    color=MODE_COLORS.get(str(mode), "#333333"), width=2, dash="dot" if mode == "vanilla" else "solid"
+                ),
+            )
+        )
     if events is not None and len(events):
         ev = events[events["end"] > events["start"]]
         if len(ev):
             mem = occ[occ["mode"] != "vanilla"]
             yv = mem.set_index("step")[unit].reindex(ev["position"]).to_numpy() if len(mem) else None
-            fig.add_trace(go.Scatter(x=ev["position"].to_numpy(),
-                                     y=(yv / 2**20 if unit == "bytes" else yv) if yv is not None else None,
-                                     mode="markers", name="eviction", marker=dict(symbol="x", size=8,
-                                                                                  color="#D55E00"),
-                                     text=[f"{k}: block {b}, evicted [{s}, {e})" for k, b, s, e in
-                                           zip(ev["kind"], ev["block"], ev["start"], ev["end"])],
-                                     hovertemplate="%{text}<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=ev["position"].to_numpy(),
+                    y=(yv / 2**20 if unit == "bytes" else yv) if yv is not None else None,
+                    mode="markers",
+                    name="eviction",
+                    marker=dict(symbol="x", size=8, color="#D55E00"),
+                    text=[
+                        f"{k}: block {b}, evicted [{s}, {e})"
+                        for k, b, s, e in zip(ev["kind"], ev["block"], ev["start"], ev["end"])
+                    ],
+                    hovertemplate="%{text}<extra></extra>",
+                )
+            )
     if step is not None:
-        fig.add_vline(x=step, line=dict(color="#000000", width=1, dash="dash"),
-                      annotation_text=f"step {step}", annotation_position="top right")
-    fig.update_layout(title="KV cache occupancy (sawtooth)", xaxis_title="generation step (position)",
-                      yaxis_title="MiB in cache" if unit == "bytes" else "tokens in cache", **_LAYOUT)
+        fig.add_vline(
+            x=step,
+            line=dict(color="#000000", width=1, dash="dash"),
+            annotation_text=f"step {step}",
+            annotation_position="top right",
+        )
+    fig.update_layout(
+        title="KV cache occupancy (sawtooth)",
+        xaxis_title="generation step (position)",
+        yaxis_title="MiB in cache" if unit == "bytes" else "tokens in cache",
+        **_LAYOUT,
+    )
     return fig
 
 
@@ -72,21 +115,44 @@ def token_strip_figure(tokens: pd.DataFrame, gone: np.ndarray, step: int) -> go.
         sel = (tokens["role"].to_numpy() == role) & ~gone
         if not sel.any():
             continue
-        fig.add_trace(go.Bar(x=pos[sel], y=np.ones(sel.sum()), name=role, marker_color=colors[role],
-                             marker_opacity=[1.0 if p <= step else 0.25 for p in pos[sel]],
-                             text=tokens["token"].to_numpy()[sel], textposition="none",
-                             hovertemplate="%{x}: %{text}<extra>" + role
-                             + "</extra>"))
+        fig.add_trace(
+            go.Bar(
+                x=pos[sel],
+                y=np.ones(sel.sum()),
+                name=role,
+                marker_color=colors[role],
+                marker_opacity=[1.0 if p <= step else 0.25 for p in pos[sel]],
+                text=tokens["token"].to_numpy()[sel],
+                textposition="none",
+                hovertemplate="%{x}: %{text}<extra>" + role + "</extra>",
+            )
+        )
     if gone.any():
-        fig.add_trace(go.Bar(x=pos[gone], y=np.ones(gone.sum()), name="evicted", marker_color=EVICTED_COLOR,
-                             marker_pattern=dict(shape="/", fgcolor="#AAAAAA"),
-                             text=tokens["token"].to_numpy()[gone], textposition="none",
-                             hovertemplate="%{x}: %{text}<extra>evicted</extra>"))
+        fig.add_trace(
+            go.Bar(
+                x=pos[gone],
+                y=np.ones(gone.sum()),
+                name="evicted",
+                marker_color=EVICTED_COLOR,
+                marker_pattern=dict(shape="/", fgcolor="#AAAAAA"),
+                text=tokens["token"].to_numpy()[gone],
+                textposition="none",
+                hovertemplate="%{x}: %{text}<extra>evicted</extra>",
+            )
+        )
     fig.add_vline(x=step, line=dict(color="#000000", width=1, dash="dash"))
-    fig.update_layout(title=f"Tokens by role at step {step}", barmode="overlay", bargap=0, height=170,
-                      yaxis=dict(visible=False), xaxis_title="position", template="plotly_white",
-                      margin=dict(l=20, r=20, t=40, b=35), showlegend=True,
-                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
+    fig.update_layout(
+        title=f"Tokens by role at step {step}",
+        barmode="overlay",
+        bargap=0,
+        height=170,
+        yaxis=dict(visible=False),
+        xaxis_title="position",
+        template="plotly_white",
+        margin=dict(l=20, r=20, t=40, b=35),
+        showlegend=True,
+        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+    )
     return fig
 
 
@@ -114,8 +180,10 @@ def token_stream_html(tokens: pd.DataFrame, gone: np.ndarray, step: int, max_tok
     pos = tokens["pos"].to_numpy()
 
     def spans(idx: np.ndarray) -> str:
-        return "".join(_span(toks[i], roles[i], "gone" if gone[i] else ("future" if pos[i] > step else "now"),
-                             colors, int(pos[i])) for i in idx)
+        return "".join(
+            _span(toks[i], roles[i], "gone" if gone[i] else ("future" if pos[i] > step else "now"), colors, int(pos[i]))
+            for i in idx
+        )
 
     window = np.arange(lo, hi)
     in_block = (blocks[window] >= 0) & (roles[window] != "prompt") & (roles[window] != "answer")
@@ -133,12 +201,16 @@ def token_stream_html(tokens: pd.DataFrame, gone: np.ndarray, step: int, max_tok
             first_mem = np.argmax(is_mem) if is_mem.any() else len(idx)
             # block part: everything before the memento's <|summary_start|>
             split = first_mem - 1 if first_mem > 0 and is_mem.any() else len(idx)
-            rows.append(f"<tr><td style='vertical-align:top;color:#666'>{int(b)}</td>"
-                        f"<td style='vertical-align:top'>{spans(idx[:split])}</td>"
-                        f"<td style='vertical-align:top'>{spans(idx[split:])}</td></tr>")
-        parts.append("<table style='width:100%;border-collapse:collapse;font-family:monospace;font-size:13px'>"
-                     "<tr><th style='text-align:left'>#</th><th style='text-align:left'>block</th>"
-                     "<th style='text-align:left'>memento</th></tr>" + "".join(rows) + "</table>")
+            rows.append(
+                f"<tr><td style='vertical-align:top;color:#666'>{int(b)}</td>"
+                f"<td style='vertical-align:top'>{spans(idx[:split])}</td>"
+                f"<td style='vertical-align:top'>{spans(idx[split:])}</td></tr>"
+            )
+        parts.append(
+            "<table style='width:100%;border-collapse:collapse;font-family:monospace;font-size:13px'>"
+            "<tr><th style='text-align:left'>#</th><th style='text-align:left'>block</th>"
+            "<th style='text-align:left'>memento</th></tr>" + "".join(rows) + "</table>"
+        )
     tail = window[~in_block & (window > (window[in_block][-1] if in_block.any() else hi))]
     if len(tail):
         parts.append(f"<div style='margin:4px 0'><b>answer</b><br>{spans(tail)}</div>")
@@ -148,8 +220,9 @@ def token_stream_html(tokens: pd.DataFrame, gone: np.ndarray, step: int, max_tok
     return f"<div style='font-family:monospace;font-size:13px;line-height:1.7'>{legend}{''.join(parts)}</div>"
 
 
-def attention_figure(rows: Mapping[str, np.ndarray | None], roles: np.ndarray, visible: np.ndarray,
-                     query_pos: int, head_label: str) -> go.Figure:
+def attention_figure(
+    rows: Mapping[str, np.ndarray | None], roles: np.ndarray, visible: np.ndarray, query_pos: int, head_label: str
+) -> go.Figure:
     """Attention of one query over positions, one panel per variant (normal | restart) side by side.
 
     ``rows[variant]`` is ``[n_keys]`` (or None when not captured). Evicted positions are shown as grey
@@ -157,9 +230,13 @@ def attention_figure(rows: Mapping[str, np.ndarray | None], roles: np.ndarray, v
     """
     variants = list(rows)
     colors = {r: palette_color("role", r) for r in _roles_in(roles)}
-    fig = make_subplots(rows=1, cols=len(variants), shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=[f"{v}" + ("" if rows[v] is not None else " (not captured)")
-                                        for v in variants])
+    fig = make_subplots(
+        rows=1,
+        cols=len(variants),
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        subplot_titles=[f"{v}" + ("" if rows[v] is not None else " (not captured)") for v in variants],
+    )
     n = len(roles)
     pos = np.arange(n)
     upto = pos <= query_pos
@@ -174,22 +251,48 @@ def attention_figure(rows: Mapping[str, np.ndarray | None], roles: np.ndarray, v
             sel = (roles == role) & visible & upto
             if not sel.any():
                 continue
-            fig.add_trace(go.Bar(x=pos[sel], y=row[sel], name=role, marker_color=colors[role],
-                                 legendgroup=role, showlegend=role not in shown_roles,
-                                 hovertemplate="pos %{x}: %{y:.3f}<extra>" + role + "</extra>"), row=1, col=c)
+            fig.add_trace(
+                go.Bar(
+                    x=pos[sel],
+                    y=row[sel],
+                    name=role,
+                    marker_color=colors[role],
+                    legendgroup=role,
+                    showlegend=role not in shown_roles,
+                    hovertemplate="pos %{x}: %{y:.3f}<extra>" + role + "</extra>",
+                ),
+                row=1,
+                col=c,
+            )
             shown_roles.add(role)
         ev = ~visible & upto
         if ev.any():
-            fig.add_trace(go.Scatter(x=pos[ev], y=np.zeros(ev.sum()), mode="markers", name="evicted",
-                                     marker=dict(color="#888888", symbol="line-ns-open", size=8),
-                                     legendgroup="evicted", showlegend="evicted" not in shown_roles,
-                                     hovertemplate="pos %{x}: evicted<extra></extra>"), row=1, col=c)
+            fig.add_trace(
+                go.Scatter(
+                    x=pos[ev],
+                    y=np.zeros(ev.sum()),
+                    mode="markers",
+                    name="evicted",
+                    marker=dict(color="#888888", symbol="line-ns-open", size=8),
+                    legendgroup="evicted",
+                    showlegend="evicted" not in shown_roles,
+                    hovertemplate="pos %{x}: evicted<extra></extra>",
+                ),
+                row=1,
+                col=c,
+            )
             shown_roles.add("evicted")
         fig.add_vline(x=query_pos, line=dict(color="#000", width=1, dash="dash"), row=1, col=c)
-    fig.update_layout(title=f"Attention of query {query_pos} ({head_label}) over visible positions",
-                      barmode="overlay", bargap=0,
-                      **{**_LAYOUT, "margin": dict(l=55, r=20, t=85, b=95),
-                         "legend": dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)})
+    fig.update_layout(
+        title=f"Attention of query {query_pos} ({head_label}) over visible positions",
+        barmode="overlay",
+        bargap=0,
+        **{
+            **_LAYOUT,
+            "margin": dict(l=55, r=20, t=85, b=95),
+            "legend": dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0),
+        },
+    )
     fig.update_xaxes(title_text="key position")
     fig.update_yaxes(title_text="attention weight", row=1, col=1)
     return fig
@@ -198,12 +301,19 @@ def attention_figure(rows: Mapping[str, np.ndarray | None], roles: np.ndarray, v
 def mass_figure(masses: Mapping[str, Mapping[str, float]]) -> go.Figure:
     """Attention mass by role category, grouped bars per variant."""
     fig = go.Figure()
-    cats = [c for c in MASS_CATEGORIES
-            if c not in ("evicted", "future") or any(m.get(c, 0) > 0 for m in masses.values())]
+    cats = [
+        c for c in MASS_CATEGORIES if c not in ("evicted", "future") or any(m.get(c, 0) > 0 for m in masses.values())
+    ]
     for v, m in masses.items():
-        fig.add_trace(go.Bar(x=cats, y=[m.get(c, 0.0) for c in cats], name=v,
-                             marker_color=VARIANT_COLORS.get(v, "#333"),
-                             hovertemplate="%{x}: %{y:.3f}<extra>" + v + "</extra>"))
+        fig.add_trace(
+            go.Bar(
+                x=cats,
+                y=[m.get(c, 0.0) for c in cats],
+                name=v,
+                marker_color=VARIANT_COLORS.get(v, "#333"),
+                hovertemplate="%{x}: %{y:.3f}<extra>" + v + "</extra>",
+            )
+        )
     fig.update_layout(title="Attention mass by role", barmode="group", yaxis_title="mass", **_LAYOUT)
     return fig
 
@@ -216,28 +326,48 @@ def residue_heatmap(table: pd.DataFrame, metric: str) -> go.Figure:
     pivot = table.pivot_table(index="block", columns=["layer", "head"], values=metric, aggfunc="mean")
     cols = [f"L{l}·H{h}" for l, h in pivot.columns]
     label = {"rel_l2": "relative L2 ‖normal−restart‖/‖normal‖", "cosine": "cosine(normal, restart)"}[metric]
-    fig = go.Figure(go.Heatmap(z=pivot.to_numpy(), x=cols, y=[f"memento {int(b)}" for b in pivot.index],
-                               colorscale="Viridis" if metric == "rel_l2" else "RdBu",
-                               colorbar=dict(title=metric),
-                               hovertemplate="%{y}, %{x}: %{z:.4f}<extra></extra>"))
-    fig.update_layout(title=f"Erased-block residue: {label}", xaxis_title="layer · head",
-                      yaxis=dict(autorange="reversed"), **{**_LAYOUT, "height": max(300, 60 + 28 * len(pivot))})
+    fig = go.Figure(
+        go.Heatmap(
+            z=pivot.to_numpy(),
+            x=cols,
+            y=[f"memento {int(b)}" for b in pivot.index],
+            colorscale="Viridis" if metric == "rel_l2" else "RdBu",
+            colorbar=dict(title=metric),
+            hovertemplate="%{y}, %{x}: %{z:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"Erased-block residue: {label}",
+        xaxis_title="layer · head",
+        yaxis=dict(autorange="reversed"),
+        **{**_LAYOUT, "height": max(300, 60 + 28 * len(pivot))},
+    )
     return fig
 
 
 def residue_positions_figure(labels: list[str], values: np.ndarray, title: str) -> go.Figure:
     """Bar per memento token (``labels`` like ``"23: sum"``) of its relative L2 residue."""
-    fig = go.Figure(go.Bar(x=labels, y=values,
-                           marker_color=role_colors()["memento"]))
+    fig = go.Figure(go.Bar(x=labels, y=values, marker_color=role_colors()["memento"]))
     fig.update_layout(title=title, yaxis_title="relative L2", **_LAYOUT)
     return fig
 
 
 def _band(fig: go.Figure, x, lo, hi, color: str, name: str, row=None, col=None) -> None:
     kw = {} if row is None else dict(row=row, col=col)
-    fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo)[::-1], fill="toself",
-                             fillcolor=color, opacity=0.18, line=dict(width=0), hoverinfo="skip",
-                             showlegend=False, legendgroup=name), **kw)
+    fig.add_trace(
+        go.Scatter(
+            x=list(x) + list(x)[::-1],
+            y=list(hi) + list(lo)[::-1],
+            fill="toself",
+            fillcolor=color,
+            opacity=0.18,
+            line=dict(width=0),
+            hoverinfo="skip",
+            showlegend=False,
+            legendgroup=name,
+        ),
+        **kw,
+    )
 
 
 _SERIES = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
@@ -249,8 +379,9 @@ def _series_color(name: str, palette: Mapping[str, str] | None, i: int) -> str:
     return _SERIES[i % len(_SERIES)]
 
 
-def probe_figure(df: pd.DataFrame, x: str, chance: float | None,
-                 palette: Mapping[str, str] | None = CONDITION_COLORS) -> go.Figure:
+def probe_figure(
+    df: pd.DataFrame, x: str, chance: float | None, palette: Mapping[str, str] | None = CONDITION_COLORS
+) -> go.Figure:
     """Probe accuracy against ``x`` (layer, distance or checkpoint), one line per condition, 95% CI band,
     chance line. Rows with the same (condition, x) are averaged (e.g. over seeds)."""
     numeric = pd.api.types.is_numeric_dtype(df[x])
@@ -259,18 +390,33 @@ def probe_figure(df: pd.DataFrame, x: str, chance: float | None,
     for i, (cond, sub) in enumerate(g.groupby("condition", sort=False)):
         color = _series_color(str(cond), palette, i)
         _band(fig, sub[x], sub["ci_low"], sub["ci_high"], color, str(cond))
-        fig.add_trace(go.Scatter(x=sub[x].tolist(), y=sub["accuracy"].tolist(), mode="lines+markers",
-                                 name=str(cond), legendgroup=str(cond), line=dict(color=color),
-                                 error_y=dict(type="data", symmetric=False,
-                                              array=(sub["ci_high"] - sub["accuracy"]).tolist(),
-                                              arrayminus=(sub["accuracy"] - sub["ci_low"]).tolist(),
-                                              thickness=1)))
+        fig.add_trace(
+            go.Scatter(
+                x=sub[x].tolist(),
+                y=sub["accuracy"].tolist(),
+                mode="lines+markers",
+                name=str(cond),
+                legendgroup=str(cond),
+                line=dict(color=color),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=(sub["ci_high"] - sub["accuracy"]).tolist(),
+                    arrayminus=(sub["accuracy"] - sub["ci_low"]).tolist(),
+                    thickness=1,
+                ),
+            )
+        )
     if chance is not None:
-        fig.add_hline(y=chance, line=dict(color=CHANCE_COLOR, dash="dot", width=2),
-                      annotation_text=f"chance {chance:.2f}",
-                      annotation_position="bottom right")
-    fig.update_layout(title=f"Probe accuracy by {x} (95% CI)", xaxis_title=x, yaxis_title="accuracy",
-                      yaxis_range=[0, 1.02], **_LAYOUT)
+        fig.add_hline(
+            y=chance,
+            line=dict(color=CHANCE_COLOR, dash="dot", width=2),
+            annotation_text=f"chance {chance:.2f}",
+            annotation_position="bottom right",
+        )
+    fig.update_layout(
+        title=f"Probe accuracy by {x} (95% CI)", xaxis_title=x, yaxis_title="accuracy", yaxis_range=[0, 1.02], **_LAYOUT
+    )
     if x != "checkpoint":
         fig.update_xaxes(dtick=1)
     return fig
@@ -282,35 +428,63 @@ def ablation_figure(df: pd.DataFrame, metric: str) -> go.Figure:
     d = df[df["metric"] == metric]
     fig = go.Figure()
     label_cols = [c for c in ("experiment", "variant", "direction") if c in d.columns]
-    if len(d) and not (d["layer"] >= 0).any():   # a whole-model metric: one bar per variant, with its CI
+    if len(d) and not (d["layer"] >= 0).any():  # a whole-model metric: one bar per variant, with its CI
         g = d.groupby(label_cols, sort=False)[["value", "ci_low", "ci_high"]].mean().reset_index()
         names = [" / ".join(str(r[c]) for c in label_cols if str(r[c]) not in ("", "none")) for _, r in g.iterrows()]
         colors = [palette_color("variant", str(v)) for v in g["variant"]] if "variant" in g else None
-        fig.add_trace(go.Bar(x=names, y=g["value"].tolist(), marker_color=colors, name=metric,
-                             error_y=dict(type="data", symmetric=False, array=(g["ci_high"] - g["value"]).tolist(),
-                                          arrayminus=(g["value"] - g["ci_low"]).tolist())))
-        fig.update_layout(title=f"Restart ablation and patching: {metric} (all layers)", yaxis_title=metric,
-                          **_LAYOUT)
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=g["value"].tolist(),
+                marker_color=colors,
+                name=metric,
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=(g["ci_high"] - g["value"]).tolist(),
+                    arrayminus=(g["value"] - g["ci_low"]).tolist(),
+                ),
+            )
+        )
+        fig.update_layout(title=f"Restart ablation and patching: {metric} (all layers)", yaxis_title=metric, **_LAYOUT)
         return fig
     for i, (key, sub) in enumerate(d.groupby(label_cols, sort=False)):
         parts = dict(zip(label_cols, key if isinstance(key, tuple) else (key,)))
         name = " / ".join(str(k) for k in parts.values() if str(k) not in ("", "none"))
-        color = palette_color("variant", str(parts.get("variant", ""))) if "variant" in parts else \
-            _SERIES[i % len(_SERIES)]
+        color = (
+            palette_color("variant", str(parts.get("variant", ""))) if "variant" in parts else _SERIES[i % len(_SERIES)]
+        )
         per = sub[sub["layer"] >= 0].groupby("layer")[["value", "ci_low", "ci_high"]].mean().reset_index()
         if len(per):
             _band(fig, per["layer"], per["ci_low"], per["ci_high"], color, name)
-            fig.add_trace(go.Scatter(x=per["layer"].tolist(), y=per["value"].tolist(), mode="lines+markers",
-                                     name=name, legendgroup=name, line=dict(color=color)))
+            fig.add_trace(
+                go.Scatter(
+                    x=per["layer"].tolist(),
+                    y=per["value"].tolist(),
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    line=dict(color=color),
+                )
+            )
         all_l = sub[sub["layer"] < 0]
         if len(all_l):
             layers = d.loc[d["layer"] >= 0, "layer"]
             xs = [layers.min(), layers.max()] if len(layers) else [0, 1]
             v = float(all_l["value"].mean())
-            fig.add_trace(go.Scatter(x=xs, y=[v, v], mode="lines", name=f"{name} (all layers)",
-                                     legendgroup=name, line=dict(color=color, dash="dash", width=1.5)))
-    fig.update_layout(title=f"Restart ablation and patching: {metric}", xaxis_title="layer",
-                      yaxis_title=metric, **_LAYOUT)
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=[v, v],
+                    mode="lines",
+                    name=f"{name} (all layers)",
+                    legendgroup=name,
+                    line=dict(color=color, dash="dash", width=1.5),
+                )
+            )
+    fig.update_layout(
+        title=f"Restart ablation and patching: {metric}", xaxis_title="layer", yaxis_title=metric, **_LAYOUT
+    )
     fig.update_xaxes(dtick=1)
     return fig
 
@@ -322,8 +496,8 @@ def run_sizes_figure(sizes: pd.DataFrame) -> go.Figure:
     """
     fig = go.Figure()
     for i, (cat, g) in enumerate(sizes.groupby("category", sort=False)):
-        fig.add_trace(go.Bar(x=g["run"].tolist(), y=g["mb"].tolist(), name=str(cat),
-                             marker_color=_SERIES[i % len(_SERIES)]))
+        fig.add_trace(
+            go.Bar(x=g["run"].tolist(), y=g["mb"].tolist(), name=str(cat), marker_color=_SERIES[i % len(_SERIES)])
+        )
     fig.update_layout(title="Run sizes on disk", barmode="stack", yaxis_title="MB", **_LAYOUT)
     return fig
-

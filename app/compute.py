@@ -13,9 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-
-from memento_lens.analyses.palette import (CHANCE_COLOR, CONDITION_COLORS, MODE_COLORS,  # noqa: F401
-                                           ROLE_COLORS, VARIANT_COLORS)
+from memento_lens.analyses.palette import CHANCE_COLOR, CONDITION_COLORS, MODE_COLORS, ROLE_COLORS, VARIANT_COLORS  # noqa: F401
 
 ROLES: tuple[str, ...] = ("prompt", "block", "delimiter", "memento", "answer")
 
@@ -24,8 +22,16 @@ ROLES: tuple[str, ...] = ("prompt", "block", "delimiter", "memento", "answer")
 EVICTED_COLOR = "#E8E8E8"
 
 # Attention-mass categories (display order).
-MASS_CATEGORIES: tuple[str, ...] = ("prompt", "mementos", "current block", "other visible blocks",
-                                    "delimiters", "answer", "evicted", "future")
+MASS_CATEGORIES: tuple[str, ...] = (
+    "prompt",
+    "mementos",
+    "current block",
+    "other visible blocks",
+    "delimiters",
+    "answer",
+    "evicted",
+    "future",
+)
 
 
 def role_colors() -> dict[str, str]:
@@ -33,8 +39,9 @@ def role_colors() -> dict[str, str]:
     return {r: ROLE_COLORS[r] for r in ROLES}
 
 
-def evicted_at_step(n_tokens: int, starts: Sequence[int], ends: Sequence[int], positions: Sequence[int],
-                    step: int) -> np.ndarray:
+def evicted_at_step(
+    n_tokens: int, starts: Sequence[int], ends: Sequence[int], positions: Sequence[int], step: int
+) -> np.ndarray:
     """Which positions are evicted from the cache once token ``step`` has been processed.
 
     Args:
@@ -48,19 +55,19 @@ def evicted_at_step(n_tokens: int, starts: Sequence[int], ends: Sequence[int], p
     gone = np.zeros(n_tokens, dtype=bool)
     for s, e, p in zip(starts, ends, positions):
         if p <= step and e > s:
-            gone[max(0, int(s)):min(n_tokens, int(e))] = True
+            gone[max(0, int(s)) : min(n_tokens, int(e))] = True
     return gone
 
 
-def visible_at_step(n_tokens: int, starts: Sequence[int], ends: Sequence[int], positions: Sequence[int],
-                    step: int) -> np.ndarray:
+def visible_at_step(
+    n_tokens: int, starts: Sequence[int], ends: Sequence[int], positions: Sequence[int], step: int
+) -> np.ndarray:
     """``[n_tokens]`` bool: positions ``<= step`` that are still in the cache at ``step``."""
     vis = np.arange(n_tokens) <= step
     return vis & ~evicted_at_step(n_tokens, starts, ends, positions, step)
 
 
-def mass_categories(roles: Sequence[str], blocks: Sequence[int], query_pos: int,
-                    visible: np.ndarray) -> np.ndarray:
+def mass_categories(roles: Sequence[str], blocks: Sequence[int], query_pos: int, visible: np.ndarray) -> np.ndarray:
     """Attention-mass category of each key position for one query.
 
     ``current block`` is the block content of the block the query sits in (the query's block index
@@ -90,8 +97,9 @@ def mass_categories(roles: Sequence[str], blocks: Sequence[int], query_pos: int,
     return cat
 
 
-def attention_mass_by_role(weights: np.ndarray | torch.Tensor, roles: Sequence[str], blocks: Sequence[int],
-                           query_pos: int, visible: np.ndarray) -> dict[str, float]:
+def attention_mass_by_role(
+    weights: np.ndarray | torch.Tensor, roles: Sequence[str], blocks: Sequence[int], query_pos: int, visible: np.ndarray
+) -> dict[str, float]:
     """Sum of one attention row per category (see :func:`mass_categories`).
 
     Args:
@@ -138,7 +146,7 @@ def residue(normal: torch.Tensor, restart: torch.Tensor, eps: float = 1e-12) -> 
     if normal.shape != restart.shape:
         raise ValueError(f"normal {tuple(normal.shape)} and restart {tuple(restart.shape)} KV differ in shape")
     heads = normal.shape[1]
-    a = normal.detach().to(torch.float64).mean(0).reshape(heads, -1)   # batch 1 in captures
+    a = normal.detach().to(torch.float64).mean(0).reshape(heads, -1)  # batch 1 in captures
     b = restart.detach().to(torch.float64).mean(0).reshape(heads, -1)
     diff = torch.linalg.vector_norm(a - b, dim=-1)
     na = torch.linalg.vector_norm(a, dim=-1)
@@ -148,8 +156,7 @@ def residue(normal: torch.Tensor, restart: torch.Tensor, eps: float = 1e-12) -> 
     return Residue(rel_l2=rel.numpy(), cosine=cos.numpy())
 
 
-def residue_per_position(normal: torch.Tensor, restart: torch.Tensor, head: int,
-                         eps: float = 1e-12) -> np.ndarray:
+def residue_per_position(normal: torch.Tensor, restart: torch.Tensor, head: int, eps: float = 1e-12) -> np.ndarray:
     """``[pos]`` relative L2 distance of each memento position's K (or V) vector for one head."""
     a = normal[0, head].detach().to(torch.float64)
     b = restart[0, head].detach().to(torch.float64)
@@ -176,8 +183,14 @@ def with_vanilla_overlay(occ: pd.DataFrame) -> pd.DataFrame:
     nz = ref[ref["tokens"] > 0]
     per_token = float((nz["bytes"] / nz["tokens"]).median()) if len(nz) else 0.0
     steps = np.sort(ref["step"].unique())
-    van = pd.DataFrame({"mode": "vanilla", "step": steps, "tokens": steps + 1,
-                        "bytes": np.round((steps + 1) * per_token).astype(np.int64)})
+    van = pd.DataFrame(
+        {
+            "mode": "vanilla",
+            "step": steps,
+            "tokens": steps + 1,
+            "bytes": np.round((steps + 1) * per_token).astype(np.int64),
+        }
+    )
     for col in occ.columns:
         if col not in van.columns:
             van[col] = occ[col].iloc[0]
@@ -189,8 +202,9 @@ def nearest_distance(distances) -> int:
     return int(min(distances, key=lambda d: (abs(d), d < 0)))
 
 
-def probe_selection(df: pd.DataFrame, x: str, *, distance: int | None = None, layer: int | None = None,
-                    checkpoint: str | None = None) -> pd.DataFrame:
+def probe_selection(
+    df: pd.DataFrame, x: str, *, distance: int | None = None, layer: int | None = None, checkpoint: str | None = None
+) -> pd.DataFrame:
     """Rows of ``probe_results.parquet`` for an accuracy-against-``x`` plot (x = layer | distance | checkpoint).
 
     All-head probes only (``head == -1``) when present. Per condition, dimensions other than ``x`` are

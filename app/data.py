@@ -25,7 +25,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-
 from memento_lens.runtime.kvstore import ATTN_INDEX, ATTN_INDEX_COLUMNS, KV_INDEX, KV_INDEX_COLUMNS, KVKey
 from memento_lens.runtime.store import MANIFEST, STATUS_COMPLETE, CorruptFile, RunError, RunStore
 
@@ -110,8 +109,9 @@ def discover_runs(paths: Iterable[str | Path]) -> list[RunRef]:
             continue
         found = sorted(c for c in p.iterdir() if c.is_dir() and (c / MANIFEST).is_file())
         if not found:
-            refs.append(RunRef(str(p), f"{p}: not a memento-lens run (no {MANIFEST}, and no run directories "
-                                      "inside it)"))
+            refs.append(
+                RunRef(str(p), f"{p}: not a memento-lens run (no {MANIFEST}, and no run directories inside it)")
+            )
         refs += [RunRef(str(c.resolve())) for c in found]
     seen: set[str] = set()
     return [r for r in refs if not (r.path in seen or seen.add(r.path))]
@@ -151,8 +151,14 @@ def _category_mb(files: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 # table -> its name inside an unfinished capture's parts/NNNNN/ (runtime/capture.py RunWriter)
-_PART_NAMES = {TRACES: "traces", TOKENS: "tokens", EVENTS: "events", OCCUPANCY: "occupancy",
-               KV_INDEX: "kv_index", ATTENTION_INDEX: "attn_index"}
+_PART_NAMES = {
+    TRACES: "traces",
+    TOKENS: "tokens",
+    EVENTS: "events",
+    OCCUPANCY: "occupancy",
+    KV_INDEX: "kv_index",
+    ATTENTION_INDEX: "attn_index",
+}
 
 
 class RunData:
@@ -198,8 +204,10 @@ class RunData:
     def incomplete_message(self) -> str | None:
         if self.complete:
             return None
-        return (f"{self.path}: run is incomplete (interrupted, or still being written); only the files already "
-                "written are shown. Resume it with --resume to finish it.")
+        return (
+            f"{self.path}: run is incomplete (interrupted, or still being written); only the files already "
+            "written are shown. Resume it with --resume to finish it."
+        )
 
     def _require(self, rel: str, what: str) -> Path:
         if rel not in self.store.manifest.files:
@@ -217,8 +225,7 @@ class RunData:
         marks = sorted(r for r in files if r.startswith("parts/") and r.endswith("/traces.parquet"))
         return [p for p in (m.rsplit("/", 1)[0] + f"/{name}.parquet" for m in marks) if p in files]
 
-    def _read(self, rel: str, what: str, filters: list | None = None, columns: list[str] | None = None
-              ) -> pd.DataFrame:
+    def _read(self, rel: str, what: str, filters: list | None = None, columns: list[str] | None = None) -> pd.DataFrame:
         import pyarrow.parquet as pq
 
         parts = [] if rel in self.store.manifest.files else self._parts(rel)
@@ -231,20 +238,25 @@ class RunData:
                 raise CorruptFile(f"{full}: unreadable Parquet ({exc})") from None
         df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
         full = self.path / rel
-        missing = [c for c in REQUIRED_COLUMNS.get(rel, ()) if c not in df.columns and (columns is None
-                                                                                        or c in columns)]
+        missing = [
+            c for c in REQUIRED_COLUMNS.get(rel, ()) if c not in df.columns and (columns is None or c in columns)
+        ]
         if missing:
-            raise RunError(f"{full}: missing column(s) {', '.join(missing)} (not written by this memento-lens "
-                           "version?)")
+            raise RunError(
+                f"{full}: missing column(s) {', '.join(missing)} (not written by this memento-lens version?)"
+            )
         return df
 
     # -- summary -------------------------------------------------------------------------------
     def summary(self) -> RunSummary:
         m = self.store.manifest
         files = m.files
-        model = _find_key(m.info, ("model", "model_name", "model_path", "model_spec")) or \
-            _find_key(m.config, ("model", "model_name", "model_path", "model_spec")) or \
-            _find_key(m.config, ("model_type",)) or "?"
+        model = (
+            _find_key(m.info, ("model", "model_name", "model_path", "model_spec"))
+            or _find_key(m.config, ("model", "model_name", "model_path", "model_spec"))
+            or _find_key(m.config, ("model_type",))
+            or "?"
+        )
 
         def rows(rel: str) -> int | None:
             rels = [rel] if rel in files else self._parts(rel)
@@ -255,15 +267,32 @@ class RunData:
             except Exception:  # counted lazily; a damaged file is reported when a page reads it
                 return None
 
-        has = {"traces": self.has(TRACES), "tokens": self.has(TOKENS), "events": self.has(EVENTS),
-               "occupancy": self.has(OCCUPANCY), "kv": self.has(KV_INDEX), "attention": self.has(ATTENTION_INDEX),
-               "probes": self.has(PROBES), "ablations": self.has(ABLATIONS),
-               "figures": any(r.startswith(FIGURES) for r in files)}
-        return RunSummary(path=str(self.path), kind=m.kind, status=m.status, created=m.created, model=str(model),
-                          masking=_find_masking(m.config), n_traces=rows(TRACES), n_tokens=rows(TOKENS),
-                          total_bytes=int(sum(f["bytes"] for f in files.values())),
-                          kv_bytes=int(sum(f["bytes"] for r, f in files.items() if r.startswith("kv/"))),
-                          n_files=len(files), has=has, category_mb=_category_mb(files))
+        has = {
+            "traces": self.has(TRACES),
+            "tokens": self.has(TOKENS),
+            "events": self.has(EVENTS),
+            "occupancy": self.has(OCCUPANCY),
+            "kv": self.has(KV_INDEX),
+            "attention": self.has(ATTENTION_INDEX),
+            "probes": self.has(PROBES),
+            "ablations": self.has(ABLATIONS),
+            "figures": any(r.startswith(FIGURES) for r in files),
+        }
+        return RunSummary(
+            path=str(self.path),
+            kind=m.kind,
+            status=m.status,
+            created=m.created,
+            model=str(model),
+            masking=_find_masking(m.config),
+            n_traces=rows(TRACES),
+            n_tokens=rows(TOKENS),
+            total_bytes=int(sum(f["bytes"] for f in files.values())),
+            kv_bytes=int(sum(f["bytes"] for r, f in files.items() if r.startswith("kv/"))),
+            n_files=len(files),
+            has=has,
+            category_mb=_category_mb(files),
+        )
 
     # -- traces --------------------------------------------------------------------------------
     def traces(self) -> pd.DataFrame:
@@ -308,17 +337,27 @@ class RunData:
     def kv(self, key: KVKey, index: pd.DataFrame | None = None):
         """``(keys, values, (start, end))`` of one captured KV entry; tensors ``[1, kv_heads, end-start, d]``."""
         idx = index if index is not None else self.kv_index(key.trace)
-        row = idx[(idx["trace"] == key.trace) & (idx["layer"] == key.layer) & (idx["variant"] == key.variant)
-                  & (idx["block"] == key.block)]
+        row = idx[
+            (idx["trace"] == key.trace)
+            & (idx["layer"] == key.layer)
+            & (idx["variant"] == key.variant)
+            & (idx["block"] == key.block)
+        ]
         if row.empty:
-            raise RunError(f"{self.path / KV_INDEX}: no {key.variant} KV for trace {key.trace!r} layer {key.layer} "
-                           f"block {key.block}")
+            raise RunError(
+                f"{self.path / KV_INDEX}: no {key.variant} KV for trace {key.trace!r} layer {key.layer} "
+                f"block {key.block}"
+            )
         r = row.iloc[0]
-        return self._tensor(r["shard"], r["key"]), self._tensor(r["shard"], r["value"]), (int(r["start"]),
-                                                                                          int(r["end"]))
+        return (
+            self._tensor(r["shard"], r["key"]),
+            self._tensor(r["shard"], r["value"]),
+            (int(r["start"]), int(r["end"])),
+        )
 
-    def kv_many(self, keys: list[KVKey], index: pd.DataFrame | None = None
-                ) -> dict[KVKey, tuple[Any, Any, tuple[int, int]]]:
+    def kv_many(
+        self, keys: list[KVKey], index: pd.DataFrame | None = None
+    ) -> dict[KVKey, tuple[Any, Any, tuple[int, int]]]:
         """Several KV entries at once, opening each shard once: ``{key: (keys, values, (start, end))}``.
 
         Keys that were not captured are left out.
@@ -328,8 +367,7 @@ class RunData:
         traces = {k.trace for k in keys}
         idx = index if index is not None else pd.concat([self.kv_index(t) for t in sorted(traces)])
         want = {(k.trace, k.layer, k.variant, k.block): k for k in keys}
-        rows = [r for r in idx.itertuples(index=False)
-                if (r.trace, int(r.layer), r.variant, int(r.block)) in want]
+        rows = [r for r in idx.itertuples(index=False) if (r.trace, int(r.layer), r.variant, int(r.block)) in want]
         out: dict[KVKey, tuple[Any, Any, tuple[int, int]]] = {}
         from safetensors import safe_open
 
@@ -374,9 +412,10 @@ class RunData:
     def chance(self) -> float | None:
         """Chance accuracy of the probed label, if the run records one (manifest info/config ``chance``, or
         ``passcode_summary.json``)."""
-        c = _find_key(self.store.manifest.info, ("chance", "chance_accuracy")) or \
-            _find_key(self.store.manifest.config, ("chance", "chance_accuracy"))
-        if c is None and PASSCODE_SUMMARY in self.store.manifest.files:   # written by `probe passcode`
+        c = _find_key(self.store.manifest.info, ("chance", "chance_accuracy")) or _find_key(
+            self.store.manifest.config, ("chance", "chance_accuracy")
+        )
+        if c is None and PASSCODE_SUMMARY in self.store.manifest.files:  # written by `probe passcode`
             try:
                 c = _find_key(self.store.read_json(PASSCODE_SUMMARY), ("chance",))
             except RunError:

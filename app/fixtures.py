@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-
 from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds
 from memento_lens.runtime.masks import occupancy
 from memento_lens.runtime.schedule import compute_schedule
@@ -26,15 +25,47 @@ from memento_lens.runtime.store import RunStore
 from memento_lens.runtime.trace import assign_roles
 
 VOCAB: tuple[str, ...] = (
-    "<bos>", "<|block_start|>", "<|block_end|>", "<|summary_start|>", "<|summary_end|>", "</think>",
-    "<eos>", *[str(d) for d in range(10)], " add", " carry", " the", " so", " next", " sum", " is",
-    " digits", " total", " check", " =", " +", " then", " we", " get", " keep", " first", " block",
-    " Solve", ":", " running", " of", " answer", ".",
+    "<bos>",
+    "<|block_start|>",
+    "<|block_end|>",
+    "<|summary_start|>",
+    "<|summary_end|>",
+    "</think>",
+    "<eos>",
+    *[str(d) for d in range(10)],
+    " add",
+    " carry",
+    " the",
+    " so",
+    " next",
+    " sum",
+    " is",
+    " digits",
+    " total",
+    " check",
+    " =",
+    " +",
+    " then",
+    " we",
+    " get",
+    " keep",
+    " first",
+    " block",
+    " Solve",
+    ":",
+    " running",
+    " of",
+    " answer",
+    ".",
 )
 TOK = {t: i for i, t in enumerate(VOCAB)}
-FIXTURE_TOKENS = MementoTokenIds(block_start=TOK["<|block_start|>"], block_end=TOK["<|block_end|>"],
-                                 summary_start=TOK["<|summary_start|>"], summary_end=TOK["<|summary_end|>"],
-                                 think_end=TOK["</think>"])
+FIXTURE_TOKENS = MementoTokenIds(
+    block_start=TOK["<|block_start|>"],
+    block_end=TOK["<|block_end|>"],
+    summary_start=TOK["<|summary_start|>"],
+    summary_end=TOK["<|summary_end|>"],
+    think_end=TOK["</think>"],
+)
 WORDS = [i for t, i in TOK.items() if t.startswith(" ")]
 DIGITS = [TOK[str(d)] for d in range(10)]
 
@@ -85,8 +116,15 @@ def fixture_token_ids(rng: np.random.Generator, spec: FixtureSpec) -> tuple[list
 
     Returns ``(token_ids, prompt_len)``.
     """
-    prompt = [TOK["<bos>"], TOK[" Solve"], TOK[":"], TOK[" running"], TOK[" sum"], TOK[" of"],
-              *rng.choice(DIGITS, size=4).tolist()]
+    prompt = [
+        TOK["<bos>"],
+        TOK[" Solve"],
+        TOK[":"],
+        TOK[" running"],
+        TOK[" sum"],
+        TOK[" of"],
+        *rng.choice(DIGITS, size=4).tolist(),
+    ]
     ids = list(prompt)
     for _ in range(spec.n_blocks):
         n = int(rng.integers(spec.block_len[0], spec.block_len[1] + 1))
@@ -111,8 +149,12 @@ def _png_bytes(width: int = 240, height: int = 120, seed: int = 0) -> bytes:
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
+    )
 
 
 def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, overwrite: bool = True) -> Path:
@@ -123,11 +165,26 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
     """
     rng = np.random.default_rng(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
-    config = {"masking": MASKING.to_dict(), "token_ids": FIXTURE_TOKENS.to_dict(), "fixture": asdict(spec),
-              "model": "fixture-tiny"}
-    store = RunStore.create(path, "fixture", config, overwrite=overwrite,
-                            info={"model": "fixture-tiny", "n_layers": spec.n_layers, "kv_heads": spec.kv_heads,
-                                  "d_head": spec.d_head, "dtype": "float32", "chance": 0.1})
+    config = {
+        "masking": MASKING.to_dict(),
+        "token_ids": FIXTURE_TOKENS.to_dict(),
+        "fixture": asdict(spec),
+        "model": "fixture-tiny",
+    }
+    store = RunStore.create(
+        path,
+        "fixture",
+        config,
+        overwrite=overwrite,
+        info={
+            "model": "fixture-tiny",
+            "n_layers": spec.n_layers,
+            "kv_heads": spec.kv_heads,
+            "d_head": spec.d_head,
+            "dtype": "float32",
+            "chance": 0.1,
+        },
+    )
     traces, tokens, events, occ = [], [], [], []
     kv_rows, att_rows = [], []
     shard_tensors: dict[str, torch.Tensor] = {}
@@ -148,31 +205,71 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
         sched = compute_schedule(ids, MASKING, FIXTURE_TOKENS, prompt_len=prompt_len)
         roles = assign_roles(sched, ids, FIXTURE_TOKENS)
         n = len(ids)
-        traces.append({"trace": trace, "n_tokens": n, "prompt_len": prompt_len, "n_blocks": len(sched.blocks),
-                       "mode": "memento", "source": "fixture"})
-        tokens.append(pd.DataFrame({"trace": trace, "pos": np.arange(n), "token_id": ids,
-                                    "token": [VOCAB[i] for i in ids], "role": roles.role.astype(str),
-                                    "block": roles.block}))
+        traces.append(
+            {
+                "trace": trace,
+                "n_tokens": n,
+                "prompt_len": prompt_len,
+                "n_blocks": len(sched.blocks),
+                "mode": "memento",
+                "source": "fixture",
+            }
+        )
+        tokens.append(
+            pd.DataFrame(
+                {
+                    "trace": trace,
+                    "pos": np.arange(n),
+                    "token_id": ids,
+                    "token": [VOCAB[i] for i in ids],
+                    "role": roles.role.astype(str),
+                    "block": roles.block,
+                }
+            )
+        )
         for ev in sched.events:
-            events.append({"trace": trace, "kind": ev.kind.value, "position": ev.position, "start": ev.start,
-                           "end": ev.end, "block": ev.block, "rewind_to": ev.rewind_to, "message": ev.message})
+            events.append(
+                {
+                    "trace": trace,
+                    "kind": ev.kind.value,
+                    "position": ev.position,
+                    "start": ev.start,
+                    "end": ev.end,
+                    "block": ev.block,
+                    "rewind_to": ev.rewind_to,
+                    "message": ev.message,
+                }
+            )
         mem = occupancy(sched)
         for mode, toks in (("vanilla", np.arange(1, n + 1)), ("memento", mem)):
-            occ.append(pd.DataFrame({"trace": trace, "mode": mode, "step": np.arange(n), "tokens": toks,
-                                     "bytes": toks * bytes_per_token}))
+            occ.append(
+                pd.DataFrame(
+                    {
+                        "trace": trace,
+                        "mode": mode,
+                        "step": np.arange(n),
+                        "tokens": toks,
+                        "bytes": toks * bytes_per_token,
+                    }
+                )
+            )
         # KV: per block, memento span normal/restart and the block at eviction time.
         for span in sched.blocks:
             if span.end is None or span.summary_end is None:
                 continue
-            ranges = {"normal": (span.summary_start, span.summary_end + 1),
-                      "restart": (span.summary_start, span.summary_end + 1),
-                      "evicted_block": (span.start, span.end + 1)}
+            ranges = {
+                "normal": (span.summary_start, span.summary_end + 1),
+                "restart": (span.summary_start, span.summary_end + 1),
+                "evicted_block": (span.start, span.end + 1),
+            }
             for layer in range(spec.n_layers):
-                base_k = torch.randn(1, spec.kv_heads, ranges["normal"][1] - ranges["normal"][0], spec.d_head,
-                                     generator=gen)
+                base_k = torch.randn(
+                    1, spec.kv_heads, ranges["normal"][1] - ranges["normal"][0], spec.d_head, generator=gen
+                )
                 base_v = torch.randn(base_k.shape, generator=gen)
                 scale = (0.05 + 0.25 * layer / max(1, spec.n_layers - 1)) * torch.linspace(
-                    0.5, 1.5, spec.kv_heads).view(1, -1, 1, 1)
+                    0.5, 1.5, spec.kv_heads
+                ).view(1, -1, 1, 1)
                 for variant, (s, e) in ranges.items():
                     if variant == "normal":
                         k, v = base_k, base_v
@@ -185,9 +282,19 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
                     name = f"{trace}.L{layer}.b{span.block}.{variant}"
                     shard_tensors[name + ".k"] = k
                     shard_tensors[name + ".v"] = v
-                    kv_rows.append({"trace": trace, "variant": variant, "layer": layer, "block": span.block,
-                                    "start": s, "end": e, "shard": f"kv/shard-{shard_no:05d}.safetensors",
-                                    "key": name + ".k", "value": name + ".v"})
+                    kv_rows.append(
+                        {
+                            "trace": trace,
+                            "variant": variant,
+                            "layer": layer,
+                            "block": span.block,
+                            "start": s,
+                            "end": e,
+                            "shard": f"kv/shard-{shard_no:05d}.safetensors",
+                            "key": name + ".k",
+                            "value": name + ".v",
+                        }
+                    )
         if t < spec.attention_traces:
             heads = 2 * spec.kv_heads
             queries = np.unique(np.linspace(prompt_len, n - 1, spec.attention_queries).astype(int))
@@ -197,17 +304,25 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
                         gone = np.zeros(n, dtype=bool)
                         for ev in sched.evictions:
                             if ev.position <= q:
-                                gone[ev.start:ev.end] = True
+                                gone[ev.start : ev.end] = True
                         logits = torch.randn(1, heads, n, generator=gen) * 2
-                        logits[..., int(q) + 1:] = -torch.inf
+                        logits[..., int(q) + 1 :] = -torch.inf
                         logits[..., torch.from_numpy(gone)] = -torch.inf
                         if variant == "restart":
                             logits = logits + 0.5 * torch.randn(logits.shape, generator=gen)
                         w = torch.softmax(logits, dim=-1)
                         name = f"{trace}.{variant}.L{layer}.q{int(q)}"
                         att_tensors[name] = w
-                        att_rows.append({"trace": trace, "variant": variant, "layer": layer, "query_pos": int(q),
-                                         "shard": f"attention/shard-{att_no:05d}.safetensors", "tensor": name})
+                        att_rows.append(
+                            {
+                                "trace": trace,
+                                "variant": variant,
+                                "layer": layer,
+                                "query_pos": int(q),
+                                "shard": f"attention/shard-{att_no:05d}.safetensors",
+                                "tensor": name,
+                            }
+                        )
         if (t + 1) % spec.traces_per_shard == 0:
             flush_kv()
     flush_kv()
@@ -220,9 +335,10 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
         store.write_tensors(f"attention/shard-{att_no:05d}.safetensors", att_tensors)
         store.write_table(rel("attention/index.parquet", "attn_index"), pd.DataFrame(att_rows))
     store.write_table(rel("tokens.parquet", "tokens"), pd.concat(tokens, ignore_index=True))
-    store.write_table(rel("events.parquet", "events"),
-                      pd.DataFrame(events, columns=["trace", "kind", "position", "start", "end", "block", "rewind_to",
-                                                    "message"]))
+    store.write_table(
+        rel("events.parquet", "events"),
+        pd.DataFrame(events, columns=["trace", "kind", "position", "start", "end", "block", "rewind_to", "message"]),
+    )
     store.write_table(rel("occupancy.parquet", "occupancy"), pd.concat(occ, ignore_index=True))
     store.write_table(rel("kv/index.parquet", "kv_index"), pd.DataFrame(kv_rows))
     store.write_table(rel("traces.parquet", "traces"), pd.DataFrame(traces))  # last: a part's commit marker
@@ -233,10 +349,13 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
     if spec.figures:
         store.add_file("figures/fig1_occupancy.png", lambda tmp: Path(tmp).write_bytes(_png_bytes(seed=1)))
         store.add_file("figures/fig3_probe_accuracy.png", lambda tmp: Path(tmp).write_bytes(_png_bytes(seed=2)))
-        store.add_file("figures/fig3_probe_accuracy.html", lambda tmp: Path(tmp).write_text(
-            "<html><body><h3>Probe accuracy</h3><p>fixture figure</p></body></html>"))
-        store.add_file("figures/fig3_probe_accuracy.csv", lambda tmp: Path(tmp).write_text(
-            "layer,accuracy\n0,0.4\n1,0.6\n"))
+        store.add_file(
+            "figures/fig3_probe_accuracy.html",
+            lambda tmp: Path(tmp).write_text("<html><body><h3>Probe accuracy</h3><p>fixture figure</p></body></html>"),
+        )
+        store.add_file(
+            "figures/fig3_probe_accuracy.csv", lambda tmp: Path(tmp).write_text("layer,accuracy\n0,0.4\n1,0.6\n")
+        )
     if spec.complete:
         store.mark_complete(n_traces=spec.n_traces)
     return Path(path)
@@ -247,40 +366,86 @@ def _probe_table(rng: np.random.Generator, spec: FixtureSpec) -> pd.DataFrame:
     1..3 (distances >= 2 at the last layer only)."""
     rows = []
     last = spec.n_layers - 1
-    plan = [("causal_control", -1, 0.12), ("direct", 0, 0.9), ("masked", 1, 0.55), ("masked", 2, 0.45),
-            ("masked", 3, 0.35)]
+    plan = [
+        ("causal_control", -1, 0.12),
+        ("direct", 0, 0.9),
+        ("masked", 1, 0.55),
+        ("masked", 2, 0.45),
+        ("masked", 3, 0.35),
+    ]
     for checkpoint in ("step-500", "final"):
         for condition, distance, level in plan:
-            for layer in (range(spec.n_layers) if distance <= 1 else [last]):
-                acc = float(np.clip(level + 0.05 * layer + rng.normal(0, 0.02)
-                                    - (0.1 if checkpoint == "step-500" else 0), 0, 1))
-                rows.append({"model": "fixture-tiny", "checkpoint": checkpoint, "condition": condition,
-                             "distance": distance, "layer": layer, "head": -1, "probe": "mlp", "seed": 0,
-                             "n_train": 800, "n_val": 200, "accuracy": acc, "ci_low": max(0.0, acc - 0.04),
-                             "ci_high": min(1.0, acc + 0.04), "control_accuracy": 0.1,
-                             "selectivity": acc - 0.1, "task_accuracy": 0.97})
+            for layer in range(spec.n_layers) if distance <= 1 else [last]:
+                acc = float(
+                    np.clip(level + 0.05 * layer + rng.normal(0, 0.02) - (0.1 if checkpoint == "step-500" else 0), 0, 1)
+                )
+                rows.append(
+                    {
+                        "model": "fixture-tiny",
+                        "checkpoint": checkpoint,
+                        "condition": condition,
+                        "distance": distance,
+                        "layer": layer,
+                        "head": -1,
+                        "probe": "mlp",
+                        "seed": 0,
+                        "n_train": 800,
+                        "n_val": 200,
+                        "accuracy": acc,
+                        "ci_low": max(0.0, acc - 0.04),
+                        "ci_high": min(1.0, acc + 0.04),
+                        "control_accuracy": 0.1,
+                        "selectivity": acc - 0.1,
+                        "task_accuracy": 0.97,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def _ablation_table(rng: np.random.Generator, spec: FixtureSpec) -> pd.DataFrame:
     rows = []
-    for experiment, variant, direction in (("restart", "restart", "none"), ("patch", "normal", "restart->normal"),
-                                           ("patch", "restart", "normal->restart")):
+    for experiment, variant, direction in (
+        ("restart", "restart", "none"),
+        ("patch", "normal", "restart->normal"),
+        ("patch", "restart", "normal->restart"),
+    ):
         for layer in [-1, *range(spec.n_layers)]:
             frac = 1.0 if layer < 0 else layer / max(1, spec.n_layers - 1)
             value = float(np.clip(0.35 + 0.5 * frac + rng.normal(0, 0.02), 0.05, 0.95))
-            rows.append({"experiment": experiment, "model": "fixture-tiny", "checkpoint": "final",
-                         "variant": variant, "layer": layer, "head": -1, "direction": direction,
-                         "metric": "answer_accuracy", "value": value, "ci_low": value - 0.05,
-                         "ci_high": value + 0.05, "n": 200})
+            rows.append(
+                {
+                    "experiment": experiment,
+                    "model": "fixture-tiny",
+                    "checkpoint": "final",
+                    "variant": variant,
+                    "layer": layer,
+                    "head": -1,
+                    "direction": direction,
+                    "metric": "answer_accuracy",
+                    "value": value,
+                    "ci_low": value - 0.05,
+                    "ci_high": value + 0.05,
+                    "n": 200,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def large_spec(seed: int = 0) -> FixtureSpec:
     """About 1,000 traces and ~100 MB of captured KV (the benchmark's "large run")."""
-    return FixtureSpec(n_traces=1000, n_blocks=7, block_len=(10, 20), memento_len=(3, 6), n_layers=4,
-                       kv_heads=2, d_head=8, attention_traces=20, attention_queries=4, traces_per_shard=25,
-                       seed=seed)
+    return FixtureSpec(
+        n_traces=1000,
+        n_blocks=7,
+        block_len=(10, 20),
+        memento_len=(3, 6),
+        n_layers=4,
+        kv_heads=2,
+        d_head=8,
+        attention_traces=20,
+        attention_queries=4,
+        traces_per_shard=25,
+        seed=seed,
+    )
 
 
 def _main() -> None:  # python -m memento_lens.app.fixtures OUT_DIR [--large]
@@ -294,4 +459,3 @@ def _main() -> None:  # python -m memento_lens.app.fixtures OUT_DIR [--large]
 
 if __name__ == "__main__":
     _main()
-

@@ -16,11 +16,24 @@ import urllib.request
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # page url path -> selector of its main chart
-PAGES = {"runs": ".js-plotly-plot", "trace": ".js-plotly-plot", "attention": ".js-plotly-plot",
-         "residue": ".js-plotly-plot", "probes": ".js-plotly-plot", "figures": "[data-testid='stImage'] img"}
+PAGES = {
+    "runs": ".js-plotly-plot",
+    "trace": ".js-plotly-plot",
+    "attention": ".js-plotly-plot",
+    "residue": ".js-plotly-plot",
+    "probes": ".js-plotly-plot",
+    "figures": "[data-testid='stImage'] img",
+}
 
 
 def _free_port() -> int:
@@ -36,8 +49,12 @@ def take(run: Path, out: Path, width: int = 1500, height: int = 1900) -> list[Pa
     port = _free_port()
     exe = Path(sys.executable).with_name("memento-lens")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "memento_lens.cli"]
-    proc = subprocess.Popen([*cmd, "app", str(run), "--port", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*cmd, "app", str(run), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     written = []
     try:

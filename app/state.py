@@ -16,7 +16,6 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import streamlit as st
-
 from memento_lens.runtime.store import RunError
 
 from . import compute
@@ -80,8 +79,10 @@ def traces(path: str, fp: str) -> pd.DataFrame:
 def trace_labels(path: str, fp: str) -> dict[str, str]:
     """Picker label per trace: id, length, blocks, mode (built once per run, not per option per rerun)."""
     tr = _rd(path, fp).traces()
-    return {str(t): f"{t}  ({int(n)} tok, {int(b)} blocks, {m})"
-            for t, n, b, m in zip(tr["trace"], tr["n_tokens"], tr["n_blocks"], tr["mode"])}
+    return {
+        str(t): f"{t}  ({int(n)} tok, {int(b)} blocks, {m})"
+        for t, n, b, m in zip(tr["trace"], tr["n_tokens"], tr["n_blocks"], tr["mode"])
+    }
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -133,7 +134,7 @@ def residue_table(path: str, fp: str, trace: str, which: str) -> pd.DataFrame:
     pairs = idx[idx["variant"].isin(["normal", "restart"])]
     wanted = [KVKey(trace, int(r.layer), r.variant, int(r.block)) for r in pairs.itertuples(index=False)]
     got = rd.kv_many(wanted, pairs)
-    for (block, layer) in sorted({(k.block, k.layer) for k in got}):
+    for block, layer in sorted({(k.block, k.layer) for k in got}):
         n = got.get(KVKey(trace, layer, "normal", block))
         r = got.get(KVKey(trace, layer, "restart", block))
         if n is None or r is None:
@@ -144,15 +145,24 @@ def residue_table(path: str, fp: str, trace: str, which: str) -> pd.DataFrame:
         a, b = (n[0], r[0]) if which == "keys" else (n[1], r[1])
         res = compute.residue(a[:, :, sl[0]], b[:, :, sl[1]])
         for h in range(len(res.rel_l2)):
-            rows.append({"block": block, "layer": layer, "head": h, "rel_l2": float(res.rel_l2[h]),
-                         "cosine": float(res.cosine[h]), "start": max(n[2][0], r[2][0]),
-                         "end": min(n[2][1], r[2][1])})
+            rows.append(
+                {
+                    "block": block,
+                    "layer": layer,
+                    "head": h,
+                    "rel_l2": float(res.rel_l2[h]),
+                    "cosine": float(res.cosine[h]),
+                    "start": max(n[2][0], r[2][0]),
+                    "end": min(n[2][1], r[2][1]),
+                }
+            )
     return pd.DataFrame(rows, columns=["block", "layer", "head", "rel_l2", "cosine", "start", "end"])
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def residue_positions(path: str, fp: str, trace: str, which: str, block: int, layer: int, head: int
-                      ) -> tuple[list[int], np.ndarray]:
+def residue_positions(
+    path: str, fp: str, trace: str, which: str, block: int, layer: int, head: int
+) -> tuple[list[int], np.ndarray]:
     rd = _rd(path, fp)
     idx = rd.kv_index(trace)
     nk, nv, nr = rd.kv(KVKey(trace, layer, "normal", block), idx)
@@ -203,8 +213,9 @@ def shown_errors() -> Iterator[None]:
 
 
 # -- pickers --------------------------------------------------------------------------------------
-def sticky(widget: Callable[..., Any], label: str, options: Sequence[Any], key: str, default: Any = None,
-           **kw: Any) -> Any:
+def sticky(
+    widget: Callable[..., Any], label: str, options: Sequence[Any], key: str, default: Any = None, **kw: Any
+) -> Any:
     """A selectbox-like widget whose choice survives page switches (kept under ``_keep_<key>``).
 
     Streamlit forgets a widget's state when another page is shown; the choice is copied to a plain
@@ -238,11 +249,19 @@ def run_or_stop() -> RunData:
         if refs:
             st.error("None of the named directories is a memento-lens run: " + "; ".join(r.error or "" for r in refs))
         else:
-            st.error("No run directory given. Start the app with `memento-lens app RUN_DIR [RUN_DIR ...]` "
-                     "(or `memento-lens demo` to create runs/demo first).")
+            st.error(
+                "No run directory given. Start the app with `memento-lens app RUN_DIR [RUN_DIR ...]` "
+                "(or `memento-lens demo` to create runs/demo first)."
+            )
         st.stop()
-    path = sticky(st.sidebar.selectbox, "Run", good, key="run", format_func=lambda p: Path(p).name or p,
-                  help="Only the run directories named on the command line are listed.")
+    path = sticky(
+        st.sidebar.selectbox,
+        "Run",
+        good,
+        key="run",
+        format_func=lambda p: Path(p).name or p,
+        help="Only the run directories named on the command line are listed.",
+    )
     try:
         rd = open_run(path)
     except RunError as exc:
@@ -256,8 +275,10 @@ def run_or_stop() -> RunData:
 
 def trace_or_stop(rd: RunData, only: Sequence[str] | None = None) -> str:
     if rd.complete and not rd.has("traces.parquet"):
-        st.info(f"{rd.path}: this {rd.store.manifest.kind} run holds no traces (no traces.parquet); this page "
-                "needs a run written by `memento-lens replay`, `generate` or `ingest`.")
+        st.info(
+            f"{rd.path}: this {rd.store.manifest.kind} run holds no traces (no traces.parquet); this page "
+            "needs a run written by `memento-lens replay`, `generate` or `ingest`."
+        )
         st.stop()
     try:
         tr = traces(str(rd.path), rd.fingerprint)
@@ -273,7 +294,7 @@ def trace_or_stop(rd: RunData, only: Sequence[str] | None = None) -> str:
         st.stop()
     try:
         labels = trace_labels(str(rd.path), rd.fingerprint)
-    except (KeyError, TypeError, ValueError):   # odd trace table: plain ids still work
+    except (KeyError, TypeError, ValueError):  # odd trace table: plain ids still work
         labels = {}
     return sticky(st.sidebar.selectbox, "Trace", names, key="trace", format_func=lambda t: labels.get(t, t))
 

@@ -24,8 +24,32 @@ def synth_openmementos(path: Path, n: int, seed: int = 0, batch: int = 500) -> N
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)
-    words = rng.choice(["the", "so", "we", "x", "=", "2", "then", "sum", "of", "prime", "check", "case", "\n",
-                        "therefore", "let", "f(n)", "+", "1", "wait", "is", "not"], size=40_000)
+    words = rng.choice(
+        [
+            "the",
+            "so",
+            "we",
+            "x",
+            "=",
+            "2",
+            "then",
+            "sum",
+            "of",
+            "prime",
+            "check",
+            "case",
+            "\n",
+            "therefore",
+            "let",
+            "f(n)",
+            "+",
+            "1",
+            "wait",
+            "is",
+            "not",
+        ],
+        size=40_000,
+    )
     text = " ".join(words.tolist())
     domains = np.array(["math", "code", "science"])
     writer = None
@@ -39,8 +63,13 @@ def synth_openmementos(path: Path, n: int, seed: int = 0, batch: int = 500) -> N
                     bl = int(np.clip(rng.normal(1150, 350), 200, 6000)) * CHARS_PER_TOKEN
                     ml = int(np.clip(rng.normal(190, 60), 20, 800)) * CHARS_PER_TOKEN
                     a, b = rng.integers(0, len(text) - bl), rng.integers(0, len(text) - ml)
-                    parts += ["<|block_start|>", text[a:a + bl], "<|block_end|>\n<|summary_start|>",
-                              text[b:b + ml], "<|summary_end|>\n"]
+                    parts += [
+                        "<|block_start|>",
+                        text[a : a + bl],
+                        "<|block_end|>\n<|summary_start|>",
+                        text[b : b + ml],
+                        "<|summary_end|>\n",
+                    ]
                 parts += ["</think>", text[:800]]
                 rows["problem"].append(text[:400])
                 rows["response"].append("".join(parts))
@@ -74,8 +103,16 @@ def _ingest_and_account(path: Path, reference: bool = False, limit: int | None =
             break
         n_tok += len(t.token_ids)
         if reference:
-            curves = [KVCurve(t.trace_id, m, occupancy(compute_schedule(t.token_ids, c, tok.ids, t.prompt_len)),
-                              t.prompt_len, spec.bytes_per_token) for m, c in configs.items()]
+            curves = [
+                KVCurve(
+                    t.trace_id,
+                    m,
+                    occupancy(compute_schedule(t.token_ids, c, tok.ids, t.prompt_len)),
+                    t.prompt_len,
+                    spec.bytes_per_token,
+                )
+                for m, c in configs.items()
+            ]
         else:
             curves = account_trace(t, tok.ids, configs, spec).values()
         rows.extend(summary_row(c) for c in curves)
@@ -103,20 +140,32 @@ def bench_ingest_kv(quick: bool) -> list[BenchRow]:
         _ingest_and_account(path, limit=sub)
         fast_sub_s = time.perf_counter() - t0
     target = 60.0 * n / 10_000
-    note = (f"{report.n_ingested} traces, {n_tok / 1e6:.1f}M approx tokens (mean {n_tok / max(report.n_ingested, 1):.0f}"
-            f"/trace), vanilla+memento; synthesis {synth_s:.1f}s and imports not counted; 1 process, "
-            "Parquet read + approx tokenization + validation + 2 schedules")
+    note = (
+        f"{report.n_ingested} traces, {n_tok / 1e6:.1f}M approx tokens (mean {n_tok / max(report.n_ingested, 1):.0f}"
+        f"/trace), vanilla+memento; synthesis {synth_s:.1f}s and imports not counted; 1 process, "
+        "Parquet read + approx tokenization + validation + 2 schedules"
+    )
     return [
-        BenchRow(f"ingest + KV-account {n} OpenMementos-sized traces", "seconds", fast_s, f"< {target:.0f} s",
-                 fast_s < target, note),
-        BenchRow(f"fast schedule vs per-token compute_schedule ({sub} traces, ingest included)", "speed ratio",
-                 ref_sub_s / fast_sub_s, ">= 1.0x", ref_sub_s >= fast_sub_s,
-                 f"reference {ref_sub_s:.2f}s vs fast {fast_sub_s:.2f}s on {sub_tok / 1e6:.1f}M tokens"),
+        BenchRow(
+            f"ingest + KV-account {n} OpenMementos-sized traces",
+            "seconds",
+            fast_s,
+            f"< {target:.0f} s",
+            fast_s < target,
+            note,
+        ),
+        BenchRow(
+            f"fast schedule vs per-token compute_schedule ({sub} traces, ingest included)",
+            "speed ratio",
+            ref_sub_s / fast_sub_s,
+            ">= 1.0x",
+            ref_sub_s >= fast_sub_s,
+            f"reference {ref_sub_s:.2f}s vs fast {fast_sub_s:.2f}s on {sub_tok / 1e6:.1f}M tokens",
+        ),
     ]
 
 
 def bench_figures(quick: bool) -> list[BenchRow]:
-    import pandas as pd
 
     from memento_lens.analyses.figures import REGISTRY, chromium_path, render_figures
     from memento_lens.analyses.ingest import ingest_files, write_run
@@ -137,18 +186,37 @@ def bench_figures(quick: bool) -> list[BenchRow]:
         t0 = time.perf_counter()
         rep_nopng = render_figures(["all"], runs=[run], out_dir=Path(d) / "nopng", png=False)
         nopng_s = time.perf_counter() - t0
-        rows = [BenchRow("figure set, demo-sized run, no PNG", "seconds", nopng_s, "< 60 s", nopng_s < 60,
-                         f"{len(rep_nopng.rendered)}/{len(REGISTRY)} figures: CSV+MD+HTML")]
+        rows = [
+            BenchRow(
+                "figure set, demo-sized run, no PNG",
+                "seconds",
+                nopng_s,
+                "< 60 s",
+                nopng_s < 60,
+                f"{len(rep_nopng.rendered)}/{len(REGISTRY)} figures: CSV+MD+HTML",
+            )
+        ]
         if chromium_path() is None:
-            rows.append(BenchRow("figure set with PNG", "seconds", float("nan"), "< 60 s", None,
-                                 "skipped: chromium not installed"))
+            rows.append(
+                BenchRow(
+                    "figure set with PNG", "seconds", float("nan"), "< 60 s", None, "skipped: chromium not installed"
+                )
+            )
             return rows
         t0 = time.perf_counter()
         rep = render_figures(["all"], runs=[run], out_dir=run / "figures")
         png_s = time.perf_counter() - t0
-        rows.append(BenchRow("figure set, demo-sized run, with PNG", "seconds", png_s, "< 60 s", png_s < 60,
-                             f"{len(rep.rendered)}/{len(REGISTRY)} figures, one kaleido/chromium server; "
-                             f"png: {rep.png_skipped or 'ok'}"))
+        rows.append(
+            BenchRow(
+                "figure set, demo-sized run, with PNG",
+                "seconds",
+                png_s,
+                "< 60 s",
+                png_s < 60,
+                f"{len(rep.rendered)}/{len(REGISTRY)} figures, one kaleido/chromium server; "
+                f"png: {rep.png_skipped or 'ok'}",
+            )
+        )
     return rows
 
 
@@ -164,22 +232,66 @@ def _demo_probes():
                     for layer in range(4 if model == "toy" else 36):
                         for seed in range(3):
                             acc = float(rng.uniform(0.1, 0.7))
-                            rows.append({"model": model, "checkpoint": ck, "condition": cond, "distance": dist,
-                                         "layer": layer, "head": -1, "probe": "mlp", "seed": seed, "n_train": 1000,
-                                         "n_val": 200, "accuracy": acc, "ci_low": acc - .03, "ci_high": acc + .03,
-                                         "control_accuracy": .1, "selectivity": acc - .1, "task_accuracy": .9})
+                            rows.append(
+                                {
+                                    "model": model,
+                                    "checkpoint": ck,
+                                    "condition": cond,
+                                    "distance": dist,
+                                    "layer": layer,
+                                    "head": -1,
+                                    "probe": "mlp",
+                                    "seed": seed,
+                                    "n_train": 1000,
+                                    "n_val": 200,
+                                    "accuracy": acc,
+                                    "ci_low": acc - 0.03,
+                                    "ci_high": acc + 0.03,
+                                    "control_accuracy": 0.1,
+                                    "selectivity": acc - 0.1,
+                                    "task_accuracy": 0.9,
+                                }
+                            )
     return pd.DataFrame(rows)
 
 
 def _demo_ablations():
     import pandas as pd
 
-    rows = [{"experiment": "restart", "model": "qwen3-8b", "checkpoint": "final", "variant": v, "layer": -1, "head": -1,
-             "direction": "none", "metric": "accuracy", "value": val, "ci_low": val - .05, "ci_high": val + .05,
-             "n": 30} for v, val in (("normal", .661), ("restart", .508))]
-    rows += [{"experiment": "patch", "model": "qwen3-8b", "checkpoint": "final", "variant": "restart", "layer": ly,
-              "head": -1, "direction": "normal->restart", "metric": "nll", "value": 1 + .01 * ly, "ci_low": .9,
-              "ci_high": 1.2, "n": 30} for ly in range(36)]
+    rows = [
+        {
+            "experiment": "restart",
+            "model": "qwen3-8b",
+            "checkpoint": "final",
+            "variant": v,
+            "layer": -1,
+            "head": -1,
+            "direction": "none",
+            "metric": "accuracy",
+            "value": val,
+            "ci_low": val - 0.05,
+            "ci_high": val + 0.05,
+            "n": 30,
+        }
+        for v, val in (("normal", 0.661), ("restart", 0.508))
+    ]
+    rows += [
+        {
+            "experiment": "patch",
+            "model": "qwen3-8b",
+            "checkpoint": "final",
+            "variant": "restart",
+            "layer": ly,
+            "head": -1,
+            "direction": "normal->restart",
+            "metric": "nll",
+            "value": 1 + 0.01 * ly,
+            "ci_low": 0.9,
+            "ci_high": 1.2,
+            "n": 30,
+        }
+        for ly in range(36)
+    ]
     return pd.DataFrame(rows)
 
 

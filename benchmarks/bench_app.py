@@ -29,8 +29,12 @@ def _run_dir(spec, name: str) -> Path:
     path, stamp = root / name, root / f"{name}.spec.json"
     want = json.dumps(asdict(spec), sort_keys=True)
     manifest = path / "manifest.json"
-    fresh = (manifest.exists() and json.loads(manifest.read_text()).get("status") == "complete"
-             and stamp.exists() and stamp.read_text() == want)
+    fresh = (
+        manifest.exists()
+        and json.loads(manifest.read_text()).get("status") == "complete"
+        and stamp.exists()
+        and stamp.read_text() == want
+    )
     if not fresh:
         write_fixture_run(path, spec, overwrite=True)
         stamp.write_text(want)
@@ -89,8 +93,16 @@ def interactions(run: Path, traces: list[str]) -> dict[str, float]:
 def run(quick: bool = False) -> list[BenchRow]:
     from memento_lens.app.fixtures import FixtureSpec, large_spec
 
-    small_spec = FixtureSpec(n_traces=3, n_blocks=7, block_len=(10, 20), memento_len=(3, 6), n_layers=4,
-                             kv_heads=2, d_head=8, attention_traces=1)
+    small_spec = FixtureSpec(
+        n_traces=3,
+        n_blocks=7,
+        block_len=(10, 20),
+        memento_len=(3, 6),
+        n_layers=4,
+        kv_heads=2,
+        d_head=8,
+        attention_traces=1,
+    )
     big = large_spec()
     if quick:  # a tenth of the large run: same shapes, 100 traces (~12 MB of KV)
         from dataclasses import replace
@@ -106,7 +118,7 @@ def run(quick: bool = False) -> list[BenchRow]:
         return pd.read_parquet(run / "traces.parquet", columns=["trace"])["trace"].tolist()
 
     interactions(small, trace_names(small))  # warm the imports once, so neither side pays them
-    repeats = 1 if quick else 3             # best of N whole sequences (caches cleared each time)
+    repeats = 1 if quick else 3  # best of N whole sequences (caches cleared each time)
     runs_small = [interactions(small, trace_names(small)) for _ in range(repeats)]
     runs_large = [interactions(large, trace_names(large)) for _ in range(repeats)]
     t_small = {k: min(r[k] for r in runs_small) for k in runs_small[0]}
@@ -114,17 +126,31 @@ def run(quick: bool = False) -> list[BenchRow]:
     slowest = {k: max(r[k] for r in runs_large) for k in runs_large[0]}
     rows = []
     for name, s in t_large.items():
-        rows.append(BenchRow(benchmark=f"app {name}", metric="seconds (large run)", value=round(s, 3),
-                             target=f"< {TARGET_S:g} s", passed=s < TARGET_S,
-                             note=f"best of {repeats}, slowest {slowest[name]:.3f} s; small run {t_small[name]:.3f} s; "
-                                  f"ratio {s / max(t_small[name], 1e-9):.2f}x; {big.n_traces} traces, "
-                                  f"{kv_mb:.0f} MB KV"))
+        rows.append(
+            BenchRow(
+                benchmark=f"app {name}",
+                metric="seconds (large run)",
+                value=round(s, 3),
+                target=f"< {TARGET_S:g} s",
+                passed=s < TARGET_S,
+                note=f"best of {repeats}, slowest {slowest[name]:.3f} s; small run {t_small[name]:.3f} s; "
+                f"ratio {s / max(t_small[name], 1e-9):.2f}x; {big.n_traces} traces, "
+                f"{kv_mb:.0f} MB KV",
+            )
+        )
     worst = max(t_large.values())
-    rows.append(BenchRow(benchmark="app worst interaction", metric="seconds (large run)", value=round(worst, 3),
-                         target=f"< {TARGET_S:g} s", passed=worst < TARGET_S,
-                         note=f"{max(t_large, key=t_large.get)}; slowest single sample {max(slowest.values()):.3f} s; "
-                              f"small-run worst {max(t_small.values()):.3f} s; {big.n_traces} traces, "
-                              f"{kv_mb:.0f} MB KV"))
+    rows.append(
+        BenchRow(
+            benchmark="app worst interaction",
+            metric="seconds (large run)",
+            value=round(worst, 3),
+            target=f"< {TARGET_S:g} s",
+            passed=worst < TARGET_S,
+            note=f"{max(t_large, key=t_large.get)}; slowest single sample {max(slowest.values()):.3f} s; "
+            f"small-run worst {max(t_small.values()):.3f} s; {big.n_traces} traces, "
+            f"{kv_mb:.0f} MB KV",
+        )
+    )
     return rows
 
 

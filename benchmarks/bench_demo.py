@@ -17,8 +17,16 @@ def run(quick: bool = False) -> list[BenchRow]:
         summary = run_demo(Path(tmp) / "demo", overwrite=True)
         total = time.perf_counter() - t0
     steps = "; ".join(f"{k}: {v:.0f} s" for k, v in summary["timings_s"].items())
-    return [BenchRow(benchmark="memento-lens demo --no-app (after set-up, imports excluded)", metric="seconds",
-                     value=total, target="< 120 s", passed=total < 120, note=steps)]
+    return [
+        BenchRow(
+            benchmark="memento-lens demo --no-app (after set-up, imports excluded)",
+            metric="seconds",
+            value=total,
+            target="< 120 s",
+            passed=total < 120,
+            note=steps,
+        )
+    ]
 
 
 if __name__ == "__main__":

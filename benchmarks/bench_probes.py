@@ -35,8 +35,12 @@ def _time(fn) -> float:
 
 
 def run(quick: bool = False) -> list[BenchRow]:
-    from memento_lens.probes.features import (extract_memento_kv, toy_memento_positions, toy_passcode_batch,
-                                              toy_visibility)
+    from memento_lens.probes.features import (
+        extract_memento_kv,
+        toy_memento_positions,
+        toy_passcode_batch,
+        toy_visibility,
+    )
     from memento_lens.probes.models import make_probe
     from memento_lens.probes.passcode import QUICK, PasscodeConfig, plan, run_passcode
     from memento_lens.probes.train import TrainConfig, fit_probe, label_unique_split
@@ -52,8 +56,16 @@ def run(quick: bool = False) -> list[BenchRow]:
     # 1. the --quick preset end to end (what the demo runs)
     cfg = PasscodeConfig(model="toy", task="toy", **QUICK)
     t_quick = _time(lambda: run_passcode(cfg, from_objects(model, None, name="toy")))
-    rows.append(BenchRow("probe passcode --quick (toy)", "seconds", t_quick, "< 60 s", t_quick < 60,
-                         f"{cfg.samples} samples, all {n_layers} layers, MLP+linear with control; {which}"))
+    rows.append(
+        BenchRow(
+            "probe passcode --quick (toy)",
+            "seconds",
+            t_quick,
+            "< 60 s",
+            t_quick < 60,
+            f"{cfg.samples} samples, all {n_layers} layers, MLP+linear with control; {which}",
+        )
+    )
 
     # 2. full sweep, extrapolated: feature throughput on a fraction, probe fits on a fraction of 50K
     full = PasscodeConfig(model="toy", task="toy")
@@ -67,8 +79,16 @@ def run(quick: bool = False) -> list[BenchRow]:
 
     def extract():
         nonlocal feats
-        feats = extract_memento_kv(model, batch.token_ids, vis, {mb: pos[mb] for mb, _ in wanted}, list(range(n_layers)),
-                                   labels, wanted=wanted, batch_size=256)
+        feats = extract_memento_kv(
+            model,
+            batch.token_ids,
+            vis,
+            {mb: pos[mb] for mb, _ in wanted},
+            list(range(n_layers)),
+            labels,
+            wanted=wanted,
+            batch_size=256,
+        )
 
     t_feat = _time(extract)
     feat_full = t_feat * full.samples / n_feat
@@ -90,21 +110,46 @@ def run(quick: bool = False) -> list[BenchRow]:
     control_factor = 1.6  # control fits stop early (no signal): measured about 0.4-0.7 of a main fit
     probe_full = sum(t for t, _ in per_fit.values()) * scale * len(pairs) * control_factor
     total = feat_full + probe_full
-    rows.append(BenchRow("full toy sweep (extrapolated)", "seconds", total, "<= 600 s", total <= 600,
-                         f"{len(pairs)} (condition, layer) pairs x {list(full.probes)} + control; features "
-                         f"{t_feat:.1f}s/{n_feat} seq -> {feat_full:.0f}s for 50K; probe fits measured on {n_fit} "
-                         f"samples ({', '.join(f'{k} {t:.1f}s/{e} ep' for k, (t, e) in per_fit.items())}) scaled x{scale:.1f}; "
-                         f"{which}; EXTRAPOLATED, not a full run"))
+    rows.append(
+        BenchRow(
+            "full toy sweep (extrapolated)",
+            "seconds",
+            total,
+            "<= 600 s",
+            total <= 600,
+            f"{len(pairs)} (condition, layer) pairs x {list(full.probes)} + control; features "
+            f"{t_feat:.1f}s/{n_feat} seq -> {feat_full:.0f}s for 50K; probe fits measured on {n_fit} "
+            f"samples ({', '.join(f'{k} {t:.1f}s/{e} ep' for k, (t, e) in per_fit.items())}) scaled x{scale:.1f}; "
+            f"{which}; EXTRAPOLATED, not a full run",
+        )
+    )
 
     # 3. ratios against baselines in the same run
     n_seq = 64 if quick else 256
     ids = batch.token_ids[:n_seq]
-    one = _time(lambda: [extract_memento_kv(model, ids[i:i + 1], vis, {2: pos[2]}, [ly], labels[i:i + 1],
-                                            wanted=[(2, ly)], batch_size=1) for i in range(n_seq)])
-    many = _time(lambda: extract_memento_kv(model, ids, vis, {2: pos[2]}, [ly], labels[:n_seq], wanted=[(2, ly)],
-                                            batch_size=n_seq))
-    rows.append(BenchRow("feature replay: batched dense vs one sequence at a time", "speed ratio", one / many,
-                         ">= 2x", one / many >= 2, f"{n_seq} sequences: {one:.2f}s vs {many:.2f}s"))
+    one = _time(
+        lambda: [
+            extract_memento_kv(
+                model, ids[i : i + 1], vis, {2: pos[2]}, [ly], labels[i : i + 1], wanted=[(2, ly)], batch_size=1
+            )
+            for i in range(n_seq)
+        ]
+    )
+    many = _time(
+        lambda: extract_memento_kv(
+            model, ids, vis, {2: pos[2]}, [ly], labels[:n_seq], wanted=[(2, ly)], batch_size=n_seq
+        )
+    )
+    rows.append(
+        BenchRow(
+            "feature replay: batched dense vs one sequence at a time",
+            "speed ratio",
+            one / many,
+            ">= 2x",
+            one / many >= 2,
+            f"{n_seq} sequences: {one:.2f}s vs {many:.2f}s",
+        )
+    )
     xs = torch.randn(8000, x.shape[1])
     ys = np.random.default_rng(0).integers(0, 10, size=(8000, 5))
     tr3, va3 = label_unique_split(ys, 0.2, 0)
@@ -113,9 +158,17 @@ def run(quick: bool = False) -> list[BenchRow]:
     t1 = _time(lambda: fit_probe(make_probe("mlp"), xs, ys, tr3, va3, one_cfg))
     t2 = _time(lambda: fit_probe(make_probe("mlp"), xs, ys, tr3, va3, two_cfg))
     torch.set_num_threads(1)
-    rows.append(BenchRow("MLP probe epochs: 1 thread vs 2 threads", "speed ratio", t2 / t1, "",
-                         None, f"2 epochs on 8000x{x.shape[1]}: 1 thread {t1:.2f}s, 2 threads {t2:.2f}s (>1 means 1 "
-                         "thread is faster on this box)"))
+    rows.append(
+        BenchRow(
+            "MLP probe epochs: 1 thread vs 2 threads",
+            "speed ratio",
+            t2 / t1,
+            "",
+            None,
+            f"2 epochs on 8000x{x.shape[1]}: 1 thread {t1:.2f}s, 2 threads {t2:.2f}s (>1 means 1 "
+            "thread is faster on this box)",
+        )
+    )
     return rows
 
 

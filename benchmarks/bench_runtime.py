@@ -50,7 +50,7 @@ def flop_model(model, occ: np.ndarray) -> float:
     d, layers, heads = cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads
     hd, kvh, mlp = cfg.head_dim, cfg.num_key_value_heads, cfg.intermediate_size
     per_token_linear = 2 * layers * (d * heads * hd * 2 + d * kvh * hd * 2 + 3 * d * mlp)
-    attn = 4 * layers * heads * hd * float(occ.sum())         # QK^T and AV
+    attn = 4 * layers * heads * hd * float(occ.sum())  # QK^T and AV
     return per_token_linear * len(occ) + attn
 
 
@@ -97,19 +97,28 @@ def _decode_rows(quick: bool) -> list[BenchRow]:
 
     def hf():
         with torch.inference_mode():
-            out["hf"] = model.generate(prompt, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
-                                       eos_token_id=None, pad_token_id=0)[0].tolist()
+            out["hf"] = model.generate(
+                prompt, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False, eos_token_id=None, pad_token_id=0
+            )[0].tolist()
 
     ours()
-    hf()                                                     # warm-up both
+    hf()  # warm-up both
     best = interleaved_best({"ours": ours, "hf": hf}, 6 if quick else 8)
     t_ours, t_hf = best["ours"], best["hf"]
     same = out["ours"] == out["hf"]
     ratio = t_hf / t_ours
-    return [BenchRow("vanilla decode vs model.generate", "throughput ratio", ratio, ">= 1.0x", ratio >= 1.0,
-                     f"{n_new} greedy tokens after a 32-token prompt, bench model (8L, d256); ours "
-                     f"{n_new / t_ours:.1f} tok/s, model.generate {n_new / t_hf:.1f} tok/s; "
-                     f"identical tokens: {same}")]
+    return [
+        BenchRow(
+            "vanilla decode vs model.generate",
+            "throughput ratio",
+            ratio,
+            ">= 1.0x",
+            ratio >= 1.0,
+            f"{n_new} greedy tokens after a 32-token prompt, bench model (8L, d256); ours "
+            f"{n_new / t_ours:.1f} tok/s, model.generate {n_new / t_hf:.1f} tok/s; "
+            f"identical tokens: {same}",
+        )
+    ]
 
 
 def _openmementos_rows(quick: bool) -> list[BenchRow]:
@@ -130,15 +139,22 @@ def _openmementos_rows(quick: bool) -> list[BenchRow]:
     def run(cfg, key, captures=()):
         def fn():
             res[key] = replay(model, [trace], cfg, RANDOM_TOKENS, captures=captures)[0]
+
         return fn
 
-    best = interleaved_best({"vanilla": run(vanilla, "vanilla"), "memento": run(memento, "memento"),
-                             "capture": run(memento, "capture", [MementoKV(counterfactual=True)])},
-                            2 if quick else 3)
+    best = interleaved_best(
+        {
+            "vanilla": run(vanilla, "vanilla"),
+            "memento": run(memento, "memento"),
+            "capture": run(memento, "capture", [MementoKV(counterfactual=True)]),
+        },
+        2 if quick else 3,
+    )
     t_van, t_mem, t_cap = best["vanilla"], best["memento"], best["capture"]
     # two more interleaved rounds for the capture ratio (a small difference on a noisy shared machine)
-    more = interleaved_best({"memento": run(memento, "memento"),
-                             "capture": run(memento, "capture", [MementoKV(counterfactual=True)])}, 2)
+    more = interleaved_best(
+        {"memento": run(memento, "memento"), "capture": run(memento, "capture", [MementoKV(counterfactual=True)])}, 2
+    )
     t_mem_c, t_cap = min(t_mem, more["memento"]), min(t_cap, more["capture"])
     occ_v = occupancy(trace.schedule(vanilla, RANDOM_TOKENS))
     occ_m = occupancy(trace.schedule(memento, RANDOM_TOKENS))
@@ -151,21 +167,38 @@ def _openmementos_rows(quick: bool) -> list[BenchRow]:
     cap_limit = 1 + capture_flops(model, trace, memento, RANDOM_TOKENS) / flop_model(model, occ_m)
     shape = f"{N_BLOCKS} x ({BLOCK} + {MEMENTO}) + {PROMPT}-token prompt = {n} tokens, keep 0"
     return [
-        BenchRow("OpenMementos-shaped trace: peak KV cache, memento / vanilla", "bytes ratio", peak_m / peak_v,
-                 "= schedule counting", exact,
-                 f"{shape}; physical peak {peak_m:,} vs {peak_v:,} bytes ({bpt} B/token); schedule: "
-                 f"{int(occ_m.max()) * bpt:,} vs {int(occ_v.max()) * bpt:,}"),
-        BenchRow("OpenMementos-shaped trace: segment replay time, memento / vanilla", "time ratio", ratio, "<= 0.42x",
-                 ratio <= 0.42, f"FLOP limit {flop_limit:.3f}x (linear + attention FLOPs from the occupancy: "
-                 f"{f_mem / 1e9:.0f} vs {f_van / 1e9:.0f} GFLOP); memento {t_mem:.2f} s "
-                 f"({f_mem / t_mem / 1e9:.1f} GFLOP/s), vanilla {t_van:.2f} s ({f_van / t_van / 1e9:.1f} GFLOP/s: "
-                 "attention over up to 12K keys runs at a lower rate than the memento pass's short contexts, so the "
-                 "time ratio can beat the FLOP ratio); random Qwen3 8L d256 MLP768 8h/4kv hd32, fp32, "
-                 "1,024-token chunks"),
-        BenchRow("capture overhead: normal + restart memento K/V, all layers", "time ratio", cap, "<= 1.15x",
-                 cap <= 1.15, f"FLOP limit {cap_limit:.3f}x (the restart variant recomputes every memento); "
-                 f"memento replay with capture {t_cap:.2f} s vs without {t_mem_c:.2f} s (best of 4 interleaved); "
-                 f"{N_BLOCKS} mementos x 8 layers x 2 variants"),
+        BenchRow(
+            "OpenMementos-shaped trace: peak KV cache, memento / vanilla",
+            "bytes ratio",
+            peak_m / peak_v,
+            "= schedule counting",
+            exact,
+            f"{shape}; physical peak {peak_m:,} vs {peak_v:,} bytes ({bpt} B/token); schedule: "
+            f"{int(occ_m.max()) * bpt:,} vs {int(occ_v.max()) * bpt:,}",
+        ),
+        BenchRow(
+            "OpenMementos-shaped trace: segment replay time, memento / vanilla",
+            "time ratio",
+            ratio,
+            "<= 0.42x",
+            ratio <= 0.42,
+            f"FLOP limit {flop_limit:.3f}x (linear + attention FLOPs from the occupancy: "
+            f"{f_mem / 1e9:.0f} vs {f_van / 1e9:.0f} GFLOP); memento {t_mem:.2f} s "
+            f"({f_mem / t_mem / 1e9:.1f} GFLOP/s), vanilla {t_van:.2f} s ({f_van / t_van / 1e9:.1f} GFLOP/s: "
+            "attention over up to 12K keys runs at a lower rate than the memento pass's short contexts, so the "
+            "time ratio can beat the FLOP ratio); random Qwen3 8L d256 MLP768 8h/4kv hd32, fp32, "
+            "1,024-token chunks",
+        ),
+        BenchRow(
+            "capture overhead: normal + restart memento K/V, all layers",
+            "time ratio",
+            cap,
+            "<= 1.15x",
+            cap <= 1.15,
+            f"FLOP limit {cap_limit:.3f}x (the restart variant recomputes every memento); "
+            f"memento replay with capture {t_cap:.2f} s vs without {t_mem_c:.2f} s (best of 4 interleaved); "
+            f"{N_BLOCKS} mementos x 8 layers x 2 variants",
+        ),
     ]
 
 
@@ -192,9 +225,17 @@ def _toy_rows(quick: bool) -> list[BenchRow]:
     vis = stack_visibility(scheds)
     ids = torch.as_tensor(batch.token_ids)
     t_dense = best_of(lambda: dense_forward(model, ids, vis), 1 if quick else 3)
-    return [BenchRow("replay throughput, 256 toy-sized sequences", "tokens/s", n_tok / t_rep, "", None,
-                     f"{len(traces)} x {len(traces[0])} tokens, keep 0, one batch ({which}); {t_rep:.2f} s; "
-                     f"one dense forward of the same batch: {n_tok / t_dense:,.0f} tokens/s")]
+    return [
+        BenchRow(
+            "replay throughput, 256 toy-sized sequences",
+            "tokens/s",
+            n_tok / t_rep,
+            "",
+            None,
+            f"{len(traces)} x {len(traces[0])} tokens, keep 0, one batch ({which}); {t_rep:.2f} s; "
+            f"one dense forward of the same batch: {n_tok / t_dense:,.0f} tokens/s",
+        )
+    ]
 
 
 def run(quick: bool = False) -> list[BenchRow]:

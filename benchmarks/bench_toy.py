@@ -47,29 +47,54 @@ def run(quick: bool = False) -> list[BenchRow]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "gen"
         t0 = time.perf_counter()
-        generate_to_run(model, [[BOS]] * n, TOY_MASKING, TOY_TOKENS, out, sampling=sampling, eos_token_id=EOS,
-                        captures=default_captures(), batch_size=250)
+        generate_to_run(
+            model,
+            [[BOS]] * n,
+            TOY_MASKING,
+            TOY_TOKENS,
+            out,
+            sampling=sampling,
+            eos_token_id=EOS,
+            captures=default_captures(),
+            batch_size=250,
+        )
         gen_s = time.perf_counter() - t0
         store = RunStore.open(out, require_complete=True)
         traces = store.read_table("traces.parquet")
         tokens = store.read_table("tokens.parquet")
     full = traces[traces["n_tokens"] == layout.length]["trace"]
-    ids = torch.tensor(tokens[tokens["trace"].isin(set(full))].sort_values(["trace", "pos"])["token_id"]
-                       .to_numpy().reshape(-1, layout.length))
+    ids = torch.tensor(
+        tokens[tokens["trace"].isin(set(full))]
+        .sort_values(["trace", "pos"])["token_id"]
+        .to_numpy()
+        .reshape(-1, layout.length)
+    )
     vis = toy_visibility("memento", layout)
     t0 = time.perf_counter()
     for k in range(0, len(ids), 250):
-        dense_forward(model, ids[k:k + 250], vis[None])
+        dense_forward(model, ids[k : k + 250], vis[None])
     dense_s = (time.perf_counter() - t0) * n / max(1, len(ids))
     per_1000 = gen_s * 1000 / n
-    note = (f"{what}; {n} sequences of {layout.length} tokens ({len(full)} reached <eos> at full length), "
-            f"generate_to_run with memento K/V capture, batch 250; baseline dense teacher-forced replay + K/V "
-            f"extraction {dense_s:.2f} s for {n}")
+    note = (
+        f"{what}; {n} sequences of {layout.length} tokens ({len(full)} reached <eos> at full length), "
+        f"generate_to_run with memento K/V capture, batch 250; baseline dense teacher-forced replay + K/V "
+        f"extraction {dense_s:.2f} s for {n}"
+    )
     return [
-        BenchRow("toy: generate 1,000 sequences with capture", "seconds per 1,000", per_1000,
-                 target=f"< {TARGET_S:.0f} s", passed=per_1000 < TARGET_S, note=note),
-        BenchRow("toy: generation+capture vs dense replay+KV", "time ratio", gen_s / max(dense_s, 1e-9),
-                 note="per-token decoding with physical eviction and capture, over one dense pass per batch"),
+        BenchRow(
+            "toy: generate 1,000 sequences with capture",
+            "seconds per 1,000",
+            per_1000,
+            target=f"< {TARGET_S:.0f} s",
+            passed=per_1000 < TARGET_S,
+            note=note,
+        ),
+        BenchRow(
+            "toy: generation+capture vs dense replay+KV",
+            "time ratio",
+            gen_s / max(dense_s, 1e-9),
+            note="per-token decoding with physical eviction and capture, over one dense pass per batch",
+        ),
     ]
 
 

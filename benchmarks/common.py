@@ -50,5 +50,7 @@ def machine() -> str:
     import torch
 
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU only"
-    return (f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
-            f"{platform.python_version()}, torch {torch.__version__} ({dev}), threads {torch.get_num_threads()}")
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()}, torch {torch.__version__} ({dev}), threads {torch.get_num_threads()}"
+    )

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="memento-lens: observe, probe and plot erased-block KV traces.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="memento-lens: observe, probe and plot erased-block KV traces.",
+)
 
 
 @app.callback()

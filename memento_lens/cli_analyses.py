@@ -11,16 +11,19 @@ import typer
 
 from .errors import user_errors
 
-TOKENIZER_HELP = ("'approx' (model-free: special tokens count 1, other text ~4 chars/token; 'approx:3.5' sets the "
-                  "ratio), 'toy' (the embedded toy model's tokenizer) or a local HF tokenizer directory")
+TOKENIZER_HELP = (
+    "'approx' (model-free: special tokens count 1, other text ~4 chars/token; 'approx:3.5' sets the "
+    "ratio), 'toy' (the embedded toy model's tokenizer) or a local HF tokenizer directory"
+)
 MODEL_HELP = "KV bytes/token: a preset (qwen3-8b, qwen3-32b, phi-4-reasoning) or a HF config.json / model directory"
 
 
 def _masking(keep_last_n: int, mask_delimiters: bool):
     from memento_lens.runtime.config import BlockMaskingConfig
 
-    return BlockMaskingConfig(mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n,
-                              require_assistant_section=False)
+    return BlockMaskingConfig(
+        mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n, require_assistant_section=False
+    )
 
 
 def _print_report(report, stream=sys.stderr) -> None:
@@ -35,10 +38,14 @@ def ingest_cmd(
     files: List[Path] = typer.Argument(..., help="Trace files: OpenMementos .parquet, Memento .json, vLLM .jsonl."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
     tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
-    fmt: Optional[str] = typer.Option(None, "--format", help="openmementos | memento-json | vllm-jsonl (default: from the file name)."),
+    fmt: Optional[str] = typer.Option(
+        None, "--format", help="openmementos | memento-json | vllm-jsonl (default: from the file name)."
+    ),
     model: str = typer.Option("qwen3-8b", "--model", help=MODEL_HELP),
     keep_last_n: int = typer.Option(0, "--keep-last-n", help="keep_last_n_blocks of the memento schedule."),
-    mask_delimiters: bool = typer.Option(False, "--mask-delimiters/--keep-delimiters", help="Evict the block delimiters too (Phi-4 style)."),
+    mask_delimiters: bool = typer.Option(
+        False, "--mask-delimiters/--keep-delimiters", help="Evict the block delimiters too (Phi-4 style)."
+    ),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first malformed trace instead of skipping it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
 ) -> None:
@@ -48,8 +55,15 @@ def ingest_cmd(
     with user_errors():
         res = ingest_files(files, tokenizer, fmt=fmt, strict=strict, keep_text=True)
         _print_report(res.report)
-        store = write_run(out, res.traces, tokenizer, config=_masking(keep_last_n, mask_delimiters), spec=model,
-                          report=res.report, overwrite=overwrite)
+        store = write_run(
+            out,
+            res.traces,
+            tokenizer,
+            config=_masking(keep_last_n, mask_delimiters),
+            spec=model,
+            report=res.report,
+            overwrite=overwrite,
+        )
         print(f"wrote {store.path} ({len(res.traces)} traces)")
 
 
@@ -85,13 +99,24 @@ def kv_cmd(
         summary = kv_summary(res.traces, tok.ids, configs, spec)
         red = reduction_table(summary) if len(summary) else summary
         if as_json:
-            print(json.dumps({"kv_spec": dataclasses.asdict(spec), "bytes_per_token": spec.bytes_per_token,
-                              "ingest": res.report.to_dict(), "modes": red.to_dict(orient="records"),
-                              "traces": summary.to_dict(orient="records") if per_trace else None}, default=float))
+            print(
+                json.dumps(
+                    {
+                        "kv_spec": dataclasses.asdict(spec),
+                        "bytes_per_token": spec.bytes_per_token,
+                        "ingest": res.report.to_dict(),
+                        "modes": red.to_dict(orient="records"),
+                        "traces": summary.to_dict(orient="records") if per_trace else None,
+                    },
+                    default=float,
+                )
+            )
             return
         _print_report(res.report)
-        print(f"KV spec {spec.name}: {spec.bytes_per_token} bytes/token ({spec.bytes_per_token / 1024:g} KB); "
-              f"GB = 2^30 bytes, AUC over generated tokens in GB·ktok\n")
+        print(
+            f"KV spec {spec.name}: {spec.bytes_per_token} bytes/token ({spec.bytes_per_token / 1024:g} KB); "
+            f"GB = 2^30 bytes, AUC over generated tokens in GB·ktok\n"
+        )
         print(md_table(red))
         if per_trace:
             print()
@@ -120,24 +145,31 @@ def stats_cmd(
             blocks.to_csv(blocks_csv, index=False)
         dom = domain_stats(blocks) if len(blocks) else blocks
         if as_json:
-            print(json.dumps({"ingest": res.report.to_dict(), "domains": dom.to_dict(orient="records")},
-                             default=float))
+            print(json.dumps({"ingest": res.report.to_dict(), "domains": dom.to_dict(orient="records")}, default=float))
             return
         _print_report(res.report)
         print(md_table(dom))
 
 
 def figures_cmd(
-    names: Optional[List[str]] = typer.Argument(None, help="Figures to render (default all): kv-sawtooth, "
-                                                "compression-cdf, probe-conditions, toy-leakage, restart-ablation."),
+    names: Optional[List[str]] = typer.Argument(
+        None,
+        help="Figures to render (default all): kv-sawtooth, "
+        "compression-cdf, probe-conditions, toy-leakage, restart-ablation.",
+    ),
     runs: Optional[List[Path]] = typer.Option(None, "--run", help="Run directory (repeatable)."),
     traces: Optional[List[Path]] = typer.Option(None, "--traces", help="Trace file (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (default: RUN/figures for one run)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output directory (default: RUN/figures for one run)."
+    ),
     tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
-    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " (default: qwen3-8b for trace files, "
-                                        "a run's own occupancy bytes)"),
+    model: Optional[str] = typer.Option(
+        None, "--model", help=MODEL_HELP + " (default: qwen3-8b for trace files, a run's own occupancy bytes)"
+    ),
     trace_id: Optional[str] = typer.Option(None, "--trace", help="Trace shown by kv-sawtooth (default: the first)."),
-    png: bool = typer.Option(True, "--png/--no-png", help="Static PNGs (need chromium; skipped with a message if absent)."),
+    png: bool = typer.Option(
+        True, "--png/--no-png", help="Static PNGs (need chromium; skipped with a message if absent)."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Render the paper figures (PNG + HTML + CSV + Markdown) from run directories and/or trace files."""
@@ -152,8 +184,16 @@ def figures_cmd(
             if len(runs) != 1:
                 raise ConfigError("--out is required unless exactly one --run is given")
             out = runs[0] / "figures"
-        rep = render_figures(names or ["all"], runs=runs, traces=traces, out_dir=out, tokenizer=tokenizer,
-                             spec=model, trace_id=trace_id, png=png)
+        rep = render_figures(
+            names or ["all"],
+            runs=runs,
+            traces=traces,
+            out_dir=out,
+            tokenizer=tokenizer,
+            spec=model,
+            trace_id=trace_id,
+            png=png,
+        )
         if as_json:
             print(json.dumps(rep.to_dict()))
         else:

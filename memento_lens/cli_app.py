@@ -21,10 +21,25 @@ def streamlit_command(run_dirs: list[Path], host: str, port: int) -> tuple[list[
         import memento_lens.app as app_pkg
 
         entry = Path(app_pkg.__file__).with_name("main.py")
-    argv = [sys.executable, "-m", "streamlit", "run", str(entry),
-            "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", "--global.developmentMode", "false",
-            "--client.toolbarMode", "minimal"]
+    argv = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(entry),
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--global.developmentMode",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
+    ]
     env = dict(os.environ)
     env[ENV_RUNS] = os.pathsep.join(str(p.resolve()) for p in run_dirs)
     return argv, env
@@ -32,10 +47,12 @@ def streamlit_command(run_dirs: list[Path], host: str, port: int) -> tuple[list[
 
 def app_cmd(
     run_dirs: Optional[List[Path]] = typer.Argument(
-        None, help="Run directories (or folders of runs) to explore; default: the demo run at runs/demo."),
+        None, help="Run directories (or folders of runs) to explore; default: the demo run at runs/demo."
+    ),
     port: int = typer.Option(8501, "--port", help="Port to serve on."),
-    host: str = typer.Option("127.0.0.1", "--host",
-                             help="Address to bind; the default keeps the app on this machine only."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to bind; the default keeps the app on this machine only."
+    ),
 ) -> None:
     """Explore runs in the browser: traces and evictions, attention, erased-block residue, probes, figures.
 
@@ -44,9 +61,12 @@ def app_cmd(
     dirs = list(run_dirs or [])
     if not dirs:
         if not (DEMO_RUN / "manifest.json").exists():
-            print(f"error: no run directory given and the demo run {DEMO_RUN} does not exist (looked in "
-                  f"{Path.cwd()}). Create it with `memento-lens demo`, or pass a run: "
-                  "`memento-lens app RUN_DIR`.", file=sys.stderr)
+            print(
+                f"error: no run directory given and the demo run {DEMO_RUN} does not exist (looked in "
+                f"{Path.cwd()}). Create it with `memento-lens demo`, or pass a run: "
+                "`memento-lens app RUN_DIR`.",
+                file=sys.stderr,
+            )
             raise typer.Exit(2)
         dirs = [DEMO_RUN]
     missing = [d for d in dirs if not d.is_dir()]

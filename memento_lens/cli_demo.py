@@ -40,13 +40,25 @@ def _claim_out(out: Path, overwrite: bool) -> None:
     except (OSError, ValueError):
         is_demo = False
     if not is_demo:
-        raise RunError(f"{out}: holds something other than a memento-lens demo run; choose another --out "
-                       "or pass --overwrite")
+        raise RunError(
+            f"{out}: holds something other than a memento-lens demo run; choose another --out or pass --overwrite"
+        )
 
 
-def run_demo(out: Path = DEFAULT_OUT, *, model_spec: str = "toy", traces: int = 256, probe_samples: int = 4000, ablation_samples: int = 64,
-             seed: int = 0, device: str = "cpu", threads: int = 1, overwrite: bool = False, png: bool = True,
-             console: Any = None) -> dict[str, Any]:
+def run_demo(
+    out: Path = DEFAULT_OUT,
+    *,
+    model_spec: str = "toy",
+    traces: int = 256,
+    probe_samples: int = 4000,
+    ablation_samples: int = 64,
+    seed: int = 0,
+    device: str = "cpu",
+    threads: int = 1,
+    overwrite: bool = False,
+    png: bool = True,
+    console: Any = None,
+) -> dict[str, Any]:
     """Run the demo pipeline into ``out``; return the summary (also written to ``out/demo_summary.json``)."""
 
     import numpy as np
@@ -55,10 +67,17 @@ def run_demo(out: Path = DEFAULT_OUT, *, model_spec: str = "toy", traces: int = 
     from rich.console import Console
 
     from memento_lens.analyses.figures import render_figures
-    from memento_lens.probes.ablation import (ABLATION_COLUMNS, patch_rows, patch_sweep, restart_ablation,
-                                              restart_rows, toy_generated_accuracy, toy_layout)
+    from memento_lens.probes.ablation import (
+        ABLATION_COLUMNS,
+        patch_rows,
+        patch_sweep,
+        restart_ablation,
+        restart_rows,
+        toy_generated_accuracy,
+        toy_layout,
+    )
     from memento_lens.probes.passcode import QUICK, PasscodeConfig, run_passcode
-    from memento_lens.runtime.capture import (AttentionWeights, EvictedBlockKV, MementoKV, generate_to_run)
+    from memento_lens.runtime.capture import AttentionWeights, EvictedBlockKV, MementoKV, generate_to_run
     from memento_lens.runtime.generate import SamplingConfig
     from memento_lens.runtime.model import load_model
     from memento_lens.runtime.store import RunStore
@@ -84,9 +103,20 @@ def run_demo(out: Path = DEFAULT_OUT, *, model_spec: str = "toy", traces: int = 
     run_config = {"demo": True, "traces": traces, "seed": seed, "model": model_spec}
 
     def generate() -> RunStore:
-        return generate_to_run(model, [[BOS]] * traces, TOY_MASKING, tokens, out, sampling=sampling,
-                               eos_token_id=EOS, tokenizer=loaded.tokenizer, run_config=run_config,
-                               captures=captures, batch_size=64, overwrite=True)
+        return generate_to_run(
+            model,
+            [[BOS]] * traces,
+            TOY_MASKING,
+            tokens,
+            out,
+            sampling=sampling,
+            eos_token_id=EOS,
+            tokenizer=loaded.tokenizer,
+            run_config=run_config,
+            captures=captures,
+            batch_size=64,
+            overwrite=True,
+        )
 
     store = _step(console, timings, f"generate {traces} mementified traces with KV capture", generate)
 
@@ -112,12 +142,18 @@ def run_demo(out: Path = DEFAULT_OUT, *, model_spec: str = "toy", traces: int = 
     ablations = _step(console, timings, f"restart ablation and KV patching ({ablation_samples} sequences)", ablate)
     store.write_table("ablations.parquet", ablations)
 
-    report = _step(console, timings, "render the paper figures",
-                   lambda: render_figures(["all"], runs=[store], out_dir=out / "figures", png=png))
+    report = _step(
+        console,
+        timings,
+        "render the paper figures",
+        lambda: render_figures(["all"], runs=[store], out_dir=out / "figures", png=png),
+    )
 
     summary = summarize(store, probe_rows, ablations, n_layers)
-    summary["figures"] = {"written": sorted(getattr(report, "written", {}) or {}),
-                          "skipped": dict(getattr(report, "skipped", {}) or {})}
+    summary["figures"] = {
+        "written": sorted(getattr(report, "written", {}) or {}),
+        "skipped": dict(getattr(report, "skipped", {}) or {}),
+    }
     summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     store.write_json("demo_summary.json", summary)
     store.mark_complete(demo=True)
@@ -130,8 +166,11 @@ def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> dic
     per_trace = occ.groupby("trace").agg(memento=("tokens", "max"), vanilla=("step", "max"))
     bpt = float((occ["bytes"] / occ["tokens"]).iloc[0]) if len(occ) else float("nan")
     restart = ablations[ablations["experiment"] == "restart"]
-    task = {f"{r.variant}/{r.metric}": float(r.value) for r in restart.itertuples()
-            if r.metric in ("accuracy_teacher_forced", "memento_exact_generated")}
+    task = {
+        f"{r.variant}/{r.metric}": float(r.value)
+        for r in restart.itertuples()
+        if r.metric in ("accuracy_teacher_forced", "memento_exact_generated")
+    }
     last = probe_rows[(probe_rows["layer"] == n_layers - 1) & (probe_rows["probe"] == "mlp")]
     probes = {}
     for cond in ("direct", "masked", "causal_control"):
@@ -143,7 +182,10 @@ def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> dic
     return {
         "task_accuracy": task,
         "probe_accuracy_last_layer": probes,
-        "peak_kv_tokens": {"vanilla": float(per_trace["vanilla"].mean() + 1), "memento": float(per_trace["memento"].mean())},
+        "peak_kv_tokens": {
+            "vanilla": float(per_trace["vanilla"].mean() + 1),
+            "memento": float(per_trace["memento"].mean()),
+        },
         "kv_bytes_per_token": bpt,
         "n_traces": int(occ["trace"].nunique()),
     }
@@ -156,18 +198,25 @@ def print_summary(summary: dict[str, Any], out: Path, console: Any) -> None:
     t = Table(title="memento-lens demo (shipped toy model)")
     t.add_column("measure")
     t.add_column("value", justify="right")
-    labels = {"accuracy_teacher_forced": "memento digits, teacher-forced",
-              "memento_exact_generated": "whole mementos, generated"}
+    labels = {
+        "accuracy_teacher_forced": "memento digits, teacher-forced",
+        "memento_exact_generated": "whole mementos, generated",
+    }
     for key, value in summary["task_accuracy"].items():
         variant, metric = key.split("/", 1)
         t.add_row(f"task accuracy ({labels[metric]}), {variant} KV", f"{value:.1%}")
     for cond, value in summary["probe_accuracy_last_layer"].items():
-        label = {"direct": "direct (M2)", "masked": "masked (M3, block erased)",
-                 "causal_control": "causal control (M1)"}[cond]
+        label = {
+            "direct": "direct (M2)",
+            "masked": "masked (M3, block erased)",
+            "causal_control": "causal control (M1)",
+        }[cond]
         t.add_row(f"passcode probe, last layer, {label}", f"{value:.1%}  (chance 10%)")
     peak = summary["peak_kv_tokens"]
-    t.add_row("peak KV per trace, vanilla → memento (tokens)",
-              f"{peak['vanilla']:.0f} → {peak['memento']:.0f}  ({peak['vanilla'] / peak['memento']:.2f}×)")
+    t.add_row(
+        "peak KV per trace, vanilla → memento (tokens)",
+        f"{peak['vanilla']:.0f} → {peak['memento']:.0f}  ({peak['vanilla'] / peak['memento']:.2f}×)",
+    )
     console.print(t)
     console.print(f"run directory: {out}   figures: {out / 'figures'}")
 
@@ -191,8 +240,17 @@ def demo_cmd(
     console = Console(stderr=True)
     with user_errors():
         t0 = time.perf_counter()
-        summary = run_demo(out, model_spec=model, traces=traces, seed=seed, device=device, threads=threads, overwrite=overwrite, png=not no_png,
-                           console=console)
+        summary = run_demo(
+            out,
+            model_spec=model,
+            traces=traces,
+            seed=seed,
+            device=device,
+            threads=threads,
+            overwrite=overwrite,
+            png=not no_png,
+            console=console,
+        )
         if as_json:
             print(json.dumps(summary))
         else:

@@ -57,8 +57,14 @@ class _Progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
             self.bar.__enter__()
         return self
 
@@ -96,21 +102,35 @@ def passcode_cmd(
     dtype: str = typer.Option("float32", "--dtype"),
     seed: int = typer.Option(0, "--seed"),
     samples: Optional[int] = typer.Option(None, "--samples", help="Sequences (default 50000; --quick 2000)."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layer indices (negative from the end); default all."),
+    layers: Optional[str] = typer.Option(
+        None, "--layers", help="Comma-separated layer indices (negative from the end); default all."
+    ),
     heads: Optional[str] = typer.Option(None, "--heads", help="Also probe these KV heads one at a time."),
     distances: Optional[str] = typer.Option(None, "--distances", help="Masked distances (default 1..7; --quick 1,2)."),
-    distance_layers: str = typer.Option("last", "--distance-layers", help="Layers for masked distances >= 2: last | all."),
+    distance_layers: str = typer.Option(
+        "last", "--distance-layers", help="Layers for masked distances >= 2: last | all."
+    ),
     target_block: int = typer.Option(1, "--target-block", help="0-based block holding the passcode (1 = paper's T2)."),
     positions: str = typer.Option("span", "--positions", help="span (summary_start..summary_end) | digits (toy)."),
     probes: str = typer.Option("mlp,linear", "--probes"),
     control: bool = typer.Option(True, "--control/--no-control", help="Fit the control task (selectivity)."),
-    checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Toy only: 'all' or comma-separated checkpoint names; one sweep per checkpoint with its task accuracy."),
-    features_from: Optional[Path] = typer.Option(None, "--features-from", help="Re-fit probes on features cached in this run directory."),
-    cache_features: bool = typer.Option(True, "--cache-features/--no-cache-features", help="Save features (safetensors) in the run directory."),
+    checkpoints: Optional[str] = typer.Option(
+        None,
+        "--checkpoints",
+        help="Toy only: 'all' or comma-separated checkpoint names; one sweep per checkpoint with its task accuracy.",
+    ),
+    features_from: Optional[Path] = typer.Option(
+        None, "--features-from", help="Re-fit probes on features cached in this run directory."
+    ),
+    cache_features: bool = typer.Option(
+        True, "--cache-features/--no-cache-features", help="Save features (safetensors) in the run directory."
+    ),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a loaded 2-core box)."),
     out: Path = typer.Option(Path("runs/passcode"), "--out"),
     overwrite: bool = typer.Option(False, "--overwrite"),
-    quick: bool = typer.Option(False, "--quick", help="Demo preset: 2000 samples, layers 0,-1, distances 1,2, short training."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Demo preset: 2000 samples, layers 0,-1, distances 1,2, short training."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result rows as a JSON list."),
 ) -> None:
     """Passcode probes on memento K/V: direct, masked (+k) and causal-control conditions per layer."""
@@ -118,8 +138,8 @@ def passcode_cmd(
         import dataclasses
 
         from memento_lens.probes.features import MementoFeatures, ProbeInputError
-        from memento_lens.probes.passcode import QUICK, PasscodeConfig, run_passcode, summarize
         from memento_lens.probes.models import make_probe
+        from memento_lens.probes.passcode import QUICK, PasscodeConfig, run_passcode, summarize
         from memento_lens.runtime.store import RunStore
 
         _setup(threads, seed)
@@ -136,10 +156,21 @@ def passcode_cmd(
             make_probe(p)
         if layers is not None:
             base["layers"] = _ints(layers, "--layers")
-        cfg = PasscodeConfig(model=model, task=task, trace=str(trace) if trace else None,
-                             heads=_ints(heads, "--heads"), target_block=target_block, distance_layers=distance_layers,
-                             positions=positions, probes=probe_names, control=control, seed=seed, device=device,
-                             dtype=dtype, **base)
+        cfg = PasscodeConfig(
+            model=model,
+            task=task,
+            trace=str(trace) if trace else None,
+            heads=_ints(heads, "--heads"),
+            target_block=target_block,
+            distance_layers=distance_layers,
+            positions=positions,
+            probes=probe_names,
+            control=control,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            **base,
+        )
         specs = [model]
         if checkpoints:
             if not model.startswith("toy"):
@@ -152,8 +183,9 @@ def passcode_cmd(
             if bad:
                 raise ProbeInputError(f"--checkpoints: unknown {', '.join(bad)}; known: {', '.join(known)}")
             specs = [f"toy@{c}" for c in wanted]
-        store = RunStore.create(out, "probe_passcode", {"passcode": cfg.to_dict(), "checkpoints": specs},
-                                overwrite=overwrite)
+        store = RunStore.create(
+            out, "probe_passcode", {"passcode": cfg.to_dict(), "checkpoints": specs}, overwrite=overwrite
+        )
         import pandas as pd
 
         frames, skips, infos = [], [], {}
@@ -178,8 +210,15 @@ def passcode_cmd(
                         ckpt = str(info.get("name", Path(spec).name))
                 prefix = f"features/{ckpt}" if ckpt else "features"
                 on_feat = (lambda f, p=prefix: f.save(store, p)) if cache_features and feats is None else None
-                res = run_passcode(run_cfg, loaded, features=feats, checkpoint=ckpt, task_accuracy=task_acc,
-                                   on_features=on_feat, progress=lambda s, d, t, c=ckpt: bar(f"{c} {s}".strip(), d, t))
+                res = run_passcode(
+                    run_cfg,
+                    loaded,
+                    features=feats,
+                    checkpoint=ckpt,
+                    task_accuracy=task_acc,
+                    on_features=on_feat,
+                    progress=lambda s, d, t, c=ckpt: bar(f"{c} {s}".strip(), d, t),
+                )
                 frames.append(res.rows)
                 skips += [s.to_dict() for s in res.skips]
                 infos[spec] = res.info
@@ -192,7 +231,17 @@ def passcode_cmd(
         if as_json:
             print(json.dumps(_clean(df.to_dict("records"))))
         else:
-            cols = ["condition", "distance", "layer", "head", "probe", "accuracy", "ci_low", "ci_high", "control_accuracy"]
+            cols = [
+                "condition",
+                "distance",
+                "layer",
+                "head",
+                "probe",
+                "accuracy",
+                "ci_low",
+                "ci_high",
+                "control_accuracy",
+            ]
             if checkpoints:
                 cols = ["checkpoint", "task_accuracy", *cols]
             _print_table(df[cols], f"wrote {out}/probe_results.parquet (chance 0.100)")
@@ -215,8 +264,14 @@ def _print_table(df, footer: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    short = {"condition": "cond", "distance": "dist", "control_accuracy": "control", "task_accuracy": "task_acc",
-             "direction": "dir", "checkpoint": "ckpt"}
+    short = {
+        "condition": "cond",
+        "distance": "dist",
+        "control_accuracy": "control",
+        "task_accuracy": "task_acc",
+        "direction": "dir",
+        "checkpoint": "ckpt",
+    }
     t = Table(show_lines=False)
     for c in df.columns:
         t.add_column(short.get(str(c), str(c)), no_wrap=True)
@@ -243,23 +298,29 @@ def _ablation_inputs(model: str, trace: Optional[Path], samples: int, seed: int,
     loaded = load_model(model, device=device, dtype=dtype)
     is_toy = model.startswith("toy") or loaded.model.config.vocab_size <= len(VOCAB) + 1
     if is_toy and trace is None:
-        batch = sample(samples, np.random.default_rng(seed), )
+        batch = sample(
+            samples,
+            np.random.default_rng(seed),
+        )
         return loaded, batch.token_ids, toy_layout(), {"task": "toy"}
     if trace is None:
         raise ProbeInputError("--trace is required for a real model (a Memento JSON trace)")
     from memento_lens.probes.real import build_passcode_trace, load_segments
 
     tokens = loaded.require_tokens()
-    pt = build_passcode_trace(load_segments(trace), loaded.tokenizer, tokens, TOY_MASKING, target_block=None,
-                              source=str(trace))
+    pt = build_passcode_trace(
+        load_segments(trace), loaded.tokenizer, tokens, TOY_MASKING, target_block=None, source=str(trace)
+    )
     ids = pt.token_ids.tolist()
     cfg = tokens.resolve_config(TOY_MASKING)
     normal = compute_schedule(ids, cfg, tokens, prompt_len=pt.prompt_len)
     restart = compute_schedule(ids, dataclasses.replace(cfg, restart_mode=True), tokens, prompt_len=pt.prompt_len)
     targets = trace_targets(normal)
     if len(normal.blocks) < 2 or not targets:
-        raise ProbeInputError(f"--trace {trace}: needs at least 2 blocks with mementos for the restart ablation, "
-                              f"found {len(normal.blocks)}")
+        raise ProbeInputError(
+            f"--trace {trace}: needs at least 2 blocks with mementos for the restart ablation, "
+            f"found {len(normal.blocks)}"
+        )
     layout = AblationLayout.from_schedules(normal, restart, targets)
     return loaded, pt.token_ids[None, :], layout, {"task": "trace", "trace": str(trace), "n_tokens": len(ids)}
 
@@ -283,31 +344,53 @@ def restart_cmd(
     with user_errors():
         import pandas as pd
 
-        from memento_lens.probes.ablation import (ABLATION_COLUMNS, restart_ablation, restart_block_rows, restart_rows,
-                                                  toy_generated_accuracy)
+        from memento_lens.probes.ablation import (
+            ABLATION_COLUMNS,
+            restart_ablation,
+            restart_block_rows,
+            restart_rows,
+            toy_generated_accuracy,
+        )
         from memento_lens.runtime.store import RunStore
 
         _setup(threads, seed)
         n = samples if samples is not None else (256 if quick else 2000)
-        config = {"model": model, "trace": str(trace) if trace else None, "samples": n, "seed": seed,
-                  "generated": generated, "device": device, "dtype": dtype}
+        config = {
+            "model": model,
+            "trace": str(trace) if trace else None,
+            "samples": n,
+            "seed": seed,
+            "generated": generated,
+            "device": device,
+            "dtype": dtype,
+        }
         store = RunStore.create(out, "ablate_restart", config, overwrite=overwrite)
         loaded, ids, layout, info = _ablation_inputs(model, trace, n, seed, device, dtype)
         with _Progress(not as_json or sys.stderr.isatty()) as bar:
-            acc = restart_ablation(loaded.model, ids, layout, device=device,
-                                   progress=lambda d: bar("restart (teacher-forced)", d, len(ids)))
+            acc = restart_ablation(
+                loaded.model,
+                ids,
+                layout,
+                device=device,
+                progress=lambda d: bar("restart (teacher-forced)", d, len(ids)),
+            )
             gen = None
             if generated and info["task"] == "toy":
-                gen = {w: toy_generated_accuracy(loaded.model, ids, layout, w, device=device)
-                       for w in ("normal", "restart")}
+                gen = {
+                    w: toy_generated_accuracy(loaded.model, ids, layout, w, device=device)
+                    for w in ("normal", "restart")
+                }
                 bar("generated", 1, 1)
         ckpt = model.split("@", 1)[1] if "@" in model else ""
         rows = restart_rows(acc, layout, model, ckpt, gen)
         df = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
         store.write_table("ablations.parquet", df)
         store.write_table("ablation_blocks.parquet", pd.DataFrame(restart_block_rows(acc, layout, model)))
-        info["generated"] = ("greedy memento generation, block digits given" if gen is not None else
-                             "not run (real traces: the continuation is scored teacher-forced only)")
+        info["generated"] = (
+            "greedy memento generation, block digits given"
+            if gen is not None
+            else "not run (real traces: the continuation is scored teacher-forced only)"
+        )
         store.write_json("restart_summary.json", {"rows": _clean(rows), "info": info})
         store.mark_complete(rows=len(df))
         if as_json:
@@ -344,8 +427,17 @@ def patch_cmd(
         _setup(threads, seed)
         n = samples if samples is not None else (128 if quick else 1000)
         dirs = [d.strip() for d in directions.split(",") if d.strip()]
-        config = {"model": model, "trace": str(trace) if trace else None, "samples": n, "seed": seed,
-                  "layers": layers, "heads": heads, "directions": dirs, "device": device, "dtype": dtype}
+        config = {
+            "model": model,
+            "trace": str(trace) if trace else None,
+            "samples": n,
+            "seed": seed,
+            "layers": layers,
+            "heads": heads,
+            "directions": dirs,
+            "device": device,
+            "dtype": dtype,
+        }
         store = RunStore.create(out, "ablate_patch", config, overwrite=overwrite)
         loaded, ids, layout, info = _ablation_inputs(model, trace, n, seed, device, dtype)
         ly = resolve_layers(list(_ints(layers, "--layers")), int(loaded.model.config.num_hidden_layers))
@@ -357,22 +449,39 @@ def patch_cmd(
 
             raise ProbeInputError(f"--heads: {bad} out of range ({n_kv} KV heads)")
         with _Progress(not as_json or sys.stderr.isatty()) as bar:
-            acc = patch_sweep(loaded.model, ids, layout, ly, heads=hd, directions=dirs, device=device,
-                              progress=lambda d: bar("patching", d, len(ids)))
+            acc = patch_sweep(
+                loaded.model,
+                ids,
+                layout,
+                ly,
+                heads=hd,
+                directions=dirs,
+                device=device,
+                progress=lambda d: bar("patching", d, len(ids)),
+            )
         ckpt = model.split("@", 1)[1] if "@" in model else ""
         rows = patch_rows(acc, layout, model, ly, hd, dirs, ckpt)
         df = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
         store.write_table("ablations.parquet", df)
-        store.write_json("patch_summary.json", {"rows": _clean(rows), "info": info, "method":
-                         "forward hooks on self_attn.k_proj/v_proj splice the donor run's projections at earlier "
-                         "memento positions at one layer; every other layer pinned to the base run's own values"})
+        store.write_json(
+            "patch_summary.json",
+            {
+                "rows": _clean(rows),
+                "info": info,
+                "method": "forward hooks on self_attn.k_proj/v_proj splice the donor run's projections at earlier "
+                "memento positions at one layer; every other layer pinned to the base run's own values",
+            },
+        )
         store.mark_complete(rows=len(df))
         if as_json:
             print(json.dumps(_clean(rows)))
         else:
-            _print_table(df[df["metric"].isin(["accuracy", "delta_accuracy", "nll", "kl"])]
-                         [["variant", "direction", "layer", "head", "metric", "value", "ci_low", "ci_high"]],
-                         f"wrote {out}/ablations.parquet")
+            _print_table(
+                df[df["metric"].isin(["accuracy", "delta_accuracy", "nll", "kl"])][
+                    ["variant", "direction", "layer", "head", "metric", "value", "ci_low", "ci_high"]
+                ],
+                f"wrote {out}/ablations.parquet",
+            )
 
 
 def register(app: typer.Typer) -> None:

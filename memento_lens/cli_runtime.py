@@ -15,7 +15,9 @@ from .errors import user_errors
 def schedule_cmd(
     batch: bool = typer.Option(False, "--batch", help="Read a JSON list of cases from stdin."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (the only output format for --batch)."),
-    input_file: Optional[Path] = typer.Option(None, "--input", "-i", help="Read cases from this file instead of stdin."),
+    input_file: Optional[Path] = typer.Option(
+        None, "--input", "-i", help="Read cases from this file instead of stdin."
+    ),
 ) -> None:
     """Eviction schedule of token streams, for checking against other engines.
 
@@ -50,8 +52,10 @@ def schedule_cmd(
             print(json.dumps(out if batch else out[0]))
         else:
             for e in out[0]:
-                print(f"{e['kind']:>16}  pos={e['position']:<6} evict=[{e['start']}, {e['end']})  block={e['block']}"
-                      + (f"  {e['message']}" if 'message' in e else ""))
+                print(
+                    f"{e['kind']:>16}  pos={e['position']:<6} evict=[{e['start']}, {e['end']})  block={e['block']}"
+                    + (f"  {e['message']}" if "message" in e else "")
+                )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -71,13 +75,19 @@ def _masking(mode: str, keep: int, mask_delimiters: Optional[str], config_file: 
         return BlockMaskingConfig.from_dict(data, where=str(config_file))
     if mask_delimiters is None:
         if mode != "vanilla":
-            raise ConfigError("--mask-delimiters must be set explicitly to true or false "
-                              "(false: Qwen3/OLMo3 style, delimiters stay; true: Phi-4 style)")
+            raise ConfigError(
+                "--mask-delimiters must be set explicitly to true or false "
+                "(false: Qwen3/OLMo3 style, delimiters stay; true: Phi-4 style)"
+            )
         mask_delimiters = "false"
     if mask_delimiters.lower() not in ("true", "false"):
         raise ConfigError(f"--mask-delimiters must be true or false, got {mask_delimiters!r}")
-    return BlockMaskingConfig.from_mode(mode, mask_delimiters=mask_delimiters.lower() == "true",
-                                        keep_last_n_blocks=keep, max_block_tokens=max_block_tokens)
+    return BlockMaskingConfig.from_mode(
+        mode,
+        mask_delimiters=mask_delimiters.lower() == "true",
+        keep_last_n_blocks=keep,
+        max_block_tokens=max_block_tokens,
+    )
 
 
 def _setup(threads: int, seed: int) -> None:
@@ -88,8 +98,13 @@ def _setup(threads: int, seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _captures(capture: bool, layers: Optional[str], evicted_block: bool, attention_layers: Optional[str],
-              attention_queries: Optional[str]):
+def _captures(
+    capture: bool,
+    layers: Optional[str],
+    evicted_block: bool,
+    attention_layers: Optional[str],
+    attention_queries: Optional[str],
+):
     from memento_lens.runtime.capture import default_captures
 
     def ints(text: Optional[str], opt: str):
@@ -102,8 +117,12 @@ def _captures(capture: bool, layers: Optional[str], evicted_block: bool, attenti
 
     if not capture:
         return []
-    return default_captures(ints(layers, "--layers"), evicted_block, ints(attention_layers, "--attention-layers") or (),
-                            ints(attention_queries, "--attention-queries"))
+    return default_captures(
+        ints(layers, "--layers"),
+        evicted_block,
+        ints(attention_layers, "--attention-layers") or (),
+        ints(attention_queries, "--attention-queries"),
+    )
 
 
 def _load(model: str, device: str, dtype: Optional[str]):
@@ -117,13 +136,21 @@ _MODEL_HELP = "Local HF checkpoint dir, 'toy', 'toy@<ckpt>', or 'random:tiny' / 
 
 
 def generate_cmd(
-    prompt: list[str] = typer.Option([], "--prompt", "-p", help="Prompt text (repeatable). Chat template applied when the tokenizer has one."),
-    prompts_file: Optional[Path] = typer.Option(None, "--prompts-file", help="One prompt per line (or JSON list of strings / id lists)."),
+    prompt: list[str] = typer.Option(
+        [], "--prompt", "-p", help="Prompt text (repeatable). Chat template applied when the tokenizer has one."
+    ),
+    prompts_file: Optional[Path] = typer.Option(
+        None, "--prompts-file", help="One prompt per line (or JSON list of strings / id lists)."
+    ),
     model: str = typer.Option("toy", "--model", help=_MODEL_HELP),
     mode: str = typer.Option("memento", "--mode", help="vanilla | memento | restart"),
     keep: int = typer.Option(0, "--keep", help="keep_last_n_blocks for memento/restart"),
-    mask_delimiters: Optional[str] = typer.Option(None, "--mask-delimiters", help="true | false (required unless vanilla)"),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="BlockMaskingConfig as JSON (overrides the flags)."),
+    mask_delimiters: Optional[str] = typer.Option(
+        None, "--mask-delimiters", help="true | false (required unless vanilla)"
+    ),
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", help="BlockMaskingConfig as JSON (overrides the flags)."
+    ),
     max_block_tokens: int = typer.Option(0, "--max-block-tokens"),
     temperature: float = typer.Option(1.0, "--temperature"),
     top_p: float = typer.Option(1.0, "--top-p"),
@@ -150,8 +177,9 @@ def generate_cmd(
         from memento_lens.runtime.generate import SamplingConfig, encode_prompts
 
         cfg = _masking(mode, keep, mask_delimiters, config_file, max_block_tokens)
-        sampling = SamplingConfig(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                                  max_new_tokens=max_new_tokens, seed=seed)
+        sampling = SamplingConfig(
+            temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed
+        )
         texts: list = list(prompt)
         if prompts_file is not None:
             if not prompts_file.exists():
@@ -172,9 +200,22 @@ def generate_cmd(
                 raise ValueError("give at least one --prompt (the model's tokenizer has no BOS to start from)")
             texts = [[bos]]
         ids = encode_prompts(lm.tokenizer, texts)
-        store = generate_to_run(lm.model, ids, cfg, tokens, out, sampling=sampling, eos_token_id=lm.eos_token_id,
-                                captures=caps, run_config={"model": lm.name}, tokenizer=lm.tokenizer,
-                                batch_size=batch_size, overwrite=overwrite, resume=resume, progress=True)
+        store = generate_to_run(
+            lm.model,
+            ids,
+            cfg,
+            tokens,
+            out,
+            sampling=sampling,
+            eos_token_id=lm.eos_token_id,
+            captures=caps,
+            run_config={"model": lm.name},
+            tokenizer=lm.tokenizer,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            resume=resume,
+            progress=True,
+        )
         _summary(store)
 
 
@@ -198,28 +239,38 @@ def _read_traces(path: Path):
             continue
         try:
             obj = json.loads(line)
-            traces.append(Trace(str(obj.get("trace", f"trace-{i:05d}")), [int(t) for t in obj["token_ids"]],
-                                int(obj.get("prompt_len", 0))))
+            traces.append(
+                Trace(
+                    str(obj.get("trace", f"trace-{i:05d}")),
+                    [int(t) for t in obj["token_ids"]],
+                    int(obj.get("prompt_len", 0)),
+                )
+            )
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: line {i + 1}: not a trace object ({exc})") from None
     return traces
 
 
 def replay_cmd(
-    traces_path: Optional[Path] = typer.Option(None, "--traces", help="Run directory or JSONL of {trace, token_ids, prompt_len}."),
+    traces_path: Optional[Path] = typer.Option(
+        None, "--traces", help="Run directory or JSONL of {trace, token_ids, prompt_len}."
+    ),
     toy: int = typer.Option(0, "--toy", help="Instead of --traces: sample this many toy-task sequences."),
     model: str = typer.Option("toy", "--model", help=_MODEL_HELP),
     mode: str = typer.Option("memento", "--mode", help="vanilla | memento | restart"),
     keep: int = typer.Option(0, "--keep"),
-    mask_delimiters: Optional[str] = typer.Option(None, "--mask-delimiters", help="true | false (required unless vanilla)"),
+    mask_delimiters: Optional[str] = typer.Option(
+        None, "--mask-delimiters", help="true | false (required unless vanilla)"
+    ),
     config_file: Optional[Path] = typer.Option(None, "--config"),
     layers: Optional[str] = typer.Option(None, "--layers"),
     evicted_block: bool = typer.Option(False, "--evicted-block"),
     attention_layers: Optional[str] = typer.Option(None, "--attention-layers"),
     attention_queries: Optional[str] = typer.Option(None, "--attention-queries"),
     capture: bool = typer.Option(True, "--capture/--no-capture"),
-    allow_truncated: bool = typer.Option(False, "--allow-truncated",
-                                         help="Accept traces whose last block is still open (cut generations)."),
+    allow_truncated: bool = typer.Option(
+        False, "--allow-truncated", help="Accept traces whose last block is still open (cut generations)."
+    ),
     batch_size: int = typer.Option(64, "--batch-size"),
     out: Path = typer.Option(Path("runs/replay"), "--out"),
     overwrite: bool = typer.Option(False, "--overwrite"),
@@ -249,15 +300,29 @@ def replay_cmd(
         _setup(threads, seed)
         lm = _load(model, device, dtype)
         tokens = lm.require_tokens()
-        store = replay_to_run(lm.model, traces, cfg, tokens, out, captures=caps,
-                              run_config={"model": lm.name, "source": source}, source=source,
-                              tokenizer=lm.tokenizer, batch_size=batch_size, overwrite=overwrite, resume=resume,
-                              progress=True, allow_unclosed=allow_truncated)
+        store = replay_to_run(
+            lm.model,
+            traces,
+            cfg,
+            tokens,
+            out,
+            captures=caps,
+            run_config={"model": lm.name, "source": source},
+            source=source,
+            tokenizer=lm.tokenizer,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            resume=resume,
+            progress=True,
+            allow_unclosed=allow_truncated,
+        )
         _summary(store)
 
 
 def verify_cmd(
-    model: Optional[str] = typer.Option(None, "--model", help="Default: a tiny random Qwen3 built from a config. " + _MODEL_HELP),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Default: a tiny random Qwen3 built from a config. " + _MODEL_HELP
+    ),
     device: str = typer.Option("cpu", "--device"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 (default), bfloat16, float16"),
     seed: int = typer.Option(0, "--seed"),
@@ -290,8 +355,10 @@ def _summary(store) -> None:
     info = store.manifest.info
     files = store.manifest.files
     kv = sum(1 for f in files if f.startswith("kv/shard-"))
-    Console(stderr=True).print(f"[green]{store.manifest.status}[/green] run at {store.path}: "
-                               f"{info.get('n_traces', '?')} traces, {kv} K/V shard(s)")
+    Console(stderr=True).print(
+        f"[green]{store.manifest.status}[/green] run at {store.path}: "
+        f"{info.get('n_traces', '?')} traces, {kv} K/V shard(s)"
+    )
 
 
 def register(app: typer.Typer) -> None:

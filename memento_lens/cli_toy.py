@@ -12,8 +12,9 @@ import typer
 
 from .errors import user_errors
 
-toy_app = typer.Typer(no_args_is_help=True, add_completion=False,
-                      help="The embedded toy model: train it from scratch, evaluate it.")
+toy_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="The embedded toy model: train it from scratch, evaluate it."
+)
 
 
 @toy_app.command("train")
@@ -22,7 +23,9 @@ def train_cmd(
     steps: Optional[int] = typer.Option(None, help="Optimiser steps (default: the shipped recipe)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
-    stage1_fraction: Optional[float] = typer.Option(None, "--stage1-fraction", help="Fraction of steps in stage 1 (causal)."),
+    stage1_fraction: Optional[float] = typer.Option(
+        None, "--stage1-fraction", help="Fraction of steps in stage 1 (causal)."
+    ),
     seed: Optional[int] = typer.Option(None, help="Training seed."),
     checkpoints: Optional[str] = typer.Option(None, help="Comma-separated checkpoint steps."),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads (0 = leave as is)."),
@@ -35,8 +38,14 @@ def train_cmd(
 
     with user_errors():
         cfg = TrainConfig()
-        overrides = {"steps": steps, "batch_size": batch_size, "lr": lr, "stage1_fraction": stage1_fraction,
-                     "seed": seed, "threads": threads}
+        overrides = {
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "stage1_fraction": stage1_fraction,
+            "seed": seed,
+            "threads": threads,
+        }
         for k, v in overrides.items():
             if v is not None:
                 setattr(cfg, k, v)
@@ -47,12 +56,17 @@ def train_cmd(
                 raise typer.BadParameter(f"--checkpoints: expected comma-separated integers, got {checkpoints!r}")
         if cfg.steps < 1:
             raise typer.BadParameter("--steps must be >= 1")
-        command = "memento-lens toy " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("train"):]) \
-            if "train" in sys.argv else None
+        command = (
+            "memento-lens toy " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("train") :])
+            if "train" in sys.argv
+            else None
+        )
         result = train(cfg, out, overwrite=overwrite, progress=not quiet, command=command, device=device)
         last = result.checkpoints[-1]
-        typer.echo(f"trained {result.n_parameters:,} parameters in {result.seconds / 60:.1f} min -> {out}; "
-                   f"memento exact {last['memento_exact']:.3f}")
+        typer.echo(
+            f"trained {result.n_parameters:,} parameters in {result.seconds / 60:.1f} min -> {out}; "
+            f"memento exact {last['memento_exact']:.3f}"
+        )
 
 
 @toy_app.command("eval")

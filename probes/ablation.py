@@ -24,7 +24,6 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.masks import visibility_mask
 from memento_lens.runtime.schedule import EventKind, Schedule
@@ -53,10 +52,14 @@ class AblationLayout:
 
     @classmethod
     def from_schedules(cls, normal: Schedule, restart: Schedule, targets: dict[int, np.ndarray]) -> "AblationLayout":
-        ranges = {e.block: (e.rewind_to, e.position, e.start, e.end) for e in restart.evictions
-                  if e.kind == EventKind.RESTART}
-        spans = {s.block: np.arange(s.summary_start, s.summary_end + 1) for s in normal.blocks
-                 if s.summary_start is not None and s.summary_end is not None}
+        ranges = {
+            e.block: (e.rewind_to, e.position, e.start, e.end) for e in restart.evictions if e.kind == EventKind.RESTART
+        }
+        spans = {
+            s.block: np.arange(s.summary_start, s.summary_end + 1)
+            for s in normal.blocks
+            if s.summary_start is not None and s.summary_end is not None
+        }
         return cls(visibility_mask(normal), visibility_mask(restart), ranges, spans, targets)
 
     def restart_world(self, c: int) -> torch.Tensor:
@@ -72,8 +75,9 @@ class AblationLayout:
         return torch.as_tensor(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64), dtype=torch.long)
 
     def all_memento_positions(self) -> torch.Tensor:
-        return torch.as_tensor(np.concatenate([self.memento_spans[j] for j in sorted(self.memento_spans)]),
-                               dtype=torch.long)
+        return torch.as_tensor(
+            np.concatenate([self.memento_spans[j] for j in sorted(self.memento_spans)]), dtype=torch.long
+        )
 
     @property
     def segments(self) -> list[int]:
@@ -116,8 +120,13 @@ class SegmentScore:
     logp: torch.Tensor
 
 
-def score_segment(model: torch.nn.Module, ids: torch.Tensor, visible: torch.Tensor, targets: np.ndarray,
-                  patches: dict[int, KVProj] | None = None) -> SegmentScore:
+def score_segment(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    visible: torch.Tensor,
+    targets: np.ndarray,
+    patches: dict[int, KVProj] | None = None,
+) -> SegmentScore:
     """Teacher-forced log-probs of ``ids[:, targets]`` under ``visible`` (and optional K/V patches)."""
     t = int(targets.max()) + 1
     tg = torch.as_tensor(targets, dtype=torch.long, device=ids.device)
@@ -150,16 +159,22 @@ class AblationAccumulator:
         return np.concatenate(self.values[key])
 
 
-def restart_ablation(model: torch.nn.Module, token_ids: np.ndarray, layout: AblationLayout, *, batch_size: int = 128,
-                     device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
-                     ) -> AblationAccumulator:
+def restart_ablation(
+    model: torch.nn.Module,
+    token_ids: np.ndarray,
+    layout: AblationLayout,
+    *,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> AblationAccumulator:
     """Teacher-forced normal vs restart scores. Keys: (world, segment, metric) with metric in
     {accuracy, nll, kl}; values per sequence (mean over the segment's tokens)."""
     acc = AblationAccumulator()
     ids_all = torch.as_tensor(token_ids, dtype=torch.long)
     normal_vis = layout.normal_visible.to(device)
     for s in range(0, len(ids_all), batch_size):
-        ids = ids_all[s:s + batch_size].to(device)
+        ids = ids_all[s : s + batch_size].to(device)
         for c in layout.segments:
             tg = layout.targets[c]
             ref = score_segment(model, ids, normal_vis, tg)
@@ -173,8 +188,9 @@ def restart_ablation(model: torch.nn.Module, token_ids: np.ndarray, layout: Abla
     return acc
 
 
-def capture_world(model: torch.nn.Module, ids: torch.Tensor, visible: torch.Tensor, positions: torch.Tensor
-                  ) -> dict[int, KVProj]:
+def capture_world(
+    model: torch.nn.Module, ids: torch.Tensor, visible: torch.Tensor, positions: torch.Tensor
+) -> dict[int, KVProj]:
     """K/V projections of every layer at ``positions`` from one dense forward under ``visible``."""
     n_layers = int(model.config.num_hidden_layers)
     t = int(positions.max()) + 1
@@ -183,17 +199,27 @@ def capture_world(model: torch.nn.Module, ids: torch.Tensor, visible: torch.Tens
     return cap
 
 
-def patch_sweep(model: torch.nn.Module, token_ids: np.ndarray, layout: AblationLayout, layers: Iterable[int], *,
-                heads: Iterable[int] = (-1,), directions: Iterable[str] = tuple(DIRECTIONS), batch_size: int = 128,
-                device: str | torch.device = "cpu", progress: Callable[[int], None] | None = None,
-                ) -> AblationAccumulator:
+def patch_sweep(
+    model: torch.nn.Module,
+    token_ids: np.ndarray,
+    layout: AblationLayout,
+    layers: Iterable[int],
+    *,
+    heads: Iterable[int] = (-1,),
+    directions: Iterable[str] = tuple(DIRECTIONS),
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> AblationAccumulator:
     """Per layer (and head) and direction, scores with earlier mementos' K/V patched at that layer only.
 
     Keys: (direction, layer, head, segment, metric) plus the unpatched bases (world, -1, -1, segment, metric)
     (world = "normal"/"restart"). Metrics: accuracy, nll, kl (vs the unpatched base world).
     """
     layers, heads = list(layers), list(heads)
-    head_dim = int(getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads)
+    head_dim = int(
+        getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
+    )
     for d in directions:
         if d not in DIRECTIONS:
             raise ValueError(f"--directions: unknown {d!r}; choose from {', '.join(DIRECTIONS)}")
@@ -202,9 +228,11 @@ def patch_sweep(model: torch.nn.Module, token_ids: np.ndarray, layout: AblationL
     pos_all = layout.all_memento_positions()
     normal_vis = layout.normal_visible.to(device)
     for s in range(0, len(ids_all), batch_size):
-        ids = ids_all[s:s + batch_size].to(device)
-        caps = {"normal": capture_world(model, ids, normal_vis, pos_all),
-                "restart": capture_world(model, ids, layout.restart_visible.to(device), pos_all)}
+        ids = ids_all[s : s + batch_size].to(device)
+        caps = {
+            "normal": capture_world(model, ids, normal_vis, pos_all),
+            "restart": capture_world(model, ids, layout.restart_visible.to(device), pos_all),
+        }
         for c in layout.segments:
             tg = layout.targets[c]
             earlier = layout.earlier_memento_positions(c)
@@ -230,15 +258,22 @@ def patch_sweep(model: torch.nn.Module, token_ids: np.ndarray, layout: AblationL
 
 
 @torch.inference_mode()
-def toy_generated_accuracy(model: torch.nn.Module, token_ids: np.ndarray, layout: AblationLayout, world: str, *,
-                           batch_size: int = 128, device: str | torch.device = "cpu") -> np.ndarray:
+def toy_generated_accuracy(
+    model: torch.nn.Module,
+    token_ids: np.ndarray,
+    layout: AblationLayout,
+    world: str,
+    *,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
     """Greedy generation of every memento's digits (block digits given), errors carried forward.
 
     Returns ``[n, n_segments]`` bool: memento c fully right (segments c >= 1)."""
     out = []
     ids_all = torch.as_tensor(token_ids, dtype=torch.long)
     for s in range(0, len(ids_all), batch_size):
-        ids = ids_all[s:s + batch_size].to(device).clone()
+        ids = ids_all[s : s + batch_size].to(device).clone()
         gold = ids.clone()
         for c in sorted(layout.targets):
             vis = (layout.normal_visible if world == "normal" else layout.restart_world(c)).to(device)
@@ -246,14 +281,29 @@ def toy_generated_accuracy(model: torch.nn.Module, token_ids: np.ndarray, layout
                 logits = dense_forward(model, ids[:, :p], vis[:p, :p], want_kv=False).logits
                 ids[:, p] = logits[:, -1].argmax(-1)
         segs = layout.segments
-        out.append(torch.stack([(ids[:, layout.targets[c]] == gold[:, layout.targets[c]]).all(1) for c in segs], 1)
-                   .cpu().numpy())
+        out.append(
+            torch.stack([(ids[:, layout.targets[c]] == gold[:, layout.targets[c]]).all(1) for c in segs], 1)
+            .cpu()
+            .numpy()
+        )
     return np.concatenate(out)
 
 
 # -- tables (ablations.parquet contract) ---------------------------------------------------------------------
-ABLATION_COLUMNS = ["experiment", "model", "checkpoint", "variant", "layer", "head", "direction", "metric", "value",
-                    "ci_low", "ci_high", "n"]
+ABLATION_COLUMNS = [
+    "experiment",
+    "model",
+    "checkpoint",
+    "variant",
+    "layer",
+    "head",
+    "direction",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n",
+]
 
 
 def _ci(per_seq: np.ndarray, seed: int = 0, n_boot: int = 1000) -> tuple[float, float, float]:
@@ -267,17 +317,35 @@ def _over_segments(acc: AblationAccumulator, prefix: tuple, metric: str, segment
     return np.mean([acc.get((*prefix, c, metric)) for c in segments], axis=0)
 
 
-def restart_rows(acc: AblationAccumulator, layout: AblationLayout, model: str, checkpoint: str = "",
-                 generated: dict[str, np.ndarray] | None = None) -> list[dict]:
+def restart_rows(
+    acc: AblationAccumulator,
+    layout: AblationLayout,
+    model: str,
+    checkpoint: str = "",
+    generated: dict[str, np.ndarray] | None = None,
+) -> list[dict]:
     """Contract rows: per world the teacher-forced accuracy and NLL, restart KL, and (toy) generated exact rate."""
     rows = []
     segs = layout.segments
 
     def row(variant, metric, per_seq):
         v, lo, hi = _ci(per_seq)
-        rows.append({"experiment": "restart", "model": model, "checkpoint": checkpoint, "variant": variant,
-                     "layer": -1, "head": -1, "direction": "", "metric": metric, "value": v, "ci_low": lo,
-                     "ci_high": hi, "n": int(len(per_seq))})
+        rows.append(
+            {
+                "experiment": "restart",
+                "model": model,
+                "checkpoint": checkpoint,
+                "variant": variant,
+                "layer": -1,
+                "head": -1,
+                "direction": "",
+                "metric": metric,
+                "value": v,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": int(len(per_seq)),
+            }
+        )
 
     for world in ("normal", "restart"):
         row(world, "accuracy_teacher_forced", _over_segments(acc, (world,), "accuracy", segs))
@@ -292,17 +360,40 @@ def restart_block_rows(acc: AblationAccumulator, layout: AblationLayout, model: 
     """Per segment (block) detail: ``ablation_blocks.parquet`` (segment, variant, metric, value, CI, n)."""
     rows = []
     for c in layout.segments:
-        for world, metric in (("normal", "accuracy"), ("normal", "nll"), ("restart", "accuracy"),
-                              ("restart", "nll"), ("restart", "kl")):
+        for world, metric in (
+            ("normal", "accuracy"),
+            ("normal", "nll"),
+            ("restart", "accuracy"),
+            ("restart", "nll"),
+            ("restart", "kl"),
+        ):
             per = acc.get((world, c, metric))
             v, lo, hi = _ci(per)
-            rows.append({"experiment": "restart", "model": model, "segment": c, "variant": world, "metric": metric,
-                         "value": v, "ci_low": lo, "ci_high": hi, "n": int(len(per))})
+            rows.append(
+                {
+                    "experiment": "restart",
+                    "model": model,
+                    "segment": c,
+                    "variant": world,
+                    "metric": metric,
+                    "value": v,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "n": int(len(per)),
+                }
+            )
     return rows
 
 
-def patch_rows(acc: AblationAccumulator, layout: AblationLayout, model: str, layers: list[int], heads: list[int],
-               directions: list[str], checkpoint: str = "") -> list[dict]:
+def patch_rows(
+    acc: AblationAccumulator,
+    layout: AblationLayout,
+    model: str,
+    layers: list[int],
+    heads: list[int],
+    directions: list[str],
+    checkpoint: str = "",
+) -> list[dict]:
     """Contract rows: unpatched bases (layer -1) and, per direction/layer/head, accuracy, nll, kl and the shift
     from the base world (``delta_accuracy``, ``delta_nll``)."""
     rows = []
@@ -310,9 +401,22 @@ def patch_rows(acc: AblationAccumulator, layout: AblationLayout, model: str, lay
 
     def row(variant, layer, head, direction, metric, per_seq):
         v, lo, hi = _ci(per_seq)
-        rows.append({"experiment": "patch", "model": model, "checkpoint": checkpoint, "variant": variant,
-                     "layer": layer, "head": head, "direction": direction, "metric": metric, "value": v,
-                     "ci_low": lo, "ci_high": hi, "n": int(len(per_seq))})
+        rows.append(
+            {
+                "experiment": "patch",
+                "model": model,
+                "checkpoint": checkpoint,
+                "variant": variant,
+                "layer": layer,
+                "head": head,
+                "direction": direction,
+                "metric": metric,
+                "value": v,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n": int(len(per_seq)),
+            }
+        )
 
     base = {}
     for world in ("normal", "restart"):

@@ -25,7 +25,6 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-
 from memento_lens.runtime.dense import dense_forward
 
 CONDITIONS = ("direct", "masked", "causal_control")
@@ -66,8 +65,9 @@ class Skip:
         return {"condition": self.condition, "distance": self.distance, "layer": self.layer, "reason": self.reason}
 
 
-def passcode_conditions(target_block: int, n_blocks: int, distances: Iterable[int] = range(1, 8),
-                        conditions: Sequence[str] = CONDITIONS) -> tuple[list[Condition], list[Skip]]:
+def passcode_conditions(
+    target_block: int, n_blocks: int, distances: Iterable[int] = range(1, 8), conditions: Sequence[str] = CONDITIONS
+) -> tuple[list[Condition], list[Skip]]:
     """Conditions for a passcode in ``target_block`` of a sequence with ``n_blocks`` completed mementos.
 
     Raises:
@@ -95,15 +95,22 @@ def passcode_conditions(target_block: int, n_blocks: int, distances: Iterable[in
             raise ProbeInputError(
                 f"masked condition needs a memento after the target block: the trace has {n_blocks} blocks, "
                 f"target block {target_block} (0-based) needs at least {target_block + 2} "
-                f"(at least 3 blocks for the paper's T2 with a causal control)")
+                f"(at least 3 blocks for the paper's T2 with a causal control)"
+            )
         for k in sorted(set(int(d) for d in distances)):
             if k < 1:
                 raise ProbeInputError(f"--distances: masked distances start at 1, got {k}")
             if target_block + k < n_blocks:
                 out.append(Condition("masked", k, target_block + k))
             else:
-                skips.append(Skip("masked", k, f"distance {k} beyond the trace: memento of block {target_block + k} "
-                                               f"does not exist ({n_blocks} blocks)"))
+                skips.append(
+                    Skip(
+                        "masked",
+                        k,
+                        f"distance {k} beyond the trace: memento of block {target_block + k} "
+                        f"does not exist ({n_blocks} blocks)",
+                    )
+                )
     return out, skips
 
 
@@ -115,8 +122,10 @@ def resolve_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
     for layer in layers:
         idx = layer + n_layers if layer < 0 else layer
         if not 0 <= idx < n_layers:
-            raise ProbeInputError(f"--layers: layer {layer} out of range for a model with {n_layers} layers "
-                                  f"(valid 0..{n_layers - 1} or -1..-{n_layers})")
+            raise ProbeInputError(
+                f"--layers: layer {layer} out of range for a model with {n_layers} layers "
+                f"(valid 0..{n_layers - 1} or -1..-{n_layers})"
+            )
         if idx not in out:
             out.append(idx)
     return sorted(out)
@@ -164,8 +173,15 @@ class MementoFeatures:
                 if ly == layer:
                     name = f"memento{mb}"
                     tensors[name] = t
-                    rows.append({"memento_block": mb, "layer": layer, "file": f"{prefix}/layer-{layer:02d}.safetensors",
-                                 "tensor": name, "positions": [int(p) for p in self.positions.get(mb, [])]})
+                    rows.append(
+                        {
+                            "memento_block": mb,
+                            "layer": layer,
+                            "file": f"{prefix}/layer-{layer:02d}.safetensors",
+                            "tensor": name,
+                            "positions": [int(p) for p in self.positions.get(mb, [])],
+                        }
+                    )
             store.write_tensors(f"{prefix}/layer-{layer:02d}.safetensors", tensors)
         store.write_tensors(f"{prefix}/labels.safetensors", {"labels": self.labels})
         store.write_table(f"{prefix}/index.parquet", pd.DataFrame(rows))
@@ -185,11 +201,20 @@ class MementoFeatures:
         return cls(kv=kv, labels=labels, positions=positions)
 
 
-def extract_memento_kv(model: torch.nn.Module, input_ids: torch.Tensor | np.ndarray, visible: torch.Tensor,
-                       positions: Mapping[int, np.ndarray], layers: Sequence[int], labels: torch.Tensor | np.ndarray,
-                       *, wanted: Iterable[tuple[int, int]] | None = None, batch_size: int = 256,
-                       device: torch.device | str | None = None, store_dtype: torch.dtype = torch.float16,
-                       progress: Callable[[int], None] | None = None) -> MementoFeatures:
+def extract_memento_kv(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor | np.ndarray,
+    visible: torch.Tensor,
+    positions: Mapping[int, np.ndarray],
+    layers: Sequence[int],
+    labels: torch.Tensor | np.ndarray,
+    *,
+    wanted: Iterable[tuple[int, int]] | None = None,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    store_dtype: torch.dtype = torch.float16,
+    progress: Callable[[int], None] | None = None,
+) -> MementoFeatures:
     """Replay ``input_ids`` with one shared visibility mask and gather K/V at memento positions.
 
     Args:
@@ -217,17 +242,20 @@ def extract_memento_kv(model: torch.nn.Module, input_ids: torch.Tensor | np.ndar
     pos_t = {mb: torch.as_tensor(np.asarray(p), dtype=torch.long, device=dev) for mb, p in positions.items()}
     chunks: dict[tuple[int, int], list[torch.Tensor]] = {pair: [] for pair in pairs}
     for s in range(0, n, batch_size):
-        batch = ids[s:s + batch_size, :last].to(dev)
+        batch = ids[s : s + batch_size, :last].to(dev)
         out = dense_forward(model, batch, vis)
         for mb, ly in pairs:
-            k = out.keys[ly].index_select(2, pos_t[mb])      # [b, kvh, P, d]
+            k = out.keys[ly].index_select(2, pos_t[mb])  # [b, kvh, P, d]
             v = out.values[ly].index_select(2, pos_t[mb])
             chunks[(mb, ly)].append(torch.cat([k, v], dim=-1).to("cpu", store_dtype))
         if progress is not None:
             progress(min(s + batch_size, n))
     kv = {pair: torch.cat(parts) for pair, parts in chunks.items()}
-    return MementoFeatures(kv=kv, labels=torch.as_tensor(np.asarray(labels), dtype=torch.long),
-                           positions={mb: np.asarray(p) for mb, p in positions.items()})
+    return MementoFeatures(
+        kv=kv,
+        labels=torch.as_tensor(np.asarray(labels), dtype=torch.long),
+        positions={mb: np.asarray(p) for mb, p in positions.items()},
+    )
 
 
 # -- toy task ----------------------------------------------------------------------------------------------

@@ -15,13 +15,37 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .features import (CONDITIONS, Condition, MementoFeatures, ProbeInputError, Skip, extract_memento_kv,
-                       passcode_conditions, resolve_layers)
+from .features import (
+    CONDITIONS,
+    Condition,
+    MementoFeatures,
+    ProbeInputError,
+    Skip,
+    extract_memento_kv,
+    passcode_conditions,
+    resolve_layers,
+)
 from .models import make_probe
 from .train import TrainConfig, score_probe
 
-RESULT_COLUMNS = ["model", "checkpoint", "condition", "distance", "layer", "head", "probe", "seed", "n_train",
-                  "n_val", "accuracy", "ci_low", "ci_high", "control_accuracy", "selectivity", "task_accuracy"]
+RESULT_COLUMNS = [
+    "model",
+    "checkpoint",
+    "condition",
+    "distance",
+    "layer",
+    "head",
+    "probe",
+    "seed",
+    "n_train",
+    "n_val",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "control_accuracy",
+    "selectivity",
+    "task_accuracy",
+]
 
 
 @dataclass(frozen=True)
@@ -71,8 +95,12 @@ class PasscodeConfig:
 
 # The demo preset (target < 1 min on 2 cores): first and last layer, masked +1/+2 only, so the replay stops
 # after memento 3 (less than half the sequence), and short training.
-QUICK = dict(samples=2000, layers=(0, -1), distances=(1, 2),
-             train=TrainConfig(max_epochs=10, patience=2, batch_size=512, n_boot=200))
+QUICK = dict(
+    samples=2000,
+    layers=(0, -1),
+    distances=(1, 2),
+    train=TrainConfig(max_epochs=10, patience=2, batch_size=512, n_boot=200),
+)
 
 
 @dataclass
@@ -108,28 +136,49 @@ def build_dataset(cfg: PasscodeConfig, loaded, task: str) -> Dataset:
             raise ProbeInputError(f"--target-block {cfg.target_block} outside the toy's {layout.n_blocks} blocks")
         batch, labels = toy_passcode_batch(cfg.samples, cfg.seed, layout, cfg.target_block)
         pos = toy_memento_positions(layout, range(layout.n_blocks), span=cfg.positions == "span")
-        return Dataset(batch.token_ids, labels, toy_visibility(layout), pos, layout.n_blocks,
-                       {"task": "toy", "passcode": f"digits of block {cfg.target_block} (0-based)"})
+        return Dataset(
+            batch.token_ids,
+            labels,
+            toy_visibility(layout),
+            pos,
+            layout.n_blocks,
+            {"task": "toy", "passcode": f"digits of block {cfg.target_block} (0-based)"},
+        )
     if cfg.trace is None:
-        raise ProbeInputError("--trace is required for a real model (a Memento JSON trace, e.g. "
-                              "../shared/data/memento_example_math.json)")
+        raise ProbeInputError(
+            "--trace is required for a real model (a Memento JSON trace, e.g. ../shared/data/memento_example_math.json)"
+        )
     from memento_lens.runtime.masks import visibility_mask
     from memento_lens.runtime.toy.task import TOY_MASKING
 
     from .real import build_passcode_trace, load_segments, passcode_samples
 
     tokens = loaded.require_tokens()
-    trace = build_passcode_trace(load_segments(cfg.trace), loaded.tokenizer, tokens, TOY_MASKING,
-                                 cfg.target_block, source=str(cfg.trace))
+    trace = build_passcode_trace(
+        load_segments(cfg.trace), loaded.tokenizer, tokens, TOY_MASKING, cfg.target_block, source=str(cfg.trace)
+    )
     samples = passcode_samples(trace, loaded.tokenizer, cfg.samples, cfg.seed)
     if cfg.positions != "span":
         raise ProbeInputError("--positions digits applies to the toy only; real mementos use their span")
-    return Dataset(samples.token_ids, samples.labels, visibility_mask(trace.schedule), trace.memento_spans,
-                   trace.n_blocks, {"task": "trace", "trace": str(cfg.trace), "n_tokens": int(len(trace.token_ids)),
-                                    "skipped_samples": samples.skipped, "skip_reasons": samples.skip_reasons})
+    return Dataset(
+        samples.token_ids,
+        samples.labels,
+        visibility_mask(trace.schedule),
+        trace.memento_spans,
+        trace.n_blocks,
+        {
+            "task": "trace",
+            "trace": str(cfg.trace),
+            "n_tokens": int(len(trace.token_ids)),
+            "skipped_samples": samples.skipped,
+            "skip_reasons": samples.skip_reasons,
+        },
+    )
 
 
-def plan(cfg: PasscodeConfig, n_layers: int, n_blocks: int) -> tuple[list[tuple[Condition, int]], list[Skip], list[int]]:
+def plan(
+    cfg: PasscodeConfig, n_layers: int, n_blocks: int
+) -> tuple[list[tuple[Condition, int]], list[Skip], list[int]]:
     """(condition, layer) pairs to probe, skipped requests, and the resolved layers."""
     layers = resolve_layers(list(cfg.layers), n_layers)
     conds, skips = passcode_conditions(cfg.target_block, n_blocks, cfg.distances, cfg.conditions)
@@ -140,10 +189,16 @@ def plan(cfg: PasscodeConfig, n_layers: int, n_blocks: int) -> tuple[list[tuple[
     return pairs, skips, layers
 
 
-def run_passcode(cfg: PasscodeConfig, loaded=None, *, features: MementoFeatures | None = None,
-                 checkpoint: str = "", task_accuracy: float = float("nan"),
-                 on_features: Callable[[MementoFeatures], None] | None = None,
-                 progress: Callable[[str, int, int], None] | None = None) -> PasscodeResult:
+def run_passcode(
+    cfg: PasscodeConfig,
+    loaded=None,
+    *,
+    features: MementoFeatures | None = None,
+    checkpoint: str = "",
+    task_accuracy: float = float("nan"),
+    on_features: Callable[[MementoFeatures], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> PasscodeResult:
     """Run the experiment.
 
     Args:
@@ -174,9 +229,17 @@ def run_passcode(cfg: PasscodeConfig, loaded=None, *, features: MementoFeatures 
         wanted = sorted({(c.memento_block, ly) for c, ly in pairs})
         t1 = time.perf_counter()
         features = extract_memento_kv(
-            model, data.token_ids, data.visible, {mb: data.positions[mb] for mb, _ in wanted}, layers, data.labels,
-            wanted=wanted, batch_size=cfg.batch_size, device=cfg.device,
-            progress=(lambda done: progress("features", done, len(data.labels))) if progress else None)
+            model,
+            data.token_ids,
+            data.visible,
+            {mb: data.positions[mb] for mb, _ in wanted},
+            layers,
+            data.labels,
+            wanted=wanted,
+            batch_size=cfg.batch_size,
+            device=cfg.device,
+            progress=(lambda done: progress("features", done, len(data.labels))) if progress else None,
+        )
         info["feature_seconds"] = time.perf_counter() - t1
         info["n_layers"] = n_layers
         info["n_blocks"] = data.n_blocks
@@ -188,8 +251,10 @@ def run_passcode(cfg: PasscodeConfig, loaded=None, *, features: MementoFeatures 
         pairs, skips, layers = plan(cfg, n_layers, n_blocks)
         missing = [(c.memento_block, ly) for c, ly in pairs if (c.memento_block, ly) not in features.kv]
         if missing:
-            raise ProbeInputError(f"cached features lack (memento block, layer) {missing[:4]}; re-extract "
-                                  "(drop --features-from) or request layers/distances the cache holds")
+            raise ProbeInputError(
+                f"cached features lack (memento block, layer) {missing[:4]}; re-extract "
+                "(drop --features-from) or request layers/distances the cache holds"
+            )
     labels = features.labels.numpy()
     rows = []
     heads = [-1, *cfg.heads]
@@ -202,12 +267,26 @@ def run_passcode(cfg: PasscodeConfig, loaded=None, *, features: MementoFeatures 
             for name in cfg.probes:
                 probe = make_probe(name)
                 score = score_probe(probe, x, labels, cfg.train, seed=cfg.seed, control=cfg.control)
-                rows.append({"model": cfg.model, "checkpoint": checkpoint, "condition": cond.name,
-                             "distance": cond.distance, "layer": layer, "head": head, "probe": name,
-                             "seed": cfg.seed, "n_train": score.n_train, "n_val": score.n_val,
-                             "accuracy": score.accuracy, "ci_low": score.ci_low, "ci_high": score.ci_high,
-                             "control_accuracy": score.control_accuracy, "selectivity": score.selectivity,
-                             "task_accuracy": task_accuracy})
+                rows.append(
+                    {
+                        "model": cfg.model,
+                        "checkpoint": checkpoint,
+                        "condition": cond.name,
+                        "distance": cond.distance,
+                        "layer": layer,
+                        "head": head,
+                        "probe": name,
+                        "seed": cfg.seed,
+                        "n_train": score.n_train,
+                        "n_val": score.n_val,
+                        "accuracy": score.accuracy,
+                        "ci_low": score.ci_low,
+                        "ci_high": score.ci_high,
+                        "control_accuracy": score.control_accuracy,
+                        "selectivity": score.selectivity,
+                        "task_accuracy": task_accuracy,
+                    }
+                )
                 done += 1
                 if progress:
                     progress("probes", done, total)
@@ -225,7 +304,6 @@ def summarize(df: pd.DataFrame) -> dict[str, Any]:
         out.setdefault(cond, {})[probe] = {
             "max_accuracy": float(g["accuracy"].max()),
             "by_layer": {int(r.layer): float(r.accuracy) for r in g[g["distance"] <= 1].itertuples()},
-            "by_distance": {int(r.distance): float(r.accuracy) for r in g.itertuples()
-                            if r.layer == g["layer"].max()},
+            "by_distance": {int(r.distance): float(r.accuracy) for r in g.itertuples() if r.layer == g["layer"].max()},
         }
     return out

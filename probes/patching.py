@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import torch
-
 from memento_lens.runtime.hf_paths import SELF_ATTN_ATTR, decoder_layers
 
 # HF attention submodules whose outputs are the per-token K/V projections (Qwen3/Llama/Qwen2/OLMo families).
@@ -65,6 +64,7 @@ def capture_kv_proj(model: torch.nn.Module, layers: list[int], positions: torch.
     def hook(layer: int, which: str):
         def fn(module, args, output):
             store[(layer, which)] = output.index_select(1, positions.to(output.device)).detach()
+
         return fn
 
     try:
@@ -90,10 +90,13 @@ def patch_kv_proj(model: torch.nn.Module, patches: Mapping[int, KVProj]) -> Iter
             pos = donor.positions.to(output.device)
             keep = pos < output.shape[1]
             pos = pos[keep]
-            src = (donor.k if which == K_PROJ_ATTR else donor.v)[:, keep.to(donor.k.device)].to(output.device, output.dtype)
+            src = (donor.k if which == K_PROJ_ATTR else donor.v)[:, keep.to(donor.k.device)].to(
+                output.device, output.dtype
+            )
             out = output.clone()
             out[:, pos] = src
             return out
+
         return fn
 
     try:
@@ -106,8 +109,14 @@ def patch_kv_proj(model: torch.nn.Module, patches: Mapping[int, KVProj]) -> Iter
             h.remove()
 
 
-def surgery_patches(base: Mapping[int, KVProj], donor: Mapping[int, KVProj], layer: int | None,
-                    positions: torch.Tensor, head: int = -1, head_dim: int | None = None) -> dict[int, KVProj]:
+def surgery_patches(
+    base: Mapping[int, KVProj],
+    donor: Mapping[int, KVProj],
+    layer: int | None,
+    positions: torch.Tensor,
+    head: int = -1,
+    head_dim: int | None = None,
+) -> dict[int, KVProj]:
     """Patches for "donor K/V at ``layer`` only" (``None``: at every layer), every other layer pinned to base.
 
     With ``head >= 0`` only that KV head's slice (``head_dim`` wide) comes from the donor at ``layer``.

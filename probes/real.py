@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from memento_lens.runtime.config import THINK_END, THINK_START, BlockMaskingConfig, MementoTokenIds
 from memento_lens.runtime.schedule import Schedule, compute_schedule
 
@@ -87,8 +86,14 @@ def load_segments(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_passcode_trace(data: dict[str, Any], tokenizer: Any, tokens: MementoTokenIds, config: BlockMaskingConfig,
-                         target_block: int | None = 1, source: str = "") -> PasscodeTrace:
+def build_passcode_trace(
+    data: dict[str, Any],
+    tokenizer: Any,
+    tokens: MementoTokenIds,
+    config: BlockMaskingConfig,
+    target_block: int | None = 1,
+    source: str = "",
+) -> PasscodeTrace:
     """Tokenise a segmented trace with a passcode sentence at the start of block ``target_block`` (0-based;
     ``None``: the trace as it is, no passcode).
 
@@ -121,14 +126,24 @@ def build_passcode_trace(data: dict[str, Any], tokenizer: Any, tokens: MementoTo
     if slot is None and target_block is None:
         slot = np.zeros(0, dtype=np.int64)
     if slot is None:
-        raise ProbeInputError(f"trace {source or '?'}: has {block + 1} blocks, no block {target_block} (0-based) "
-                              "to hold the passcode")
+        raise ProbeInputError(
+            f"trace {source or '?'}: has {block + 1} blocks, no block {target_block} (0-based) to hold the passcode"
+        )
     sched = compute_schedule(ids, tokens.resolve_config(config), tokens, prompt_len=prompt_len)
-    spans = {s.block: np.arange(s.summary_start, s.summary_end + 1) for s in sched.blocks
-             if s.summary_start is not None and s.summary_end is not None}
-    return PasscodeTrace(token_ids=np.asarray(ids, dtype=np.int64), prompt_len=prompt_len, passcode_slot=slot,
-                         schedule=sched, memento_spans=spans, target_block=-1 if target_block is None else target_block,
-                         source=source)
+    spans = {
+        s.block: np.arange(s.summary_start, s.summary_end + 1)
+        for s in sched.blocks
+        if s.summary_start is not None and s.summary_end is not None
+    }
+    return PasscodeTrace(
+        token_ids=np.asarray(ids, dtype=np.int64),
+        prompt_len=prompt_len,
+        passcode_slot=slot,
+        schedule=sched,
+        memento_spans=spans,
+        target_block=-1 if target_block is None else target_block,
+        source=source,
+    )
 
 
 def passcode_samples(trace: PasscodeTrace, tokenizer: Any, n: int, seed: int, n_digits: int = 5) -> PasscodeSamples:
@@ -152,12 +167,16 @@ def passcode_samples(trace: PasscodeTrace, tokenizer: Any, n: int, seed: int, n_
         labels.append(code)
     reasons = {f"passcode encodes in a token count other than the template's {width}": skipped} if skipped else {}
     if not rows:
-        raise ProbeInputError(f"trace {trace.source or '?'}: every passcode changed the block's token count "
-                              f"(template {width} tokens); this tokenizer cannot take a token-level substitution")
+        raise ProbeInputError(
+            f"trace {trace.source or '?'}: every passcode changed the block's token count "
+            f"(template {width} tokens); this tokenizer cannot take a token-level substitution"
+        )
     distinct_codes = len({tuple(c) for c in labels})
     distinct_tokens = len({tuple(r[trace.passcode_slot]) for r in rows})
     if distinct_tokens < distinct_codes:
-        raise ProbeInputError(f"trace {trace.source or '?'}: the tokenizer maps {distinct_codes} distinct passcodes "
-                              f"to only {distinct_tokens} token sequences (unknown-token digits?); the passcode "
-                              "cannot be represented")
+        raise ProbeInputError(
+            f"trace {trace.source or '?'}: the tokenizer maps {distinct_codes} distinct passcodes "
+            f"to only {distinct_tokens} token sequences (unknown-token digits?); the passcode "
+            "cannot be represented"
+        )
     return PasscodeSamples(token_ids=np.stack(rows), labels=np.stack(labels), skipped=skipped, skip_reasons=reasons)

@@ -24,8 +24,11 @@ def passcode_keys(labels: np.ndarray | torch.Tensor) -> np.ndarray:
     return lab @ powers
 
 
-def label_unique_split(labels: np.ndarray | torch.Tensor, val_frac: float, seed: int,
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def label_unique_split(
+    labels: np.ndarray | torch.Tensor,
+    val_frac: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Split sample indices so that no passcode occurs on both sides.
 
     Whole passcode groups go to validation in a seeded random order until it holds ``>= val_frac`` of
@@ -58,15 +61,19 @@ def control_labels(labels: np.ndarray | torch.Tensor, seed: int, n_classes: int 
     """
     lab = np.asarray(labels, dtype=np.int64)
     n_digits = lab.shape[1]
-    perm = np.random.default_rng(seed + 7919).permutation(n_classes ** n_digits)
+    perm = np.random.default_rng(seed + 7919).permutation(n_classes**n_digits)
     mapped = perm[passcode_keys(lab)]
     powers = n_classes ** np.arange(n_digits - 1, -1, -1, dtype=np.int64)
     return (mapped[:, None] // powers) % n_classes
 
 
 # -- statistics --------------------------------------------------------------------------------------------
-def bootstrap_ci(correct: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
-                 ) -> tuple[float, float, float]:
+def bootstrap_ci(
+    correct: np.ndarray,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """Mean digit accuracy and a percentile bootstrap CI over validation samples.
 
     Args:
@@ -135,9 +142,17 @@ def _digit_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
-def fit_probe(probe: DigitProbe, x: torch.Tensor, y: torch.Tensor, train_idx: np.ndarray, val_idx: np.ndarray,
-              config: TrainConfig = TrainConfig(), seed: int = 0, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32) -> FitResult:
+def fit_probe(
+    probe: DigitProbe,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> FitResult:
     """Train ``probe`` on ``x[train_idx]`` (standardised with training statistics), score on ``x[val_idx]``.
 
     Args:
@@ -163,7 +178,7 @@ def fit_probe(probe: DigitProbe, x: torch.Tensor, y: torch.Tensor, train_idx: np
         model.train()
         order = fit_idx[torch.randperm(len(fit_idx), generator=gen).to(device)]
         for s in range(0, len(order), config.batch_size):
-            b = order[s:s + config.batch_size]
+            b = order[s : s + config.batch_size]
             loss = _digit_loss(model(xs[b]), y[b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -185,8 +200,9 @@ def fit_probe(probe: DigitProbe, x: torch.Tensor, y: torch.Tensor, train_idx: np
         pred = model(xs[vidx]).argmax(-1)
     correct = (pred == y[vidx]).cpu().numpy()
     acc, lo, hi = bootstrap_ci(correct, config.n_boot, seed=seed)
-    return FitResult(correct=correct, accuracy=acc, ci_low=lo, ci_high=hi, epochs=epoch,
-                     seconds=time.perf_counter() - t0)
+    return FitResult(
+        correct=correct, accuracy=acc, ci_low=lo, ci_high=hi, epochs=epoch, seconds=time.perf_counter() - t0
+    )
 
 
 @dataclass
@@ -207,8 +223,15 @@ class ProbeScore:
         return self.accuracy - self.control_accuracy
 
 
-def score_probe(probe: DigitProbe, x: torch.Tensor, labels: np.ndarray, config: TrainConfig = TrainConfig(),
-                seed: int = 0, control: bool = True, device: torch.device | str = "cpu") -> ProbeScore:
+def score_probe(
+    probe: DigitProbe,
+    x: torch.Tensor,
+    labels: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    control: bool = True,
+    device: torch.device | str = "cpu",
+) -> ProbeScore:
     """Label-unique split, fit on the passcode digits and (optionally) on the control relabelling."""
     labels = np.asarray(labels, dtype=np.int64)
     train_idx, val_idx = label_unique_split(labels, config.val_frac, seed)
@@ -217,5 +240,13 @@ def score_probe(probe: DigitProbe, x: torch.Tensor, labels: np.ndarray, config: 
     if control:
         ctrl = fit_probe(probe, x, control_labels(labels, seed), train_idx, val_idx, config, seed, device)
         ctrl_acc, secs = ctrl.accuracy, secs + ctrl.seconds
-    return ProbeScore(accuracy=fit.accuracy, ci_low=fit.ci_low, ci_high=fit.ci_high, control_accuracy=ctrl_acc,
-                      n_train=len(train_idx), n_val=len(val_idx), epochs=fit.epochs, seconds=secs)
+    return ProbeScore(
+        accuracy=fit.accuracy,
+        ci_low=fit.ci_low,
+        ci_high=fit.ci_high,
+        control_accuracy=ctrl_acc,
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        epochs=fit.epochs,
+        seconds=secs,
+    )

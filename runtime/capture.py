@@ -73,8 +73,10 @@ class Capture:
         """Called after tokens ``[start, end)`` were fed (before any compaction)."""
 
     def describe(self) -> dict[str, Any]:
-        return {"capture": type(self).__name__,
-                **{k: v for k, v in self.__dict__.items() if k != "sink" and not k.startswith("_")}}
+        return {
+            "capture": type(self).__name__,
+            **{k: v for k, v in self.__dict__.items() if k != "sink" and not k.startswith("_")},
+        }
 
 
 @dataclass
@@ -83,14 +85,22 @@ class KVCapture(Capture):
 
     layers: tuple[int, ...] | None = None
 
-    def emit(self, view: Any, variant: str, block: int, start: int, end: int,
-             kv: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def emit(
+        self, view: Any, variant: str, block: int, start: int, end: int, kv: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
         """Split a batched capture ``[batch, kv_heads, n, d]`` per trace into the sink."""
         layer_ids = list(range(len(kv))) if self.layers is None else list(self.layers)
         for li, (k, v) in zip(layer_ids, kv):
             for row, trace in enumerate(view.traces):
-                self.sink.add_kv(KVItem(KVKey(trace.trace_id, li, variant, block), start, end,
-                                        k[row: row + 1].detach().cpu().clone(), v[row: row + 1].detach().cpu().clone()))
+                self.sink.add_kv(
+                    KVItem(
+                        KVKey(trace.trace_id, li, variant, block),
+                        start,
+                        end,
+                        k[row : row + 1].detach().cpu().clone(),
+                        v[row : row + 1].detach().cpu().clone(),
+                    )
+                )
 
 
 @dataclass
@@ -111,7 +121,7 @@ class MementoKV(KVCapture):
                 continue
             rewound = s in view.rewound
             if not rewound and any(ev.rewind_to == s for ev in sched.evictions):
-                continue      # first pass of a memento that will be recomputed: before_evict stores it as normal
+                continue  # first pass of a memento that will be recomputed: before_evict stores it as normal
             own = view.cache.gather(range(s, e + 1), self.layers)
             self.emit(view, "restart" if rewound else "normal", span.block, s, e + 1, own)
             if self.counterfactual and not rewound:
@@ -139,8 +149,14 @@ class EvictedBlockKV(KVCapture):
     def before_evict(self, view: Any, position: int, events: Sequence[EvictionEvent]) -> None:
         for ev in events:
             if ev.end > ev.start and ev.block is not None:
-                self.emit(view, "evicted_block", ev.block, ev.start, ev.end,
-                          view.cache.gather(range(ev.start, ev.end), self.layers))
+                self.emit(
+                    view,
+                    "evicted_block",
+                    ev.block,
+                    ev.start,
+                    ev.end,
+                    view.cache.gather(range(ev.start, ev.end), self.layers),
+                )
 
 
 @dataclass
@@ -180,6 +196,7 @@ class AttentionWeights(Capture):
             i = ATTN_WEIGHTS_OUTPUT_INDEX
             if isinstance(output, tuple) and len(output) > i and output[i] is not None:
                 self._last[layer] = output[i].detach()
+
         return hook
 
     def after_chunk(self, view: Any, start: int, end: int) -> None:
@@ -187,13 +204,13 @@ class AttentionWeights(Capture):
         wanted = [q for q in (self.queries if self.queries is not None else range(n)) if start <= q < end]
         if not wanted:
             return
-        pos = view.cache.pos                                       # [batch, slots] after this forward
+        pos = view.cache.pos  # [batch, slots] after this forward
         for li in self.layers:
             w = self._last.get(li)
             if w is None:
                 continue
             for q in wanted:
-                row = w[:, :, q - start, :]                         # [batch, heads, slots]
+                row = w[:, :, q - start, :]  # [batch, heads, slots]
                 for r, trace in enumerate(view.traces):
                     full = torch.zeros(1, row.shape[1], n, dtype=torch.float32)
                     alive = pos[r] >= 0
@@ -205,9 +222,17 @@ class AttentionWeights(Capture):
 # ---------------------------------------------------------------------------------------------------------
 # Run writing (parts, resume, merge)
 # ---------------------------------------------------------------------------------------------------------
-def trace_tables(trace: Trace, schedule: Any, tokens: MementoTokenIds, mode: str, source: str,
-                 bytes_per_token: int, tokenizer: Any = None, token_strings: Sequence[str] | None = None,
-                 trace_columns: dict[str, Any] | None = None) -> dict[str, pd.DataFrame]:
+def trace_tables(
+    trace: Trace,
+    schedule: Any,
+    tokens: MementoTokenIds,
+    mode: str,
+    source: str,
+    bytes_per_token: int,
+    tokenizer: Any = None,
+    token_strings: Sequence[str] | None = None,
+    trace_columns: dict[str, Any] | None = None,
+) -> dict[str, pd.DataFrame]:
     """The four per-trace tables of the run contract (the one builder: generation, replay and ingestion).
 
     Args:
@@ -224,20 +249,56 @@ def trace_tables(trace: Trace, schedule: Any, tokens: MementoTokenIds, mode: str
         names = tokenizer.convert_ids_to_tokens(list(trace.token_ids))
     else:
         names = [str(t) for t in trace.token_ids]
-    tok = pd.DataFrame({"trace": [trace.trace_id] * n, "pos": np.arange(n, dtype=np.int64),
-                        "token_id": np.asarray(trace.token_ids, dtype=np.int64),
-                        "token": [str(x) for x in names], "role": [str(r) for r in roles.role],
-                        "block": roles.block.astype(np.int64)})
-    ev = pd.DataFrame([{"trace": trace.trace_id, "kind": e.kind.value, "position": e.position, "start": e.start,
-                        "end": e.end, "block": e.block if e.block is not None else -1, "rewind_to": e.rewind_to,
-                        "message": e.message} for e in schedule.events],
-                      columns=["trace", "kind", "position", "start", "end", "block", "rewind_to", "message"])
+    tok = pd.DataFrame(
+        {
+            "trace": [trace.trace_id] * n,
+            "pos": np.arange(n, dtype=np.int64),
+            "token_id": np.asarray(trace.token_ids, dtype=np.int64),
+            "token": [str(x) for x in names],
+            "role": [str(r) for r in roles.role],
+            "block": roles.block.astype(np.int64),
+        }
+    )
+    ev = pd.DataFrame(
+        [
+            {
+                "trace": trace.trace_id,
+                "kind": e.kind.value,
+                "position": e.position,
+                "start": e.start,
+                "end": e.end,
+                "block": e.block if e.block is not None else -1,
+                "rewind_to": e.rewind_to,
+                "message": e.message,
+            }
+            for e in schedule.events
+        ],
+        columns=["trace", "kind", "position", "start", "end", "block", "rewind_to", "message"],
+    )
     ev = ev.astype({"rewind_to": "Int64", "block": "int64"}) if len(ev) else ev
     occ = occupancy(schedule)
-    oc = pd.DataFrame({"trace": trace.trace_id, "mode": mode, "step": np.arange(n, dtype=np.int64),
-                       "tokens": occ, "bytes": occ * bytes_per_token})
-    tr = pd.DataFrame([{"trace": trace.trace_id, "n_tokens": n, "prompt_len": trace.prompt_len,
-                        "n_blocks": len(schedule.blocks), "mode": mode, "source": source, **(trace_columns or {})}])
+    oc = pd.DataFrame(
+        {
+            "trace": trace.trace_id,
+            "mode": mode,
+            "step": np.arange(n, dtype=np.int64),
+            "tokens": occ,
+            "bytes": occ * bytes_per_token,
+        }
+    )
+    tr = pd.DataFrame(
+        [
+            {
+                "trace": trace.trace_id,
+                "n_tokens": n,
+                "prompt_len": trace.prompt_len,
+                "n_blocks": len(schedule.blocks),
+                "mode": mode,
+                "source": source,
+                **(trace_columns or {}),
+            }
+        ]
+    )
     return {"traces": tr, "tokens": tok, "events": ev, "occupancy": oc}
 
 
@@ -297,11 +358,25 @@ class RunWriter:
         self.store.mark_complete(**info)
 
 
-def replay_to_run(model: Any, traces: Sequence[Trace], config: BlockMaskingConfig, tokens: MementoTokenIds,
-                  out: str | Path, *, captures: Sequence[Capture] = (), run_config: dict[str, Any] | None = None,
-                  kind: str = "replay", source: str = "replay", tokenizer: Any = None, batch_size: int = 64,
-                  overwrite: bool = False, resume: bool = False, progress: bool = False,
-                  part_traces: int = 256, allow_unclosed: bool = False) -> RunStore:
+def replay_to_run(
+    model: Any,
+    traces: Sequence[Trace],
+    config: BlockMaskingConfig,
+    tokens: MementoTokenIds,
+    out: str | Path,
+    *,
+    captures: Sequence[Capture] = (),
+    run_config: dict[str, Any] | None = None,
+    kind: str = "replay",
+    source: str = "replay",
+    tokenizer: Any = None,
+    batch_size: int = 64,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    part_traces: int = 256,
+    allow_unclosed: bool = False,
+) -> RunStore:
     """Replay traces with captures and write a complete run directory (resumable).
 
     Malformed traces raise :class:`~memento_lens.runtime.replay.ReplayError` before anything is written;
@@ -313,9 +388,14 @@ def replay_to_run(model: Any, traces: Sequence[Trace], config: BlockMaskingConfi
     ids = [t.trace_id for t in traces]
     if len(set(ids)) != len(ids):
         raise ValueError("trace ids must be unique within a run")
-    validate_all(model, traces, config, tokens, allow_unclosed)   # bad input fails before anything is written
-    cfg = {"masking": config.to_dict(), "tokens": tokens.to_dict(), "captures": [c.describe() for c in captures],
-           "model_info": model_info(model), **(run_config or {})}
+    validate_all(model, traces, config, tokens, allow_unclosed)  # bad input fails before anything is written
+    cfg = {
+        "masking": config.to_dict(),
+        "tokens": tokens.to_dict(),
+        "captures": [c.describe() for c in captures],
+        "model_info": model_info(model),
+        **(run_config or {}),
+    }
     store = RunStore.create(out, kind, cfg, overwrite=overwrite, resume=resume)
     if store.complete:
         return store
@@ -327,21 +407,40 @@ def replay_to_run(model: Any, traces: Sequence[Trace], config: BlockMaskingConfi
         c.sink = sink
     bpt = kv_bytes_per_token(model)
     for k in range(0, len(todo), part_traces):
-        chunk = todo[k: k + part_traces]
-        results = replay(model, chunk, config, tokens, batch_size=batch_size, captures=captures, progress=progress,
-                         allow_unclosed=allow_unclosed)
+        chunk = todo[k : k + part_traces]
+        results = replay(
+            model,
+            chunk,
+            config,
+            tokens,
+            batch_size=batch_size,
+            captures=captures,
+            progress=progress,
+            allow_unclosed=allow_unclosed,
+        )
         tables = [trace_tables(r.trace, r.schedule, tokens, config.mode, source, bpt, tokenizer) for r in results]
         writer.write_part(tables, sink if captures else None)
     writer.finish(n_traces=len(traces))
     return store
 
 
-
-def generate_to_run(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingConfig,
-                    tokens: MementoTokenIds, out: str | Path, *, sampling: Any = None, eos_token_id: int | None = None,
-                    captures: Sequence[Capture] = (), run_config: dict[str, Any] | None = None, tokenizer: Any = None,
-                    batch_size: int = 16, overwrite: bool = False, resume: bool = False,
-                    progress: bool = False) -> RunStore:
+def generate_to_run(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    config: BlockMaskingConfig,
+    tokens: MementoTokenIds,
+    out: str | Path,
+    *,
+    sampling: Any = None,
+    eos_token_id: int | None = None,
+    captures: Sequence[Capture] = (),
+    run_config: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+    batch_size: int = 16,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+) -> RunStore:
     """Generate from prompts in batches and write each batch as a part (resumable); with ``captures`` the
     generated traces are replayed (teacher forcing rebuilds the identical cache) to capture K/V.
 
@@ -355,9 +454,15 @@ def generate_to_run(model: Any, prompts: Sequence[Sequence[int]], config: BlockM
     from .replay import replay
 
     sampling = sampling or SamplingConfig()
-    cfg = {"masking": config.to_dict(), "tokens": tokens.to_dict(), "sampling": dataclasses.asdict(sampling),
-           "captures": [c.describe() for c in captures], "model_info": model_info(model),
-           "prompts": [list(map(int, p)) for p in prompts], **(run_config or {})}
+    cfg = {
+        "masking": config.to_dict(),
+        "tokens": tokens.to_dict(),
+        "sampling": dataclasses.asdict(sampling),
+        "captures": [c.describe() for c in captures],
+        "model_info": model_info(model),
+        "prompts": [list(map(int, p)) for p in prompts],
+        **(run_config or {}),
+    }
     store = RunStore.create(out, "generate", cfg, overwrite=overwrite, resume=resume)
     if store.complete:
         return store
@@ -372,27 +477,52 @@ def generate_to_run(model: Any, prompts: Sequence[Sequence[int]], config: BlockM
         if all(i in done for i in ids):
             continue
         batch_sampling = dataclasses.replace(sampling, seed=sampling.seed + j)
-        results = generate(model, prompts[k: k + batch_size], config, tokens, sampling=batch_sampling,
-                           eos_token_id=eos_token_id, trace_ids=ids, progress=progress)
-        tables = [trace_tables(r.trace, r.schedule, tokens, config.mode, "generate", bpt, tokenizer)
-                  for r in results]
+        results = generate(
+            model,
+            prompts[k : k + batch_size],
+            config,
+            tokens,
+            sampling=batch_sampling,
+            eos_token_id=eos_token_id,
+            trace_ids=ids,
+            progress=progress,
+        )
+        tables = [trace_tables(r.trace, r.schedule, tokens, config.mode, "generate", bpt, tokenizer) for r in results]
         if captures:
             replay(model, [r.trace for r in results], config, tokens, captures=captures, strict=False)
         writer.write_part(tables, sink if captures else None)
     writer.finish(n_traces=len(prompts))
     return store
 
-def default_captures(layers: Sequence[int] | None = None, evicted_block: bool = False,
-                     attention_layers: Sequence[int] = (), attention_queries: Sequence[int] | None = None
-                     ) -> list[Capture]:
+
+def default_captures(
+    layers: Sequence[int] | None = None,
+    evicted_block: bool = False,
+    attention_layers: Sequence[int] = (),
+    attention_queries: Sequence[int] | None = None,
+) -> list[Capture]:
     caps: list[Capture] = [MementoKV(layers=tuple(layers) if layers is not None else None)]
     if evicted_block:
         caps.append(EvictedBlockKV(layers=tuple(layers) if layers is not None else None))
     if attention_layers:
-        caps.append(AttentionWeights(layers=tuple(attention_layers),
-                                     queries=tuple(attention_queries) if attention_queries is not None else None))
+        caps.append(
+            AttentionWeights(
+                layers=tuple(attention_layers),
+                queries=tuple(attention_queries) if attention_queries is not None else None,
+            )
+        )
     return caps
 
 
-__all__ = ["Capture", "KVCapture", "MementoKV", "EvictedBlockKV", "AttentionWeights", "RunWriter",
-           "replay_to_run", "generate_to_run", "trace_tables", "default_captures"]
+__all__ = [
+    "Capture",
+    "KVCapture",
+    "MementoKV",
+    "EvictedBlockKV",
+    "AttentionWeights",
+    "RunWriter",
+    "replay_to_run",
+    "generate_to_run",
+    "trace_tables",
+    "default_captures",
+]

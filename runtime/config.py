@@ -80,16 +80,18 @@ class BlockMaskingConfig:
         return cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=-1)
 
     @classmethod
-    def from_mode(cls, mode: str, mask_delimiters: bool = False, keep_last_n_blocks: int = 0,
-                  **kwargs: Any) -> "BlockMaskingConfig":
+    def from_mode(
+        cls, mode: str, mask_delimiters: bool = False, keep_last_n_blocks: int = 0, **kwargs: Any
+    ) -> "BlockMaskingConfig":
         """Build the config for one of 'vanilla', 'memento', 'restart'."""
         if mode == "vanilla":
             return cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=-1, **kwargs)
         if mode == "memento":
             return cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n_blocks, **kwargs)
         if mode == "restart":
-            return cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n_blocks,
-                       restart_mode=True, **kwargs)
+            return cls(
+                mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n_blocks, restart_mode=True, **kwargs
+            )
         raise ConfigError(f"mode must be one of vanilla, memento, restart; got {mode!r}")
 
     @classmethod
@@ -160,8 +162,10 @@ class MementoTokenIds:
         def single(tok: str) -> int | None:
             return vocab.get(tok)
 
-        ids = {name: single(tok) for name, tok in zip(
-            ("block_start", "block_end", "summary_start", "summary_end"), MEMENTO_TOKEN_STRINGS)}
+        ids = {
+            name: single(tok)
+            for name, tok in zip(("block_start", "block_end", "summary_start", "summary_end"), MEMENTO_TOKEN_STRINGS)
+        }
         missing = [tok for tok, (_, v) in zip(MEMENTO_TOKEN_STRINGS, ids.items()) if v is None]
         if missing:
             raise MissingMementoTokens(missing)

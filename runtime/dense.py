@@ -41,8 +41,13 @@ def stack_visibility(schedules: Sequence[Schedule], device: torch.device | str |
 
 
 @torch.inference_mode()
-def dense_forward(model: torch.nn.Module, input_ids: torch.Tensor, visible: torch.Tensor,
-                  position_ids: torch.Tensor | None = None, want_kv: bool = True) -> DenseOutput:
+def dense_forward(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    visible: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    want_kv: bool = True,
+) -> DenseOutput:
     """Full forward pass with a per-sequence visibility mask.
 
     Args:

@@ -25,8 +25,16 @@ import numpy as np
 import torch
 
 from .config import BlockMaskingConfig, ConfigError, MementoTokenIds
-from .hf_paths import (CACHE_DATA_KWARG, CACHE_INPUT_KWARG, CACHE_KEYS_ATTR, CACHE_VALUES_ATTR, FULL_ATTENTION,
-                       LAYER_TYPES_ATTR, LOGITS_TO_KEEP_KWARG, cache_layers)
+from .hf_paths import (
+    CACHE_DATA_KWARG,
+    CACHE_INPUT_KWARG,
+    CACHE_KEYS_ATTR,
+    CACHE_VALUES_ATTR,
+    FULL_ATTENTION,
+    LAYER_TYPES_ATTR,
+    LOGITS_TO_KEEP_KWARG,
+    cache_layers,
+)
 from .masks import occupancy as schedule_occupancy
 from .schedule import BlockTracker, EventKind, EvictionEvent, Schedule
 from .trace import Trace
@@ -71,16 +79,23 @@ class CacheOccupancy:
 
     def to_rows(self, trace: str, mode: str) -> dict[str, Any]:
         n = len(self.tokens)
-        return {"trace": [trace] * n, "mode": [mode] * n, "step": np.arange(n, dtype=np.int64),
-                "tokens": self.tokens.astype(np.int64), "bytes": self.bytes}
+        return {
+            "trace": [trace] * n,
+            "mode": [mode] * n,
+            "step": np.arange(n, dtype=np.int64),
+            "tokens": self.tokens.astype(np.int64),
+            "bytes": self.bytes,
+        }
 
 
 def check_runtime_model(model: Any) -> None:
     """Physical slicing needs plain full-attention layers (no sliding-window ring buffers)."""
     types = getattr(model.config, LAYER_TYPES_ATTR, None)
     if types and any(t != FULL_ATTENTION for t in types):
-        raise ConfigError(f"model has non-full-attention layers ({sorted(set(types))}); the memento runtime "
-                          "supports full-attention decoders only")
+        raise ConfigError(
+            f"model has non-full-attention layers ({sorted(set(types))}); the memento runtime "
+            "supports full-attention decoders only"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -102,7 +117,7 @@ class SlotCache:
         self.cache = cache if cache is not None else DynamicCache(config=model.config)
         self.pos = pos if pos is not None else torch.empty(batch, 0, dtype=torch.long)
         self.peak_bytes = 0
-        self._dirty = bool((self.pos < 0).any())   # any dead slot (evicted or padding) not yet compacted
+        self._dirty = bool((self.pos < 0).any())  # any dead slot (evicted or padding) not yet compacted
 
     # -- size --------------------------------------------------------------------------------------------
     @property
@@ -135,8 +150,9 @@ class SlotCache:
         return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers_kv())
 
     # -- forward -------------------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None,
-                logits: str = "last") -> torch.Tensor | None:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None = None, logits: str = "last"
+    ) -> torch.Tensor | None:
         """Feed ``input_ids`` ``[batch, q]`` at logical ``positions`` ``[batch, q]``; append their KV.
 
         Args:
@@ -153,8 +169,13 @@ class SlotCache:
             v = valid if valid is not None else torch.ones(b, q, dtype=torch.bool)
             mask = torch.cat([self.pos >= 0, v.cpu()], dim=1).to(device=device, dtype=torch.long)
         keep = 0 if (logits == "all" or (logits == "last" and padded)) else 1
-        out = self.model(input_ids=input_ids, position_ids=positions.to(device), attention_mask=mask,
-                         use_cache=True, **{CACHE_INPUT_KWARG: self.cache, LOGITS_TO_KEEP_KWARG: keep})
+        out = self.model(
+            input_ids=input_ids,
+            position_ids=positions.to(device),
+            attention_mask=mask,
+            use_cache=True,
+            **{CACHE_INPUT_KWARG: self.cache, LOGITS_TO_KEEP_KWARG: keep},
+        )
         new_pos = positions.detach().to("cpu", torch.long).clone()
         if padded:
             new_pos[~valid.cpu()] = DEAD
@@ -212,7 +233,7 @@ class SlotCache:
 
         self._reindex(gather)
         self.pos = new_pos
-        self._dirty = bool((new_pos < 0).any())     # rows shorter than the widest keep padding slots
+        self._dirty = bool((new_pos < 0).any())  # rows shorter than the widest keep padding slots
 
     def select_rows(self, rows: Sequence[int]) -> None:
         """Keep only ``rows`` of the batch (finished sequences leave)."""
@@ -232,20 +253,21 @@ class SlotCache:
     def slots_of(self, positions: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """``[batch, n]`` physical slot of each logical position (raises if one is not cached)."""
         want = torch.as_tensor(positions, dtype=torch.long).view(1, 1, -1)
-        hit = self.pos.unsqueeze(2) == want                         # [b, slots, n]
+        hit = self.pos.unsqueeze(2) == want  # [b, slots, n]
         found = hit.any(1)
         if not bool(found.all()):
             missing = want.view(-1)[~found.all(0)].tolist()
             raise KeyError(f"positions {missing[:8]} are not in the cache")
         return hit.float().argmax(1)
 
-    def gather(self, positions: Sequence[int] | torch.Tensor,
-               layers: Sequence[int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def gather(
+        self, positions: Sequence[int] | torch.Tensor, layers: Sequence[int] | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """K/V at logical ``positions``: per selected layer ``([b, kv_heads, n, d], [b, kv_heads, n, d])`` copies."""
         slots = self.slots_of(positions)
         out = []
         kv = self.layers_kv()
-        for li in (range(len(kv)) if layers is None else layers):
+        for li in range(len(kv)) if layers is None else layers:
             k, v = kv[li]
             i = slots.to(k.device)[:, None, :, None].expand(k.shape[0], k.shape[1], slots.shape[1], k.shape[3])
             out.append((k.gather(2, i), v.gather(2, i)))
@@ -312,8 +334,13 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
         sorted_p = sorted_p.masked_fill(before >= cfg.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     probs = probs / probs.sum(-1, keepdim=True)
-    return torch.multinomial(probs.cpu() if generator is not None and generator.device.type == "cpu" else probs,
-                             1, generator=generator).view(-1).to(logits.device)
+    return (
+        torch.multinomial(
+            probs.cpu() if generator is not None and generator.device.type == "cpu" else probs, 1, generator=generator
+        )
+        .view(-1)
+        .to(logits.device)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -363,8 +390,9 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[int]], chat:
             raise ConfigError("string prompts need a tokenizer; pass token ids instead")
         use_chat = getattr(tokenizer, "chat_template", None) is not None if chat is None else chat
         if use_chat:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                 tokenize=False)
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
+            )
             out.append(tokenizer.encode(text, add_special_tokens=False))
         else:
             out.append(tokenizer.encode(p, add_special_tokens=True))
@@ -375,11 +403,20 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[int]], chat:
 
 
 @torch.inference_mode()
-def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingConfig, tokens: MementoTokenIds, *,
-             sampling: SamplingConfig = SamplingConfig(), eos_token_id: int | None = None,
-             forced: Sequence[Sequence[int]] | None = None, keep_logits: bool = False,
-             device: str | torch.device | None = None, trace_ids: Sequence[str] | None = None,
-             progress: bool = False) -> list[GenerationResult]:
+def generate(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    config: BlockMaskingConfig,
+    tokens: MementoTokenIds,
+    *,
+    sampling: SamplingConfig = SamplingConfig(),
+    eos_token_id: int | None = None,
+    forced: Sequence[Sequence[int]] | None = None,
+    keep_logits: bool = False,
+    device: str | torch.device | None = None,
+    trace_ids: Sequence[str] | None = None,
+    progress: bool = False,
+) -> list[GenerationResult]:
     """Generate from a batch of prompts (token ids) with block masking and physical eviction.
 
     Args:
@@ -421,14 +458,15 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingC
     if keep_logits:
         vocab = all_logits.shape[-1]
         for r in rows:
-            r.logits = torch.full((r.prompt_len + (len(forced[r.index]) if forced else sampling.max_new_tokens),
-                                   vocab), float("nan"))
+            r.logits = torch.full(
+                (r.prompt_len + (len(forced[r.index]) if forced else sampling.max_new_tokens), vocab), float("nan")
+            )
             r.logits[: r.prompt_len] = all_logits[r.index, : r.prompt_len].float().cpu()
         last = all_logits[torch.arange(n), valid.sum(1) - 1]
     else:
         last = all_logits
     cache.compact()
-    active = list(range(n))      # row index per batch slot
+    active = list(range(n))  # row index per batch slot
     steps = max(len(f) for f in forced) if forced else sampling.max_new_tokens
     bar = _bar(progress, steps, "generate")
     for step in range(steps):
@@ -462,7 +500,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingC
                     rewind = min(rewind, ev.rewind_to)
             if rewind < p:
                 cache.drop_range(rewind, p, rows=[b])
-            done_eos = (not forced and sampling.stop_on_eos and eos_token_id is not None and tok == eos_token_id)
+            done_eos = not forced and sampling.stop_on_eos and eos_token_id is not None and tok == eos_token_id
             done_len = not forced and len(r.ids) - r.prompt_len >= sampling.max_new_tokens
             if done_eos or done_len:
                 r.stop = "eos" if done_eos else "length"
@@ -471,7 +509,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingC
                 alive_after = cache.held()[b] + 1
                 r.occ.append(alive_after)
                 continue
-            chunks.append((r.ids[rewind: p + 1], list(range(rewind, p + 1))))
+            chunks.append((r.ids[rewind : p + 1], list(range(rewind, p + 1))))
         staying = [b for b in range(len(active)) if b not in set(leaving)]
         if leaving:
             cache.select_rows(staying)
@@ -481,7 +519,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingC
             bar.update(1)
             break
         width = max(len(c[0]) for c in chunks)
-        if width == 1:    # the common decode step: one token per row
+        if width == 1:  # the common decode step: one token per row
             inp = torch.tensor([c[0] for c in chunks], dtype=torch.long)
             pos = torch.tensor([c[1] for c in chunks], dtype=torch.long)
             valid = None
@@ -492,7 +530,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingC
             for b, (toks, ps) in enumerate(chunks):
                 inp[b, : len(toks)] = torch.as_tensor(toks)
                 pos[b, : len(ps)] = torch.as_tensor(ps)
-                pos[b, len(ps):] = ps[-1]
+                pos[b, len(ps) :] = ps[-1]
                 valid[b, : len(toks)] = True
         cache.compact()
         want_all = keep_logits or width > 1
@@ -503,7 +541,7 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingC
             if keep_logits:
                 for b, ri in enumerate(active):
                     toks, ps = chunks[b]
-                    rows[ri].logits[ps[0]: ps[-1] + 1] = out[b, : len(ps)].float().cpu()
+                    rows[ri].logits[ps[0] : ps[-1] + 1] = out[b, : len(ps)].float().cpu()
         else:
             last = out
         cache.compact()
@@ -520,11 +558,11 @@ def generate(model: Any, prompts: Sequence[Sequence[int]], config: BlockMaskingC
         r.stop = r.stop or ("forced_end" if forced else "length")
         r.events.extend(r.tracker.finish())
         trace = Trace(r.trace_id, r.ids, r.prompt_len, meta={"stop": r.stop, "mode": config.mode})
-        sched = Schedule(tuple(r.events), tuple(r.tracker.blocks), r.tracker.n_seen, r.prompt_len,
-                         r.tracker.config)
+        sched = Schedule(tuple(r.events), tuple(r.tracker.blocks), r.tracker.n_seen, r.prompt_len, r.tracker.config)
         lg = r.logits[: len(r.ids)] if r.logits is not None else None
-        results.append(GenerationResult(trace, sched, CacheOccupancy(np.asarray(r.occ, dtype=np.int64), bpt),
-                                        r.stop, lg))
+        results.append(
+            GenerationResult(trace, sched, CacheOccupancy(np.asarray(r.occ, dtype=np.int64), bpt), r.stop, lg)
+        )
     return results
 
 
@@ -544,5 +582,14 @@ def _bar(enabled: bool, total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="tok", leave=False)
 
 
-__all__ = ["SlotCache", "SamplingConfig", "GenerationResult", "CacheOccupancy", "generate", "encode_prompts",
-           "sample_next", "EventKind", "DEAD"]
+__all__ = [
+    "SlotCache",
+    "SamplingConfig",
+    "GenerationResult",
+    "CacheOccupancy",
+    "generate",
+    "encode_prompts",
+    "sample_next",
+    "EventKind",
+    "DEAD",
+]

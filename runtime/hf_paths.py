@@ -39,6 +39,7 @@ def decoder_layers(model: Any) -> list[Any]:
         obj = getattr(obj, part)
     return list(obj)
 
+
 # --- used by the runtime (generate / replay / capture) ---------------------------------------------------
 # forward() kwarg: compute logits for the last N positions only (0 = all).
 LOGITS_TO_KEEP_KWARG = "logits_to_keep"

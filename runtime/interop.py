@@ -19,9 +19,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from .dense import stack_visibility
 from .masks import additive_mask
 from .schedule import Schedule
-from .dense import stack_visibility
 
 ATTN_SCORES_HOOK = "blocks.{layer}.attn.hook_attn_scores"
 PATTERN_HOOK = "blocks.{layer}.attn.hook_pattern"
@@ -39,8 +39,9 @@ def boot_bridge(model: Any, tokenizer: Any, *, device: str | torch.device | None
     tok.init_kwargs.setdefault("name_or_path", getattr(tokenizer, "name_or_path", "") or "local")
     tok.init_kwargs["add_bos_token"] = True
     name = getattr(model.config, "_name_or_path", "") or model.config.model_type
-    return TransformerBridge.boot_transformers(name, hf_model=model, tokenizer=tok,
-                                               device=device or next(model.parameters()).device)
+    return TransformerBridge.boot_transformers(
+        name, hf_model=model, tokenizer=tok, device=device or next(model.parameters()).device
+    )
 
 
 def memento_score_hooks(visible: torch.Tensor, n_layers: int) -> list[tuple[str, Callable]]:
@@ -49,15 +50,20 @@ def memento_score_hooks(visible: torch.Tensor, n_layers: int) -> list[tuple[str,
     Args:
         visible: ``[batch, q, k]`` or ``[q, k]`` bool, True where the query attends to the key.
     """
-    def hook(scores: torch.Tensor, hook: Any) -> torch.Tensor:   # scores: [batch, heads, q, k]
+
+    def hook(scores: torch.Tensor, hook: Any) -> torch.Tensor:  # scores: [batch, heads, q, k]
         mask = additive_mask(visible.to(scores.device), dtype=scores.dtype)
         return scores + mask[..., : scores.shape[-2], : scores.shape[-1]]
 
     return [(ATTN_SCORES_HOOK.format(layer=layer), hook) for layer in range(n_layers)]
 
 
-def run_with_memento_cache(bridge: Any, input_ids: torch.Tensor, schedules: Sequence[Schedule],
-                           names_filter: Callable[[str], bool] | Sequence[str] | None = None) -> tuple[torch.Tensor, Any]:
+def run_with_memento_cache(
+    bridge: Any,
+    input_ids: torch.Tensor,
+    schedules: Sequence[Schedule],
+    names_filter: Callable[[str], bool] | Sequence[str] | None = None,
+) -> tuple[torch.Tensor, Any]:
     """``bridge.run_with_cache`` under the schedules' eviction.
 
     Args:
@@ -74,8 +80,12 @@ def run_with_memento_cache(bridge: Any, input_ids: torch.Tensor, schedules: Sequ
 
 
 @torch.inference_mode()
-def nnsight_kv_edit_logits(model: Any, input_ids: torch.Tensor, visible: torch.Tensor,
-                           edits: Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def nnsight_kv_edit_logits(
+    model: Any,
+    input_ids: torch.Tensor,
+    visible: torch.Tensor,
+    edits: Mapping[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
     """Forward under a visibility mask with K/V projection outputs replaced, through nnsight.
 
     Args:

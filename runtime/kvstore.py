@@ -69,7 +69,7 @@ class CaptureSink:
     attention: dict[tuple[str, str, int, int], AttnItem] = field(default_factory=dict)
 
     def add_kv(self, item: KVItem) -> None:
-        self.kv[item.key] = item          # a later computation of the same span (restart) wins
+        self.kv[item.key] = item  # a later computation of the same span (restart) wins
 
     def add_attention(self, item: AttnItem) -> None:
         self.attention[(item.trace, item.variant, item.layer, item.query_pos)] = item
@@ -88,8 +88,19 @@ class CaptureSink:
                 kn, vn = f"k{i}", f"v{i}"
                 tensors[kn], tensors[vn] = item.keys, item.values
                 k = item.key
-                kv_rows.append({"trace": k.trace, "variant": k.variant, "layer": k.layer, "block": k.block,
-                                "start": item.start, "end": item.end, "shard": shard, "key": kn, "value": vn})
+                kv_rows.append(
+                    {
+                        "trace": k.trace,
+                        "variant": k.variant,
+                        "layer": k.layer,
+                        "block": k.block,
+                        "start": item.start,
+                        "end": item.end,
+                        "shard": shard,
+                        "key": kn,
+                        "value": vn,
+                    }
+                )
             store.write_tensors(shard, tensors)
         if self.attention:
             shard = f"attention/shard-{part:05d}.safetensors"
@@ -97,11 +108,18 @@ class CaptureSink:
             for i, item in enumerate(self.attention.values()):
                 name = f"a{i}"
                 tensors[name] = item.weights
-                attn_rows.append({"trace": item.trace, "variant": item.variant, "layer": item.layer,
-                                  "query_pos": item.query_pos, "shard": shard, "tensor": name})
+                attn_rows.append(
+                    {
+                        "trace": item.trace,
+                        "variant": item.variant,
+                        "layer": item.layer,
+                        "query_pos": item.query_pos,
+                        "shard": shard,
+                        "tensor": name,
+                    }
+                )
             store.write_tensors(shard, tensors)
-        return (pd.DataFrame(kv_rows, columns=KV_INDEX_COLUMNS),
-                pd.DataFrame(attn_rows, columns=ATTN_INDEX_COLUMNS))
+        return (pd.DataFrame(kv_rows, columns=KV_INDEX_COLUMNS), pd.DataFrame(attn_rows, columns=ATTN_INDEX_COLUMNS))
 
 
 class KVReader:
@@ -115,19 +133,19 @@ class KVReader:
 
     def __init__(self, run: str | Path | RunStore, device: str = "cpu", traces: Iterable[str] | None = None):
         """Args:
-            traces: index only these traces (the full index is still read once, but only these are keyed).
+        traces: index only these traces (the full index is still read once, but only these are keyed).
         """
         self.store = run if isinstance(run, RunStore) else RunStore.open(run, verify=False, require_complete=True)
         self.device = device
-        index = (self.store.read_table(KV_INDEX) if self.store.has(KV_INDEX)
-                 else pd.DataFrame(columns=KV_INDEX_COLUMNS))
+        index = self.store.read_table(KV_INDEX) if self.store.has(KV_INDEX) else pd.DataFrame(columns=KV_INDEX_COLUMNS)
         if traces is not None:
             index = index[index["trace"].isin(set(traces))].reset_index(drop=True)
         self.index = index
         self._rows: dict[KVKey, int] = {}
-        for i, (t, layer, variant, block) in enumerate(zip(index["trace"].tolist(), index["layer"].tolist(),
-                                                           index["variant"].tolist(), index["block"].tolist())):
-            key = object.__new__(KVKey)            # index rows were validated when written
+        for i, (t, layer, variant, block) in enumerate(
+            zip(index["trace"].tolist(), index["layer"].tolist(), index["variant"].tolist(), index["block"].tolist())
+        ):
+            key = object.__new__(KVKey)  # index rows were validated when written
             object.__setattr__(key, "trace", t)
             object.__setattr__(key, "layer", int(layer))
             object.__setattr__(key, "variant", variant)
@@ -162,20 +180,31 @@ class KVReader:
         except KeyError:
             raise KeyError(f"{self.store.path}: no captured K/V for {key}") from None
 
-    def select(self, *, trace: str | None = None, layer: int | None = None, variant: str | None = None,
-               block: int | None = None) -> list[KVKey]:
+    def select(
+        self,
+        *,
+        trace: str | None = None,
+        layer: int | None = None,
+        variant: str | None = None,
+        block: int | None = None,
+    ) -> list[KVKey]:
         """Every captured key matching the given fields (None = any), in index order."""
-        return [k for k in self._rows if (trace is None or k.trace == trace) and (layer is None or k.layer == layer)
-                and (variant is None or k.variant == variant) and (block is None or k.block == block)]
+        return [
+            k
+            for k in self._rows
+            if (trace is None or k.trace == trace)
+            and (layer is None or k.layer == layer)
+            and (variant is None or k.variant == variant)
+            and (block is None or k.block == block)
+        ]
 
     def _load(self, shard: str, name: str) -> torch.Tensor:
         from safetensors import safe_open
 
         handle = self._handles.get(shard)
-        if handle is None:        # checksum verified once per shard, then the file stays open (memory-mapped)
+        if handle is None:  # checksum verified once per shard, then the file stays open (memory-mapped)
             self.store.verify_file(shard)
-            handle = self._handles[shard] = safe_open(str(self.store.path / shard), framework="pt",
-                                                      device=self.device)
+            handle = self._handles[shard] = safe_open(str(self.store.path / shard), framework="pt", device=self.device)
         return handle.get_tensor(name)
 
     def attention(self, trace: str, variant: str, layer: int, query_pos: int) -> torch.Tensor:
@@ -183,11 +212,11 @@ class KVReader:
         if not self.store.has(ATTN_INDEX):
             raise KeyError(f"{self.store.path}: no attention weights were captured")
         idx = self.store.read_table(ATTN_INDEX)
-        hit = idx[(idx.trace == trace) & (idx.variant == variant) & (idx.layer == layer)
-                  & (idx.query_pos == query_pos)]
+        hit = idx[(idx.trace == trace) & (idx.variant == variant) & (idx.layer == layer) & (idx.query_pos == query_pos)]
         if hit.empty:
-            raise KeyError(f"{self.store.path}: no attention for trace {trace!r} {variant} layer {layer} "
-                           f"query {query_pos}")
+            raise KeyError(
+                f"{self.store.path}: no attention for trace {trace!r} {variant} layer {layer} query {query_pos}"
+            )
         return self._load(hit.iloc[0].shard, hit.iloc[0].tensor)
 
 

@@ -24,7 +24,7 @@ def visibility_mask(schedule: Schedule, device: torch.device | str | None = None
     n = schedule.n_tokens
     mask = torch.ones(n, n, dtype=torch.bool, device=device).tril_()
     for ev in schedule.evictions:
-        mask[ev.effective_from:, ev.start:ev.end] = False
+        mask[ev.effective_from :, ev.start : ev.end] = False
     return mask
 
 

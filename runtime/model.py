@@ -13,8 +13,15 @@ from typing import Any
 
 import torch
 
-from .config import (BLOCK_END, BLOCK_START, MEMENTO_TOKEN_STRINGS, SUMMARY_END, SUMMARY_START, ConfigError,
-                     MementoTokenIds)
+from .config import (
+    BLOCK_END,
+    BLOCK_START,
+    MEMENTO_TOKEN_STRINGS,
+    SUMMARY_END,
+    SUMMARY_START,
+    ConfigError,
+    MementoTokenIds,
+)
 from .hf_paths import ATTN_IMPLEMENTATION_ATTR
 
 # The paper's initialisation words for each new memento token (mean embedding + N(0, 0.01) noise).
@@ -26,8 +33,15 @@ RELATED_WORDS: dict[str, tuple[str, ...]] = {
 }
 INIT_NOISE_STD = 0.01
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "auto": None}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "auto": None,
+}
 
 
 class ModelLoadError(ConfigError):
@@ -62,8 +76,11 @@ class LoadedModel:
     def eos_token_id(self) -> int | None:
         tok = getattr(self.tokenizer, "eos_token_id", None)
         if tok is None:
-            tok = getattr(self.model.generation_config, "eos_token_id", None) if hasattr(
-                self.model, "generation_config") else None
+            tok = (
+                getattr(self.model.generation_config, "eos_token_id", None)
+                if hasattr(self.model, "generation_config")
+                else None
+            )
         if isinstance(tok, (list, tuple)):
             tok = tok[0] if tok else None
         return tok
@@ -88,16 +105,35 @@ def kv_bytes_per_token(model: Any, dtype: torch.dtype | None = None) -> int:
     return 2 * layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
 
 
-def random_qwen3(*, vocab_size: int = 64, layers: int = 2, hidden: int = 64, mlp: int = 128, heads: int = 4,
-                 kv_heads: int = 2, head_dim: int = 16, max_positions: int = 32768, seed: int = 0,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 attn_implementation: str = "sdpa") -> Any:
+def random_qwen3(
+    *,
+    vocab_size: int = 64,
+    layers: int = 2,
+    hidden: int = 64,
+    mlp: int = 128,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int = 16,
+    max_positions: int = 32768,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+) -> Any:
     """A random Qwen3-architecture causal LM built from a config (no network)."""
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-                      max_position_embeddings=max_positions, tie_word_embeddings=False)
+    cfg = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=mlp,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+    )
     setattr(cfg, ATTN_IMPLEMENTATION_ATTR, attn_implementation)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=dtype).eval()
@@ -120,8 +156,9 @@ def _word_level_tokenizer(vocab: list[str], bos: str, eos: str, pad: str | None 
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token=vocab[-1]))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     specials = [w for w in vocab if w.startswith("<")]
-    fast = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token=pad or eos,
-                                   unk_token=vocab[-1])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token=pad or eos, unk_token=vocab[-1]
+    )
     fast.add_special_tokens({"additional_special_tokens": [w for w in specials if w not in (bos, eos, pad)]})
     return fast
 
@@ -132,8 +169,14 @@ def random_tokenizer(vocab_size: int) -> Any:
     return _word_level_tokenizer(vocab, bos="<bos>", eos="<eos>")
 
 
-def load_model(spec: str | Path, *, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None,
-               attn_implementation: str = "sdpa", seed: int = 0) -> LoadedModel:
+def load_model(
+    spec: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+    seed: int = 0,
+) -> LoadedModel:
     """Load a model from a spec.
 
     Args:
@@ -148,7 +191,7 @@ def load_model(spec: str | Path, *, device: str | torch.device = "cpu", dtype: s
     """
     name = str(spec)
     tdtype = parse_dtype(dtype)
-    if name == "random:toy":   # the toy's architecture and tokenizer, random weights (before/without training)
+    if name == "random:toy":  # the toy's architecture and tokenizer, random weights (before/without training)
         from .toy.model import build_model
         from .toy.tokenizer import build_tokenizer
 
@@ -158,10 +201,16 @@ def load_model(spec: str | Path, *, device: str | torch.device = "cpu", dtype: s
     if name.startswith("random:"):
         kind = name.split(":", 1)[1]
         if kind not in RANDOM_SPECS:
-            raise ModelLoadError(f"unknown random model {name!r}; known: "
-                                 + ", ".join(f"random:{k}" for k in (*RANDOM_SPECS, "toy")))
-        model = random_qwen3(**RANDOM_SPECS[kind], seed=seed, device=device, dtype=tdtype or torch.float32,
-                             attn_implementation=attn_implementation)
+            raise ModelLoadError(
+                f"unknown random model {name!r}; known: " + ", ".join(f"random:{k}" for k in (*RANDOM_SPECS, "toy"))
+            )
+        model = random_qwen3(
+            **RANDOM_SPECS[kind],
+            seed=seed,
+            device=device,
+            dtype=tdtype or torch.float32,
+            attn_implementation=attn_implementation,
+        )
         tok = random_tokenizer(RANDOM_SPECS[kind]["vocab_size"])
         return LoadedModel(model, tok, RANDOM_TOKENS, name)
     if name == "toy" or name.startswith("toy@"):
@@ -169,18 +218,21 @@ def load_model(spec: str | Path, *, device: str | torch.device = "cpu", dtype: s
     else:
         path = Path(name).expanduser()
         if not path.exists():
-            raise ModelLoadError(f"model path {path} does not exist (give a local HF checkpoint directory, "
-                                 "'toy', or 'random:tiny')")
+            raise ModelLoadError(
+                f"model path {path} does not exist (give a local HF checkpoint directory, 'toy', or 'random:tiny')"
+            )
     from transformers import AutoModelForCausalLM
-
     from transformers.utils import logging as hf_logging
 
     bar_was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()     # the CLI shows its own progress; keep errors on one line
+    hf_logging.disable_progress_bar()  # the CLI shows its own progress; keep errors on one line
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=tdtype if tdtype is not None else "auto",
-                                                     attn_implementation=attn_implementation,
-                                                     local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=tdtype if tdtype is not None else "auto",
+            attn_implementation=attn_implementation,
+            local_files_only=True,
+        )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path}: not a loadable HF causal LM ({str(exc).splitlines()[0]})") from None
     finally:
@@ -195,8 +247,10 @@ def _toy_dir(spec: str) -> Path:
     try:
         from memento_lens.runtime.toy.shipped import toy_model_dir
     except ImportError:
-        raise ModelLoadError(f"model {spec!r}: the shipped toy model is not available in this install "
-                             "(memento_lens.runtime.toy.shipped is missing); pass --model PATH or random:tiny") from None
+        raise ModelLoadError(
+            f"model {spec!r}: the shipped toy model is not available in this install "
+            "(memento_lens.runtime.toy.shipped is missing); pass --model PATH or random:tiny"
+        ) from None
     path = Path(toy_model_dir(spec))
     if not path.exists():
         raise ModelLoadError(f"model {spec!r}: toy weights directory {path} does not exist")
@@ -216,8 +270,9 @@ def _load_tokenizer(path: Path, name: str) -> Any:
         return None
 
 
-def from_objects(model: Any, tokenizer: Any = None, *, name: str = "in-memory",
-                 tokens: MementoTokenIds | None = None) -> LoadedModel:
+def from_objects(
+    model: Any, tokenizer: Any = None, *, name: str = "in-memory", tokens: MementoTokenIds | None = None
+) -> LoadedModel:
     """Wrap an in-memory HF model (and tokenizer) for the runtime; memento ids looked up in the tokenizer."""
     if tokens is None and tokenizer is not None:
         try:
@@ -240,8 +295,9 @@ def add_memento_tokens(model: Any, tokenizer: Any, seed: int = 0) -> MementoToke
     vocab = tokenizer.get_vocab()
     missing = [t for t in MEMENTO_TOKEN_STRINGS if t not in vocab]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False) \
-            if _accepts_replace(tokenizer) else tokenizer.add_tokens(missing, special_tokens=True)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+        ) if _accepts_replace(tokenizer) else tokenizer.add_tokens(missing, special_tokens=True)
         old = model.get_input_embeddings().weight.shape[0]
         need = len(tokenizer)
         if need > old:
@@ -278,13 +334,27 @@ def _accepts_replace(tokenizer: Any) -> bool:
 def model_info(model: Any) -> dict[str, Any]:
     """Shape facts recorded in run manifests."""
     cfg = model.config
-    return {"model_type": getattr(cfg, "model_type", "?"), "layers": cfg.num_hidden_layers,
-            "kv_heads": getattr(cfg, "num_key_value_heads", cfg.num_attention_heads),
-            "heads": cfg.num_attention_heads, "vocab_size": cfg.vocab_size,
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-            "bytes_per_token": kv_bytes_per_token(model)}
+    return {
+        "model_type": getattr(cfg, "model_type", "?"),
+        "layers": cfg.num_hidden_layers,
+        "kv_heads": getattr(cfg, "num_key_value_heads", cfg.num_attention_heads),
+        "heads": cfg.num_attention_heads,
+        "vocab_size": cfg.vocab_size,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "bytes_per_token": kv_bytes_per_token(model),
+    }
 
 
 __all__ = [
-    "LoadedModel", "load_model", "from_objects", "add_memento_tokens", "random_qwen3", "kv_bytes_per_token",
-    "parse_dtype", "ModelLoadError", "RELATED_WORDS", "RANDOM_TOKENS", "RANDOM_EOS"]
+    "LoadedModel",
+    "load_model",
+    "from_objects",
+    "add_memento_tokens",
+    "random_qwen3",
+    "kv_bytes_per_token",
+    "parse_dtype",
+    "ModelLoadError",
+    "RELATED_WORDS",
+    "RANDOM_TOKENS",
+    "RANDOM_EOS",
+]

@@ -54,7 +54,7 @@ class ReplayView:
     schedules: list[Schedule]
     input_ids: torch.Tensor
     config: BlockMaskingConfig
-    rewound: set[int] = field(default_factory=set)   # rewind_to positions applied so far (restart mode)
+    rewound: set[int] = field(default_factory=set)  # rewind_to positions applied so far (restart mode)
 
     @property
     def schedule(self) -> Schedule:
@@ -66,8 +66,9 @@ class ReplayView:
         """How this run computes mementos: ``restart`` in restart mode, else ``normal``."""
         return "restart" if self.config.restart_mode and self.config.evicts else "normal"
 
-    def recompute(self, keep: torch.Tensor, start: int, end: int,
-                  layers: Sequence[int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def recompute(
+        self, keep: torch.Tensor, start: int, end: int, layers: Sequence[int] | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """K/V of tokens ``[start, end)`` fed again on a copy of the cache holding only ``keep`` slots.
 
         Returns per selected layer ``([batch, kv_heads, end-start, d], ...)``; the live cache is untouched.
@@ -98,7 +99,7 @@ class ReplayResult:
     logits: torch.Tensor | None = None
 
 
-UNCLOSED = "was never closed"   # the tracker's end-of-stream warning (a generation cut by its length limit)
+UNCLOSED = "was never closed"  # the tracker's end-of-stream warning (a generation cut by its length limit)
 
 
 def validate(trace: Trace, schedule: Schedule, vocab_size: int | None = None, allow_unclosed: bool = False) -> None:
@@ -114,16 +115,23 @@ def validate(trace: Trace, schedule: Schedule, vocab_size: int | None = None, al
         bad = np.nonzero((ids < 0) | (ids >= vocab_size))[0]
         if len(bad):
             i = int(bad[0])
-            raise ReplayError(f"trace {trace.trace_id!r}: token {i} has id {int(ids[i])} outside the model's "
-                              f"vocabulary [0, {vocab_size})")
+            raise ReplayError(
+                f"trace {trace.trace_id!r}: token {i} has id {int(ids[i])} outside the model's "
+                f"vocabulary [0, {vocab_size})"
+            )
     warnings = [w for w in schedule.warnings if not (allow_unclosed and UNCLOSED in (w.message or ""))]
     if warnings:
         w = warnings[0]
         raise ReplayError(f"trace {trace.trace_id!r}: malformed block structure at token {w.position}: {w.message}")
 
 
-def validate_all(model: Any, traces: Sequence[Trace], config: BlockMaskingConfig,
-                 tokens: MementoTokenIds, allow_unclosed: bool = False) -> list[Schedule]:
+def validate_all(
+    model: Any,
+    traces: Sequence[Trace],
+    config: BlockMaskingConfig,
+    tokens: MementoTokenIds,
+    allow_unclosed: bool = False,
+) -> list[Schedule]:
     """Schedules of all traces, raising :class:`ReplayError` for the first malformed one (before any work)."""
     vocab = getattr(model.config, "vocab_size", None)
     out = []
@@ -136,14 +144,28 @@ def validate_all(model: Any, traces: Sequence[Trace], config: BlockMaskingConfig
 
 def structure_key(schedule: Schedule) -> tuple:
     """Traces with equal keys replay in one batch (identical slicing)."""
-    return (schedule.n_tokens, schedule.prompt_len,
-            tuple((e.position, e.start, e.end, e.rewind_to) for e in schedule.evictions))
+    return (
+        schedule.n_tokens,
+        schedule.prompt_len,
+        tuple((e.position, e.start, e.end, e.rewind_to) for e in schedule.evictions),
+    )
 
 
-def replay(model: Any, traces: Sequence[Trace], config: BlockMaskingConfig, tokens: MementoTokenIds, *,
-           batch_size: int = 64, captures: Sequence["Capture"] = (), keep_logits: bool = False,
-           max_chunk: int = DEFAULT_MAX_CHUNK, strict: bool = True, allow_unclosed: bool = False,
-           progress: bool = False, device: str | torch.device | None = None) -> list[ReplayResult]:
+def replay(
+    model: Any,
+    traces: Sequence[Trace],
+    config: BlockMaskingConfig,
+    tokens: MementoTokenIds,
+    *,
+    batch_size: int = 64,
+    captures: Sequence["Capture"] = (),
+    keep_logits: bool = False,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
+    strict: bool = True,
+    allow_unclosed: bool = False,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> list[ReplayResult]:
     """Replay many traces; same-structure traces are batched. Results come back in input order.
 
     Args:
@@ -168,9 +190,17 @@ def replay(model: Any, traces: Sequence[Trace], config: BlockMaskingConfig, toke
             stack.enter_context(c.attach(model))
         for members in groups.values():
             for k in range(0, len(members), batch_size):
-                idx = members[k: k + batch_size]
-                out = replay_batch(model, [traces[i] for i in idx], [schedules[i] for i in idx], config,
-                                   captures=captures, keep_logits=keep_logits, max_chunk=max_chunk, device=device)
+                idx = members[k : k + batch_size]
+                out = replay_batch(
+                    model,
+                    [traces[i] for i in idx],
+                    [schedules[i] for i in idx],
+                    config,
+                    captures=captures,
+                    keep_logits=keep_logits,
+                    max_chunk=max_chunk,
+                    device=device,
+                )
                 for i, r in zip(idx, out):
                     results[i] = r
                 bar.update(sum(len(traces[i]) for i in idx))
@@ -179,9 +209,17 @@ def replay(model: Any, traces: Sequence[Trace], config: BlockMaskingConfig, toke
 
 
 @torch.inference_mode()
-def replay_batch(model: Any, traces: Sequence[Trace], schedules: Sequence[Schedule], config: BlockMaskingConfig, *,
-                 captures: Sequence["Capture"] = (), keep_logits: bool = False,
-                 max_chunk: int = DEFAULT_MAX_CHUNK, device: str | torch.device | None = None) -> list[ReplayResult]:
+def replay_batch(
+    model: Any,
+    traces: Sequence[Trace],
+    schedules: Sequence[Schedule],
+    config: BlockMaskingConfig,
+    *,
+    captures: Sequence["Capture"] = (),
+    keep_logits: bool = False,
+    max_chunk: int = DEFAULT_MAX_CHUNK,
+    device: str | torch.device | None = None,
+) -> list[ReplayResult]:
     """Replay traces of one structure (see :func:`structure_key`) in a single batched cache."""
     keys = {structure_key(s) for s in schedules}
     if len(keys) != 1:
@@ -238,15 +276,19 @@ def replay_batch(model: Any, traces: Sequence[Trace], schedules: Sequence[Schedu
     bpt = kv_bytes_per_token(model)
     occupancy = CacheOccupancy(occ, bpt)
     peak = cache.peak_bytes // max(b, 1)
-    return [ReplayResult(t, s, occupancy, peak, logits[i] if logits is not None else None)
-            for i, (t, s) in enumerate(zip(traces, schedules))]
+    return [
+        ReplayResult(t, s, occupancy, peak, logits[i] if logits is not None else None)
+        for i, (t, s) in enumerate(zip(traces, schedules))
+    ]
 
 
 def _check_occupancy(cache: SlotCache, occ: np.ndarray, step: int, trace_id: str) -> None:
     held = int((cache.pos[0] >= 0).sum())
     if held != int(occ[step]) or cache.n_slots != held:
-        raise AssertionError(f"trace {trace_id!r}: cache holds {held} tokens ({cache.n_slots} slots) after step "
-                             f"{step}, schedule counts {int(occ[step])}")
+        raise AssertionError(
+            f"trace {trace_id!r}: cache holds {held} tokens ({cache.n_slots} slots) after step "
+            f"{step}, schedule counts {int(occ[step])}"
+        )
 
 
 def traces_from_ids(rows: Iterable[Sequence[int]], prompt_len: int, prefix: str = "trace") -> list[Trace]:
@@ -254,5 +296,14 @@ def traces_from_ids(rows: Iterable[Sequence[int]], prompt_len: int, prefix: str 
     return [Trace(f"{prefix}-{i:05d}", [int(t) for t in r], prompt_len) for i, r in enumerate(rows)]
 
 
-__all__ = ["replay", "replay_batch", "ReplayView", "ReplayResult", "ReplayError", "validate", "validate_all", "structure_key",
-           "traces_from_ids"]
+__all__ = [
+    "replay",
+    "replay_batch",
+    "ReplayView",
+    "ReplayResult",
+    "ReplayError",
+    "validate",
+    "validate_all",
+    "structure_key",
+    "traces_from_ids",
+]

@@ -29,11 +29,11 @@ from .config import BlockMaskingConfig, MementoTokenIds
 
 
 class EventKind(str, enum.Enum):
-    COMPACT = "compact"                    # block content evicted on <|summary_end|>
-    RESTART = "restart"                    # block + delimiters evicted, memento KV recomputed
-    DEFERRED_FLUSH = "deferred_flush"      # keep_last_block_for_answer: evicted on next <|block_start|>
+    COMPACT = "compact"  # block content evicted on <|summary_end|>
+    RESTART = "restart"  # block + delimiters evicted, memento KV recomputed
+    DEFERRED_FLUSH = "deferred_flush"  # keep_last_block_for_answer: evicted on next <|block_start|>
     FORCED_BLOCK_END = "forced_block_end"  # max_block_tokens reached: <|block_end|> forced here
-    WARNING = "warning"                    # malformed stream; nothing evicted
+    WARNING = "warning"  # malformed stream; nothing evicted
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,13 @@ class EvictionEvent:
 
     def to_json(self) -> dict:
         """The cross-engine form: kind, position, start, end, block (+ message for warnings)."""
-        out = {"kind": self.kind.value, "position": self.position, "start": self.start,
-               "end": self.end, "block": self.block}
+        out = {
+            "kind": self.kind.value,
+            "position": self.position,
+            "start": self.start,
+            "end": self.end,
+            "block": self.block,
+        }
         if self.message is not None:
             out["message"] = self.message
         return out
@@ -80,8 +85,8 @@ class BlockSpan:
     """Positions of one block and its memento (None until seen)."""
 
     block: int
-    start: int                     # <|block_start|>
-    end: int | None = None         # <|block_end|>
+    start: int  # <|block_start|>
+    end: int | None = None  # <|block_end|>
     summary_start: int | None = None
     summary_end: int | None = None
 
@@ -104,8 +109,8 @@ class BlockTracker:
     tokens: MementoTokenIds
     prompt_len: int = 0
     blocks: list[BlockSpan] = field(default_factory=list)
-    open_blocks: list[int] = field(default_factory=list)   # stack of block indices
-    pending: list[int] = field(default_factory=list)       # completed, not yet evicted (FIFO)
+    open_blocks: list[int] = field(default_factory=list)  # stack of block indices
+    pending: list[int] = field(default_factory=list)  # completed, not yet evicted (FIFO)
     evicted: list[int] = field(default_factory=list)
     current_summary: int | None = None
     last_im_start: int | None = None
@@ -140,18 +145,31 @@ class BlockTracker:
         forced = self.must_end_block
         if forced and fires:
             if token_id == ids.block_end:
-                events.append(EvictionEvent(EventKind.FORCED_BLOCK_END, pos, pos, pos, self.open_blocks[-1]
-                                            if self.open_blocks else None))
+                events.append(
+                    EvictionEvent(
+                        EventKind.FORCED_BLOCK_END, pos, pos, pos, self.open_blocks[-1] if self.open_blocks else None
+                    )
+                )
             else:
-                events.append(self._warn(pos, f"block exceeds max_block_tokens={cfg.max_block_tokens} "
-                                              f"but token {token_id} is not <|block_end|>"))
+                events.append(
+                    self._warn(
+                        pos,
+                        f"block exceeds max_block_tokens={cfg.max_block_tokens} "
+                        f"but token {token_id} is not <|block_end|>",
+                    )
+                )
         self._count_for_cap(token_id)
 
         if ids.im_start is not None and token_id == ids.im_start:
             self.last_im_start = pos
-        if (cfg.require_assistant_section and ids.assistant is not None and token_id == ids.assistant
-                and self.assistant_start is None and self.last_im_start is not None
-                and pos - self.last_im_start <= 2):
+        if (
+            cfg.require_assistant_section
+            and ids.assistant is not None
+            and token_id == ids.assistant
+            and self.assistant_start is None
+            and self.last_im_start is not None
+            and pos - self.last_im_start <= 2
+        ):
             self.assistant_start = pos
         if cfg.require_assistant_section and (self.assistant_start is None or pos <= self.assistant_start):
             return events
@@ -162,8 +180,13 @@ class BlockTracker:
                 if ev is not None:
                     events.append(ev)
             if self.open_blocks and fires:
-                events.append(self._warn(pos, f"<|block_start|> inside open block {self.open_blocks[-1]} "
-                                              "(nested block)", block=self.open_blocks[-1]))
+                events.append(
+                    self._warn(
+                        pos,
+                        f"<|block_start|> inside open block {self.open_blocks[-1]} (nested block)",
+                        block=self.open_blocks[-1],
+                    )
+                )
             self.blocks.append(BlockSpan(block=len(self.blocks), start=pos))
             self.open_blocks.append(len(self.blocks) - 1)
         elif token_id == ids.block_end:
@@ -173,8 +196,7 @@ class BlockTracker:
             else:
                 self.blocks[self.open_blocks.pop()].end = pos
         elif token_id == ids.summary_start:
-            target = next((b for b in reversed(self.blocks) if b.end is not None and b.summary_start is None),
-                          None)
+            target = next((b for b in reversed(self.blocks) if b.end is not None and b.summary_start is None), None)
             if target is None:
                 if fires:
                     events.append(self._warn(pos, "<|summary_start|> with no closed block awaiting a memento"))
@@ -191,8 +213,11 @@ class BlockTracker:
                 self.current_summary = None
                 self.pending.append(block.block)
                 # Prompt tokens only queue blocks; evictions fire from generated tokens.
-                if fires and cfg.compact_on_summary_end and not (cfg.keep_last_block_for_answer
-                                                                 and cfg.keep_last_n_blocks == 0):
+                if (
+                    fires
+                    and cfg.compact_on_summary_end
+                    and not (cfg.keep_last_block_for_answer and cfg.keep_last_n_blocks == 0)
+                ):
                     kind = EventKind.RESTART if cfg.restart_mode else EventKind.COMPACT
                     ev = self._evict_oldest(pos, kind, rewind_block=block.block)
                     if ev is not None:
@@ -204,8 +229,10 @@ class BlockTracker:
         if self.n_seen <= self.prompt_len:
             return []
         last = self.n_seen - 1
-        return [self._warn(last, f"block {b} opened at {self.blocks[b].start} was never closed", block=b)
-                for b in self.open_blocks]
+        return [
+            self._warn(last, f"block {b} opened at {self.blocks[b].start} was never closed", block=b)
+            for b in self.open_blocks
+        ]
 
     # -- helpers -----------------------------------------------------------------------------
     def _evict_oldest(self, pos: int, kind: EventKind, rewind_block: int | None) -> EvictionEvent | None:
@@ -267,8 +294,9 @@ class Schedule:
         return tuple(e for e in self.events if e.position == position)
 
 
-def compute_schedule(token_ids: Sequence[int] | Iterable[int], config: BlockMaskingConfig,
-                     tokens: MementoTokenIds, prompt_len: int = 0) -> Schedule:
+def compute_schedule(
+    token_ids: Sequence[int] | Iterable[int], config: BlockMaskingConfig, tokens: MementoTokenIds, prompt_len: int = 0
+) -> Schedule:
     """The eviction schedule of a whole token stream (prompt + generated).
 
     Args:

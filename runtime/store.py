@@ -98,15 +98,28 @@ class Manifest:
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": self.schema_version, "kind": self.kind, "status": self.status,
-                "created": self.created, "config": self.config, "files": self.files, "info": self.info}
+        return {
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "status": self.status,
+            "created": self.created,
+            "config": self.config,
+            "files": self.files,
+            "info": self.info,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: Path) -> "Manifest":
         try:
-            return cls(kind=d["kind"], config=d["config"], status=d["status"],
-                       schema_version=int(d["schema_version"]), created=d.get("created", ""),
-                       files=dict(d.get("files", {})), info=dict(d.get("info", {})))
+            return cls(
+                kind=d["kind"],
+                config=d["config"],
+                status=d["status"],
+                schema_version=int(d["schema_version"]),
+                created=d.get("created", ""),
+                files=dict(d.get("files", {})),
+                info=dict(d.get("info", {})),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise RunError(f"{where}: not a memento-lens manifest ({exc})") from None
 
@@ -120,8 +133,16 @@ class RunStore:
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, kind: str, config: Mapping[str, Any], *,
-               overwrite: bool = False, resume: bool = False, info: Mapping[str, Any] | None = None) -> "RunStore":
+    def create(
+        cls,
+        path: str | os.PathLike,
+        kind: str,
+        config: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        info: Mapping[str, Any] | None = None,
+    ) -> "RunStore":
         """Start (or resume) a run in ``path``.
 
         Refuses a directory that holds anything else unless ``overwrite``; with ``resume`` an incomplete
@@ -134,16 +155,20 @@ class RunStore:
             if mpath.exists() and resume and not overwrite:
                 store = cls.open(path, verify=False, require_complete=False)
                 if store.manifest.kind != kind or store.manifest.config != config:
-                    raise RunError(f"{path}: cannot resume: it holds a {store.manifest.kind!r} run with a "
-                                   "different config (pass --overwrite to replace it)")
+                    raise RunError(
+                        f"{path}: cannot resume: it holds a {store.manifest.kind!r} run with a "
+                        "different config (pass --overwrite to replace it)"
+                    )
                 if store.manifest.status == STATUS_COMPLETE:
                     return store
                 store._drop_unrecorded()
                 return store
             if not overwrite:
                 what = "a different run" if mpath.exists() else "files that are not a memento-lens run"
-                raise RunError(f"{path}: output directory already holds {what}; pass --overwrite to replace it"
-                               + (" or --resume to continue it" if mpath.exists() else ""))
+                raise RunError(
+                    f"{path}: output directory already holds {what}; pass --overwrite to replace it"
+                    + (" or --resume to continue it" if mpath.exists() else "")
+                )
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         store = cls(path, Manifest(kind=kind, config=config, info=dict(info or {})))
@@ -164,8 +189,10 @@ class RunStore:
             raise CorruptFile(f"{mpath}: corrupt JSON ({exc})") from None
         manifest = Manifest.from_dict(data, mpath)
         if manifest.schema_version > SCHEMA_VERSION:
-            raise RunError(f"{mpath}: schema version {manifest.schema_version} is newer than this "
-                           f"memento-lens ({SCHEMA_VERSION}); upgrade memento-lens")
+            raise RunError(
+                f"{mpath}: schema version {manifest.schema_version} is newer than this "
+                f"memento-lens ({SCHEMA_VERSION}); upgrade memento-lens"
+            )
         store = cls(path, manifest)
         if require_complete and manifest.status != STATUS_COMPLETE:
             raise RunError(f"{path}: run is incomplete (interrupted?); resume it with --resume")
@@ -234,13 +261,13 @@ class RunStore:
         entry = self.manifest.files.get(rel)
         full = self.path / rel
         if entry is None:
-            raise RunError(f"{full}: not part of run {self.path} (never written, or the run was interrupted "
-                           "before it)")
+            raise RunError(f"{full}: not part of run {self.path} (never written, or the run was interrupted before it)")
         if not full.exists():
             raise CorruptFile(f"{full}: missing (recorded in {self.path / MANIFEST})")
         if full.stat().st_size != entry["bytes"] or _sha256(full) != entry["sha256"]:
-            raise CorruptFile(f"{full}: checksum mismatch: the file was truncated or altered since it was "
-                              "written; re-create the run")
+            raise CorruptFile(
+                f"{full}: checksum mismatch: the file was truncated or altered since it was written; re-create the run"
+            )
 
     # -- internals -----------------------------------------------------------------------------
     def _record(self, rel: str, writer) -> Path:

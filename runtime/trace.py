@@ -14,10 +14,10 @@ from .schedule import Schedule, compute_schedule
 
 class Role(str, enum.Enum):
     PROMPT = "prompt"
-    BLOCK = "block"          # block content
+    BLOCK = "block"  # block content
     DELIMITER = "delimiter"  # the four memento tokens and structural glue between segments
-    MEMENTO = "memento"      # memento (summary) content
-    ANSWER = "answer"        # after the last memento / </think>
+    MEMENTO = "memento"  # memento (summary) content
+    ANSWER = "answer"  # after the last memento / </think>
 
 
 NO_BLOCK = -1
@@ -50,12 +50,12 @@ def assign_roles(schedule: Schedule, token_ids: Sequence[int], tokens: MementoTo
     def mark(index: int, open_pos: int, close_pos: int | None, inner: Role) -> int:
         """Role and block index of one delimited span (a block or its memento); returns its last position."""
         last = close_pos if close_pos is not None else n - 1
-        if open_pos >= schedule.prompt_len:   # spans inside the prompt stay prompt
-            role[open_pos + 1: last] = inner.value
+        if open_pos >= schedule.prompt_len:  # spans inside the prompt stay prompt
+            role[open_pos + 1 : last] = inner.value
             role[open_pos] = Role.DELIMITER.value
             if close_pos is not None:
                 role[close_pos] = Role.DELIMITER.value
-        block[open_pos: last + 1] = index
+        block[open_pos : last + 1] = index
         return last
 
     last_struct = schedule.prompt_len - 1
@@ -69,7 +69,7 @@ def assign_roles(schedule: Schedule, token_ids: Sequence[int], tokens: MementoTo
         hits = np.nonzero(ids[answer_from:] == tokens.think_end)[0]
         if len(hits):
             answer_from += int(hits[0]) + 1
-    role[max(answer_from, schedule.prompt_len):] = Role.ANSWER.value
+    role[max(answer_from, schedule.prompt_len) :] = Role.ANSWER.value
     role[: schedule.prompt_len] = Role.PROMPT.value
     return TokenRoles(role=role, block=block)
 
@@ -92,8 +92,9 @@ class Trace:
 
     def __post_init__(self) -> None:
         if not 0 <= self.prompt_len <= len(self.token_ids):
-            raise ValueError(f"trace {self.trace_id!r}: prompt_len {self.prompt_len} outside "
-                             f"[0, {len(self.token_ids)}]")
+            raise ValueError(
+                f"trace {self.trace_id!r}: prompt_len {self.prompt_len} outside [0, {len(self.token_ids)}]"
+            )
 
     def __len__(self) -> int:
         return len(self.token_ids)

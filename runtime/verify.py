@@ -58,33 +58,63 @@ class VerifyReport:
         return bool(self.checks) and all(c.passed for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "model": self.model, "dtype": self.dtype, "tolerance": self.tolerance,
-                "n_tokens": self.n_tokens, "checks": [asdict(c) for c in self.checks]}
+        return {
+            "passed": self.passed,
+            "model": self.model,
+            "dtype": self.dtype,
+            "tolerance": self.tolerance,
+            "n_tokens": self.n_tokens,
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
-def structured_stream(rng: random.Random, tokens: MementoTokenIds, ordinary: Sequence[int], *, n_blocks: int = 3,
-                      block_len: tuple[int, int] = (1, 6), memento_len: tuple[int, int] = (1, 4),
-                      glue: tuple[int, int] = (0, 2), prompt_len: int = 4, answer_len: int = 3) -> tuple[list[int], int]:
+def structured_stream(
+    rng: random.Random,
+    tokens: MementoTokenIds,
+    ordinary: Sequence[int],
+    *,
+    n_blocks: int = 3,
+    block_len: tuple[int, int] = (1, 6),
+    memento_len: tuple[int, int] = (1, 4),
+    glue: tuple[int, int] = (0, 2),
+    prompt_len: int = 4,
+    answer_len: int = 3,
+) -> tuple[list[int], int]:
     """A random well-formed stream: prompt, ``n_blocks`` x (block, memento, glue), answer. Returns (ids, prompt_len)."""
+
     def words(lo_hi: tuple[int, int]) -> list[int]:
         return [rng.choice(ordinary) for _ in range(rng.randint(*lo_hi))]
 
     ids = [rng.choice(ordinary) for _ in range(prompt_len)]
     for _ in range(n_blocks):
-        ids += [tokens.block_start, *words(block_len), tokens.block_end, tokens.summary_start, *words(memento_len),
-                tokens.summary_end, *words(glue)]
+        ids += [
+            tokens.block_start,
+            *words(block_len),
+            tokens.block_end,
+            tokens.summary_start,
+            *words(memento_len),
+            tokens.summary_end,
+            *words(glue),
+        ]
     ids += [rng.choice(ordinary) for _ in range(answer_len)]
     return ids, prompt_len
 
 
 def matrix() -> list[BlockMaskingConfig]:
     """The configs ``verify`` checks (require_assistant_section off: synthetic streams have no ChatML)."""
-    cfgs = [BlockMaskingConfig(mask_delimiters=md, keep_last_n_blocks=k, require_assistant_section=False)
-            for k in (0, 1, 2) for md in (True, False)]
-    cfgs += [BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0, restart_mode=True,
-                                require_assistant_section=False),
-             BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=1, restart_mode=True,
-                                require_assistant_section=False)]
+    cfgs = [
+        BlockMaskingConfig(mask_delimiters=md, keep_last_n_blocks=k, require_assistant_section=False)
+        for k in (0, 1, 2)
+        for md in (True, False)
+    ]
+    cfgs += [
+        BlockMaskingConfig(
+            mask_delimiters=False, keep_last_n_blocks=0, restart_mode=True, require_assistant_section=False
+        ),
+        BlockMaskingConfig(
+            mask_delimiters=False, keep_last_n_blocks=1, restart_mode=True, require_assistant_section=False
+        ),
+    ]
     return cfgs
 
 
@@ -103,16 +133,26 @@ class FinalCacheKV(Capture):
 
 
 def _ordinary_ids(vocab_size: int, tokens: MementoTokenIds, exclude: Sequence[int | None] = ()) -> list[int]:
-    bad = set(tokens.delimiters) | {t for t in (tokens.im_start, tokens.assistant, tokens.think_end, *exclude)
-                                    if t is not None}
+    bad = set(tokens.delimiters) | {
+        t for t in (tokens.im_start, tokens.assistant, tokens.think_end, *exclude) if t is not None
+    }
     pool = [i for i in range(min(vocab_size, 4096)) if i not in bad]
-    return pool[len(pool) // 8:] or pool
+    return pool[len(pool) // 8 :] or pool
 
 
-def verify(model: Any, tokens: MementoTokenIds, *, name: str = "model", seed: int = 0, n_blocks: int = 3,
-           configs: Sequence[BlockMaskingConfig] | None = None, tolerance: float | None = None,
-           streams: Sequence[tuple[list[int], int]] | None = None, exclude_ids: Sequence[int | None] = (),
-           check_generate: bool = True) -> VerifyReport:
+def verify(
+    model: Any,
+    tokens: MementoTokenIds,
+    *,
+    name: str = "model",
+    seed: int = 0,
+    n_blocks: int = 3,
+    configs: Sequence[BlockMaskingConfig] | None = None,
+    tolerance: float | None = None,
+    streams: Sequence[tuple[list[int], int]] | None = None,
+    exclude_ids: Sequence[int | None] = (),
+    check_generate: bool = True,
+) -> VerifyReport:
     """Run the verification matrix on ``model``; see the module docstring."""
     from .generate import generate
     from .replay import replay
@@ -132,29 +172,60 @@ def verify(model: Any, tokens: MementoTokenIds, *, name: str = "model", seed: in
     for cfg in configs if configs is not None else matrix():
         cd = cfg.to_dict()
         scheds = [compute_schedule(t.token_ids, cfg, tokens, prompt_len=t.prompt_len) for t in traces]
-        dense = [dense_forward(model, torch.tensor([t.token_ids], device=dev), visibility_mask(s, device=dev))
-                 for t, s in zip(traces, scheds)]
+        dense = [
+            dense_forward(model, torch.tensor([t.token_ids], device=dev), visibility_mask(s, device=dev))
+            for t, s in zip(traces, scheds)
+        ]
         final = FinalCacheKV()
         try:
             rep = replay(model, traces[:1], cfg, tokens, keep_logits=True, captures=[final], max_chunk=5)
             rep += replay(model, traces[1:], cfg, tokens, keep_logits=True)
-        except AssertionError as exc:   # the replay's own occupancy accounting disagreed with the schedule
+        except AssertionError as exc:  # the replay's own occupancy accounting disagreed with the schedule
             report.checks.append(Check("replay_vs_dense_logits", cd, None, tol, False, f"replay failed: {exc}"))
             continue
         d_rep = max(float((d.logits[0].float().cpu() - r.logits).abs().max()) for d, r in zip(dense, rep))
-        report.checks.append(Check("replay_vs_dense_logits", cd, d_rep, tol, d_rep <= tol,
-                                   f"{len(traces)} traces, {len(scheds[0].evictions)} evictions in trace 0"))
+        report.checks.append(
+            Check(
+                "replay_vs_dense_logits",
+                cd,
+                d_rep,
+                tol,
+                d_rep <= tol,
+                f"{len(traces)} traces, {len(scheds[0].evictions)} evictions in trace 0",
+            )
+        )
         if check_generate:
-            gens = generate(model, [t.token_ids[: t.prompt_len] for t in traces], cfg, tokens,
-                            forced=[t.token_ids[t.prompt_len:] for t in traces], keep_logits=True)
+            gens = generate(
+                model,
+                [t.token_ids[: t.prompt_len] for t in traces],
+                cfg,
+                tokens,
+                forced=[t.token_ids[t.prompt_len :] for t in traces],
+                keep_logits=True,
+            )
             d_gen = max(float((d.logits[0].float().cpu() - g.logits).abs().max()) for d, g in zip(dense, gens))
-            report.checks.append(Check("generate_vs_dense_logits", cd, d_gen, tol, d_gen <= tol,
-                                       "teacher-forced through the per-token sampling loop"))
+            report.checks.append(
+                Check(
+                    "generate_vs_dense_logits",
+                    cd,
+                    d_gen,
+                    tol,
+                    d_gen <= tol,
+                    "teacher-forced through the per-token sampling loop",
+                )
+            )
             bad_occ = sum(int((g.measured.tokens != occupancy(s)).sum()) for g, s in zip(gens, scheds))
             bad_ev = sum(int(tuple(g.schedule.events) != s.events) for g, s in zip(gens, scheds))
-            report.checks.append(Check("generate_cache_occupancy_vs_schedule", cd, float(bad_occ + bad_ev), 0.0,
-                                       bad_occ + bad_ev == 0, "steps whose physical cache size differs from "
-                                       "masks.occupancy, plus traces whose events differ"))
+            report.checks.append(
+                Check(
+                    "generate_cache_occupancy_vs_schedule",
+                    cd,
+                    float(bad_occ + bad_ev),
+                    0.0,
+                    bad_occ + bad_ev == 0,
+                    "steps whose physical cache size differs from masks.occupancy, plus traces whose events differ",
+                )
+            )
         if cfg.restart_mode and cfg.keep_last_n_blocks == 0:
             report.checks.append(_restart_prefill_check(model, traces[0], final, cd, tol))
     return report
@@ -171,12 +242,19 @@ def _restart_prefill_check(model: Any, trace: Trace, final: FinalCacheKV, cd: di
     diff = 0.0
     for (k, v), fk, fv in zip(final.kv, fresh.keys, fresh.values):
         diff = max(diff, float((k - fk).abs().max()), float((v - fv).abs().max()))
-    return Check("restart_kv_vs_fresh_prefill", cd, diff, tol, diff <= tol,
-                 f"{n} surviving tokens of {len(trace)}; K and V, all layers")
+    return Check(
+        "restart_kv_vs_fresh_prefill",
+        cd,
+        diff,
+        tol,
+        diff <= tol,
+        f"{n} surviving tokens of {len(trace)}; K and V, all layers",
+    )
 
 
-def verify_model(spec: str | None = None, *, device: str = "cpu", dtype: str | None = None, seed: int = 0,
-                 n_blocks: int = 3) -> VerifyReport:
+def verify_model(
+    spec: str | None = None, *, device: str = "cpu", dtype: str | None = None, seed: int = 0, n_blocks: int = 3
+) -> VerifyReport:
     """``memento-lens verify``: default a tiny random Qwen3 built from a config; else a loaded model spec."""
     from .model import load_model
 
@@ -185,5 +263,13 @@ def verify_model(spec: str | None = None, *, device: str = "cpu", dtype: str | N
     return verify(lm.model, tokens, name=lm.name, seed=seed, n_blocks=n_blocks, exclude_ids=[lm.eos_token_id])
 
 
-__all__ = ["verify", "verify_model", "VerifyReport", "Check", "structured_stream", "matrix", "TOLERANCE",
-           "FinalCacheKV"]
+__all__ = [
+    "verify",
+    "verify_model",
+    "VerifyReport",
+    "Check",
+    "structured_stream",
+    "matrix",
+    "TOLERANCE",
+    "FinalCacheKV",
+]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from memento_lens.runtime.config import MementoTokenIds
 
 # Small vocab: 0 bos, 1..4 the memento tokens, 5.. ordinary tokens.
@@ -25,14 +24,23 @@ def tokens() -> MementoTokenIds:
     return TOKENS
 
 
-def tiny_qwen3(vocab_size: int = 48, layers: int = 2, attn: str = "sdpa", seed: int = 0,
-               dtype: torch.dtype = torch.float32):
+def tiny_qwen3(
+    vocab_size: int = 48, layers: int = 2, attn: str = "sdpa", seed: int = 0, dtype: torch.dtype = torch.float32
+):
     """A random Qwen3-architecture causal LM built from a config (no network)."""
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    cfg = Qwen3Config(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
-                      tie_word_embeddings=False)
+    cfg = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
     cfg._attn_implementation = attn
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg).to(dtype).eval()

@@ -48,8 +48,9 @@ def test_ingest_then_figures(tmp_path):
 def test_errors_are_one_line(tmp_path):
     res = runner.invoke(app, ["figures", "--no-png"])
     assert res.exit_code == 2 and "--run" in res.output
-    res = runner.invoke(app, ["figures", "probe-conditions", "--traces", EXAMPLES[0], "--out", str(tmp_path),
-                              "--no-png"])
+    res = runner.invoke(
+        app, ["figures", "probe-conditions", "--traces", EXAMPLES[0], "--out", str(tmp_path), "--no-png"]
+    )
     assert res.exit_code == 1 and "probe_results.parquet" in res.output
     res = runner.invoke(app, ["kv", str(tmp_path / "missing.json")])
     assert res.exit_code == 2 and "missing.json" in res.output

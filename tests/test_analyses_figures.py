@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from memento_lens.analyses.figures import REGISTRY, chromium_path, render_figures, resolve_names
 from memento_lens.analyses.figures.base import checkpoint_order
 from memento_lens.analyses.ingest import ingest_files, write_run
@@ -31,10 +30,26 @@ def probe_rows() -> pd.DataFrame:
 
     def add(model, checkpoint, cond, dist, layer, seed, head=-1, task=float("nan")):
         acc = float(rng.uniform(0.05, 0.9))
-        rows.append({"model": model, "checkpoint": checkpoint, "condition": cond, "distance": dist, "layer": layer,
-                     "head": head, "probe": "mlp", "seed": seed, "n_train": 100, "n_val": 20, "accuracy": acc,
-                     "ci_low": acc - 0.03, "ci_high": acc + 0.04, "control_accuracy": 0.1, "selectivity": acc - 0.1,
-                     "task_accuracy": task})
+        rows.append(
+            {
+                "model": model,
+                "checkpoint": checkpoint,
+                "condition": cond,
+                "distance": dist,
+                "layer": layer,
+                "head": head,
+                "probe": "mlp",
+                "seed": seed,
+                "n_train": 100,
+                "n_val": 20,
+                "accuracy": acc,
+                "ci_low": acc - 0.03,
+                "ci_high": acc + 0.04,
+                "control_accuracy": 0.1,
+                "selectivity": acc - 0.1,
+                "task_accuracy": task,
+            }
+        )
 
     for seed in (0, 1):
         for layer in LAYERS:
@@ -42,7 +57,7 @@ def probe_rows() -> pd.DataFrame:
             add("qwen3-8b", "final", "masked", 1, layer, seed)
             add("qwen3-8b", "final", "masked", 2, layer, seed)
             add("qwen3-8b", "final", "causal_control", -1, layer, seed)
-            add("qwen3-8b", "final", "direct", 0, layer, seed, head=1)     # single-head rows: not plotted
+            add("qwen3-8b", "final", "direct", 0, layer, seed, head=1)  # single-head rows: not plotted
     for ck, task in (("step-100", 0.77), ("step-1000", 0.95), ("step-300", 0.85)):
         for layer in LAYERS:
             add("toy", ck, "masked", 1, layer, 0, task=task)
@@ -52,13 +67,40 @@ def probe_rows() -> pd.DataFrame:
 
 
 def ablation_rows() -> pd.DataFrame:
-    rows = [{"experiment": "restart", "model": "qwen3-8b", "checkpoint": "final", "variant": v, "layer": -1,
-             "head": -1, "direction": "none", "metric": "accuracy", "value": val, "ci_low": val - 0.05,
-             "ci_high": val + 0.05, "n": 30} for v, val in (("normal", 0.661), ("restart", 0.508))]
+    rows = [
+        {
+            "experiment": "restart",
+            "model": "qwen3-8b",
+            "checkpoint": "final",
+            "variant": v,
+            "layer": -1,
+            "head": -1,
+            "direction": "none",
+            "metric": "accuracy",
+            "value": val,
+            "ci_low": val - 0.05,
+            "ci_high": val + 0.05,
+            "n": 30,
+        }
+        for v, val in (("normal", 0.661), ("restart", 0.508))
+    ]
     for layer in LAYERS:
-        rows.append({"experiment": "patch", "model": "qwen3-8b", "checkpoint": "final", "variant": "restart",
-                     "layer": layer, "head": -1, "direction": "normal->restart", "metric": "nll",
-                     "value": 1.0 + 0.1 * layer, "ci_low": 0.9 + 0.1 * layer, "ci_high": 1.1 + 0.1 * layer, "n": 30})
+        rows.append(
+            {
+                "experiment": "patch",
+                "model": "qwen3-8b",
+                "checkpoint": "final",
+                "variant": "restart",
+                "layer": layer,
+                "head": -1,
+                "direction": "normal->restart",
+                "metric": "nll",
+                "value": 1.0 + 0.1 * layer,
+                "ci_low": 0.9 + 0.1 * layer,
+                "ci_high": 1.1 + 0.1 * layer,
+                "n": 30,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -75,35 +117,49 @@ def test_names():
     assert resolve_names(["all"]) == list(REGISTRY) and len(REGISTRY) == 5
     with pytest.raises(ConfigError, match="unknown figure"):
         resolve_names(["nope"])
-    assert checkpoint_order(["final", "step-300", "step-1000", "step-100"]) == ["step-100", "step-300", "step-1000",
-                                                                                  "final"]
+    assert checkpoint_order(["final", "step-300", "step-1000", "step-100"]) == [
+        "step-100",
+        "step-300",
+        "step-1000",
+        "final",
+    ]
 
 
 def test_probe_figures_csv_match_inputs(probe_run, tmp_path):
     out = tmp_path / "figs"
-    rep = render_figures(["probe-conditions", "toy-leakage", "restart-ablation"], runs=[probe_run], out_dir=out,
-                         png=False)
-    assert rep.skipped == {} and {r.name for r in rep.rendered} == {"probe-conditions", "toy-leakage",
-                                                                    "restart-ablation"}
+    rep = render_figures(
+        ["probe-conditions", "toy-leakage", "restart-ablation"], runs=[probe_run], out_dir=out, png=False
+    )
+    assert rep.skipped == {} and {r.name for r in rep.rendered} == {
+        "probe-conditions",
+        "toy-leakage",
+        "restart-ablation",
+    }
     assert rep.png_skipped and "disabled" in rep.png_skipped
     src = probe_rows()
 
     pc = pd.read_csv(out / "probe-conditions.csv")
     q = pc[pc["model"] == "qwen3-8b"]
     assert set(q["condition"]) == {"direct", "masked", "causal_control"}
-    assert (q[q["condition"] == "masked"]["distance"] == 1).all()     # nearest distance only
+    assert (q[q["condition"] == "masked"]["distance"] == 1).all()  # nearest distance only
     for r in q.itertuples():
-        want = src[(src["model"] == "qwen3-8b") & (src["condition"] == r.condition) & (src["distance"] == r.distance)
-                   & (src["layer"] == r.layer) & (src["head"] == -1)]
+        want = src[
+            (src["model"] == "qwen3-8b")
+            & (src["condition"] == r.condition)
+            & (src["distance"] == r.distance)
+            & (src["layer"] == r.layer)
+            & (src["head"] == -1)
+        ]
         assert r.n_seeds == 2 == len(want)
         assert r.accuracy == pytest.approx(want["accuracy"].mean(), abs=1e-12)
         assert r.ci_low == pytest.approx(want["ci_low"].mean(), abs=1e-12)
     assert (pc["chance"] == 0.1).all()
     toy = pc[pc["model"] == "toy"]
-    assert set(toy["checkpoint"]) == {"step-1000"}                     # the last checkpoint
+    assert set(toy["checkpoint"]) == {"step-1000"}  # the last checkpoint
     md = (out / "probe-conditions.md").read_text()
-    direct0 = src[(src["model"] == "qwen3-8b") & (src["condition"] == "direct") & (src["layer"] == 0)
-                  & (src["head"] == -1)]["accuracy"].mean()
+    direct0 = src[
+        (src["model"] == "qwen3-8b") & (src["condition"] == "direct") & (src["layer"] == 0) & (src["head"] == -1)
+    ]["accuracy"].mean()
     assert "| layer 0 |" in md and f"{direct0 * 100:.4g}" in md
 
     tl = pd.read_csv(out / "toy-leakage.csv")
@@ -125,7 +181,9 @@ def test_probe_figures_csv_match_inputs(probe_run, tmp_path):
 
     ra = pd.read_csv(out / "restart-ablation.csv")
     restart = ra[ra["panel"] == "restart"].set_index("variant")
-    assert restart.loc["normal", "value"] == pytest.approx(0.661) and restart.loc["restart", "value"] == pytest.approx(0.508)
+    assert restart.loc["normal", "value"] == pytest.approx(0.661) and restart.loc["restart", "value"] == pytest.approx(
+        0.508
+    )
     patch = ra[ra["panel"] == "patch"]
     assert patch["layer"].tolist() == list(LAYERS) and patch["value"].tolist() == pytest.approx([1.0, 1.1, 1.2, 1.3])
     md = (out / "restart-ablation.md").read_text()
@@ -158,9 +216,9 @@ def test_trace_figures_from_files_and_skips(tmp_path):
     curves = account_trace(traces[0], tok.ids, default_configs(), "qwen3-8b")
     for mode in ("vanilla", "memento"):
         got = kv[kv["mode"] == mode]
-        want = curves[mode].tokens[traces[0].prompt_len:]
+        want = curves[mode].tokens[traces[0].prompt_len :]
         assert got["tokens"].tolist() == want.tolist()
-        assert got["kv_gb"].to_numpy() == pytest.approx(want * 147456 / 2 ** 30)
+        assert got["kv_gb"].to_numpy() == pytest.approx(want * 147456 / 2**30)
     md = (out / "kv-sawtooth.md").read_text()
     assert f"{curves['memento'].auc_gb_ktok:.4g}" in md
     cdf = pd.read_csv(out / "compression-cdf.csv")
@@ -186,7 +244,7 @@ def test_idempotent_and_recorded_in_the_run(tmp_path):
     rep2 = render_figures(["kv-sawtooth", "compression-cdf"], runs=[tmp_path / "run"], out_dir=figs, png=False)
     assert {p.name: p.read_bytes() for p in figs.iterdir()} == first
     assert [r.files for r in rep1.rendered] == [r.files for r in rep2.rendered]
-    store = RunStore.open(tmp_path / "run")   # verifies every checksum, figures included
+    store = RunStore.open(tmp_path / "run")  # verifies every checksum, figures included
     assert "figures/kv-sawtooth.csv" in store.manifest.files
     # From the run (occupancy.parquet) the sawtooth equals the one from the trace files.
     from_run = pd.read_csv(figs / "kv-sawtooth.csv")
@@ -218,18 +276,36 @@ def test_png_export_with_chromium(tmp_path, probe_run):
 
 def test_sawtooth_from_a_memento_only_run(tmp_path):
     """A runtime capture of a memento run holds only its own occupancy; vanilla is the same stream unevicted."""
-    occ = pd.DataFrame({"trace": "g0", "mode": "memento", "step": np.arange(8),
-                        "tokens": [1, 2, 3, 4, 5, 3, 4, 5], "bytes": np.array([1, 2, 3, 4, 5, 3, 4, 5]) * 64})
+    occ = pd.DataFrame(
+        {
+            "trace": "g0",
+            "mode": "memento",
+            "step": np.arange(8),
+            "tokens": [1, 2, 3, 4, 5, 3, 4, 5],
+            "bytes": np.array([1, 2, 3, 4, 5, 3, 4, 5]) * 64,
+        }
+    )
     store = RunStore.create(tmp_path / "r", "generate", {})
     store.write_table("occupancy.parquet", occ)
-    store.write_table("traces.parquet", pd.DataFrame({"trace": ["g0"], "n_tokens": [8], "prompt_len": [2],
-                                                      "n_blocks": [1], "mode": ["memento"], "source": ["gen"]}))
+    store.write_table(
+        "traces.parquet",
+        pd.DataFrame(
+            {
+                "trace": ["g0"],
+                "n_tokens": [8],
+                "prompt_len": [2],
+                "n_blocks": [1],
+                "mode": ["memento"],
+                "source": ["gen"],
+            }
+        ),
+    )
     rep = render_figures(["kv-sawtooth"], runs=[tmp_path / "r"], out_dir=tmp_path / "f", png=False)
     assert not rep.skipped
     df = pd.read_csv(tmp_path / "f" / "kv-sawtooth.csv")
     assert df[df["mode"] == "memento"]["tokens"].tolist() == [3, 4, 5, 3, 4, 5]
     assert df[df["mode"] == "vanilla"]["tokens"].tolist() == [3, 4, 5, 6, 7, 8]
-    assert df["kv_gb"].tolist() == pytest.approx((df["tokens"] * 64 / 2 ** 30).tolist())
+    assert df["kv_gb"].tolist() == pytest.approx((df["tokens"] * 64 / 2**30).tolist())
 
 
 @needs_examples
@@ -248,9 +324,22 @@ def probes_shaped_ablations() -> pd.DataFrame:
     rows = []
 
     def add(exp, variant, layer, head, direction, metric, value):
-        rows.append({"experiment": exp, "model": "toy", "checkpoint": "", "variant": variant, "layer": layer,
-                     "head": head, "direction": direction, "metric": metric, "value": value, "ci_low": value - 0.01,
-                     "ci_high": value + 0.01, "n": 64})
+        rows.append(
+            {
+                "experiment": exp,
+                "model": "toy",
+                "checkpoint": "",
+                "variant": variant,
+                "layer": layer,
+                "head": head,
+                "direction": direction,
+                "metric": metric,
+                "value": value,
+                "ci_low": value - 0.01,
+                "ci_high": value + 0.01,
+                "n": 64,
+            }
+        )
 
     for variant, acc, nll in (("normal", 0.95, 0.2), ("restart", 0.70, 0.9)):
         add("restart", variant, -1, -1, "", "accuracy_teacher_forced", acc)
@@ -272,15 +361,22 @@ def test_restart_ablation_on_probes_shaped_rows(tmp_path):
     assert not rep.skipped
     df = pd.read_csv(tmp_path / "f" / "restart-ablation.csv", keep_default_na=False)
     restart = df[df["panel"] == "restart"]
-    assert len(restart) == 5 and set(restart["metric"]) == {"accuracy_teacher_forced", "nll_teacher_forced",
-                                                            "kl_teacher_forced"}
+    assert len(restart) == 5 and set(restart["metric"]) == {
+        "accuracy_teacher_forced",
+        "nll_teacher_forced",
+        "kl_teacher_forced",
+    }
     curve = df[df["panel"] == "patch"]
     acc = curve[curve["metric"] == "accuracy"]
     assert acc["layer"].tolist() == [0, 1, 2]
-    assert acc["value"].astype(float).tolist() == pytest.approx([0.69, 0.79, 0.89])   # head -1 rows only
+    assert acc["value"].astype(float).tolist() == pytest.approx([0.69, 0.79, 0.89])  # head -1 rows only
     base = df[df["panel"] == "patch_base"]
-    assert sorted(zip(base["metric"], base["variant"])) == [("accuracy", "normal"), ("accuracy", "restart"),
-                                                            ("nll", "normal"), ("nll", "restart")]
+    assert sorted(zip(base["metric"], base["variant"])) == [
+        ("accuracy", "normal"),
+        ("accuracy", "restart"),
+        ("nll", "normal"),
+        ("nll", "restart"),
+    ]
     md = (tmp_path / "f" / "restart-ablation.md").read_text()
     assert "| toy |  | accuracy_teacher_forced | 0.95 | 0.7 | -0.25 |" in md
 
@@ -290,14 +386,14 @@ def test_compression_cdf_mixes_runs_and_trace_files_in_tokens(tmp_path):
     tok = ApproxTokenizer()
     res = ingest_files(EXAMPLES[:1], tok, keep_text=True)
     write_run(tmp_path / "run", res.traces, tok)
-    rep = render_figures(["compression-cdf"], runs=[tmp_path / "run"], traces=EXAMPLES[1:], out_dir=tmp_path / "f",
-                         png=False)
+    rep = render_figures(
+        ["compression-cdf"], runs=[tmp_path / "run"], traces=EXAMPLES[1:], out_dir=tmp_path / "f", png=False
+    )
     assert not rep.skipped
     df = pd.read_csv(tmp_path / "f" / "compression-cdf.csv")
     assert set(df["unit"]) == {"tokens"} and set(df["source"]) == {"run", "memento_example_code"}
     both = block_stats(ingest_files(EXAMPLES, tok).traces, tok.ids)
-    assert df[df["domain"] == "all"]["ratio"].sort_values().tolist() == pytest.approx(
-        sorted(both["ratio_tokens"]))
+    assert df[df["domain"] == "all"]["ratio"].sort_values().tolist() == pytest.approx(sorted(both["ratio_tokens"]))
 
 
 def test_trace_objects_with_their_own_token_ids(tmp_path):
@@ -306,12 +402,20 @@ def test_trace_objects_with_their_own_token_ids(tmp_path):
     from memento_lens.runtime.trace import Trace
 
     d = TOKEN_TO_ID
-    one = [d["<|block_start|>"], *[d["3"]] * 5, d["<|block_end|>"], d["<|summary_start|>"], d["0"], d["0"], d["3"],
-           d["<|summary_end|>"]]
+    one = [
+        d["<|block_start|>"],
+        *[d["3"]] * 5,
+        d["<|block_end|>"],
+        d["<|summary_start|>"],
+        d["0"],
+        d["0"],
+        d["3"],
+        d["<|summary_end|>"],
+    ]
     trace = Trace("toy0", [d["<bos>"], *one * 3, d["<eos>"]], prompt_len=1)
     rep = render_figures(["kv-sawtooth"], traces=[trace], token_ids=TOY_TOKENS, out_dir=tmp_path, png=False)
     df = pd.read_csv(tmp_path / "kv-sawtooth.csv")
     mem = df[df["mode"] == "memento"]["tokens"].tolist()
     van = df[df["mode"] == "vanilla"]["tokens"].tolist()
-    assert van[-1] == 38 and mem[-1] == 38 - 3 * 5   # each block's 5 digits evicted (delimiters stay)
+    assert van[-1] == 38 and mem[-1] == 38 - 3 * 5  # each block's 5 digits evicted (delimiters stay)
     assert not rep.skipped

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from memento_lens.analyses.ingest import IngestError, detect_format, ingest_file, ingest_files, render_segments, write_run
+from memento_lens.analyses.ingest import (
+    IngestError,
+    detect_format,
+    ingest_file,
+    ingest_files,
+    render_segments,
+    write_run,
+)
 from memento_lens.analyses.stats import block_stats, blocks_from_tokens_table, domain_stats, trace_stats
 from memento_lens.analyses.tokenization import ApproxTokenizer, HFTextTokenizer, load_tokenizer
 from memento_lens.runtime.config import MEMENTO_TOKEN_STRINGS, THINK_END, THINK_START
@@ -32,8 +38,9 @@ def char_tokenizer_dir(tmp_path: Path) -> Path:
     tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     fast = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]")
-    fast.add_special_tokens({"additional_special_tokens": [*MEMENTO_TOKEN_STRINGS, THINK_START, THINK_END,
-                                                           "<|im_start|>", "<|im_end|>"]})
+    fast.add_special_tokens(
+        {"additional_special_tokens": [*MEMENTO_TOKEN_STRINGS, THINK_START, THINK_END, "<|im_start|>", "<|im_end|>"]}
+    )
     out = tmp_path / "tok"
     fast.save_pretrained(out)
     return out
@@ -80,8 +87,8 @@ def _row(response, domain="math", problem="What is 1+1?"):
 
 def test_openmementos_parquet_with_malformed_rows(tmp_path):
     good = render_segments(["aaaa bbbb cccc dddd", "eeee ffff"], ["m1", "m2 m2"], "42")
-    bad_end = "<think>" + "<|block_end|>" + "x" * 8 + "</think>"                    # block_end with no open block
-    bad_sum = "<think><|block_start|>abcd<|block_end|>zz<|summary_end|></think>"   # summary_end with no memento
+    bad_end = "<think>" + "<|block_end|>" + "x" * 8 + "</think>"  # block_end with no open block
+    bad_sum = "<think><|block_start|>abcd<|block_end|>zz<|summary_end|></think>"  # summary_end with no memento
     rows = [_row(good), _row(None), _row(bad_end), _row(good, "code"), _row(bad_sum, "science"), _row("")]
     path = tmp_path / "train-00000.parquet"
     pd.DataFrame(rows).to_parquet(path)
@@ -105,11 +112,28 @@ def test_openmementos_parquet_with_malformed_rows(tmp_path):
 
 
 def test_openmementos_full_config_renders_from_sentences(tmp_path):
-    rows = [{"problem": "p", "response": None, "domain": "math", "source": "s", "difficulty": 1,
-             "sentences": ["One.", "Two.", "Three.", "Four."], "blocks": [[0, 1], [2, 3]],
-             "block_summaries": ["S1", "S2"]},
-            {"problem": "p", "response": None, "domain": "math", "source": "s", "difficulty": 1,
-             "sentences": ["One."], "blocks": [[0, 0]], "block_summaries": ["S1", "extra"]}]
+    rows = [
+        {
+            "problem": "p",
+            "response": None,
+            "domain": "math",
+            "source": "s",
+            "difficulty": 1,
+            "sentences": ["One.", "Two.", "Three.", "Four."],
+            "blocks": [[0, 1], [2, 3]],
+            "block_summaries": ["S1", "S2"],
+        },
+        {
+            "problem": "p",
+            "response": None,
+            "domain": "math",
+            "source": "s",
+            "difficulty": 1,
+            "sentences": ["One."],
+            "blocks": [[0, 0]],
+            "block_summaries": ["S1", "extra"],
+        },
+    ]
     path = tmp_path / "full.parquet"
     pd.DataFrame(rows).to_parquet(path)
     res = ingest_file(path, "approx")
@@ -120,10 +144,12 @@ def test_openmementos_full_config_renders_from_sentences(tmp_path):
 
 def test_vllm_jsonl(tmp_path):
     text = render_segments(["abc def"], ["a"], "done")
-    lines = [json.dumps({"request_id": "r0", "prompt": "<|im_start|>user\nq<|im_end|>\n", "text": text}),
-             "{not json",
-             json.dumps({"request_id": "r2", "prompt": "q", "outputs": [{"text": text}]}),
-             json.dumps({"request_id": "r3", "prompt": "q"})]
+    lines = [
+        json.dumps({"request_id": "r0", "prompt": "<|im_start|>user\nq<|im_end|>\n", "text": text}),
+        "{not json",
+        json.dumps({"request_id": "r2", "prompt": "q", "outputs": [{"text": text}]}),
+        json.dumps({"request_id": "r3", "prompt": "q"}),
+    ]
     path = tmp_path / "out.jsonl"
     path.write_text("\n".join(lines) + "\n")
     assert detect_format(path) == "vllm-jsonl"
@@ -139,8 +165,12 @@ def test_vllm_token_ids_are_used_with_a_real_tokenizer(tmp_path):
     text = render_segments(["abc"], ["a"], "x")
     ids = tok.encode(text).tolist()
     path = tmp_path / "ids.jsonl"
-    path.write_text(json.dumps({"request_id": "r", "prompt": "qq", "prompt_token_ids": [5, 6, 7], "text": "ignored",
-                                "token_ids": ids}) + "\n")
+    path.write_text(
+        json.dumps(
+            {"request_id": "r", "prompt": "qq", "prompt_token_ids": [5, 6, 7], "text": "ignored", "token_ids": ids}
+        )
+        + "\n"
+    )
     res = ingest_file(path, tok)
     t = res.traces[0]
     assert t.prompt_len == 3 and t.token_ids == [5, 6, 7] + ids
@@ -182,8 +212,11 @@ def test_toy_tokenizer_vllm_jsonl(tmp_path):
     tok = load_tokenizer("toy")
     res = ingest_file(path, tok)
     t = res.traces[0]
-    assert t.prompt_len == 1 and t.token_ids[:3] == [TOKEN_TO_ID["<bos>"], TOKEN_TO_ID["<|block_start|>"],
-                                                      TOKEN_TO_ID["3"]]
+    assert t.prompt_len == 1 and t.token_ids[:3] == [
+        TOKEN_TO_ID["<bos>"],
+        TOKEN_TO_ID["<|block_start|>"],
+        TOKEN_TO_ID["3"],
+    ]
     b = block_stats(res.traces, tok.ids)
     assert b["block_tokens"].tolist() == [5] and b["memento_tokens"].tolist() == [3]
 

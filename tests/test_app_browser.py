@@ -14,12 +14,18 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from memento_lens.app.fixtures import FixtureSpec, write_fixture_run
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # url path -> CSS selector of the page's main chart
 PAGES = {
     "runs": ".js-plotly-plot",
@@ -58,8 +64,13 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> Non
 
 
 def start_app(run: Path, port: int) -> subprocess.Popen:
-    return subprocess.Popen([*cli(), "app", str(run), "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [*cli(), "app", str(run), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -107,8 +118,10 @@ def test_every_page_renders_in_chromium(tmp_path):
                 before = int(thumb.inner_text())
                 box = pg.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
                 pg.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
-                pg.wait_for_function(f"() => document.querySelector(\"[data-testid='stSliderThumbValue']\")"
-                                     f".innerText !== '{before}'", timeout=30_000)
+                pg.wait_for_function(
+                    f"() => document.querySelector(\"[data-testid='stSliderThumbValue']\").innerText !== '{before}'",
+                    timeout=30_000,
+                )
                 assert int(thumb.inner_text()) < before
                 assert not errors, errors
             finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from memento_lens.app import compute
 
 
@@ -28,8 +27,21 @@ def test_visible_at_step_is_causal_minus_evicted():
     assert vis.tolist() == [True, False, False, False, True, True, True, False]
 
 
-ROLES = ["prompt", "prompt", "delimiter", "block", "block", "delimiter", "delimiter", "memento", "delimiter",
-         "delimiter", "block", "block", "answer"]
+ROLES = [
+    "prompt",
+    "prompt",
+    "delimiter",
+    "block",
+    "block",
+    "delimiter",
+    "delimiter",
+    "memento",
+    "delimiter",
+    "delimiter",
+    "block",
+    "block",
+    "answer",
+]
 BLOCKS = [-1, -1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, -1]
 
 
@@ -37,10 +49,10 @@ def test_attention_mass_by_role_sums_each_category():
     # query at 11 (block 1 content); block 0 content [3, 5) evicted
     visible = compute.visible_at_step(13, [3], [5], [8], step=11)
     w = np.zeros(13)
-    w[[0, 1]] = 0.1, 0.1          # prompt
-    w[2] = 0.05                   # delimiter
-    w[7] = 0.3                    # memento
-    w[[10, 11]] = 0.2, 0.25       # current block
+    w[[0, 1]] = 0.1, 0.1  # prompt
+    w[2] = 0.05  # delimiter
+    w[7] = 0.3  # memento
+    w[[10, 11]] = 0.2, 0.25  # current block
     m = compute.attention_mass_by_role(w, ROLES, BLOCKS, 11, visible)
     assert m["prompt"] == pytest.approx(0.2)
     assert m["mementos"] == pytest.approx(0.3)
@@ -53,32 +65,32 @@ def test_attention_mass_by_role_sums_each_category():
 def test_attention_mass_flags_weight_on_evicted_positions_and_averages_heads():
     visible = compute.visible_at_step(13, [3], [5], [8], step=11)
     w = torch.zeros(2, 13)
-    w[0, 3] = 1.0                 # head 0 all on an evicted position (a leak)
+    w[0, 3] = 1.0  # head 0 all on an evicted position (a leak)
     w[1, 4] = 0.5
-    w[1, 12] = 0.5                # future position (answer, after the query): not visible either
+    w[1, 12] = 0.5  # future position (answer, after the query): not visible either
     m = compute.attention_mass_by_role(w, ROLES, BLOCKS, 11, visible)
-    assert m["evicted"] == pytest.approx(0.75)   # mean over heads of (1.0, 0.5)
-    assert m["future"] == pytest.approx(0.25)    # mean over heads of (0, 0.5)
+    assert m["evicted"] == pytest.approx(0.75)  # mean over heads of (1.0, 0.5)
+    assert m["future"] == pytest.approx(0.25)  # mean over heads of (0, 0.5)
     assert m["current block"] == 0
 
 
 def test_other_visible_block_when_query_is_outside_any_block():
     visible = np.ones(13, dtype=bool)
-    cats = compute.mass_categories(ROLES, BLOCKS, 12, visible)   # query is an answer token
+    cats = compute.mass_categories(ROLES, BLOCKS, 12, visible)  # query is an answer token
     assert cats[3] == "other visible blocks" and cats[10] == "other visible blocks"
     assert cats[12] == "answer"
 
 
 def test_residue_relative_l2_and_cosine_per_head():
     normal = torch.zeros(1, 2, 2, 2)
-    normal[0, 0] = torch.tensor([[3.0, 0.0], [0.0, 4.0]])   # ||.|| = 5
+    normal[0, 0] = torch.tensor([[3.0, 0.0], [0.0, 4.0]])  # ||.|| = 5
     normal[0, 1] = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     restart = normal.clone()
-    restart[0, 0, 0, 0] = 0.0                                 # diff norm 3 -> rel 0.6
-    restart[0, 1] = torch.tensor([[0.0, 1.0], [0.0, 0.0]])   # orthogonal -> cosine 0, rel sqrt(2)
+    restart[0, 0, 0, 0] = 0.0  # diff norm 3 -> rel 0.6
+    restart[0, 1] = torch.tensor([[0.0, 1.0], [0.0, 0.0]])  # orthogonal -> cosine 0, rel sqrt(2)
     r = compute.residue(normal, restart)
     assert r.rel_l2 == pytest.approx([0.6, np.sqrt(2)])
-    assert r.cosine == pytest.approx([16 / 20, 0.0])         # <n, r> = 16, |n| = 5, |r| = 4
+    assert r.cosine == pytest.approx([16 / 20, 0.0])  # <n, r> = 16, |n| = 5, |r| = 4
 
 
 def test_residue_identical_is_zero_and_shape_mismatch_raises():
@@ -110,8 +122,9 @@ def test_role_colors_one_distinct_colour_per_role():
 def test_vanilla_overlay_added_only_when_missing():
     import pandas as pd
 
-    occ = pd.DataFrame({"trace": "t", "mode": "memento", "step": [0, 1, 2, 3], "tokens": [1, 2, 1, 2],
-                        "bytes": [10, 20, 10, 20]})
+    occ = pd.DataFrame(
+        {"trace": "t", "mode": "memento", "step": [0, 1, 2, 3], "tokens": [1, 2, 1, 2], "bytes": [10, 20, 10, 20]}
+    )
     out = compute.with_vanilla_overlay(occ)
     van = out[out["mode"] == "vanilla"]
     assert van["tokens"].tolist() == [1, 2, 3, 4] and van["bytes"].tolist() == [10, 20, 30, 40]
@@ -124,11 +137,24 @@ def _probe_rows():
     import pandas as pd
 
     rows = []
-    for cond, dist, layers in (("causal_control", -1, range(4)), ("direct", 0, range(4)), ("masked", 1, range(4)),
-                               ("masked", 2, [3]), ("masked", 7, [3])):
+    for cond, dist, layers in (
+        ("causal_control", -1, range(4)),
+        ("direct", 0, range(4)),
+        ("masked", 1, range(4)),
+        ("masked", 2, [3]),
+        ("masked", 7, [3]),
+    ):
         for layer in layers:
-            rows.append({"condition": cond, "distance": dist, "layer": layer, "head": -1, "checkpoint": "",
-                         "accuracy": 0.1 * layer + dist})
+            rows.append(
+                {
+                    "condition": cond,
+                    "distance": dist,
+                    "layer": layer,
+                    "head": -1,
+                    "checkpoint": "",
+                    "accuracy": 0.1 * layer + dist,
+                }
+            )
     rows.append({"condition": "direct", "distance": 0, "layer": 0, "head": 1, "checkpoint": "", "accuracy": 9.0})
     return pd.DataFrame(rows)
 
@@ -136,8 +162,11 @@ def _probe_rows():
 def test_probe_selection_by_layer_fixes_each_conditions_distance():
     sel = compute.probe_selection(_probe_rows(), "layer", checkpoint="")
     got = {c: sorted(zip(g.distance, g.layer)) for c, g in sel.groupby("condition")}
-    assert got == {"causal_control": [(-1, l) for l in range(4)], "direct": [(0, l) for l in range(4)],
-                   "masked": [(1, l) for l in range(4)]}            # nearest masked distance; head -1 only
+    assert got == {
+        "causal_control": [(-1, l) for l in range(4)],
+        "direct": [(0, l) for l in range(4)],
+        "masked": [(1, l) for l in range(4)],
+    }  # nearest masked distance; head -1 only
     sel = compute.probe_selection(_probe_rows(), "layer", distance=7)
     assert sel[sel.condition == "masked"][["distance", "layer"]].values.tolist() == [[7, 3]]
 
@@ -159,13 +188,32 @@ def test_token_stream_html_puts_each_memento_beside_its_block_and_escapes():
     import re
 
     import pandas as pd
-
     from memento_lens.app import charts
 
-    toks = ["<b>", "x", "<|block_start|>", "a", "b", "<|block_end|>", "<|summary_start|>", "M", "<|summary_end|>",
-            "ans"]
-    roles = ["prompt", "prompt", "delimiter", "block", "block", "delimiter", "delimiter", "memento", "delimiter",
-             "answer"]
+    toks = [
+        "<b>",
+        "x",
+        "<|block_start|>",
+        "a",
+        "b",
+        "<|block_end|>",
+        "<|summary_start|>",
+        "M",
+        "<|summary_end|>",
+        "ans",
+    ]
+    roles = [
+        "prompt",
+        "prompt",
+        "delimiter",
+        "block",
+        "block",
+        "delimiter",
+        "delimiter",
+        "memento",
+        "delimiter",
+        "answer",
+    ]
     blocks = [-1, -1, 0, 0, 0, 0, 0, 0, 0, -1]
     df = pd.DataFrame({"pos": range(10), "token": toks, "role": roles, "block": blocks})
     gone = compute.evicted_at_step(10, [3], [5], [8], step=9)
@@ -178,8 +226,8 @@ def test_token_stream_html_puts_each_memento_beside_its_block_and_escapes():
     assert sorted(int(p) for p in struck) == [3, 4]
     # before the eviction fires nothing is struck, and tokens after the step are faded
     html = charts.token_stream_html(df, compute.evicted_at_step(10, [3], [5], [8], step=7), step=7)
-    assert not re.findall(r'title="\d+ [a-z]*" style="[^"]*line-through', html)   # (the legend's is pos -1)
-    assert len(re.findall(r"opacity:0.35", html)) == 2   # positions 8, 9
+    assert not re.findall(r'title="\d+ [a-z]*" style="[^"]*line-through', html)  # (the legend's is pos -1)
+    assert len(re.findall(r"opacity:0.35", html)) == 2  # positions 8, 9
 
 
 def test_step_from_selection():
@@ -192,13 +240,34 @@ def test_step_from_selection():
 
 def test_ablation_figure_bars_for_whole_model_metrics_and_lines_per_layer():
     import pandas as pd
-
     from memento_lens.app import charts
 
-    rows = [{"experiment": "restart", "variant": v, "direction": "", "layer": -1, "metric": "acc", "value": x,
-             "ci_low": x - 0.1, "ci_high": x + 0.1} for v, x in (("normal", 0.9), ("restart", 0.4))]
-    rows += [{"experiment": "patch", "variant": "restart_kv", "direction": "restart->normal", "layer": l,
-              "metric": "kl", "value": 0.1 * l, "ci_low": 0.0, "ci_high": 1.0} for l in range(3)]
+    rows = [
+        {
+            "experiment": "restart",
+            "variant": v,
+            "direction": "",
+            "layer": -1,
+            "metric": "acc",
+            "value": x,
+            "ci_low": x - 0.1,
+            "ci_high": x + 0.1,
+        }
+        for v, x in (("normal", 0.9), ("restart", 0.4))
+    ]
+    rows += [
+        {
+            "experiment": "patch",
+            "variant": "restart_kv",
+            "direction": "restart->normal",
+            "layer": l,
+            "metric": "kl",
+            "value": 0.1 * l,
+            "ci_low": 0.0,
+            "ci_high": 1.0,
+        }
+        for l in range(3)
+    ]
     df = pd.DataFrame(rows)
     bars = charts.ablation_figure(df, "acc")
     (bar,) = bars.data

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from typer.testing import CliRunner
-
 from memento_lens.app.data import ENV_RUNS, KVKey, RunData, discover_runs, manifest_fingerprint
 from memento_lens.app.fixtures import FixtureSpec, write_fixture_run
 from memento_lens.runtime.store import CorruptFile, RunError
+from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def test_fixture_run_follows_the_contract(run_dir):
     assert set(idx["variant"]) == {"normal", "restart", "evicted_block"}
     for r in idx.head(6).itertuples():
         k = load_file(str(run_dir / r.shard))[r.key]
-        assert k.shape[0] == 1 and k.shape[2] == r.end - r.start          # [1, kv_heads, end-start, d]
+        assert k.shape[0] == 1 and k.shape[2] == r.end - r.start  # [1, kv_heads, end-start, d]
     # the evicted_block KV covers exactly the block the events evict (delimiters kept: block content only)
     ev = rd.events("t0000")
     blk = idx[(idx.trace == "t0000") & (idx.variant == "evicted_block") & (idx.layer == 0)].sort_values("block")
@@ -46,7 +45,7 @@ def test_kv_by_typed_key_and_kv_many_agree(run_dir):
     raw = load_file(str(run_dir / row["shard"]))
     assert torch.equal(k, raw[row["key"]]) and torch.equal(v, raw[row["value"]]) and (s, e) == (row.start, row.end)
     many = rd.kv_many([key, KVKey("t0002", 0, "normal", 0), KVKey("t0002", 0, "normal", 99)])
-    assert set(many) == {key, KVKey("t0002", 0, "normal", 0)}       # uncaptured keys left out
+    assert set(many) == {key, KVKey("t0002", 0, "normal", 0)}  # uncaptured keys left out
     assert torch.equal(many[key][0], k)
     with pytest.raises(RunError, match="no restart KV for trace 't0002' layer 1 block 99"):
         rd.kv(KVKey("t0002", 1, "restart", 99))
@@ -78,16 +77,17 @@ def test_corrupt_shard_is_named_when_read(run_dir, tmp_path):
     shutil.copytree(run_dir, dst)
     shard = dst / "kv" / "shard-00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:-8] + b"\0" * 8)
-    rd = RunData(dst)                                   # opening stays cheap: nothing hashed yet
-    rd.kv(KVKey("t0000", 0, "normal", 0))               # other shards still read
+    rd = RunData(dst)  # opening stays cheap: nothing hashed yet
+    rd.kv(KVKey("t0000", 0, "normal", 0))  # other shards still read
     with pytest.raises(CorruptFile, match="shard-00001.safetensors: checksum mismatch"):
         rd.kv(KVKey("t0002", 0, "normal", 0))
     assert any("shard-00001" in e for e in rd.verify_all())
 
 
 def test_missing_table_message(tmp_path):
-    run = write_fixture_run(tmp_path / "r", FixtureSpec(n_traces=1, probes=False, ablations=False, figures=False,
-                                                        attention_traces=0))
+    run = write_fixture_run(
+        tmp_path / "r", FixtureSpec(n_traces=1, probes=False, ablations=False, figures=False, attention_traces=0)
+    )
     rd = RunData(run)
     with pytest.raises(RunError, match="probe_results.parquet: missing; this run has no probe results"):
         rd.probe_results()
@@ -109,7 +109,7 @@ def test_discover_only_what_was_named(run_dir, tmp_path):
     (tmp_path / "a" / "inner" / "deeper").mkdir()
     refs = discover_runs([run_dir, tmp_path / "a", tmp_path / "missing", tmp_path / "a" / "inner"])
     ok = [r.path for r in refs if r.error is None]
-    assert ok == [str(run_dir.resolve()), str(inner.resolve())]      # de-duplicated, in order
+    assert ok == [str(run_dir.resolve()), str(inner.resolve())]  # de-duplicated, in order
     bad = [r.error for r in refs if r.error]
     assert len(bad) == 1 and "no such run directory" in bad[0]
     empty = tmp_path / "empty"
@@ -145,7 +145,7 @@ def test_app_cli_default_host_and_demo_message(tmp_path, monkeypatch):
     demo = write_fixture_run(tmp_path / "runs" / "demo", FixtureSpec(n_traces=1))
     res = runner.invoke(app, ["app", "--port", "9999"])
     assert res.exit_code == 0, res.output
-    (argv, env), = calls
+    ((argv, env),) = calls
     assert "127.0.0.1" in argv and "9999" in argv
     assert env[ENV_RUNS] == str(demo.resolve())
 
@@ -154,7 +154,6 @@ def test_residue_traces_need_both_variants(run_dir, tmp_path):
     import shutil
 
     import pandas as pd
-
     from memento_lens.runtime.store import RunStore
 
     assert RunData(run_dir).residue_traces() == ["t0000", "t0001", "t0002"]

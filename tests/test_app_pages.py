@@ -12,11 +12,10 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("streamlit")
-from safetensors.torch import load_file  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
 from memento_lens.app import compute  # noqa: E402
 from memento_lens.app.fixtures import FixtureSpec, write_fixture_run  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")
 PAGES = ["runs", "trace", "attention", "residue", "probes", "figures"]
@@ -106,9 +105,9 @@ def test_attention_page_bars_equal_captured_weights(run_dir):
     assert not at.error
     att, mass = charts(at)
     idx = pd.read_parquet(run_dir / "attention/index.parquet")
-    q = int(idx[idx.trace == "t0000"].query_pos.max())   # the page defaults to the latest query
+    q = int(idx[idx.trace == "t0000"].query_pos.max())  # the page defaults to the latest query
     row = idx[(idx.trace == "t0000") & (idx.variant == "normal") & (idx.layer == 0) & (idx.query_pos == q)].iloc[0]
-    w = load_file(str(run_dir / row["shard"]))[row["tensor"]][0].mean(0).numpy()   # mean over heads
+    w = load_file(str(run_dir / row["shard"]))[row["tensor"]][0].mean(0).numpy()  # mean over heads
     shown = {}
     for t in att["data"]:
         if t["type"] == "bar" and t.get("xaxis", "x") == "x":
@@ -165,13 +164,13 @@ def test_probes_page_accuracy_ci_and_chance(run_dir):
     masked = [t for t in traces_named(probes, "masked") if t.get("mode") == "lines+markers"][0]
     sel = table[(table.checkpoint == "final") & (table.condition == "masked") & (table.distance == 1)]
     assert arr(masked["y"]) == pytest.approx(sel.sort_values("layer").accuracy.tolist())
-    assert probes["layout"]["shapes"][0]["y0"] == pytest.approx(0.1)   # chance from the manifest
+    assert probes["layout"]["shapes"][0]["y0"] == pytest.approx(0.1)  # chance from the manifest
     at.radio(key="probe_x").set_value("distance").run()
     assert not at.exception
     probes, _ = charts(at)
     assert probes["layout"]["xaxis"]["title"]["text"] == "distance"
     masked = [t for t in traces_named(probes, "masked") if t.get("mode") == "lines+markers"][0]
-    assert arr(masked["x"]) == [1, 2, 3]          # at the last layer, where every distance was probed
+    assert arr(masked["x"]) == [1, 2, 3]  # at the last layer, where every distance was probed
     ab = pd.read_parquet(run_dir / "ablations.parquet").query("experiment == 'restart' and layer >= 0")
     line = [t for t in abl["data"] if t.get("name") == "restart / restart"][0]
     assert arr(line["y"]) == pytest.approx(ab.sort_values("layer").value.tolist())
@@ -183,15 +182,16 @@ def test_figures_page_shows_each_figure(run_dir):
     pngs = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
     assert len(at.get("image")) == len(pngs) == 2
     assert [s.value for s in at.subheader] == sorted({p.stem for p in (run_dir / "figures").iterdir()})
-    assert len(at.get("iframe")) == 1   # the html figure, embedded from a data: URL
+    assert len(at.get("iframe")) == 1  # the html figure, embedded from a data: URL
 
 
 # -- broken runs -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", PAGES)
 def test_missing_run_dir_shows_error(name, tmp_path):
     at = page(name, [tmp_path / "nope"])
-    assert at.error and "no such run directory" in " ".join(e.value for e in at.error) + \
-        " ".join(w.value for w in at.sidebar.warning)
+    assert at.error and "no such run directory" in " ".join(e.value for e in at.error) + " ".join(
+        w.value for w in at.sidebar.warning
+    )
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -203,8 +203,10 @@ def test_no_run_named_shows_how_to_start(name, monkeypatch):
 
 @pytest.fixture(scope="module")
 def incomplete_run(tmp_path_factory) -> Path:
-    return write_fixture_run(tmp_path_factory.mktemp("inc") / "run",
-                             FixtureSpec(n_traces=2, probes=False, ablations=False, figures=False, complete=False))
+    return write_fixture_run(
+        tmp_path_factory.mktemp("inc") / "run",
+        FixtureSpec(n_traces=2, probes=False, ablations=False, figures=False, complete=False),
+    )
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -214,8 +216,10 @@ def test_incomplete_run_shows_error(name, incomplete_run):
 
 
 def test_interrupted_capture_shows_its_committed_parts(tmp_path):
-    run = write_fixture_run(tmp_path / "partial", FixtureSpec(n_traces=2, complete=False, as_parts=True,
-                                                              probes=False, ablations=False, figures=False))
+    run = write_fixture_run(
+        tmp_path / "partial",
+        FixtureSpec(n_traces=2, complete=False, as_parts=True, probes=False, ablations=False, figures=False),
+    )
     assert not (run / "tokens.parquet").exists() and (run / "parts/00000/tokens.parquet").exists()
     at = page("trace", [run])
     assert any("incomplete" in e.value for e in at.error)
@@ -276,7 +280,7 @@ def test_rewritten_run_is_not_served_from_a_stale_cache(tmp_path):
     run = write_fixture_run(tmp_path / "r", FixtureSpec(n_traces=1, seed=1))
     at = page("trace", [run])
     first = arr(traces_named(charts(at)[1], "memento")[0]["y"])
-    write_fixture_run(run, FixtureSpec(n_traces=1, seed=2, block_len=(20, 30)))   # same path, new content
+    write_fixture_run(run, FixtureSpec(n_traces=1, seed=2, block_len=(20, 30)))  # same path, new content
     at = page("trace", [run])
     second = arr(traces_named(charts(at)[1], "memento")[0]["y"])
     assert list(second) != list(first)
@@ -294,7 +298,7 @@ def test_selected_trace_survives_page_switch(run_dir):
 
 def test_only_named_runs_are_listed(run_dir, tmp_path):
     other = write_fixture_run(tmp_path / "other", FixtureSpec(n_traces=1))
-    at = page("runs", [tmp_path])     # a folder of runs: the runs directly inside it
+    at = page("runs", [tmp_path])  # a folder of runs: the runs directly inside it
     assert at.dataframe[0].value["run"].tolist() == [str(other.resolve())]
     assert not np.isin([str(run_dir)], at.dataframe[0].value["run"]).any()
 

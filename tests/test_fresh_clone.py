@@ -28,10 +28,21 @@ def test_fresh_clone_setup_and_demo(tmp_path):
     setup = subprocess.run(["make", "setup"], cwd=clone, env=env, capture_output=True, text=True)
     assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
     out = tmp_path / "demo-run"
-    demo = subprocess.run([str(clone / ".venv/bin/memento-lens"), "demo", "--no-app", "--out", str(out)],
-                          cwd=clone, env=env, capture_output=True, text=True)
+    demo = subprocess.run(
+        [str(clone / ".venv/bin/memento-lens"), "demo", "--no-app", "--out", str(out)],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-    for rel in ["manifest.json", "tokens.parquet", "events.parquet", "kv/index.parquet",
-                "probe_results.parquet", "ablations.parquet"]:
+    for rel in [
+        "manifest.json",
+        "tokens.parquet",
+        "events.parquet",
+        "kv/index.parquet",
+        "probe_results.parquet",
+        "ablations.parquet",
+    ]:
         assert (out / rel).exists(), f"demo run lacks {rel}"
     assert '"status": "complete"' in (out / "manifest.json").read_text()

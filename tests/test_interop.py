@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_qwen3
 from memento_lens.runtime.dense import dense_forward, stack_visibility
-from memento_lens.runtime.toy.task import TOY_MASKING, TOY_TOKENS, sample
 from memento_lens.runtime.schedule import compute_schedule
+from memento_lens.runtime.toy.task import TOY_MASKING, TOY_TOKENS, sample
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +28,10 @@ def test_transformer_lens_bridge_matches_dense_memento_forward(toy_batch):
     bridge = boot_bridge(model, build_tokenizer())
     logits, cache = run_with_memento_cache(bridge, ids, scheds)
     assert (logits - ref.logits).abs().max().item() < 1e-4
-    ev = scheds[0].evictions[0]                      # block 0 content, gone from its summary_end on
-    pattern = cache["blocks.1.attn.hook_pattern"]    # [batch, heads, q, k]
-    assert pattern[0, :, ev.position:, ev.start:ev.end].abs().max().item() == 0.0
-    assert pattern[0, :, ev.position - 1, ev.start:ev.end].sum().item() > 0.0
+    ev = scheds[0].evictions[0]  # block 0 content, gone from its summary_end on
+    pattern = cache["blocks.1.attn.hook_pattern"]  # [batch, heads, q, k]
+    assert pattern[0, :, ev.position :, ev.start : ev.end].abs().max().item() == 0.0
+    assert pattern[0, :, ev.position - 1, ev.start : ev.end].sum().item() > 0.0
 
 
 def test_nnsight_kv_edit_matches_hook_patching(toy_batch):
@@ -52,5 +51,5 @@ def test_nnsight_kv_edit_matches_hook_patching(toy_batch):
     edited = nnsight_kv_edit_logits(model, ids, vis, {1: (positions, k, v)})
     plain = dense_forward(model, ids, vis, want_kv=False).logits
     assert (edited - hooked).abs().max().item() < 1e-5
-    assert (edited - plain).abs().max().item() > 1e-3          # the edit really changed something
-    assert (edited[:, :20] - plain[:, :20]).abs().max().item() < 1e-5   # causal: earlier positions untouched
+    assert (edited - plain).abs().max().item() > 1e-3  # the edit really changed something
+    assert (edited[:, :20] - plain[:, :20]).abs().max().item() < 1e-5  # causal: earlier positions untouched

@@ -8,9 +8,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ["runtime", "probes", "analyses", "app", "memento_lens", "benchmarks"]
 FORBIDDEN = [
-    r"\bimport pickle\b", r"\bfrom pickle\b", r"\bimport cPickle\b", r"\bdill\b", r"\bjoblib\b",
-    r"torch\.load\(", r"pd\.read_pickle\(", r"\.to_pickle\(", r"np\.load\([^)]*allow_pickle\s*=\s*True",
-    r"\bshelve\b", r"\bmarshal\.load",
+    r"\bimport pickle\b",
+    r"\bfrom pickle\b",
+    r"\bimport cPickle\b",
+    r"\bdill\b",
+    r"\bjoblib\b",
+    r"torch\.load\(",
+    r"pd\.read_pickle\(",
+    r"\.to_pickle\(",
+    r"np\.load\([^)]*allow_pickle\s*=\s*True",
+    r"\bshelve\b",
+    r"\bmarshal\.load",
 ]
 
 

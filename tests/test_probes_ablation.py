@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from memento_lens.probes.ablation import (DIRECTIONS, capture_world, patch_rows, patch_sweep, restart_ablation,
-                                          restart_rows, score_segment, toy_generated_accuracy, toy_layout)
+from memento_lens.probes.ablation import (
+    DIRECTIONS,
+    capture_world,
+    patch_rows,
+    patch_sweep,
+    restart_ablation,
+    restart_rows,
+    score_segment,
+    toy_generated_accuracy,
+    toy_layout,
+)
 from memento_lens.probes.patching import surgery_patches
 from memento_lens.runtime.toy.task import sample
 
@@ -16,8 +24,14 @@ def small_toy_model(seed: int = 0):
     """A random toy-vocabulary Qwen3, smaller than the shipped toy (fast tests)."""
     from memento_lens.runtime.toy.model import ToyModelConfig, build_model
 
-    cfg = ToyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=16)
+    cfg = ToyModelConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
     return build_model(cfg, seed=seed).eval()
 
 
@@ -34,8 +48,10 @@ def setup():
     batch = sample(8, 2)
     ids = torch.from_numpy(batch.token_ids)
     pos = layout.all_memento_positions()
-    caps = {"normal": capture_world(model, ids, layout.normal_visible, pos),
-            "restart": capture_world(model, ids, layout.restart_visible, pos)}
+    caps = {
+        "normal": capture_world(model, ids, layout.normal_visible, pos),
+        "restart": capture_world(model, ids, layout.restart_visible, pos),
+    }
     return model, layout, batch, ids, caps
 
 
@@ -44,10 +60,10 @@ def test_restart_world_hides_earlier_blocks_but_not_the_own_block():
     vis = layout.restart_world(3)
     rewind, pos, start, end = layout.restart_ranges[3]
     digit_row = layout.targets[3][0]
-    assert vis[digit_row, start:end].all()                       # memento 3 is generated seeing block 3
+    assert vis[digit_row, start:end].all()  # memento 3 is generated seeing block 3
     r2 = layout.restart_ranges[2]
-    assert not vis[digit_row, r2[2]:r2[3]].any()                 # block 2 (with delimiters) is gone
-    assert not vis[layout.memento_spans[2][0], r2[2]:r2[3]].any()  # and memento 2 was recomputed without it
+    assert not vis[digit_row, r2[2] : r2[3]].any()  # block 2 (with delimiters) is gone
+    assert not vis[layout.memento_spans[2][0], r2[2] : r2[3]].any()  # and memento 2 was recomputed without it
 
 
 def test_pinned_patch_is_the_identity(setup):
@@ -55,8 +71,13 @@ def test_pinned_patch_is_the_identity(setup):
     c = 5
     tg, earlier = layout.targets[c], layout.earlier_memento_positions(c)
     base = score_segment(model, ids, layout.normal_visible, tg)
-    same = score_segment(model, ids, layout.normal_visible, tg,
-                         surgery_patches(caps["normal"], caps["restart"], layer=99, positions=earlier))
+    same = score_segment(
+        model,
+        ids,
+        layout.normal_visible,
+        tg,
+        surgery_patches(caps["normal"], caps["restart"], layer=99, positions=earlier),
+    )
     torch.testing.assert_close(same.logp, base.logp)
 
 
@@ -65,8 +86,9 @@ def test_restart_kv_at_every_layer_in_the_restart_world_is_the_identity(setup):
     c = 4
     tg, earlier = layout.targets[c], layout.earlier_memento_positions(c)
     ref = score_segment(model, ids, layout.restart_world(c), tg)
-    got = score_segment(model, ids, layout.restart_world(c), tg,
-                        surgery_patches(caps["restart"], caps["restart"], None, earlier))
+    got = score_segment(
+        model, ids, layout.restart_world(c), tg, surgery_patches(caps["restart"], caps["restart"], None, earlier)
+    )
     torch.testing.assert_close(got.logp, ref.logp, rtol=1e-4, atol=1e-5)
 
 
@@ -75,11 +97,17 @@ def test_patching_one_layer_changes_the_continuation(setup):
     c = 4
     tg, earlier = layout.targets[c], layout.earlier_memento_positions(c)
     base = score_segment(model, ids, layout.normal_visible, tg)
-    patched = score_segment(model, ids, layout.normal_visible, tg,
-                            surgery_patches(caps["normal"], caps["restart"], 1, earlier))
+    patched = score_segment(
+        model, ids, layout.normal_visible, tg, surgery_patches(caps["normal"], caps["restart"], 1, earlier)
+    )
     assert (patched.logp - base.logp).abs().max() > 1e-4
-    head = score_segment(model, ids, layout.normal_visible, tg,
-                         surgery_patches(caps["normal"], caps["restart"], 1, earlier, head=0, head_dim=16))
+    head = score_segment(
+        model,
+        ids,
+        layout.normal_visible,
+        tg,
+        surgery_patches(caps["normal"], caps["restart"], 1, earlier, head=0, head_dim=16),
+    )
     torch.testing.assert_close(head.logp, patched.logp)  # one KV head in this model: head 0 = all
 
 
@@ -100,11 +128,24 @@ def test_patch_sweep_rows_follow_the_contract(setup):
     model, layout, batch, _, _ = setup
     acc = patch_sweep(model, batch.token_ids[:3], layout, [0, 1], heads=(-1,))
     rows = patch_rows(acc, layout, "m", [0, 1], [-1], list(DIRECTIONS))
-    keys = {"experiment", "model", "checkpoint", "variant", "layer", "head", "direction", "metric", "value", "ci_low",
-            "ci_high", "n"}
+    keys = {
+        "experiment",
+        "model",
+        "checkpoint",
+        "variant",
+        "layer",
+        "head",
+        "direction",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+        "n",
+    }
     assert all(set(r) == keys for r in rows)
     assert {(r["direction"], r["layer"]) for r in rows if r["metric"] == "kl"} == {
-        (d, ly) for d in DIRECTIONS for ly in (0, 1)}
+        (d, ly) for d in DIRECTIONS for ly in (0, 1)
+    }
 
 
 def test_generated_accuracy_shape(setup):

@@ -16,13 +16,36 @@ def small_toy_model(seed: int = 0):
     """A random toy-vocabulary Qwen3, smaller than the shipped toy (fast tests)."""
     from memento_lens.runtime.toy.model import ToyModelConfig, build_model
 
-    cfg = ToyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=16)
+    cfg = ToyModelConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
     return build_model(cfg, seed=seed).eval()
 
+
 REQUIRED = {"condition", "distance", "layer", "probe", "accuracy", "ci_low", "ci_high", "control_accuracy"}
-CONTRACT = ["model", "checkpoint", "condition", "distance", "layer", "head", "probe", "seed", "n_train", "n_val",
-            "accuracy", "ci_low", "ci_high", "control_accuracy", "selectivity", "task_accuracy"]
+CONTRACT = [
+    "model",
+    "checkpoint",
+    "condition",
+    "distance",
+    "layer",
+    "head",
+    "probe",
+    "seed",
+    "n_train",
+    "n_val",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "control_accuracy",
+    "selectivity",
+    "task_accuracy",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +58,27 @@ def model_dir(tmp_path_factory):
 
 def test_passcode_json_rows(model_dir, tmp_path):
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["probe", "passcode", "--model", str(model_dir), "--samples", "200", "--quick",
-                                   "--layers", "-1", "--probes", "linear", "--distances", "1,2,9", "--out", str(out),
-                                   "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "passcode",
+            "--model",
+            str(model_dir),
+            "--samples",
+            "200",
+            "--quick",
+            "--layers",
+            "-1",
+            "--probes",
+            "linear",
+            "--distances",
+            "1,2,9",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert isinstance(rows, list) and rows and all(REQUIRED <= set(r) for r in rows)
@@ -50,28 +91,84 @@ def test_passcode_json_rows(model_dir, tmp_path):
     assert summary["skipped"] and summary["skipped"][0]["distance"] == 9
     assert (out / "features" / "index.parquet").exists()
     # re-fit from the cached features without the model
-    res2 = CliRunner().invoke(app, ["probe", "passcode", "--features-from", str(out), "--quick", "--layers", "-1",
-                                    "--probes", "linear", "--distances", "1", "--out", str(tmp_path / "refit"),
-                                    "--json"])
+    res2 = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "passcode",
+            "--features-from",
+            str(out),
+            "--quick",
+            "--layers",
+            "-1",
+            "--probes",
+            "linear",
+            "--distances",
+            "1",
+            "--out",
+            str(tmp_path / "refit"),
+            "--json",
+        ],
+    )
     assert res2.exit_code == 0, res2.output
     assert len(json.loads(res2.stdout)) == 3
 
 
 def test_layer_out_of_range_is_one_line_exit_2(model_dir, tmp_path):
-    res = CliRunner().invoke(app, ["probe", "passcode", "--model", str(model_dir), "--samples", "50", "--layers", "7",
-                                   "--out", str(tmp_path / "r")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "passcode",
+            "--model",
+            str(model_dir),
+            "--samples",
+            "50",
+            "--layers",
+            "7",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
     assert res.exit_code == 2
     assert "--layers: layer 7 out of range" in res.output
 
 
 def test_ablate_restart_and_patch_json(model_dir, tmp_path):
-    res = CliRunner().invoke(app, ["ablate", "restart", "--model", str(model_dir), "--samples", "6", "--no-generated",
-                                   "--out", str(tmp_path / "a"), "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "ablate",
+            "restart",
+            "--model",
+            str(model_dir),
+            "--samples",
+            "6",
+            "--no-generated",
+            "--out",
+            str(tmp_path / "a"),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
     assert {r["variant"] for r in rows} == {"normal", "restart"}
-    res = CliRunner().invoke(app, ["ablate", "patch", "--model", str(model_dir), "--samples", "3", "--layers", "0",
-                                   "--out", str(tmp_path / "p"), "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "ablate",
+            "patch",
+            "--model",
+            str(model_dir),
+            "--samples",
+            "3",
+            "--layers",
+            "0",
+            "--out",
+            str(tmp_path / "p"),
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_parquet(tmp_path / "p" / "ablations.parquet")
     assert set(df["experiment"]) == {"patch"} and {0, -1} == set(df["layer"])

@@ -6,9 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from memento_lens.probes.features import (MementoFeatures, ProbeInputError, extract_memento_kv, passcode_conditions,
-                                          resolve_layers, toy_memento_positions, toy_passcode_batch, toy_visibility)
+from memento_lens.probes.features import (
+    MementoFeatures,
+    ProbeInputError,
+    extract_memento_kv,
+    passcode_conditions,
+    resolve_layers,
+    toy_memento_positions,
+    toy_passcode_batch,
+    toy_visibility,
+)
 from memento_lens.probes.models import make_probe
 from memento_lens.probes.train import TrainConfig, score_probe
 from memento_lens.runtime.dense import dense_forward
@@ -24,8 +31,14 @@ def small_toy_model(seed: int = 0):
     """A random toy-vocabulary Qwen3, smaller than the shipped toy (fast tests)."""
     from memento_lens.runtime.toy.model import ToyModelConfig, build_model
 
-    cfg = ToyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=16)
+    cfg = ToyModelConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
     return build_model(cfg, seed=seed).eval()
 
 
@@ -63,10 +76,11 @@ def test_extracted_features_equal_the_dense_replay_kv():
     batch, labels = toy_passcode_batch(6, 0, layout)
     vis = toy_visibility(layout)
     pos = toy_memento_positions(layout, [0, 1, 2])
-    feats = extract_memento_kv(model, batch.token_ids, vis, pos, [0, 1], labels, batch_size=4,
-                               store_dtype=torch.float32)
+    feats = extract_memento_kv(
+        model, batch.token_ids, vis, pos, [0, 1], labels, batch_size=4, store_dtype=torch.float32
+    )
     ref = dense_forward(model, torch.from_numpy(batch.token_ids), vis)
-    got = feats.kv[(2, 1)]                                     # [n, kvh, P, 2d]
+    got = feats.kv[(2, 1)]  # [n, kvh, P, 2d]
     p = torch.as_tensor(pos[2])
     torch.testing.assert_close(got[..., :16], ref.keys[1][:, :, p], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got[..., 16:], ref.values[1][:, :, p], rtol=1e-4, atol=1e-5)
@@ -82,8 +96,9 @@ def test_feature_cache_roundtrip(tmp_path):
     model = small_toy_model()
     layout = ToyLayout()
     batch, labels = toy_passcode_batch(5, 1, layout)
-    feats = extract_memento_kv(model, batch.token_ids, toy_visibility(layout), toy_memento_positions(layout, [0, 1]),
-                               [0, 1], labels)
+    feats = extract_memento_kv(
+        model, batch.token_ids, toy_visibility(layout), toy_memento_positions(layout, [0, 1]), [0, 1], labels
+    )
     store = RunStore.create(tmp_path / "run", "test", {})
     feats.save(store)
     back = MementoFeatures.load(RunStore.open(tmp_path / "run"))
@@ -98,8 +113,15 @@ def test_causal_control_stays_at_chance_where_leakage_is_impossible():
     model = small_toy_model(seed=3)
     layout = ToyLayout()
     batch, labels = toy_passcode_batch(1500, 5, layout)
-    feats = extract_memento_kv(model, batch.token_ids, toy_visibility(layout),
-                               toy_memento_positions(layout, [0, 1]), [1], labels, batch_size=500)
+    feats = extract_memento_kv(
+        model,
+        batch.token_ids,
+        toy_visibility(layout),
+        toy_memento_positions(layout, [0, 1]),
+        [1],
+        labels,
+        batch_size=500,
+    )
     cfg = TrainConfig(max_epochs=15, patience=3, batch_size=256, n_boot=300)
     for probe in ("linear", "mlp"):
         ctrl = score_probe(make_probe(probe), feats.matrix(0, 1), labels, cfg, seed=0, control=False)
@@ -130,10 +152,18 @@ class _CharTokenizer:
         return out
 
 
-TRACE = {"problem": "p", "segments": [
-    {"type": "block", "text": "aa"}, {"type": "summary", "text": "x"},
-    {"type": "block", "text": "bb"}, {"type": "summary", "text": "y"},
-    {"type": "block", "text": "cc"}, {"type": "summary", "text": "z"}, {"type": "answer", "text": "ok"}]}
+TRACE = {
+    "problem": "p",
+    "segments": [
+        {"type": "block", "text": "aa"},
+        {"type": "summary", "text": "x"},
+        {"type": "block", "text": "bb"},
+        {"type": "summary", "text": "y"},
+        {"type": "block", "text": "cc"},
+        {"type": "summary", "text": "z"},
+        {"type": "answer", "text": "ok"},
+    ],
+}
 
 
 def _tokens(tok):

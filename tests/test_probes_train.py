@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from memento_lens.probes.models import LinearProbe, MLPProbe, make_probe
-from memento_lens.probes.train import (TrainConfig, bootstrap_ci, control_labels, label_unique_split, passcode_keys,
-                                       score_probe)
+from memento_lens.probes.train import (
+    TrainConfig,
+    bootstrap_ci,
+    control_labels,
+    label_unique_split,
+    passcode_keys,
+    score_probe,
+)
 
 
 @pytest.fixture(autouse=True)

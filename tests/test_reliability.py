@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from memento_lens.runtime.kvstore import KVReader
 from memento_lens.runtime.store import CorruptFile, RunStore
 
@@ -22,9 +21,29 @@ TABLES = ["traces.parquet", "tokens.parquet", "events.parquet", "occupancy.parqu
 
 
 def generate_cmd(out: Path, prompts: Path, *extra: str) -> list[str]:
-    return [*CLI, "generate", "--model", "random:toy", "--prompts-file", str(prompts), "--mask-delimiters",
-            "false", "--max-new-tokens", "60", "--batch-size", "2", "--capture", "--evicted-block",
-            "--seed", "7", "--threads", "1", "--out", str(out), *extra]
+    return [
+        *CLI,
+        "generate",
+        "--model",
+        "random:toy",
+        "--prompts-file",
+        str(prompts),
+        "--mask-delimiters",
+        "false",
+        "--max-new-tokens",
+        "60",
+        "--batch-size",
+        "2",
+        "--capture",
+        "--evicted-block",
+        "--seed",
+        "7",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -44,7 +63,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture
 def prompts(tmp_path) -> Path:
     path = tmp_path / "prompts.json"
-    path.write_text(json.dumps([[1]] * 12))    # 12 toy prompts (<bos>), 6 batches -> 6 resumable parts
+    path.write_text(json.dumps([[1]] * 12))  # 12 toy prompts (<bos>), 6 batches -> 6 resumable parts
     return path
 
 
@@ -60,9 +79,9 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, pr
         out = tmp_path / f"killed-{attempt}"
         proc = subprocess.Popen(generate_cmd(out, prompts), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=rng.uniform(0.3, 0.9) * duration)   # a random moment of the run
+            proc.wait(timeout=rng.uniform(0.3, 0.9) * duration)  # a random moment of the run
         except subprocess.TimeoutExpired:
-            proc.kill()                                         # SIGKILL: no cleanup, maybe mid-write
+            proc.kill()  # SIGKILL: no cleanup, maybe mid-write
             proc.wait()
         if out.exists() and (out / "manifest.json").exists():
             manifest = json.loads((out / "manifest.json").read_text())
@@ -87,7 +106,7 @@ def test_corrupt_kv_shard_is_named_not_loaded(tmp_path):
     path = store.write_tensors("kv/shard-00000.safetensors", {"k": torch.randn(1, 2, 5, 4)})
     store.mark_complete()
     raw = bytearray(path.read_bytes())
-    raw[-1] ^= 0xFF                                   # one flipped bit in the last value
+    raw[-1] ^= 0xFF  # one flipped bit in the last value
     path.write_bytes(bytes(raw))
     with pytest.raises(CorruptFile, match=r"kv/shard-00000\.safetensors.*checksum"):
         RunStore.open(tmp_path / "run", verify=False).read_tensors("kv/shard-00000.safetensors")

@@ -7,11 +7,16 @@ import random
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TOKENS, tiny_qwen3
 from memento_lens.runtime import capture as capture_mod
-from memento_lens.runtime.capture import (AttentionWeights, EvictedBlockKV, MementoKV, default_captures,
-                                          generate_to_run, replay_to_run)
+from memento_lens.runtime.capture import (
+    AttentionWeights,
+    EvictedBlockKV,
+    MementoKV,
+    default_captures,
+    generate_to_run,
+    replay_to_run,
+)
 from memento_lens.runtime.config import BlockMaskingConfig
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.generate import SamplingConfig
@@ -44,12 +49,14 @@ def test_run_directory_contract_and_kv_values(model, tmp_path):
     trs = traces()
     caps = [MementoKV(), EvictedBlockKV(layers=(1,)), AttentionWeights(layers=(0,), queries=(12,))]
     store = replay_to_run(model, trs, cfg, TOKENS, tmp_path / "run", captures=caps)
-    store = RunStore.open(tmp_path / "run", require_complete=True)       # checksums verified
+    store = RunStore.open(tmp_path / "run", require_complete=True)  # checksums verified
     assert store.manifest.config["masking"]["mask_delimiters"] is True
-    cols = {"traces": ["trace", "n_tokens", "prompt_len", "n_blocks", "mode", "source"],
-            "tokens": ["trace", "pos", "token_id", "token", "role", "block"],
-            "events": ["trace", "kind", "position", "start", "end", "block", "rewind_to", "message"],
-            "occupancy": ["trace", "mode", "step", "tokens", "bytes"]}
+    cols = {
+        "traces": ["trace", "n_tokens", "prompt_len", "n_blocks", "mode", "source"],
+        "tokens": ["trace", "pos", "token_id", "token", "role", "block"],
+        "events": ["trace", "kind", "position", "start", "end", "block", "rewind_to", "message"],
+        "occupancy": ["trace", "mode", "step", "tokens", "bytes"],
+    }
     for name, want in cols.items():
         assert list(store.read_table(f"{name}.parquet").columns) == want
     kv = KVReader(tmp_path / "run")
@@ -67,8 +74,8 @@ def test_run_directory_contract_and_kv_values(model, tmp_path):
                 assert torch.allclose(v, dense.values[layer][:, :, s:e], atol=1e-5)
         for ev in sched.evictions:
             k, _ = kv.get(KVKey(t.trace_id, 1, "evicted_block", ev.block))
-            assert torch.allclose(k, dense.keys[1][:, :, ev.start:ev.end], atol=1e-5)
-        assert KVKey(t.trace_id, 0, "evicted_block", 0) not in kv      # only layer 1 was asked for
+            assert torch.allclose(k, dense.keys[1][:, :, ev.start : ev.end], atol=1e-5)
+        assert KVKey(t.trace_id, 0, "evicted_block", 0) not in kv  # only layer 1 was asked for
         att = kv.attention(t.trace_id, "normal", 0, 12)
         assert att.shape == (1, 4, len(t)) and torch.allclose(att.sum(-1), torch.ones(1, 4), atol=1e-5)
         vis = visibility_mask(sched)[12]
@@ -79,8 +86,14 @@ def test_restart_counterfactual_equals_restart_mode_run(model, tmp_path):
     trs = traces(2, seed=4)
     # With delimiters masked, a memento-mode run's counterfactual sees exactly what a restart run sees.
     replay_to_run(model, trs, BlockMaskingConfig(mask_delimiters=True), TOKENS, tmp_path / "n", captures=[MementoKV()])
-    replay_to_run(model, trs, BlockMaskingConfig(mask_delimiters=True, restart_mode=True), TOKENS, tmp_path / "r",
-                  captures=[MementoKV()])
+    replay_to_run(
+        model,
+        trs,
+        BlockMaskingConfig(mask_delimiters=True, restart_mode=True),
+        TOKENS,
+        tmp_path / "r",
+        captures=[MementoKV()],
+    )
     normal, restart = KVReader(tmp_path / "n"), KVReader(tmp_path / "r")
     n_checked = 0
     for key in normal.keys():
@@ -89,7 +102,7 @@ def test_restart_counterfactual_equals_restart_mode_run(model, tmp_path):
         k1, v1 = normal.get(key)
         k2, v2 = restart.get(key)
         assert torch.allclose(k1, k2, atol=1e-5) and torch.allclose(v1, v2, atol=1e-5)
-        if key.layer == 1:   # layer-0 keys depend on token and position only; deeper ones saw the block
+        if key.layer == 1:  # layer-0 keys depend on token and position only; deeper ones saw the block
             kn, _ = normal.get(KVKey(key.trace, key.layer, "normal", key.block))
             assert not torch.allclose(k1[:, :, :-1], kn[:, :, :-1], atol=1e-3)
         n_checked += 1
@@ -124,10 +137,13 @@ def test_resume_keeps_finished_traces(model, tmp_path, monkeypatch):
 
     seen: list[str] = []
     real_replay = replay_mod.replay
-    monkeypatch.setattr(replay_mod, "replay", lambda m, trs_, *a, **k: seen.extend(t.trace_id for t in trs_)
-                        or real_replay(m, trs_, *a, **k))
+    monkeypatch.setattr(
+        replay_mod,
+        "replay",
+        lambda m, trs_, *a, **k: seen.extend(t.trace_id for t in trs_) or real_replay(m, trs_, *a, **k),
+    )
     replay_to_run(model, trs, cfg, TOKENS, tmp_path / "run", captures=[MementoKV()], part_traces=1, resume=True)
-    assert seen == ["t1", "t2"]          # t0 was finished before the interruption and is kept
+    assert seen == ["t1", "t2"]  # t0 was finished before the interruption and is kept
     monkeypatch.setattr(replay_mod, "replay", real_replay)
     replay_to_run(model, trs, cfg, TOKENS, tmp_path / "fresh", captures=[MementoKV()])
     a, b = KVReader(tmp_path / "run"), KVReader(tmp_path / "fresh")
@@ -136,8 +152,9 @@ def test_resume_keeps_finished_traces(model, tmp_path, monkeypatch):
         assert torch.equal(a.get(key)[0], b.get(key)[0])
     ta = pd.read_parquet(tmp_path / "run" / "tokens.parquet")
     tb = pd.read_parquet(tmp_path / "fresh" / "tokens.parquet")
-    pd.testing.assert_frame_equal(ta.sort_values(["trace", "pos"]).reset_index(drop=True),
-                                  tb.sort_values(["trace", "pos"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        ta.sort_values(["trace", "pos"]).reset_index(drop=True), tb.sort_values(["trace", "pos"]).reset_index(drop=True)
+    )
     # a different config in the same directory is refused, even with --resume
     with pytest.raises(RunError, match="different config"):
         replay_to_run(model, trs, BlockMaskingConfig(mask_delimiters=True), TOKENS, tmp_path / "run", resume=True)
@@ -148,8 +165,16 @@ def test_resume_keeps_finished_traces(model, tmp_path, monkeypatch):
 def test_generate_run_writes_tables_and_capture(model, tmp_path):
     cfg = BlockMaskingConfig(mask_delimiters=False, require_assistant_section=False)
     prompts = [[0, TOKENS.block_start, 7, 8, TOKENS.block_end, TOKENS.summary_start, 9]] * 2
-    store = generate_to_run(model, prompts, cfg, TOKENS, tmp_path / "g", captures=default_captures(),
-                            sampling=SamplingConfig(max_new_tokens=6, seed=1), batch_size=1)
+    store = generate_to_run(
+        model,
+        prompts,
+        cfg,
+        TOKENS,
+        tmp_path / "g",
+        captures=default_captures(),
+        sampling=SamplingConfig(max_new_tokens=6, seed=1),
+        batch_size=1,
+    )
     tr = store.read_table("traces.parquet")
     assert tr["trace"].tolist() == ["gen-00000", "gen-00001"] and (tr["mode"] == "memento").all()
     occ = store.read_table("occupancy.parquet")
@@ -179,8 +204,9 @@ def test_generate_run_resume_reproduces_uninterrupted_run(model, tmp_path, monke
     generate_to_run(model, prompts, cfg, TOKENS, tmp_path / "cut", sampling=sampling, batch_size=1, resume=True)
     a = pd.read_parquet(tmp_path / "full" / "tokens.parquet")
     b = pd.read_parquet(tmp_path / "cut" / "tokens.parquet")
-    pd.testing.assert_frame_equal(a.sort_values(["trace", "pos"]).reset_index(drop=True),
-                                  b.sort_values(["trace", "pos"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        a.sort_values(["trace", "pos"]).reset_index(drop=True), b.sort_values(["trace", "pos"]).reset_index(drop=True)
+    )
 
 
 def test_cli_generate_then_replay_its_run(tmp_path):
@@ -189,20 +215,61 @@ def test_cli_generate_then_replay_its_run(tmp_path):
     from memento_lens.cli import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["generate", "--model", "random:tiny", "-p", "w1 <|block_start|> w2", "-p", "w3",
-                              "--mode", "restart", "--mask-delimiters", "false", "--max-new-tokens", "8",
-                              "--out", str(tmp_path / "g"), "--threads", "1", "--temperature", "0.7", "--seed", "2"])
+    res = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            "random:tiny",
+            "-p",
+            "w1 <|block_start|> w2",
+            "-p",
+            "w3",
+            "--mode",
+            "restart",
+            "--mask-delimiters",
+            "false",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(tmp_path / "g"),
+            "--threads",
+            "1",
+            "--temperature",
+            "0.7",
+            "--seed",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     gen = RunStore.open(tmp_path / "g", require_complete=True)
     assert gen.manifest.config["masking"]["restart_mode"] is True
     assert gen.manifest.config["sampling"]["temperature"] == 0.7
-    res = runner.invoke(app, ["replay", "--traces", str(tmp_path / "g"), "--model", "random:tiny", "--mode",
-                              "restart", "--mask-delimiters", "false", "--out", str(tmp_path / "r"), "--threads", "1",
-                              "--allow-truncated"])
+    res = runner.invoke(
+        app,
+        [
+            "replay",
+            "--traces",
+            str(tmp_path / "g"),
+            "--model",
+            "random:tiny",
+            "--mode",
+            "restart",
+            "--mask-delimiters",
+            "false",
+            "--out",
+            str(tmp_path / "r"),
+            "--threads",
+            "1",
+            "--allow-truncated",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rep = RunStore.open(tmp_path / "r", require_complete=True)
-    pd.testing.assert_frame_equal(rep.read_table("tokens.parquet")[["trace", "pos", "token_id", "role"]],
-                                  gen.read_table("tokens.parquet")[["trace", "pos", "token_id", "role"]])
+    pd.testing.assert_frame_equal(
+        rep.read_table("tokens.parquet")[["trace", "pos", "token_id", "role"]],
+        gen.read_table("tokens.parquet")[["trace", "pos", "token_id", "role"]],
+    )
 
 
 @pytest.mark.parametrize("defer", [False, True])
@@ -223,8 +290,8 @@ def test_restart_run_variants_match_dense_reference(model, tmp_path, defer):
         s, e = span.summary_start, span.summary_end
         k, _ = kv.get(KVKey(t.trace_id, 1, "restart", span.block))
         if s in rewound:
-            assert torch.allclose(k, dense.keys[1][:, :, s:e + 1], atol=1e-5)
+            assert torch.allclose(k, dense.keys[1][:, :, s : e + 1], atol=1e-5)
             kn, _ = kv.get(KVKey(t.trace_id, 1, "normal", span.block))
             assert kv.span(KVKey(t.trace_id, 1, "normal", span.block)) == (s, e + 1 if defer else e)
-            if span.block == 0:   # nothing evicted before block 0's memento: first pass == plain causal
-                assert torch.allclose(kn, plain.keys[1][:, :, s:s + kn.shape[2]], atol=1e-5)
+            if span.block == 0:  # nothing evicted before block 0's memento: first pass == plain causal
+                assert torch.allclose(kn, plain.keys[1][:, :, s : s + kn.shape[2]], atol=1e-5)

@@ -6,10 +6,9 @@ import random
 
 import pytest
 import torch
+from conftest import TOKENS, tiny_qwen3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import TOKENS, tiny_qwen3
 from memento_lens.runtime.config import BlockMaskingConfig, ConfigError
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.generate import SamplingConfig, SlotCache, encode_prompts, generate, sample_next
@@ -25,19 +24,27 @@ def model():
     return tiny_qwen3()
 
 
-configs = st.builds(lambda k, md, rs, defer: BlockMaskingConfig(mask_delimiters=md, keep_last_n_blocks=k,
-                                                                  restart_mode=rs, keep_last_block_for_answer=defer),
-                    st.sampled_from([0, 1, 2]), st.booleans(), st.booleans(), st.booleans())
+configs = st.builds(
+    lambda k, md, rs, defer: BlockMaskingConfig(
+        mask_delimiters=md, keep_last_n_blocks=k, restart_mode=rs, keep_last_block_for_answer=defer
+    ),
+    st.sampled_from([0, 1, 2]),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+)
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cfg=configs, seed=st.integers(0, 10_000), n_blocks=st.integers(1, 4))
 def test_generation_loop_equals_dense_forward(model, cfg, seed, n_blocks):
     rng = random.Random(seed)
-    streams = [structured_stream(rng, TOKENS, ORDINARY, n_blocks=n_blocks, prompt_len=rng.randint(1, 5))
-               for _ in range(3)]
-    res = generate(model, [s[:pl] for s, pl in streams], cfg, TOKENS, forced=[s[pl:] for s, pl in streams],
-                   keep_logits=True)
+    streams = [
+        structured_stream(rng, TOKENS, ORDINARY, n_blocks=n_blocks, prompt_len=rng.randint(1, 5)) for _ in range(3)
+    ]
+    res = generate(
+        model, [s[:pl] for s, pl in streams], cfg, TOKENS, forced=[s[pl:] for s, pl in streams], keep_logits=True
+    )
     for (ids, pl), r in zip(streams, res):
         sched = compute_schedule(ids, cfg, TOKENS, prompt_len=pl)
         dense = dense_forward(model, torch.tensor([ids]), visibility_mask(sched))
@@ -85,15 +92,17 @@ def test_stops_on_eos(model):
     cfg = BlockMaskingConfig(mask_delimiters=False)
     with torch.no_grad():
         first = int(model(torch.tensor([[0, 7]])).logits[0, -1].argmax())
-    r = generate(model, [[0, 7]], cfg, TOKENS, eos_token_id=first,
-                 sampling=SamplingConfig(temperature=0, max_new_tokens=10))[0]
+    r = generate(
+        model, [[0, 7]], cfg, TOKENS, eos_token_id=first, sampling=SamplingConfig(temperature=0, max_new_tokens=10)
+    )[0]
     assert r.trace.token_ids == [0, 7, first] and r.stop == "eos"
 
 
 def test_max_block_tokens_forces_block_end(model):
     cfg = BlockMaskingConfig(mask_delimiters=False, max_block_tokens=3, require_assistant_section=False)
-    r = generate(model, [[0, TOKENS.block_start]], cfg, TOKENS,
-                 sampling=SamplingConfig(temperature=0, max_new_tokens=6))[0]
+    r = generate(
+        model, [[0, TOKENS.block_start]], cfg, TOKENS, sampling=SamplingConfig(temperature=0, max_new_tokens=6)
+    )[0]
     gen = r.trace.token_ids[2:]
     content = 0
     for t in gen:
@@ -123,7 +132,9 @@ def test_chat_template_is_applied():
 
     tok = random_tokenizer(48)
     plain = encode_prompts(tok, ["w1 w2"])[0]
-    tok.chat_template = "{% for m in messages %}<bos> {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} w9{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}<bos> {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} w9{% endif %}"
+    )
     chat = encode_prompts(tok, ["w1 w2"])[0]
     assert chat == [0, *tok.convert_tokens_to_ids(["w1", "w2", "w9"])]
     assert plain != chat
@@ -134,8 +145,12 @@ class GrammarBiased(torch.nn.Module):
     """A tiny model whose logits are nudged towards the memento grammar (block_end -> summary_start, ...), so free
     sampling produces blocks, mementos and evictions at different steps in different rows."""
 
-    BIAS = {TOKENS.block_end: {TOKENS.summary_start: 30.0}, TOKENS.summary_start: {TOKENS.summary_end: 1.5},
-            TOKENS.summary_end: {TOKENS.block_start: 3.0}, TOKENS.block_start: {TOKENS.block_end: -30.0}}
+    BIAS = {
+        TOKENS.block_end: {TOKENS.summary_start: 30.0},
+        TOKENS.summary_start: {TOKENS.summary_end: 1.5},
+        TOKENS.summary_end: {TOKENS.block_start: 3.0},
+        TOKENS.block_start: {TOKENS.block_end: -30.0},
+    }
 
     def __init__(self, inner):
         super().__init__()
@@ -144,7 +159,7 @@ class GrammarBiased(torch.nn.Module):
 
     def forward(self, input_ids, **kw):
         out = self.inner(input_ids=input_ids, **kw)
-        ids = input_ids[:, -out.logits.shape[1]:]
+        ids = input_ids[:, -out.logits.shape[1] :]
         bias = torch.zeros_like(out.logits)
         bias[..., TOKENS.block_end] += 3.0
         for prev, nxt in self.BIAS.items():
@@ -161,15 +176,21 @@ def test_free_running_batched_sampling_matches_dense(restart):
     model = GrammarBiased(tiny_qwen3(seed=3))
     cfg = BlockMaskingConfig(mask_delimiters=False, restart_mode=restart, require_assistant_section=False)
     prompts = [[0, 7], [0, 9, 10, 11], [0, 12, 13], [0, 1, 14]]
-    res = generate(model, prompts, cfg, TOKENS, keep_logits=True,
-                   sampling=SamplingConfig(temperature=1.0, max_new_tokens=60, seed=5))
+    res = generate(
+        model,
+        prompts,
+        cfg,
+        TOKENS,
+        keep_logits=True,
+        sampling=SamplingConfig(temperature=1.0, max_new_tokens=60, seed=5),
+    )
     evictions = set()
     for r in res:
         ids = r.trace.token_ids
         assert tuple(r.schedule.events) == compute_schedule(ids, cfg, TOKENS, prompt_len=r.trace.prompt_len).events
         dense = dense_forward(model, torch.tensor([ids]), visibility_mask(r.schedule))
-        fed = len(ids) - 1                       # the last sampled token is never fed
+        fed = len(ids) - 1  # the last sampled token is never fed
         assert float((dense.logits[0, :fed] - r.logits[:fed]).abs().max()) < 1e-4
         assert (r.measured.tokens == occupancy(r.schedule)).all()
         evictions |= {e.position for e in r.schedule.evictions}
-    assert len(evictions) >= 3                   # rows evict at different steps
+    assert len(evictions) >= 3  # rows evict at different steps

@@ -4,16 +4,40 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import tiny_qwen3
 from memento_lens.runtime.config import MEMENTO_TOKEN_STRINGS, MementoTokenIds, MissingMementoTokens
-from memento_lens.runtime.model import (RELATED_WORDS, ModelLoadError, _word_level_tokenizer, add_memento_tokens,
-                                        from_objects, kv_bytes_per_token, load_model)
+from memento_lens.runtime.model import (
+    RELATED_WORDS,
+    ModelLoadError,
+    _word_level_tokenizer,
+    add_memento_tokens,
+    from_objects,
+    kv_bytes_per_token,
+    load_model,
+)
 
 
 def plain_tokenizer():
-    words = ["<bos>", "<eos>", "block", "start", "begin", "section", "step", "end", "finish", "done", "summary",
-             "summarize", "brief", "recap", "overview", "complete", "the", "<unk>"]
+    words = [
+        "<bos>",
+        "<eos>",
+        "block",
+        "start",
+        "begin",
+        "section",
+        "step",
+        "end",
+        "finish",
+        "done",
+        "summary",
+        "summarize",
+        "brief",
+        "recap",
+        "overview",
+        "complete",
+        "the",
+        "<unk>",
+    ]
     return _word_level_tokenizer(words, bos="<bos>", eos="<eos>")
 
 
@@ -52,11 +76,11 @@ def test_add_memento_tokens_initialised_from_related_words():
     for name, tid in zip(MEMENTO_TOKEN_STRINGS, (ids.block_start, ids.block_end, ids.summary_start, ids.summary_end)):
         related = [tok.convert_tokens_to_ids(w) for w in RELATED_WORDS[name]]
         diff = emb[tid] - before[related].mean(0)
-        assert 0 < float(diff.std()) < 0.03            # N(0, 0.01) noise around the mean
+        assert 0 < float(diff.std()) < 0.03  # N(0, 0.01) noise around the mean
     out = model.get_output_embeddings().weight.detach()
     assert out.shape[0] == 22
-    assert from_objects(model, tok).tokens == ids     # now found in the tokenizer
-    again = add_memento_tokens(model, tok)            # idempotent
+    assert from_objects(model, tok).tokens == ids  # now found in the tokenizer
+    again = add_memento_tokens(model, tok)  # idempotent
     assert again == ids and model.get_input_embeddings().weight.shape[0] == 22
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from memento_lens.runtime.config import BlockMaskingConfig, ConfigError
 from memento_lens.runtime.masks import occupancy, visibility_mask
 from memento_lens.runtime.schedule import EventKind, compute_schedule
@@ -43,7 +42,7 @@ def test_restart_evicts_delimiters_and_rewinds(tokens):
     assert spans(s) == [("restart", 7, 1, 5, 0), ("restart", 14, 8, 12, 1)]
     assert [e.rewind_to for e in s.events] == [5, 12]
     vis = visibility_mask(s)
-    assert not vis[5, 2] and not vis[6, 1]          # memento rows recomputed without the block
+    assert not vis[5, 2] and not vis[6, 1]  # memento rows recomputed without the block
     assert vis[5, 0] and vis[6, 5]
 
 
@@ -81,12 +80,15 @@ def test_max_block_tokens_violation_warns(tokens):
     assert any(e.kind == EventKind.WARNING and e.position == 3 for e in s.events)
 
 
-@pytest.mark.parametrize("stream,needle", [
-    ([0, E, 5], "no open block"),
-    ([0, S, 5, X], "no closed block"),
-    ([0, B, 5, B, 6, E, E], "nested"),
-    ([0, B, 5, 6], "never closed"),
-])
+@pytest.mark.parametrize(
+    "stream,needle",
+    [
+        ([0, E, 5], "no open block"),
+        ([0, S, 5, X], "no closed block"),
+        ([0, B, 5, B, 6, E, E], "nested"),
+        ([0, B, 5, 6], "never closed"),
+    ],
+)
 def test_malformed_streams_warn(tokens, stream, needle):
     s = compute_schedule(stream, BlockMaskingConfig(mask_delimiters=False), tokens, 1)
     assert any(needle in (e.message or "") for e in s.warnings)
@@ -94,8 +96,9 @@ def test_malformed_streams_warn(tokens, stream, needle):
 
 def test_assistant_section_required(tokens):
     from memento_lens.runtime.config import MementoTokenIds
+
     tok = MementoTokenIds(1, 2, 3, 4, im_start=20, assistant=21)
-    prompt = [20, 30, B, 5, E, S, 6, X, 20, 21]    # blocks in the user turn are ignored
+    prompt = [20, 30, B, 5, E, S, 6, X, 20, 21]  # blocks in the user turn are ignored
     gen = [B, 5, 5, E, S, 7, X]
     s = compute_schedule(prompt + gen, BlockMaskingConfig(mask_delimiters=False), tok, len(prompt))
     assert spans(s) == [("compact", 16, 11, 13, 0)]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from conftest import TOKENS
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from memento_lens.runtime.config import BlockMaskingConfig
 from memento_lens.runtime.masks import occupancy, visibility_mask
 from memento_lens.runtime.schedule import EventKind, compute_schedule
-from conftest import TOKENS
 
 B, E, S, X = 1, 2, 3, 4
 
@@ -62,7 +61,8 @@ def test_restart_rewinds_to_summary_start(stream, mask_delims):
     cfg = BlockMaskingConfig(mask_delimiters=mask_delims, restart_mode=True)
     sched = compute_schedule(ids, cfg, TOKENS, prompt_len=1)
     assert [(e.start, e.end, e.rewind_to, e.position) for e in sched.events] == [
-        (bs, be + 1, ss, se) for bs, be, ss, se in spans]
+        (bs, be + 1, ss, se) for bs, be, ss, se in spans
+    ]
 
 
 @given(st.lists(st.integers(0, 8), max_size=60), configs, st.integers(0, 10))

@@ -7,7 +7,6 @@ import json
 import pandas as pd
 import pytest
 import torch
-
 from memento_lens.runtime.store import CorruptFile, RunError, RunStore
 
 
@@ -49,7 +48,7 @@ def test_refuses_foreign_directory(tmp_path):
 def test_resume_keeps_recorded_files_and_drops_partial(tmp_path):
     store = make(tmp_path)
     store.write_table("a.parquet", pd.DataFrame({"x": [1]}))
-    (store.path / ".b.parquet.123.tmp").write_bytes(b"half")   # killed mid-write
+    (store.path / ".b.parquet.123.tmp").write_bytes(b"half")  # killed mid-write
     resumed = make(tmp_path, resume=True)
     assert resumed.has("a.parquet")
     assert not (store.path / ".b.parquet.123.tmp").exists()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.masks import occupancy
 from memento_lens.runtime.schedule import EventKind, compute_schedule
@@ -32,7 +31,7 @@ def test_memento_mask_hides_exactly_finished_blocks():
     hidden = causal.astype(bool) & ~vis
     expect = np.zeros_like(vis)
     for b in range(lay.n_blocks):
-        expect[lay.summary_end(b):, lay.block_content(b)] = True
+        expect[lay.summary_end(b) :, lay.block_content(b)] = True
     np.testing.assert_array_equal(hidden, expect)
     # Rows see as many keys as the cache holds right after that token (the schedule's occupancy).
     sched = compute_schedule(sample(1, 5, lay).token_ids[0], mode_config("memento"), TOY_TOKENS)
@@ -58,16 +57,23 @@ def test_vanilla_is_causal_and_restart_hides_delimiters():
     b = 2
     # Restart: from the memento's <|summary_start|> on, the block and its delimiters are gone.
     assert not r[lay.summary_start(b), lay.block_start(b)]
-    assert not r[lay.summary_start(b):, lay.block_start(b):lay.block_end(b) + 1].any()
+    assert not r[lay.summary_start(b) :, lay.block_start(b) : lay.block_end(b) + 1].any()
     assert r[lay.summary_start(b) - 1, lay.block_start(b)]
     g = restart_generation_visibility(b, lay)
-    assert g[lay.memento(b)[0], lay.block_content(b)].all()           # memento b generated seeing block b
-    assert not g[lay.memento(b)[0], lay.block_content(b - 1)].any()   # earlier blocks stay evicted
+    assert g[lay.memento(b)[0], lay.block_content(b)].all()  # memento b generated seeing block b
+    assert not g[lay.memento(b)[0], lay.block_content(b - 1)].any()  # earlier blocks stay evicted
 
 
 def _model():
-    cfg = ToyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=16, attn_implementation="eager")
+    cfg = ToyModelConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        attn_implementation="eager",
+    )
     return build_model(cfg, seed=1, layout=SMALL).eval()
 
 
@@ -77,13 +83,18 @@ def _incremental(model, ids: np.ndarray, mode: str):
 
     sched = compute_schedule(ids, mode_config(mode), TOY_TOKENS)
     cache = DynamicCache()
-    held: list[int] = []          # logical position of each physical cache slot
+    held: list[int] = []  # logical position of each physical cache slot
     logits = {}
     occupancy_seen = []
 
     def feed(p):
-        out = model(input_ids=torch.tensor([[int(ids[p])]]), position_ids=torch.tensor([[p]]),
-                    attention_mask=torch.ones(1, len(held) + 1, dtype=torch.long), cache=cache, use_cache=True)
+        out = model(
+            input_ids=torch.tensor([[int(ids[p])]]),
+            position_ids=torch.tensor([[p]]),
+            attention_mask=torch.ones(1, len(held) + 1, dtype=torch.long),
+            cache=cache,
+            use_cache=True,
+        )
         held.append(p)
         return out.logits[0, -1]
 
@@ -101,7 +112,7 @@ def _incremental(model, ids: np.ndarray, mode: str):
                 if ev.end > ev.start:
                     gone = set(range(ev.start, ev.end))
                     if ev.rewind_to is not None:
-                        gone |= set(range(ev.rewind_to, p))     # memento KV is recomputed below
+                        gone |= set(range(ev.rewind_to, p))  # memento KV is recomputed below
                     drop(gone)
                     if ev.rewind_to is not None:
                         for q in range(ev.rewind_to, p):
@@ -121,9 +132,10 @@ def test_dense_logits_equal_incremental_eviction(mode):
     dense = dense_forward(model, torch.from_numpy(ids)[None], vis[None], want_kv=False)
     torch.testing.assert_close(dense.logits[0], inc_logits, atol=1e-5, rtol=1e-5)
     if mode == "memento":
-        causal = dense_forward(model, torch.from_numpy(ids)[None], toy_visibility("vanilla", SMALL)[None],
-                               want_kv=False)
-        assert not torch.allclose(causal.logits[0], inc_logits, atol=1e-3)   # the mask matters
+        causal = dense_forward(
+            model, torch.from_numpy(ids)[None], toy_visibility("vanilla", SMALL)[None], want_kv=False
+        )
+        assert not torch.allclose(causal.logits[0], inc_logits, atol=1e-3)  # the mask matters
 
 
 def test_restart_final_kv_equals_dense_restart_mask():

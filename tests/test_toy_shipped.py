@@ -6,13 +6,21 @@ import json
 
 import pytest
 import torch
+from memento_lens.runtime.toy.shipped import (
+    WEIGHTS_DIR,
+    ToyModelError,
+    checkpoint_info,
+    list_checkpoints,
+    load_toy,
+    toy_model_dir,
+    training_log,
+)
 from typer.testing import CliRunner
 
-from memento_lens.runtime.toy.shipped import (WEIGHTS_DIR, ToyModelError, checkpoint_info, list_checkpoints,
-                                              load_toy, toy_model_dir, training_log)
-
-pytestmark = pytest.mark.skipif(not (WEIGHTS_DIR / "manifest.json").exists(),
-                                reason="shipped toy weights not built (memento-lens toy train --out runtime/toy/weights)")
+pytestmark = pytest.mark.skipif(
+    not (WEIGHTS_DIR / "manifest.json").exists(),
+    reason="shipped toy weights not built (memento-lens toy train --out runtime/toy/weights)",
+)
 
 
 def test_checkpoints_listed_and_logged():
@@ -26,7 +34,7 @@ def test_checkpoints_listed_and_logged():
         assert checkpoint_info(f"toy@{n}")["memento_exact"] == logged[n]["memento_exact"]
     assert log["command"].startswith("memento-lens toy train")
     total = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
-    assert total < 15 * 2 ** 20
+    assert total < 15 * 2**20
 
 
 def test_resolution():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from memento_lens.runtime.toy.task import DIGIT0, TOY_TOKENS, ToyLayout, encode, sample, sum_digits
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from memento_lens.runtime.config import MementoTokenIds
 from memento_lens.runtime.toy.task import BOS, EOS, PAD, TOY_TOKENS, VOCAB, sample
 from memento_lens.runtime.toy.tokenizer import TOKENIZER_VOCAB, UNK, ids_to_text, save_tokenizer

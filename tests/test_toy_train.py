@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-
 from memento_lens.runtime.store import RunStore
 from memento_lens.runtime.toy.shipped import ToyModelError, list_checkpoints, load_toy, toy_model_dir
 from memento_lens.runtime.toy.train import TrainConfig, train
@@ -15,15 +14,23 @@ from memento_lens.runtime.toy.train import TrainConfig, train
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("toy") / "run"
-    cfg = TrainConfig(steps=6, batch_size=8, stage1_fraction=0.5, warmup_steps=2, checkpoints=(3,),
-                      eval_sequences=16, log_every=2, threads=0)
+    cfg = TrainConfig(
+        steps=6,
+        batch_size=8,
+        stage1_fraction=0.5,
+        warmup_steps=2,
+        checkpoints=(3,),
+        eval_sequences=16,
+        log_every=2,
+        threads=0,
+    )
     result = train(cfg, out, progress=False, command="test")
     return cfg, result
 
 
 def test_run_directory(run):
     cfg, result = run
-    store = RunStore.open(result.out, require_complete=True)      # every checksum verified
+    store = RunStore.open(result.out, require_complete=True)  # every checksum verified
     assert TrainConfig.from_dict(store.read_json("train_config.json")) == cfg
     log = store.read_json("training_log.json")
     assert [c["name"] for c in log["checkpoints"]] == ["step-000003", "step-000006"]

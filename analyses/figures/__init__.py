@@ -28,8 +28,9 @@ from .probe_conditions import ProbeConditions
 from .restart_ablation import RestartAblation
 from .toy_leakage import ToyLeakage
 
-REGISTRY: dict[str, Figure] = {f.name: f for f in (KVSawtooth(), CompressionCDF(), ProbeConditions(), ToyLeakage(),
-                                                   RestartAblation())}
+REGISTRY: dict[str, Figure] = {
+    f.name: f for f in (KVSawtooth(), CompressionCDF(), ProbeConditions(), ToyLeakage(), RestartAblation())
+}
 PNG_SIZE = dict(width=960, height=540, scale=2)
 
 
@@ -57,8 +58,12 @@ class FigureReport:
     png_skipped: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out_dir": self.out_dir, "rendered": [vars(r) for r in self.rendered], "skipped": self.skipped,
-                "png_skipped": self.png_skipped}
+        return {
+            "out_dir": self.out_dir,
+            "rendered": [vars(r) for r in self.rendered],
+            "skipped": self.skipped,
+            "png_skipped": self.png_skipped,
+        }
 
 
 def resolve_names(names: Iterable[str] | None) -> list[str]:
@@ -91,8 +96,13 @@ def png_exporter(enabled: bool = True) -> Iterator[tuple[Any, str | None]]:
         return
     browser = chromium_path()
     if browser is None:
-        yield (lambda fig: None), ("chromium not found: PNG export skipped (install it with `make browser` or "
-                                   "`apt-get install chromium`); HTML, CSV and Markdown were written")
+        yield (
+            (lambda fig: None),
+            (
+                "chromium not found: PNG export skipped (install it with `make browser` or "
+                "`apt-get install chromium`); HTML, CSV and Markdown were written"
+            ),
+        )
         return
     try:
         import kaleido
@@ -106,6 +116,7 @@ def png_exporter(enabled: bool = True) -> Iterator[tuple[Any, str | None]]:
         started = True
     except Exception:  # already running (another batch in this process) is fine
         pass
+
     def to_png(fig) -> bytes:
         import warnings
 
@@ -132,18 +143,28 @@ def _writer_for(out_dir: Path, stores: Sequence[RunStore] = ()):
         def write(name: str, data: bytes) -> str:
             store.add_file(f"figures/{name}", lambda tmp: Path(tmp).write_bytes(data))
             return str(out_dir / name)
+
         return write
 
     def write_plain(name: str, data: bytes) -> str:
         atomic_write_bytes(out_dir / name, data)
         return str(out_dir / name)
+
     return write_plain
 
 
-def render_figures(names: Iterable[str] | None = None, *, runs: Sequence[str | os.PathLike | RunStore] = (),
-                   traces: Sequence[str | os.PathLike | Trace] = (), out_dir: str | os.PathLike,
-                   tokenizer: Any = "approx", spec: str | KVSpec | None = None, trace_id: str | None = None,
-                   png: bool = True, token_ids: MementoTokenIds | None = None) -> FigureReport:
+def render_figures(
+    names: Iterable[str] | None = None,
+    *,
+    runs: Sequence[str | os.PathLike | RunStore] = (),
+    traces: Sequence[str | os.PathLike | Trace] = (),
+    out_dir: str | os.PathLike,
+    tokenizer: Any = "approx",
+    spec: str | KVSpec | None = None,
+    trace_id: str | None = None,
+    png: bool = True,
+    token_ids: MementoTokenIds | None = None,
+) -> FigureReport:
     """Render figures (``None``/``["all"]`` = every one) from run directories and/or trace files.
 
     Args:
@@ -167,11 +188,18 @@ def render_figures(names: Iterable[str] | None = None, *, runs: Sequence[str | o
     ids = token_ids or tok.ids
     if paths:
         if objs and ids != tok.ids:
-            raise ConfigError("trace files (tokenized with --tokenizer) and Trace objects with other token ids "
-                              "cannot be mixed in one call")
+            raise ConfigError(
+                "trace files (tokenized with --tokenizer) and Trace objects with other token ids "
+                "cannot be mixed in one call"
+            )
         objs += ingest_files(paths, tok, arrays=True).traces
-    inputs = FigureInputs(runs=stores, traces=objs, token_ids=ids,
-                          spec=resolve_spec(spec) if spec is not None else None, trace_id=trace_id)
+    inputs = FigureInputs(
+        runs=stores,
+        traces=objs,
+        token_ids=ids,
+        spec=resolve_spec(spec) if spec is not None else None,
+        trace_id=trace_id,
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write = _writer_for(out, stores)
@@ -188,10 +216,14 @@ def render_figures(names: Iterable[str] | None = None, *, runs: Sequence[str | o
     with png_exporter(png and bool(prepared)) as (to_png, reason):
         report.png_skipped = reason if prepared else None
         for fig, df, pfig in prepared:
-            files = [write(f"{fig.name}.csv", df.to_csv(index=False, lineterminator="\n").encode()),
-                     write(f"{fig.name}.md", fig.markdown(df).encode()),
-                     write(f"{fig.name}.html", pfig.to_html(include_plotlyjs=True, full_html=True,
-                                                            div_id=f"memento-lens-{fig.name}").encode())]
+            files = [
+                write(f"{fig.name}.csv", df.to_csv(index=False, lineterminator="\n").encode()),
+                write(f"{fig.name}.md", fig.markdown(df).encode()),
+                write(
+                    f"{fig.name}.html",
+                    pfig.to_html(include_plotlyjs=True, full_html=True, div_id=f"memento-lens-{fig.name}").encode(),
+                ),
+            ]
             if reason is None:
                 try:
                     files.append(write(f"{fig.name}.png", to_png(pfig)))
@@ -202,5 +234,14 @@ def render_figures(names: Iterable[str] | None = None, *, runs: Sequence[str | o
     return report
 
 
-__all__ = ["REGISTRY", "Figure", "FigureInputs", "FigureOutput", "FigureReport", "MissingInputs", "render_figures",
-           "resolve_names", "chromium_path"]
+__all__ = [
+    "REGISTRY",
+    "Figure",
+    "FigureInputs",
+    "FigureOutput",
+    "FigureReport",
+    "MissingInputs",
+    "render_figures",
+    "resolve_names",
+    "chromium_path",
+]

@@ -9,14 +9,13 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-
 from memento_lens.runtime.config import MementoTokenIds
 from memento_lens.runtime.store import RunStore
 from memento_lens.runtime.trace import Trace
 
 from ..kv import KVSpec
 
-PASSCODE_CHANCE = 0.1   # one of 10 digits per passcode position (the paper's chance line, toy and real)
+PASSCODE_CHANCE = 0.1  # one of 10 digits per passcode position (the paper's chance line, toy and real)
 
 
 class MissingInputs(Exception):
@@ -93,9 +92,11 @@ def md_table(df: pd.DataFrame, max_rows: int = 200) -> str:
 
 def checkpoint_order(values: Sequence[Any]) -> list[str]:
     """Checkpoints in training order: by the last integer in the name (``step-1000``), then by name."""
+
     def key(v: Any):
         nums = re.findall(r"\d+", str(v))
         return (int(nums[-1]) if nums else math.inf, str(v))
+
     return sorted({str(v) for v in values}, key=key)
 
 

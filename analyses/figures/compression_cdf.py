@@ -16,8 +16,10 @@ from .base import Figure, FigureInputs, MissingInputs, md_table
 class CompressionCDF(Figure):
     name = "compression-cdf"
     title = "Compression ratio (memento / block) per block"
-    paper = ("Memento paper Fig. 6: empirical CDF per domain (panels), one line per source (trace file or run). "
-             "Ratio in characters when every source has the text (trace files only), in tokens otherwise.")
+    paper = (
+        "Memento paper Fig. 6: empirical CDF per domain (panels), one line per source (trace file or run). "
+        "Ratio in characters when every source has the text (trace files only), in tokens otherwise."
+    )
 
     def data(self, inputs: FigureInputs) -> pd.DataFrame:
         parts = []
@@ -48,8 +50,17 @@ class CompressionCDF(Figure):
         for dom, g in panels:
             for source, s in g.groupby("source", sort=True):
                 r = np.sort(s["ratio"].to_numpy(float))
-                out.append(pd.DataFrame({"domain": dom, "source": source, "unit": unit, "ratio": r,
-                                         "cdf": np.arange(1, len(r) + 1) / len(r)}))
+                out.append(
+                    pd.DataFrame(
+                        {
+                            "domain": dom,
+                            "source": source,
+                            "unit": unit,
+                            "ratio": r,
+                            "cdf": np.arange(1, len(r) + 1) / len(r),
+                        }
+                    )
+                )
         return pd.concat(out, ignore_index=True)
 
     def plot(self, df: pd.DataFrame):
@@ -65,12 +76,22 @@ class CompressionCDF(Figure):
                 med = float(np.median(g["ratio"]))
                 # One source: colour by domain (palette); several: colour by source, consistent across panels.
                 col = color("domain", dom) if len(sources) == 1 else series_color(sources.index(source))
-                fig.add_trace(go.Scatter(x=g["ratio"], y=g["cdf"], mode="lines", line_shape="hv",
-                                         name=source if len(sources) > 1 else dom, legendgroup=source,
-                                         showlegend=len(sources) > 1 and source not in shown,
-                                         hovertemplate=f"{source}<br>ratio %{{x:.3f}}<br>CDF %{{y:.2f}}"
-                                                       f"<br>median {med:.3f} (n={len(g)})",
-                                         line=dict(color=col, width=2)), 1, i)
+                fig.add_trace(
+                    go.Scatter(
+                        x=g["ratio"],
+                        y=g["cdf"],
+                        mode="lines",
+                        line_shape="hv",
+                        name=source if len(sources) > 1 else dom,
+                        legendgroup=source,
+                        showlegend=len(sources) > 1 and source not in shown,
+                        hovertemplate=f"{source}<br>ratio %{{x:.3f}}<br>CDF %{{y:.2f}}"
+                        f"<br>median {med:.3f} (n={len(g)})",
+                        line=dict(color=col, width=2),
+                    ),
+                    1,
+                    i,
+                )
                 shown.add(source)
         unit = df["unit"].iloc[0] if len(df) else "chars"
         fig.update_xaxes(title_text=f"memento / block ({unit})", rangemode="tozero", matches="x")
@@ -80,7 +101,14 @@ class CompressionCDF(Figure):
 
     def markdown(self, df: pd.DataFrame) -> str:
         g = df.groupby(["domain", "source"], sort=False)["ratio"]
-        table = pd.DataFrame({"blocks": g.size(), "median": g.median(), "p25": g.quantile(0.25),
-                              "p75": g.quantile(0.75), "mean": g.mean()}).reset_index()
+        table = pd.DataFrame(
+            {
+                "blocks": g.size(),
+                "median": g.median(),
+                "p25": g.quantile(0.25),
+                "p75": g.quantile(0.75),
+                "mean": g.mean(),
+            }
+        ).reset_index()
         unit = df["unit"].iloc[0] if len(df) else "chars"
         return f"## {self.title}\n\n{self.paper} Unit: {unit}.\n\n{md_table(table)}\n"

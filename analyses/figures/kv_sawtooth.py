@@ -21,10 +21,18 @@ class KVSawtooth(Figure):
         curves = self._curves(inputs)
         rows = []
         for c in curves:
-            gen = c.tokens[c.prompt_len:]
-            rows.append(pd.DataFrame({"trace": c.trace, "mode": c.mode,
-                                      "generated_token": np.arange(len(gen), dtype=np.int64),
-                                      "tokens": gen.astype(np.int64), "kv_gb": gen * c.bytes_per_token / GB}))
+            gen = c.tokens[c.prompt_len :]
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "trace": c.trace,
+                        "mode": c.mode,
+                        "generated_token": np.arange(len(gen), dtype=np.int64),
+                        "tokens": gen.astype(np.int64),
+                        "kv_gb": gen * c.bytes_per_token / GB,
+                    }
+                )
+            )
         return pd.concat(rows, ignore_index=True)
 
     def _curves(self, inputs: FigureInputs):
@@ -52,16 +60,18 @@ class KVSawtooth(Figure):
         curves = {c.mode: c for c in curves_from_occupancy(occ.drop(columns="run"), prompt, bpt)}
         if "vanilla" not in curves:  # a memento-only run: the same stream without eviction holds step + 1 tokens
             m = curves["memento"]
-            curves["vanilla"] = KVCurve(m.trace, "vanilla", np.arange(1, len(m.tokens) + 1, dtype=np.int64),
-                                        m.prompt_len, m.bytes_per_token)
+            curves["vanilla"] = KVCurve(
+                m.trace, "vanilla", np.arange(1, len(m.tokens) + 1, dtype=np.int64), m.prompt_len, m.bytes_per_token
+            )
         return [curves[m] for m in MODES if m in curves]
 
     @staticmethod
     def summary(df: pd.DataFrame) -> pd.DataFrame:
         """Peak and AUC of each plotted curve, from the plotted numbers."""
         g = df.groupby("mode", sort=False)
-        out = pd.DataFrame({"peak_tokens": g["tokens"].max(), "peak_gb": g["kv_gb"].max(),
-                            "auc_gb_ktok": g["kv_gb"].sum() / KTOK}).reset_index()
+        out = pd.DataFrame(
+            {"peak_tokens": g["tokens"].max(), "peak_gb": g["kv_gb"].max(), "auc_gb_ktok": g["kv_gb"].sum() / KTOK}
+        ).reset_index()
         if "vanilla" in set(out["mode"]):
             base = out.set_index("mode").loc["vanilla"]
             out["peak_reduction"] = base["peak_gb"] / out["peak_gb"]
@@ -74,19 +84,40 @@ class KVSawtooth(Figure):
         fig = go.Figure()
         summ = self.summary(df).set_index("mode")
         for mode, g in df.groupby("mode", sort=False):
-            fig.add_trace(go.Scatter(x=g["generated_token"], y=g["kv_gb"], mode="lines", name=mode,
-                                     line=dict(color=color("mode", mode), width=1.5)))
+            fig.add_trace(
+                go.Scatter(
+                    x=g["generated_token"],
+                    y=g["kv_gb"],
+                    mode="lines",
+                    name=mode,
+                    line=dict(color=color("mode", mode), width=1.5),
+                )
+            )
             s = summ.loc[mode]
             fig.add_hline(y=s["peak_gb"], line=dict(color=color("mode", mode), dash="dot", width=1))
-            fig.add_annotation(x=1.0, xref="paper", y=s["peak_gb"], xanchor="right", yanchor="bottom",
-                               showarrow=False, font=dict(color=color("mode", mode), size=11),
-                               text=f"{mode}: peak {s['peak_gb']:.3g} GB, AUC {s['auc_gb_ktok']:.3g} GB·ktok")
+            fig.add_annotation(
+                x=1.0,
+                xref="paper",
+                y=s["peak_gb"],
+                xanchor="right",
+                yanchor="bottom",
+                showarrow=False,
+                font=dict(color=color("mode", mode), size=11),
+                text=f"{mode}: peak {s['peak_gb']:.3g} GB, AUC {s['auc_gb_ktok']:.3g} GB·ktok",
+            )
         trace = str(df["trace"].iloc[0]) if len(df) else ""
-        fig.update_layout(title=f"{self.title}<br><sup>trace {trace}</sup>", xaxis_title="generated token",
-                          yaxis_title="KV cache (GB)", template="plotly_white", legend=dict(x=0.01, y=0.99))
+        fig.update_layout(
+            title=f"{self.title}<br><sup>trace {trace}</sup>",
+            xaxis_title="generated token",
+            yaxis_title="KV cache (GB)",
+            template="plotly_white",
+            legend=dict(x=0.01, y=0.99),
+        )
         return fig
 
     def markdown(self, df: pd.DataFrame) -> str:
         trace = str(df["trace"].iloc[0]) if len(df) else ""
-        return (f"## {self.title}\n\n{self.paper} Trace `{trace}`; GB = 2^30 bytes, ktok = 1000 tokens.\n\n"
-                f"{md_table(self.summary(df))}\n")
+        return (
+            f"## {self.title}\n\n{self.paper} Trace `{trace}`; GB = 2^30 bytes, ktok = 1000 tokens.\n\n"
+            f"{md_table(self.summary(df))}\n"
+        )

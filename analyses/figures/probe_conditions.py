@@ -6,8 +6,17 @@ from __future__ import annotations
 import pandas as pd
 
 from ..palette import CHANCE_COLOR, color
-from .base import (PASSCODE_CHANCE, Figure, FigureInputs, MissingInputs, checkpoint_order, md_table,
-                   layer_dtick, mean_over_seeds, normalize_models)
+from .base import (
+    PASSCODE_CHANCE,
+    Figure,
+    FigureInputs,
+    MissingInputs,
+    checkpoint_order,
+    layer_dtick,
+    md_table,
+    mean_over_seeds,
+    normalize_models,
+)
 
 CONDITIONS = ("direct", "masked", "causal_control")
 NEEDS = "needs probe_results.parquet in a --run directory (written by the probes); trace files alone carry none"
@@ -31,9 +40,11 @@ def select_rows(pr: pd.DataFrame, conditions=CONDITIONS) -> pd.DataFrame:
 class ProbeConditions(Figure):
     name = "probe-conditions"
     title = "Passcode probe accuracy by layer"
-    paper = ("Memento paper Fig. 10 / Table 4: direct = memento that saw the block, masked = the next memento "
-             "(block already evicted), causal control = the memento before the block. Mean over seeds; chance "
-             f"= {PASSCODE_CHANCE:.0%} (one of 10 digits).")
+    paper = (
+        "Memento paper Fig. 10 / Table 4: direct = memento that saw the block, masked = the next memento "
+        "(block already evicted), causal control = the memento before the block. Mean over seeds; chance "
+        f"= {PASSCODE_CHANCE:.0%} (one of 10 digits)."
+    )
 
     def data(self, inputs: FigureInputs) -> pd.DataFrame:
         pr = inputs.table("probe_results.parquet")
@@ -61,11 +72,26 @@ class ProbeConditions(Figure):
             for (probe, cond), g in df[df["model"] == model].groupby(["probe", "condition"], sort=False):
                 err = None
                 if "ci_low" in g and g["ci_low"].notna().all():
-                    err = dict(type="data", symmetric=False, array=g["ci_high"] - g["accuracy"],
-                               arrayminus=g["accuracy"] - g["ci_low"])
-                fig.add_trace(go.Scatter(x=g["layer"], y=g["accuracy"], error_y=err, mode="lines+markers",
-                                         name=f"{cond} ({probe})", legendgroup=f"{cond}{probe}", showlegend=i == 1,
-                                         line=dict(color=color("condition", cond), dash=dashes[probe])), 1, i)
+                    err = dict(
+                        type="data",
+                        symmetric=False,
+                        array=g["ci_high"] - g["accuracy"],
+                        arrayminus=g["accuracy"] - g["ci_low"],
+                    )
+                fig.add_trace(
+                    go.Scatter(
+                        x=g["layer"],
+                        y=g["accuracy"],
+                        error_y=err,
+                        mode="lines+markers",
+                        name=f"{cond} ({probe})",
+                        legendgroup=f"{cond}{probe}",
+                        showlegend=i == 1,
+                        line=dict(color=color("condition", cond), dash=dashes[probe]),
+                    ),
+                    1,
+                    i,
+                )
             label = dict(annotation_text="chance") if i == 1 else {}  # None would print "new text"
             fig.add_hline(y=PASSCODE_CHANCE, line=dict(color=CHANCE_COLOR, dash="dash"), row=1, col=i, **label)
             fig.update_xaxes(title_text="layer", row=1, col=i, dtick=layer_dtick(df.loc[df["model"] == model, "layer"]))
@@ -75,7 +101,10 @@ class ProbeConditions(Figure):
 
     def markdown(self, df: pd.DataFrame) -> str:
         t = df.assign(accuracy=df["accuracy"] * 100).pivot_table(
-            index=["model", "probe", "condition"], columns="layer", values="accuracy", sort=False)
+            index=["model", "probe", "condition"], columns="layer", values="accuracy", sort=False
+        )
         t.columns = [f"layer {c}" for c in t.columns]
-        return (f"## {self.title} (accuracy, %)\n\n{self.paper}\n\n{md_table(t.reset_index())}\n\n"
-                f"### Plotted values\n\n{md_table(df)}\n")
+        return (
+            f"## {self.title} (accuracy, %)\n\n{self.paper}\n\n{md_table(t.reset_index())}\n\n"
+            f"### Plotted values\n\n{md_table(df)}\n"
+        )

@@ -19,15 +19,19 @@ COLUMNS = ["panel", "model", "checkpoint", "variant", "direction", "layer", "met
 class RestartAblation(Figure):
     name = "restart-ablation"
     title = "Restart ablation and KV patching"
-    paper = ("Memento paper Table 3: the task metric with normal memento KV vs restart (memento KV recomputed "
-             "without its block); and the causal patching curve (metric by patched layer, all heads; dashed: "
-             "unpatched baselines).")
+    paper = (
+        "Memento paper Table 3: the task metric with normal memento KV vs restart (memento KV recomputed "
+        "without its block); and the causal patching curve (metric by patched layer, all heads; dashed: "
+        "unpatched baselines)."
+    )
 
     def data(self, inputs: FigureInputs) -> pd.DataFrame:
         ab = inputs.table("ablations.parquet")
         if ab is None or ab.empty:
-            raise MissingInputs("needs ablations.parquet in a --run directory (written by the probes' restart "
-                                "ablation / patching); trace files alone carry none")
+            raise MissingInputs(
+                "needs ablations.parquet in a --run directory (written by the probes' restart "
+                "ablation / patching); trace files alone carry none"
+            )
         ab = ab.copy()
         for c in ("ci_low", "ci_high", "n", "direction", "checkpoint", "head"):
             if c not in ab:
@@ -43,8 +47,11 @@ class RestartAblation(Figure):
         if out.empty:
             raise MissingInputs("ablations.parquet has no restart rows at layer -1 and no all-head patch rows")
         order = {"restart": 0, "patch": 1, "patch_base": 2}
-        out = out.sort_values(["panel", "model", "metric", "direction", "variant", "layer"], kind="stable",
-                              key=lambda c: c.map(order) if c.name == "panel" else c)
+        out = out.sort_values(
+            ["panel", "model", "metric", "direction", "variant", "layer"],
+            kind="stable",
+            key=lambda c: c.map(order) if c.name == "panel" else c,
+        )
         return out.reset_index(drop=True)[COLUMNS]
 
     def plot(self, df: pd.DataFrame):
@@ -66,10 +73,19 @@ class RestartAblation(Figure):
             for j, metric in enumerate(r_metrics, start=1):
                 sub = df[(df["panel"] == "restart") & (df["metric"] == metric)]
                 for variant, g in sub.groupby("variant", sort=False):
-                    fig.add_trace(go.Bar(x=[f"{m} {c}".strip() for m, c in zip(g["model"], g["checkpoint"])],
-                                         y=g["value"], error_y=_err(g), name=str(variant), legendgroup=str(variant),
-                                         showlegend=str(variant) not in shown,
-                                         marker_color=color("variant", str(variant))), row, j)
+                    fig.add_trace(
+                        go.Bar(
+                            x=[f"{m} {c}".strip() for m, c in zip(g["model"], g["checkpoint"])],
+                            y=g["value"],
+                            error_y=_err(g),
+                            name=str(variant),
+                            legendgroup=str(variant),
+                            showlegend=str(variant) not in shown,
+                            marker_color=color("variant", str(variant)),
+                        ),
+                        row,
+                        j,
+                    )
                     shown.add(str(variant))
             row += 1
         if p_metrics:
@@ -78,13 +94,28 @@ class RestartAblation(Figure):
                 sub = df[(df["panel"] == "patch") & (df["metric"] == metric)]
                 for (model, direction, variant), g in sub.groupby(["model", "direction", "variant"], sort=False):
                     name = f"patch {direction or variant}"
-                    fig.add_trace(go.Scatter(x=g["layer"], y=g["value"], error_y=_err(g), mode="lines+markers",
-                                             name=name, legendgroup=name, showlegend=name not in shown,
-                                             line=dict(color=series_color(directions.index(direction)))), row, j)
+                    fig.add_trace(
+                        go.Scatter(
+                            x=g["layer"],
+                            y=g["value"],
+                            error_y=_err(g),
+                            mode="lines+markers",
+                            name=name,
+                            legendgroup=name,
+                            showlegend=name not in shown,
+                            line=dict(color=series_color(directions.index(direction))),
+                        ),
+                        row,
+                        j,
+                    )
                     shown.add(name)
                 for b in df[(df["panel"] == "patch_base") & (df["metric"] == metric)].itertuples():
-                    fig.add_hline(y=b.value, row=row, col=j, line=dict(color=color("variant", str(b.variant)),
-                                                                       dash="dash", width=1))
+                    fig.add_hline(
+                        y=b.value,
+                        row=row,
+                        col=j,
+                        line=dict(color=color("variant", str(b.variant)), dash="dash", width=1),
+                    )
                 fig.update_xaxes(title_text="patched layer", row=row, col=j, dtick=layer_dtick(sub["layer"]))
         fig.update_layout(title=self.title, template="plotly_white", barmode="group")
         return fig
@@ -93,21 +124,27 @@ class RestartAblation(Figure):
         out = [f"## {self.title}\n\n{self.paper}\n"]
         r = df[df["panel"] == "restart"]
         if len(r):
-            t = r.pivot_table(index=["model", "checkpoint", "metric"], columns="variant", values="value",
-                              sort=False).reset_index()
+            t = r.pivot_table(
+                index=["model", "checkpoint", "metric"], columns="variant", values="value", sort=False
+            ).reset_index()
             if {"normal", "restart"} <= set(t.columns):
                 t["delta"] = t["restart"] - t["normal"]
             t.columns.name = None
             out.append(f"### Table 3: normal vs restart\n\n{md_table(t)}\n")
         p = df[df["panel"].isin(["patch", "patch_base"])]
         if len(p):
-            out.append(f"### Patching (all heads; layer -1 = unpatched baseline)\n\n"
-                       f"{md_table(p.drop(columns=['panel']))}\n")
+            out.append(
+                f"### Patching (all heads; layer -1 = unpatched baseline)\n\n{md_table(p.drop(columns=['panel']))}\n"
+            )
         return "\n".join(out)
 
 
 def _err(g: pd.DataFrame):
     if g["ci_low"].notna().all() and g["ci_high"].notna().all():
-        return dict(type="data", symmetric=False, array=(g["ci_high"] - g["value"]).astype(float).tolist(),
-                    arrayminus=(g["value"] - g["ci_low"]).astype(float).tolist())
+        return dict(
+            type="data",
+            symmetric=False,
+            array=(g["ci_high"] - g["value"]).astype(float).tolist(),
+            arrayminus=(g["value"] - g["ci_low"]).astype(float).tolist(),
+        )
     return None

@@ -6,8 +6,16 @@ from __future__ import annotations
 import pandas as pd
 
 from ..palette import CHANCE_COLOR, TASK_COLOR, color
-from .base import (PASSCODE_CHANCE, Figure, FigureInputs, MissingInputs, checkpoint_order, md_table,
-                   mean_over_seeds, normalize_models)
+from .base import (
+    PASSCODE_CHANCE,
+    Figure,
+    FigureInputs,
+    MissingInputs,
+    checkpoint_order,
+    md_table,
+    mean_over_seeds,
+    normalize_models,
+)
 from .probe_conditions import NEEDS
 
 PANELS = ("by_layer", "by_distance", "by_checkpoint")
@@ -17,9 +25,11 @@ COLUMNS = ["panel", "model", "series", "x", "x_label", "value", "ci_low", "ci_hi
 class ToyLeakage(Figure):
     name = "toy-leakage"
     title = "Masked leakage on the toy model"
-    paper = ("Memento paper Fig. 13 (toy, keep 0): masked-condition probe accuracy (a) by layer at the nearest "
-             "distance, (b) by distance at the last layer, (c) across checkpoints at the last layer and nearest "
-             "distance, next to task accuracy. Models whose name contains 'toy' are used when present.")
+    paper = (
+        "Memento paper Fig. 13 (toy, keep 0): masked-condition probe accuracy (a) by layer at the nearest "
+        "distance, (b) by distance at the last layer, (c) across checkpoints at the last layer and nearest "
+        "distance, next to task accuracy. Models whose name contains 'toy' are used when present."
+    )
 
     def data(self, inputs: FigureInputs) -> pd.DataFrame:
         pr = inputs.table("probe_results.parquet")
@@ -42,10 +52,20 @@ class ToyLeakage(Figure):
             near = min(d for d in g["distance"].unique() if d > 0) if (g["distance"] > 0).any() else g["distance"].min()
             top = int(last["layer"].max())
             a = mean_over_seeds(last[last["distance"] == near], ["layer"])
-            parts.append(self._panel(a, "by_layer", model, "masked", a["layer"], a["layer"].map(lambda v: f"layer {v}")))
+            parts.append(
+                self._panel(a, "by_layer", model, "masked", a["layer"], a["layer"].map(lambda v: f"layer {v}"))
+            )
             b = mean_over_seeds(last[last["layer"] == top], ["distance"])
-            parts.append(self._panel(b, "by_distance", model, "masked", b["distance"],
-                                     b["distance"].map(lambda v: f"+{v}" if v > 0 else str(v))))
+            parts.append(
+                self._panel(
+                    b,
+                    "by_distance",
+                    model,
+                    "masked",
+                    b["distance"],
+                    b["distance"].map(lambda v: f"+{v}" if v > 0 else str(v)),
+                )
+            )
             if len(order) > 1:
                 sel = g[(g["layer"] == top) & (g["distance"] == near)]
                 c = mean_over_seeds(sel, ["checkpoint"])
@@ -55,26 +75,48 @@ class ToyLeakage(Figure):
                 if "task_accuracy" in sel and sel["task_accuracy"].notna().any():
                     t = sel.groupby("checkpoint")["task_accuracy"].agg(["mean", "size"]).reset_index()
                     t = t.assign(x=t["checkpoint"].astype(str).map(idx)).sort_values("x")
-                    parts.append(pd.DataFrame({"panel": "by_checkpoint", "model": model, "series": "task_accuracy",
-                                               "x": t["x"].astype(float), "x_label": t["checkpoint"].astype(str),
-                                               "value": t["mean"], "ci_low": float("nan"),
-                                               "ci_high": float("nan"), "n_seeds": t["size"]}))
+                    parts.append(
+                        pd.DataFrame(
+                            {
+                                "panel": "by_checkpoint",
+                                "model": model,
+                                "series": "task_accuracy",
+                                "x": t["x"].astype(float),
+                                "x_label": t["checkpoint"].astype(str),
+                                "value": t["mean"],
+                                "ci_low": float("nan"),
+                                "ci_high": float("nan"),
+                                "n_seeds": t["size"],
+                            }
+                        )
+                    )
         return pd.concat(parts, ignore_index=True)[COLUMNS]
 
     @staticmethod
     def _panel(agg: pd.DataFrame, panel: str, model, series: str, x, labels) -> pd.DataFrame:
-        return pd.DataFrame({"panel": panel, "model": model, "series": series, "x": x.astype(float).to_numpy(),
-                             "x_label": labels.to_numpy(), "value": agg["accuracy"].to_numpy(),
-                             "ci_low": agg.get("ci_low", pd.Series(float("nan"), index=agg.index)).to_numpy(),
-                             "ci_high": agg.get("ci_high", pd.Series(float("nan"), index=agg.index)).to_numpy(),
-                             "n_seeds": agg["n_seeds"].to_numpy()})
+        return pd.DataFrame(
+            {
+                "panel": panel,
+                "model": model,
+                "series": series,
+                "x": x.astype(float).to_numpy(),
+                "x_label": labels.to_numpy(),
+                "value": agg["accuracy"].to_numpy(),
+                "ci_low": agg.get("ci_low", pd.Series(float("nan"), index=agg.index)).to_numpy(),
+                "ci_high": agg.get("ci_high", pd.Series(float("nan"), index=agg.index)).to_numpy(),
+                "n_seeds": agg["n_seeds"].to_numpy(),
+            }
+        )
 
     def plot(self, df: pd.DataFrame):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        titles = {"by_layer": "(a) by layer", "by_distance": "(b) by distance from the block",
-                  "by_checkpoint": "(c) across checkpoints"}
+        titles = {
+            "by_layer": "(a) by layer",
+            "by_distance": "(b) by distance from the block",
+            "by_checkpoint": "(c) across checkpoints",
+        }
         present = [p for p in PANELS if (df["panel"] == p).any()]
         fig = make_subplots(rows=1, cols=len(present), subplot_titles=[titles[p] for p in present])
         dashes = {m: d for m, d in zip(dict.fromkeys(df["model"]), ("solid", "dash", "dot", "dashdot"))}
@@ -83,13 +125,29 @@ class ToyLeakage(Figure):
                 col = TASK_COLOR if series == "task_accuracy" else color("condition", "masked")
                 err = None
                 if g["ci_low"].notna().all():
-                    err = dict(type="data", symmetric=False, array=g["ci_high"] - g["value"],
-                               arrayminus=g["value"] - g["ci_low"])
+                    err = dict(
+                        type="data",
+                        symmetric=False,
+                        array=g["ci_high"] - g["value"],
+                        arrayminus=g["value"] - g["ci_low"],
+                    )
                 name = f"{series} ({model})" if len(dashes) > 1 else series
-                fig.add_trace(go.Scatter(x=g["x"], y=g["value"], error_y=err, mode="lines+markers", name=name,
-                                         legendgroup=name, showlegend=name not in {t.name for t in fig.data},
-                                         line=dict(color=col, dash=dashes[model]),
-                                         customdata=g["x_label"], hovertemplate="%{customdata}: %{y:.3f}"), 1, i)
+                fig.add_trace(
+                    go.Scatter(
+                        x=g["x"],
+                        y=g["value"],
+                        error_y=err,
+                        mode="lines+markers",
+                        name=name,
+                        legendgroup=name,
+                        showlegend=name not in {t.name for t in fig.data},
+                        line=dict(color=col, dash=dashes[model]),
+                        customdata=g["x_label"],
+                        hovertemplate="%{customdata}: %{y:.3f}",
+                    ),
+                    1,
+                    i,
+                )
             fig.add_hline(y=PASSCODE_CHANCE, line=dict(color=CHANCE_COLOR, dash="dash"), row=1, col=i)
             sub = df[df["panel"] == panel].drop_duplicates("x").sort_values("x")
             fig.update_xaxes(tickvals=sub["x"].tolist(), ticktext=sub["x_label"].tolist(), row=1, col=i)

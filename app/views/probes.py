@@ -2,7 +2,6 @@
 restart-ablation and patching curves."""
 
 import streamlit as st
-
 from memento_lens.analyses.figures.base import PASSCODE_CHANCE, checkpoint_order, normalize_models
 from memento_lens.app import charts, compute, state
 from memento_lens.app.data import ABLATIONS, PROBES
@@ -35,16 +34,27 @@ else:
         checkpoints = checkpoint_order(d["checkpoint"]) if "checkpoint" in d.columns else []
         ck = None
         if x != "checkpoint" and checkpoints:
-            ck = state.sticky(cols[2].selectbox, "Checkpoint", checkpoints, key="probe_ckpt",
-                              default=checkpoints[-1]) if len(checkpoints) > 1 else checkpoints[0]
+            ck = (
+                state.sticky(cols[2].selectbox, "Checkpoint", checkpoints, key="probe_ckpt", default=checkpoints[-1])
+                if len(checkpoints) > 1
+                else checkpoints[0]
+            )
         dist = lay = None
-        multi = [g["distance"].unique() for _, g in d.groupby("condition") if g["distance"].nunique() > 1] \
-            if "distance" in d.columns else []
+        multi = (
+            [g["distance"].unique() for _, g in d.groupby("condition") if g["distance"].nunique() > 1]
+            if "distance" in d.columns
+            else []
+        )
         if x != "distance" and multi:
             opts = sorted({int(v) for arr in multi for v in arr})
-            dist = state.sticky(cols[3].selectbox, "Masked distance", opts, key="probe_dist",
-                                default=compute.nearest_distance(opts),
-                                help="Blocks between the probed block and the memento (masked condition)")
+            dist = state.sticky(
+                cols[3].selectbox,
+                "Masked distance",
+                opts,
+                key="probe_dist",
+                default=compute.nearest_distance(opts),
+                help="Blocks between the probed block and the memento (masked condition)",
+            )
         if x != "layer":
             opts = sorted(int(v) for v in d["layer"].unique())
             lay = state.sticky(cols[4].selectbox, "Layer", opts, key="probe_layer", default=opts[-1])
@@ -56,7 +66,7 @@ else:
         if chance is None and "chance" in sel.columns:
             chance = float(sel["chance"].mean())
         if chance is None and set(sel["condition"]) & {"direct", "masked", "causal_control"}:
-            chance = PASSCODE_CHANCE   # one of 10 digits per passcode position
+            chance = PASSCODE_CHANCE  # one of 10 digits per passcode position
         st.plotly_chart(charts.probe_figure(sel, x, chance), key="probes", width="stretch")
         if chance is None:
             st.caption("This run records no chance level, so no chance line is drawn.")

@@ -4,7 +4,6 @@ import json
 
 import pandas as pd
 import streamlit as st
-
 from memento_lens.app import charts, state
 from memento_lens.app.data import manifest_fingerprint
 from memento_lens.runtime.store import RunError
@@ -12,8 +11,10 @@ from memento_lens.runtime.store import RunError
 st.title("Runs")
 refs = state.run_refs()
 if not refs:
-    st.error("No run directory given. Start the app with `memento-lens app RUN_DIR [RUN_DIR ...]` "
-             "(or `memento-lens demo` to create runs/demo first).")
+    st.error(
+        "No run directory given. Start the app with `memento-lens app RUN_DIR [RUN_DIR ...]` "
+        "(or `memento-lens demo` to create runs/demo first)."
+    )
     st.stop()
 
 
@@ -39,23 +40,44 @@ for ref in refs:
     except RunError as exc:
         problems.append(str(exc))
         continue
-    rows.append({"run": s.path, "status": s.status, "kind": s.kind, "model": s.model,
-                 "masking": masking_text(s.masking), "traces": s.n_traces, "tokens": s.n_tokens,
-                 "size (MB)": round(s.total_bytes / 1e6, 2), "KV (MB)": round(s.kv_bytes / 1e6, 2),
-                 "files": s.n_files, "attention": s.has.get("attention"), "probes": s.has.get("probes"),
-                 "ablations": s.has.get("ablations"), "figures": s.has.get("figures"), "created": s.created})
+    rows.append(
+        {
+            "run": s.path,
+            "status": s.status,
+            "kind": s.kind,
+            "model": s.model,
+            "masking": masking_text(s.masking),
+            "traces": s.n_traces,
+            "tokens": s.n_tokens,
+            "size (MB)": round(s.total_bytes / 1e6, 2),
+            "KV (MB)": round(s.kv_bytes / 1e6, 2),
+            "files": s.n_files,
+            "attention": s.has.get("attention"),
+            "probes": s.has.get("probes"),
+            "ablations": s.has.get("ablations"),
+            "figures": s.has.get("figures"),
+            "created": s.created,
+        }
+    )
     for cat, mb in s.category_mb.items():
         sizes.append({"run": s.path.rstrip("/").rsplit("/", 1)[-1], "category": cat, "mb": mb})
 for p in problems:
     st.error(p)
 if rows:
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={"attention": st.column_config.CheckboxColumn(),
-                                "probes": st.column_config.CheckboxColumn(),
-                                "ablations": st.column_config.CheckboxColumn(),
-                                "figures": st.column_config.CheckboxColumn()})
-    st.plotly_chart(charts.run_sizes_figure(pd.DataFrame(sizes, columns=["run", "category", "mb"])),
-                    key="sizes", width="stretch")
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "attention": st.column_config.CheckboxColumn(),
+            "probes": st.column_config.CheckboxColumn(),
+            "ablations": st.column_config.CheckboxColumn(),
+            "figures": st.column_config.CheckboxColumn(),
+        },
+    )
+    st.plotly_chart(
+        charts.run_sizes_figure(pd.DataFrame(sizes, columns=["run", "category", "mb"])), key="sizes", width="stretch"
+    )
     st.caption("Pick a run in the sidebar to explore it on the other pages.")
     rd = state.run_or_stop()
     with state.shown_errors():
@@ -66,8 +88,14 @@ if rows:
         c3.metric("Captured KV", f"{s.kv_bytes / 1e6:.1f} MB")
         c4.metric("Status", s.status)
         with st.expander("Masking config and manifest info"):
-            st.json(json.loads(json.dumps({"masking": s.masking, "config": rd.store.manifest.config,
-                                           "info": rd.store.manifest.info}, default=str)))
+            st.json(
+                json.loads(
+                    json.dumps(
+                        {"masking": s.masking, "config": rd.store.manifest.config, "info": rd.store.manifest.info},
+                        default=str,
+                    )
+                )
+            )
         for rel in [r for r in rd.files() if "/" not in r and r.endswith(".json")]:
             with st.expander(f"{rel}"):
                 st.json(state.json_file(*state.key(rd), rel), expanded=2)

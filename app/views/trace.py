@@ -2,7 +2,6 @@
 that greys out what has been evicted at that step, and the linked KV-occupancy sawtooth."""
 
 import streamlit as st
-
 from memento_lens.app import charts, compute, state
 
 st.title("Trace explorer")
@@ -18,15 +17,22 @@ with state.shown_errors():
 
     def jump(chart_key: str):
         """Clicking a position on a chart moves the step slider there (the charts are linked)."""
+
         def cb() -> None:
             s = compute.step_from_selection(st.session_state.get(chart_key), n)
             if s is not None:
                 st.session_state[step_key] = s
+
         return cb
 
-    step = st.slider("Generation step (position of the token being processed)", 0, n - 1, key=step_key,
-                     help="A block evicted by an event at position p is gone for every step ≥ p. Clicking a "
-                          "position on the charts below moves the step there.")
+    step = st.slider(
+        "Generation step (position of the token being processed)",
+        0,
+        n - 1,
+        key=step_key,
+        help="A block evicted by an event at position p is gone for every step ≥ p. Clicking a "
+        "position on the charts below moves the step there.",
+    )
     gone = compute.evicted_at_step(n, ev["start"], ev["end"], ev["position"], step)
     fired = ev[(ev["position"] <= step) & (ev["end"] > ev["start"])]
     c1, c2, c3 = st.columns(3)
@@ -34,20 +40,34 @@ with state.shown_errors():
     c2.metric("Evicted so far", int(gone.sum()), help=f"{len(fired)} eviction event(s) fired")
     c3.metric("Tokens generated", max(0, step + 1 - int(toks["role"].eq("prompt").sum())))
 
-    st.plotly_chart(charts.token_strip_figure(toks, gone, step), key=f"strip::{trace}", width="stretch",
-                    on_select=jump(f"strip::{trace}"), selection_mode="points")
+    st.plotly_chart(
+        charts.token_strip_figure(toks, gone, step),
+        key=f"strip::{trace}",
+        width="stretch",
+        on_select=jump(f"strip::{trace}"),
+        selection_mode="points",
+    )
     if rd.has("occupancy.parquet"):
         recorded = state.occupancy(*state.key(rd), trace)
         occ = compute.with_vanilla_overlay(recorded)
         unit = st.radio("Occupancy unit", ["tokens", "bytes"], horizontal=True, key="occ_unit")
-        st.plotly_chart(charts.occupancy_figure(occ, step, ev, unit=unit), key=f"occupancy::{trace}",
-                        width="stretch", on_select=jump(f"occupancy::{trace}"), selection_mode="points")
+        st.plotly_chart(
+            charts.occupancy_figure(occ, step, ev, unit=unit),
+            key=f"occupancy::{trace}",
+            width="stretch",
+            on_select=jump(f"occupancy::{trace}"),
+            selection_mode="points",
+        )
         if len(occ) != len(recorded):
-            st.caption("The run records only the evicting mode; the vanilla line is what full attention would "
-                       "hold (every token, at the run's own bytes per token).")
+            st.caption(
+                "The run records only the evicting mode; the vanilla line is what full attention would "
+                "hold (every token, at the run's own bytes per token)."
+            )
     else:
         st.error(f"{rd.path / 'occupancy.parquet'}: missing; this run has no KV occupancy table")
     st.subheader("Token stream")
-    st.caption("Prompt, then each block with its memento beside it, then the answer. Grey struck-through "
-               "tokens are evicted at the selected step; faded ones come after it.")
+    st.caption(
+        "Prompt, then each block with its memento beside it, then the answer. Grey struck-through "
+        "tokens are evicted at the selected step; faded ones come after it."
+    )
     st.html(charts.token_stream_html(toks, gone, step))

@@ -42,7 +42,9 @@ def mode_config(mode: str) -> BlockMaskingConfig:
     raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-def toy_visibility(mode: str, layout: ToyLayout = ToyLayout(), device: torch.device | str | None = None) -> torch.Tensor:
+def toy_visibility(
+    mode: str, layout: ToyLayout = ToyLayout(), device: torch.device | str | None = None
+) -> torch.Tensor:
     """``[length, length]`` bool: the runtime's visibility for every toy sequence of ``layout`` under ``mode``.
 
     The toy's structure is fixed, so one schedule (of any sequence) serves all of them.
@@ -51,8 +53,9 @@ def toy_visibility(mode: str, layout: ToyLayout = ToyLayout(), device: torch.dev
     return visibility_mask(compute_schedule(ids, mode_config(mode), TOY_TOKENS), device=device)
 
 
-def restart_generation_visibility(block: int, layout: ToyLayout = ToyLayout(),
-                                  device: torch.device | str | None = None) -> torch.Tensor:
+def restart_generation_visibility(
+    block: int, layout: ToyLayout = ToyLayout(), device: torch.device | str | None = None
+) -> torch.Tensor:
     """``[length, length]`` bool for reading memento ``block``'s digits under restart attention.
 
     Earlier mementos carry their restart KV (computed without their blocks); memento ``block``'s own rows
@@ -99,12 +102,18 @@ def _predict(model: torch.nn.Module, ids: torch.Tensor, visible: torch.Tensor) -
     return out.logits.argmax(-1)
 
 
-def predicted_mementos(model: torch.nn.Module, batch: ToyBatch, mode: str, *, batch_size: int = 256,
-                       device: torch.device | str | None = None) -> np.ndarray:
+def predicted_mementos(
+    model: torch.nn.Module,
+    batch: ToyBatch,
+    mode: str,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
     """``[n, n_blocks, memento_digits]`` teacher-forced predictions of the memento digit tokens."""
     layout = batch.layout
     device = device if device is not None else next(model.parameters()).device
-    pos = layout.all_memento_digits()                       # [n_blocks, m]
+    pos = layout.all_memento_digits()  # [n_blocks, m]
     out = np.zeros((batch.token_ids.shape[0], *pos.shape), dtype=np.int64)
     ids_all = torch.from_numpy(batch.token_ids)
     if mode == "restart":
@@ -124,21 +133,38 @@ def predicted_mementos(model: torch.nn.Module, batch: ToyBatch, mode: str, *, ba
     return out
 
 
-def task_accuracy(model: torch.nn.Module, batch: ToyBatch, mode: str, *, batch_size: int = 256,
-                  device: torch.device | str | None = None) -> TaskAccuracy:
+def task_accuracy(
+    model: torch.nn.Module,
+    batch: ToyBatch,
+    mode: str,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> TaskAccuracy:
     """Teacher-forced memento accuracy of ``model`` on ``batch`` under attention ``mode``."""
     mode_config(mode)  # validates the name
     pred = predicted_mementos(model, batch, mode, batch_size=batch_size, device=device)
     target = batch.token_ids[:, batch.layout.all_memento_digits()]
-    right = pred == target                                  # [n, n_blocks, m]
+    right = pred == target  # [n, n_blocks, m]
     exact = right.all(axis=2)
-    return TaskAccuracy(exact=float(exact.mean()), digit=float(right.mean()), n=int(batch.token_ids.shape[0]),
-                        per_block_exact=[float(x) for x in exact.mean(axis=0)])
+    return TaskAccuracy(
+        exact=float(exact.mean()),
+        digit=float(right.mean()),
+        n=int(batch.token_ids.shape[0]),
+        per_block_exact=[float(x) for x in exact.mean(axis=0)],
+    )
 
 
-def evaluate_all(model: torch.nn.Module, n: int = 1000, *, seed: int = EVAL_SEED, modes=MODES,
-                 layout: ToyLayout = ToyLayout(), batch_size: int = 256,
-                 device: torch.device | str | None = None) -> dict[str, TaskAccuracy]:
+def evaluate_all(
+    model: torch.nn.Module,
+    n: int = 1000,
+    *,
+    seed: int = EVAL_SEED,
+    modes=MODES,
+    layout: ToyLayout = ToyLayout(),
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+) -> dict[str, TaskAccuracy]:
     """Accuracy under each mode on ``n`` held-out sequences drawn with ``seed``."""
     batch = sample(n, seed, layout)
     was_training = model.training

@@ -33,17 +33,33 @@ def hf_config(cfg: ToyModelConfig = ToyModelConfig(), layout: ToyLayout = ToyLay
     """The ``transformers.Qwen3Config`` of the toy model."""
     from transformers import Qwen3Config
 
-    hf = Qwen3Config(vocab_size=len(TOKENIZER_VOCAB), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                     num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-                     num_key_value_heads=cfg.num_key_value_heads, head_dim=cfg.head_dim,
-                     max_position_embeddings=max(256, 2 * layout.length), tie_word_embeddings=True,
-                     bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, rope_theta=10000.0)
+    hf = Qwen3Config(
+        vocab_size=len(TOKENIZER_VOCAB),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers,
+        num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_key_value_heads,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=max(256, 2 * layout.length),
+        tie_word_embeddings=True,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+        rope_theta=10000.0,
+    )
     hf._attn_implementation = cfg.attn_implementation
     return hf
 
 
-def build_model(cfg: ToyModelConfig = ToyModelConfig(), *, seed: int = 0, device: torch.device | str | None = None,
-                dtype: torch.dtype = torch.float32, layout: ToyLayout = ToyLayout()):
+def build_model(
+    cfg: ToyModelConfig = ToyModelConfig(),
+    *,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    layout: ToyLayout = ToyLayout(),
+):
     """A freshly initialised toy model (deterministic for a given ``seed``)."""
     from transformers import AutoModelForCausalLM
 

@@ -18,7 +18,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TOY = "toy"
 FINAL = "final"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
-REBUILD_HINT = f"rebuild it with `memento-lens toy train --out {WEIGHTS_DIR}` (the shipped recipe; --overwrite to replace)"
+REBUILD_HINT = (
+    f"rebuild it with `memento-lens toy train --out {WEIGHTS_DIR}` (the shipped recipe; --overwrite to replace)"
+)
 
 
 class ToyModelError(RunError):
@@ -64,8 +66,9 @@ def toy_model_dir(spec: str = TOY, weights_dir: str | Path | None = None) -> Pat
     store = _open(root)
     available = list_checkpoints(root)
     if name not in available:
-        raise ToyModelError(f"model {spec!r}: unknown toy checkpoint {name!r}; available: "
-                            + ", ".join(f"toy@{n}" for n in available))
+        raise ToyModelError(
+            f"model {spec!r}: unknown toy checkpoint {name!r}; available: " + ", ".join(f"toy@{n}" for n in available)
+        )
     for f in REQUIRED_FILES:
         rel = f"{name}/{f}"
         if rel not in store.manifest.files:
@@ -97,8 +100,14 @@ def training_log(weights_dir: str | Path | None = None) -> dict:
         raise ToyModelError(f"{exc}; {REBUILD_HINT}") from None
 
 
-def load_toy(spec: str = TOY, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-             attn_implementation: str = "sdpa", weights_dir: str | Path | None = None):
+def load_toy(
+    spec: str = TOY,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    weights_dir: str | Path | None = None,
+):
     """Load the shipped toy model and its tokenizer, offline.
 
     ``spec`` may also be a path to a directory written by ``toy train`` (its final model) or to one
@@ -111,8 +120,9 @@ def load_toy(spec: str = TOY, *, device: torch.device | str | None = None, dtype
 
     path = _resolve(spec, weights_dir)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=attn_implementation,
-                                                     local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path), dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
+        )
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ToyModelError(f"{path}: cannot load the toy model ({exc}); {REBUILD_HINT}") from None

@@ -17,14 +17,25 @@ import numpy as np
 
 from ..config import BlockMaskingConfig, MementoTokenIds
 
-VOCAB: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<|block_start|>", "<|block_end|>",
-                          "<|summary_start|>", "<|summary_end|>", *[str(d) for d in range(10)])
+VOCAB: tuple[str, ...] = (
+    "<pad>",
+    "<bos>",
+    "<eos>",
+    "<|block_start|>",
+    "<|block_end|>",
+    "<|summary_start|>",
+    "<|summary_end|>",
+    *[str(d) for d in range(10)],
+)
 TOKEN_TO_ID = {t: i for i, t in enumerate(VOCAB)}
 PAD, BOS, EOS = TOKEN_TO_ID["<pad>"], TOKEN_TO_ID["<bos>"], TOKEN_TO_ID["<eos>"]
 DIGIT0 = TOKEN_TO_ID["0"]
-TOY_TOKENS = MementoTokenIds(block_start=TOKEN_TO_ID["<|block_start|>"], block_end=TOKEN_TO_ID["<|block_end|>"],
-                             summary_start=TOKEN_TO_ID["<|summary_start|>"],
-                             summary_end=TOKEN_TO_ID["<|summary_end|>"])
+TOY_TOKENS = MementoTokenIds(
+    block_start=TOKEN_TO_ID["<|block_start|>"],
+    block_end=TOKEN_TO_ID["<|block_end|>"],
+    summary_start=TOKEN_TO_ID["<|summary_start|>"],
+    summary_end=TOKEN_TO_ID["<|summary_end|>"],
+)
 # The toy is trained and probed with keep 0; delimiters stay visible (Qwen3 style).
 TOY_MASKING = BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0)
 
@@ -102,7 +113,7 @@ def encode(digits: np.ndarray, layout: ToyLayout = ToyLayout()) -> ToyBatch:
         raise ValueError("digits must lie in 0..9")
     n = digits.shape[0]
     sums = np.cumsum(digits.sum(axis=2), axis=1)
-    if sums.max(initial=0) >= 10 ** layout.memento_digits:
+    if sums.max(initial=0) >= 10**layout.memento_digits:
         raise ValueError(f"running sum {sums.max()} does not fit {layout.memento_digits} memento digits")
     ids = np.full((n, layout.length), PAD, dtype=np.int64)
     ids[:, 0] = BOS

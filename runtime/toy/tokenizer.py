@@ -27,9 +27,16 @@ def build_tokenizer():
     vocab = {tok: i for i, tok in enumerate(TOKENIZER_VOCAB)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token=UNK,
-                                  additional_special_tokens=list(MEMENTO_TOKEN_STRINGS),
-                                  model_max_length=4096, clean_up_tokenization_spaces=False)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token=UNK,
+        additional_special_tokens=list(MEMENTO_TOKEN_STRINGS),
+        model_max_length=4096,
+        clean_up_tokenization_spaces=False,
+    )
     return tok
 
 

@@ -114,13 +114,21 @@ class TrainResult:
 
 def sequence_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over all positions. ``logits [b, t, v]``, ``ids [b, t]``."""
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                                             ids[:, 1:].reshape(-1))
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1)
+    )
 
 
-def train(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, progress: bool = True,
-          command: str | None = None, device: torch.device | str = "cpu",
-          on_checkpoint: Callable[[dict], None] | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    device: torch.device | str = "cpu",
+    on_checkpoint: Callable[[dict], None] | None = None,
+) -> TrainResult:
     """Train a toy model from scratch into the run directory ``out``."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -131,8 +139,11 @@ def train(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, progres
     n_params = count_parameters(model)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=cfg.betas,
+    )
     memento_mask = torch.zeros(1, 1, layout.length, layout.length, device=device)
     memento_mask.masked_fill_(~toy_visibility("memento", layout, device=device), torch.finfo(torch.float32).min)
     rng = np.random.default_rng(cfg.seed)
@@ -161,44 +172,62 @@ def train(cfg: TrainConfig, out: str | Path, *, overwrite: bool = False, progres
         opt.step()
         running += loss.item()
         if (step + 1) % cfg.log_every == 0:
-            losses.append({"step": step + 1, "stage": stage, "loss": running / cfg.log_every, "lr": lr,
-                           "elapsed_s": time.perf_counter() - t0})
+            losses.append(
+                {
+                    "step": step + 1,
+                    "stage": stage,
+                    "loss": running / cfg.log_every,
+                    "lr": lr,
+                    "elapsed_s": time.perf_counter() - t0,
+                }
+            )
             bar.set_postfix(stage=stage, loss=f"{running / cfg.log_every:.4f}", lr=f"{lr:.2e}")
             running = 0.0
         if step + 1 in save_at:
             entry = _checkpoint(store, model, cfg, step + 1, stage, loss.item(), time.perf_counter() - t0, device)
             checkpoints.append(entry)
-            bar.write(f"checkpoint {entry['name']}: memento exact {entry['memento_exact']:.3f} "
-                      f"digit {entry['memento_digit']:.3f} (vanilla exact {entry['vanilla_exact']:.3f})")
+            bar.write(
+                f"checkpoint {entry['name']}: memento exact {entry['memento_exact']:.3f} "
+                f"digit {entry['memento_digit']:.3f} (vanilla exact {entry['vanilla_exact']:.3f})"
+            )
             store.write_json("training_log.json", _log(cfg, n_params, losses, checkpoints, None, command))
             if on_checkpoint is not None:
                 on_checkpoint(entry)
     seconds = time.perf_counter() - t0
     _write_final(store, model, cfg, checkpoints[-1])
     store.write_json("training_log.json", _log(cfg, n_params, losses, checkpoints, seconds, command))
-    store.add_file("README.md", lambda tmp: Path(tmp).write_text(_readme(cfg, n_params, checkpoints, seconds,
-                                                                         command)))
+    store.add_file("README.md", lambda tmp: Path(tmp).write_text(_readme(cfg, n_params, checkpoints, seconds, command)))
     store.mark_complete(seconds=seconds, n_parameters=n_params, final=checkpoints[-1]["name"])
     return TrainResult(out=Path(out), checkpoints=checkpoints, losses=losses, seconds=seconds, n_parameters=n_params)
 
 
-def _checkpoint(store: RunStore, model, cfg: TrainConfig, step: int, stage: int, loss: float, elapsed: float,
-                device) -> dict:
-    acc = evaluate_all(model, cfg.eval_sequences, seed=cfg.eval_seed, modes=("vanilla", "memento"),
-                       layout=cfg.layout, device=device)
-    entry = {"name": checkpoint_name(step), "step": step, "stage": stage,
-             "sequences_seen": step * cfg.batch_size, "loss": loss, "elapsed_s": elapsed,
-             "memento_exact": acc["memento"].exact, "memento_digit": acc["memento"].digit,
-             "vanilla_exact": acc["vanilla"].exact, "vanilla_digit": acc["vanilla"].digit,
-             "eval_sequences": cfg.eval_sequences, "dtype": cfg.checkpoint_dtype}
+def _checkpoint(
+    store: RunStore, model, cfg: TrainConfig, step: int, stage: int, loss: float, elapsed: float, device
+) -> dict:
+    acc = evaluate_all(
+        model, cfg.eval_sequences, seed=cfg.eval_seed, modes=("vanilla", "memento"), layout=cfg.layout, device=device
+    )
+    entry = {
+        "name": checkpoint_name(step),
+        "step": step,
+        "stage": stage,
+        "sequences_seen": step * cfg.batch_size,
+        "loss": loss,
+        "elapsed_s": elapsed,
+        "memento_exact": acc["memento"].exact,
+        "memento_digit": acc["memento"].digit,
+        "vanilla_exact": acc["vanilla"].exact,
+        "vanilla_digit": acc["vanilla"].digit,
+        "eval_sequences": cfg.eval_sequences,
+        "dtype": cfg.checkpoint_dtype,
+    }
     if step != cfg.steps:
         _save_hf(store, model, entry["name"], getattr(torch, cfg.checkpoint_dtype), entry)
     return entry
 
 
 def _write_final(store: RunStore, model, cfg: TrainConfig, last: dict) -> None:
-    _save_hf(store, model, FINAL, torch.float32, {**last, "name": FINAL, "step_name": last["name"],
-                                                 "dtype": "float32"})
+    _save_hf(store, model, FINAL, torch.float32, {**last, "name": FINAL, "step_name": last["name"], "dtype": "float32"})
 
 
 def _save_hf(store: RunStore, model, name: str, dtype: torch.dtype, info: dict) -> None:
@@ -216,13 +245,24 @@ def _save_hf(store: RunStore, model, name: str, dtype: torch.dtype, info: dict) 
 
 
 def _log(cfg: TrainConfig, n_params: int, losses, checkpoints, seconds, command) -> dict:
-    return {"command": command, "n_parameters": n_params, "seconds": seconds, "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "config": cfg.to_dict(), "checkpoints": checkpoints, "losses": losses}
+    return {
+        "command": command,
+        "n_parameters": n_params,
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "config": cfg.to_dict(),
+        "checkpoints": checkpoints,
+        "losses": losses,
+    }
 
 
 def _readme(cfg: TrainConfig, n_params: int, checkpoints: list[dict], seconds: float, command: str | None) -> str:
-    rows = "\n".join(f"| {c['name']} | {c['step']} | {c['stage']} | {c['dtype']} | {c['memento_exact']:.3f} | "
-                     f"{c['memento_digit']:.3f} | {c['vanilla_exact']:.3f} |" for c in checkpoints)
+    rows = "\n".join(
+        f"| {c['name']} | {c['step']} | {c['stage']} | {c['dtype']} | {c['memento_exact']:.3f} | "
+        f"{c['memento_digit']:.3f} | {c['vanilla_exact']:.3f} |"
+        for c in checkpoints
+    )
     return f"""# memento-lens toy model
 
 Qwen3 architecture, {cfg.model.num_hidden_layers} layers, hidden {cfg.model.hidden_size}, {n_params:,} parameters,
@@ -233,7 +273,7 @@ AdamW peak lr {cfg.lr} (warmup {cfg.warmup_steps}, cosine), seed {cfg.seed}.
 
 Produced by:
 
-    {command or 'memento-lens toy train --out DIR'}
+    {command or "memento-lens toy train --out DIR"}
 
 in {seconds / 60:.1f} minutes ({torch.get_num_threads()} CPU threads, torch {torch.__version__}).
 `final` is the last step in float32; the step-* checkpoints are stored in {cfg.checkpoint_dtype}.
