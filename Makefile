@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup browser test test-fast demo bench app clean
+.PHONY: setup browser lint format test test-fast demo bench app clean
 
 setup: $(VENV)/.installed
 
@@ -23,7 +23,16 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium; PNG export and browser tests will be skipped"; \
 	  else echo "warning: chromium missing (sudo apt-get install chromium); PNG export and browser tests will be skipped"; fi; }
 
-test: setup browser
+# Lint and format gate: `make format` applies the formatter, `make lint` checks (and `make test` runs it).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: setup browser lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: setup
