@@ -38,6 +38,7 @@ from memento_lens.runtime.config import (
     BlockMaskingConfig,
     ConfigError,
 )
+from memento_lens.runtime.errors import InputFileError
 from memento_lens.runtime.trace import Trace
 
 from .kv import KVSpec, account_trace, default_configs, fast_schedule, occupancy_table, resolve_spec
@@ -58,7 +59,7 @@ _DELIMS = re.compile("(" + "|".join(re.escape(t) for t in (BLOCK_START, BLOCK_EN
 _CHECK = BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0, require_assistant_section=False)
 
 
-class IngestError(ConfigError):
+class IngestError(InputFileError, ConfigError):
     """A malformed trace under ``strict``; the message names the file, trace and position."""
 
 

@@ -12,11 +12,10 @@ import typer
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Print expected errors (bad config, bad input, bad run dir) as one line and exit 2."""
-    from memento_lens.runtime.config import ConfigError
-    from memento_lens.runtime.store import RunError
+    from memento_lens.runtime.errors import MementoLensError
 
     try:
         yield
-    except (ConfigError, RunError, FileNotFoundError, ValueError) as exc:
+    except (MementoLensError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None

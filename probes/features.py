@@ -26,11 +26,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from memento_lens.runtime.dense import dense_forward
+from memento_lens.runtime.errors import OptionError
 
 CONDITIONS = ("direct", "masked", "causal_control")
 
 
-class ProbeInputError(ValueError):
+class ProbeInputError(OptionError):
     """Bad probe input (too few blocks, distance beyond the trace, layer out of range); names the option."""
 
 

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .errors import ConfigError  # noqa: F401  (re-exported; defined once in errors.py)
+
 BLOCK_START = "<|block_start|>"
 BLOCK_END = "<|block_end|>"
 SUMMARY_START = "<|summary_start|>"
@@ -19,10 +21,6 @@ THINK_START = "<think>"
 THINK_END = "</think>"
 IM_START = "<|im_start|>"
 ASSISTANT = "assistant"
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing or out of range; the message names the option."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .config import (
     ConfigError,
     MementoTokenIds,
 )
+from .errors import ModelError
 from .hf_paths import ATTN_IMPLEMENTATION_ATTR
 
 # The paper's initialisation words for each new memento token (mean embedding + N(0, 0.01) noise).
@@ -44,7 +45,7 @@ DTYPES = {
 }
 
 
-class ModelLoadError(ConfigError):
+class ModelLoadError(ModelError, ConfigError):
     """The model spec cannot be loaded; the message names the path or spec."""
 
 

@@ -20,13 +20,15 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from .errors import RunDirError
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 STATUS_INCOMPLETE = "incomplete"
 STATUS_COMPLETE = "complete"
 
 
-class RunError(RuntimeError):
+class RunError(RunDirError):
     """A run directory is missing, foreign, incomplete or corrupt; the message names the file."""
 
 
