@@ -40,6 +40,12 @@ class DigitProbe(Probe):
         """The feature transform before the digit heads, and its output width (the one method to write)."""
         raise NotImplementedError
 
+    def widths(self, in_dim: int) -> list[int]:
+        """Layer widths from input to logits (``[in_dim, ..., n_digits * n_classes]``) for the batched trainer,
+        which builds the same architecture as stacked weights (:func:`memento_lens.probes.train.fit_batched`)."""
+        net = self.build(in_dim)
+        return [in_dim] + [m.out_features for m in net.modules() if isinstance(m, nn.Linear)]
+
     def build(self, in_dim: int) -> nn.Module:
         body, width = self.body(in_dim)
         return _DigitHeads(body, width, self.n_digits, self.n_classes)
@@ -61,6 +67,7 @@ class LinearProbe(DigitProbe):
     """Linear baseline: one affine map to the 5 x 10 logits."""
 
     name: ClassVar[str] = "linear"
+    dropout: float = 0.0
 
     def body(self, in_dim: int) -> tuple[nn.Module, int]:
         return nn.Identity(), in_dim
