@@ -545,12 +545,12 @@ def trace_tables(
             )
         )
     if not parts:
+        from memento_lens.runtime.rundir import schema
+
         return {
-            "traces": pd.DataFrame(columns=["trace", "n_tokens", "prompt_len", "n_blocks", "mode", "source", "domain"]),
-            "tokens": pd.DataFrame(columns=["trace", "pos", "token_id", "token", "role", "block"]),
-            "events": pd.DataFrame(
-                columns=["trace", "kind", "position", "start", "end", "block", "rewind_to", "message"]
-            ),
+            "traces": schema.TRACES.empty().assign(domain=pd.Series(dtype=object)),
+            "tokens": schema.TOKENS.empty(),
+            "events": schema.EVENTS.empty(),
         }
     return {name: pd.concat([p[name] for p in parts], ignore_index=True) for name in ("traces", "tokens", "events")}
 

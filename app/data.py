@@ -25,32 +25,23 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from memento_lens.runtime.kvstore import ATTN_INDEX, ATTN_INDEX_COLUMNS, KV_INDEX, KV_INDEX_COLUMNS, KVKey
+from memento_lens.runtime.kvstore import KVKey
+from memento_lens.runtime.rundir import schema
 from memento_lens.runtime.store import MANIFEST, STATUS_COMPLETE, CorruptFile, RunError, RunStore
 
 __all__ = ["RunData", "RunRef", "RunSummary", "KVKey", "discover_runs", "manifest_fingerprint", "ENV_RUNS"]
 
 ENV_RUNS = "MEMENTO_LENS_RUNS"  # os.pathsep-separated run directories; set by `memento-lens app`
-TRACES = "traces.parquet"
-TOKENS = "tokens.parquet"
-EVENTS = "events.parquet"
-OCCUPANCY = "occupancy.parquet"
-ATTENTION_INDEX = ATTN_INDEX
-PROBES = "probe_results.parquet"
-ABLATIONS = "ablations.parquet"
-FIGURES = "figures/"
+TRACES = schema.TRACES.path
+TOKENS = schema.TOKENS.path
+EVENTS = schema.EVENTS.path
+OCCUPANCY = schema.OCCUPANCY.path
+KV_INDEX = schema.KV_INDEX.path
+ATTENTION_INDEX = schema.ATTN_INDEX.path
+PROBES = schema.PROBE_RESULTS.path
+ABLATIONS = schema.ABLATIONS.path
+FIGURES = schema.FIGURES_DIR
 PASSCODE_SUMMARY = "passcode_summary.json"
-
-REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
-    TRACES: ("trace", "n_tokens", "prompt_len", "n_blocks", "mode"),
-    TOKENS: ("trace", "pos", "token_id", "token", "role", "block"),
-    EVENTS: ("trace", "kind", "position", "start", "end", "block"),
-    OCCUPANCY: ("trace", "mode", "step", "tokens", "bytes"),
-    KV_INDEX: tuple(KV_INDEX_COLUMNS),
-    ATTENTION_INDEX: tuple(ATTN_INDEX_COLUMNS),
-    PROBES: ("condition", "layer", "accuracy", "ci_low", "ci_high"),
-    ABLATIONS: ("experiment", "variant", "layer", "metric", "value", "ci_low", "ci_high"),
-}
 
 
 @dataclass(frozen=True)
@@ -150,15 +141,8 @@ def _category_mb(files: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-# table -> its name inside an unfinished capture's parts/NNNNN/ (runtime/capture.py RunWriter)
-_PART_NAMES = {
-    TRACES: "traces",
-    TOKENS: "tokens",
-    EVENTS: "events",
-    OCCUPANCY: "occupancy",
-    KV_INDEX: "kv_index",
-    ATTENTION_INDEX: "attn_index",
-}
+# table -> its name inside an unfinished capture's parts/NNNNN/ (runtime/rundir/schema.py)
+_PART_NAMES = {t.path: t.part for t in schema.PART_TABLES}
 
 
 class RunData:
@@ -237,14 +221,8 @@ class RunData:
             except Exception as exc:  # pyarrow raises several types for damaged files
                 raise CorruptFile(f"{full}: unreadable Parquet ({exc})") from None
         df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        full = self.path / rel
-        missing = [
-            c for c in REQUIRED_COLUMNS.get(rel, ()) if c not in df.columns and (columns is None or c in columns)
-        ]
-        if missing:
-            raise RunError(
-                f"{full}: missing column(s) {', '.join(missing)} (not written by this memento-lens version?)"
-            )
+        if rel in schema.BY_PATH:
+            df = schema.BY_PATH[rel].check(df, self.path / rel, columns)
         return df
 
     # -- summary -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds
 from memento_lens.runtime.masks import occupancy
+from memento_lens.runtime.rundir import schema
 from memento_lens.runtime.schedule import compute_schedule
 from memento_lens.runtime.store import RunStore
 from memento_lens.runtime.trace import assign_roles
@@ -235,7 +236,7 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
                     "position": ev.position,
                     "start": ev.start,
                     "end": ev.end,
-                    "block": ev.block,
+                    "block": ev.block if ev.block is not None else -1,
                     "rewind_to": ev.rewind_to,
                     "message": ev.message,
                 }
@@ -333,15 +334,15 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
 
     if att_tensors:
         store.write_tensors(f"attention/shard-{att_no:05d}.safetensors", att_tensors)
-        store.write_table(rel("attention/index.parquet", "attn_index"), pd.DataFrame(att_rows))
-    store.write_table(rel("tokens.parquet", "tokens"), pd.concat(tokens, ignore_index=True))
+        store.write_table(rel("attention/index.parquet", "attn_index"), schema.ATTN_INDEX.frame(att_rows))
+    store.write_table(rel("tokens.parquet", "tokens"), schema.TOKENS.frame(pd.concat(tokens, ignore_index=True)))
     store.write_table(
         rel("events.parquet", "events"),
-        pd.DataFrame(events, columns=["trace", "kind", "position", "start", "end", "block", "rewind_to", "message"]),
+        schema.EVENTS.frame(events),
     )
-    store.write_table(rel("occupancy.parquet", "occupancy"), pd.concat(occ, ignore_index=True))
-    store.write_table(rel("kv/index.parquet", "kv_index"), pd.DataFrame(kv_rows))
-    store.write_table(rel("traces.parquet", "traces"), pd.DataFrame(traces))  # last: a part's commit marker
+    store.write_table(rel("occupancy.parquet", "occupancy"), schema.OCCUPANCY.frame(pd.concat(occ, ignore_index=True)))
+    store.write_table(rel("kv/index.parquet", "kv_index"), schema.KV_INDEX.frame(kv_rows))
+    store.write_table(rel("traces.parquet", "traces"), schema.TRACES.frame(traces))  # last: a part's commit marker
     if spec.probes:
         store.write_table("probe_results.parquet", _probe_table(rng, spec))
     if spec.ablations:
@@ -399,7 +400,7 @@ def _probe_table(rng: np.random.Generator, spec: FixtureSpec) -> pd.DataFrame:
                         "task_accuracy": 0.97,
                     }
                 )
-    return pd.DataFrame(rows)
+    return schema.PROBE_RESULTS.frame(rows)
 
 
 def _ablation_table(rng: np.random.Generator, spec: FixtureSpec) -> pd.DataFrame:
@@ -428,7 +429,7 @@ def _ablation_table(rng: np.random.Generator, spec: FixtureSpec) -> pd.DataFrame
                     "n": 200,
                 }
             )
-    return pd.DataFrame(rows)
+    return schema.ABLATIONS.frame(rows)
 
 
 def large_spec(seed: int = 0) -> FixtureSpec:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.masks import visibility_mask
+from memento_lens.runtime.rundir.schema import ABLATIONS
 from memento_lens.runtime.schedule import EventKind, Schedule
 
 from .patching import KVProj, capture_kv_proj, patch_kv_proj, surgery_patches
@@ -290,20 +291,7 @@ def toy_generated_accuracy(
 
 
 # -- tables (ablations.parquet contract) ---------------------------------------------------------------------
-ABLATION_COLUMNS = [
-    "experiment",
-    "model",
-    "checkpoint",
-    "variant",
-    "layer",
-    "head",
-    "direction",
-    "metric",
-    "value",
-    "ci_low",
-    "ci_high",
-    "n",
-]
+ABLATION_COLUMNS = ABLATIONS.names  # ablations.parquet: defined in runtime/rundir/schema.py
 
 
 def _ci(per_seq: np.ndarray, seed: int = 0, n_boot: int = 1000) -> tuple[float, float, float]:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+from memento_lens.runtime.rundir.schema import PROBE_RESULTS
 
 from .features import (
     CONDITIONS,
@@ -28,24 +29,7 @@ from .features import (
 from .models import make_probe
 from .train import TrainConfig, score_probe
 
-RESULT_COLUMNS = [
-    "model",
-    "checkpoint",
-    "condition",
-    "distance",
-    "layer",
-    "head",
-    "probe",
-    "seed",
-    "n_train",
-    "n_val",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "control_accuracy",
-    "selectivity",
-    "task_accuracy",
-]
+RESULT_COLUMNS = PROBE_RESULTS.names  # probe_results.parquet: defined in runtime/rundir/schema.py
 
 
 @dataclass(frozen=True)

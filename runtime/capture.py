@@ -42,12 +42,13 @@ import torch
 
 from .config import BlockMaskingConfig, MementoTokenIds
 from .hf_paths import ATTN_IMPLEMENTATION_ATTR, ATTN_WEIGHTS_OUTPUT_INDEX, SELF_ATTN_ATTR, decoder_layers
-from .kvstore import ATTN_INDEX, KV_INDEX, AttnItem, CaptureSink, KVItem, KVKey
+from .kvstore import AttnItem, CaptureSink, KVItem, KVKey
+from .rundir import schema
 from .schedule import EvictionEvent
 from .store import RunStore
 from .trace import Trace, assign_roles
 
-RUN_TABLES = ("traces", "tokens", "events", "occupancy")
+RUN_TABLES = tuple(t.name for t in schema.TRACE_TABLES)  # defined in rundir/schema.py
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,17 +250,19 @@ def trace_tables(
         names = tokenizer.convert_ids_to_tokens(list(trace.token_ids))
     else:
         names = [str(t) for t in trace.token_ids]
-    tok = pd.DataFrame(
-        {
-            "trace": [trace.trace_id] * n,
-            "pos": np.arange(n, dtype=np.int64),
-            "token_id": np.asarray(trace.token_ids, dtype=np.int64),
-            "token": [str(x) for x in names],
-            "role": [str(r) for r in roles.role],
-            "block": roles.block.astype(np.int64),
-        }
+    tok = schema.TOKENS.frame(
+        pd.DataFrame(
+            {
+                "trace": [trace.trace_id] * n,
+                "pos": np.arange(n, dtype=np.int64),
+                "token_id": np.asarray(trace.token_ids, dtype=np.int64),
+                "token": [str(x) for x in names],
+                "role": [str(r) for r in roles.role],
+                "block": roles.block.astype(np.int64),
+            }
+        )
     )
-    ev = pd.DataFrame(
+    ev = schema.EVENTS.frame(
         [
             {
                 "trace": trace.trace_id,
@@ -272,21 +275,21 @@ def trace_tables(
                 "message": e.message,
             }
             for e in schedule.events
-        ],
-        columns=["trace", "kind", "position", "start", "end", "block", "rewind_to", "message"],
+        ]
     )
-    ev = ev.astype({"rewind_to": "Int64", "block": "int64"}) if len(ev) else ev
     occ = occupancy(schedule)
-    oc = pd.DataFrame(
-        {
-            "trace": trace.trace_id,
-            "mode": mode,
-            "step": np.arange(n, dtype=np.int64),
-            "tokens": occ,
-            "bytes": occ * bytes_per_token,
-        }
+    oc = schema.OCCUPANCY.frame(
+        pd.DataFrame(
+            {
+                "trace": trace.trace_id,
+                "mode": mode,
+                "step": np.arange(n, dtype=np.int64),
+                "tokens": occ,
+                "bytes": occ * bytes_per_token,
+            }
+        )
     )
-    tr = pd.DataFrame(
+    tr = schema.TRACES.frame(
         [
             {
                 "trace": trace.trace_id,
@@ -332,29 +335,25 @@ class RunWriter:
         part = self.next_part()
         kv_idx, attn_idx = sink.write_part(self.store, part) if sink is not None else (None, None)
         base = f"parts/{part:05d}"
-        for name in ("tokens", "events", "occupancy"):
-            frames = [t[name] for t in tables if len(t[name])]
-            df = pd.concat(frames, ignore_index=True) if frames else tables[0][name].iloc[:0]
-            self.store.write_table(f"{base}/{name}.parquet", df)
-        if kv_idx is not None:
-            self.store.write_table(f"{base}/kv_index.parquet", kv_idx)
-            self.store.write_table(f"{base}/attn_index.parquet", attn_idx)
-        self.store.write_table(f"{base}/traces.parquet", pd.concat([t["traces"] for t in tables], ignore_index=True))
+        for t in schema.PART_TABLES:  # traces last: the part's commit marker
+            if t in (schema.KV_INDEX, schema.ATTN_INDEX):
+                df = kv_idx if t is schema.KV_INDEX else attn_idx
+                if df is None:
+                    continue
+            else:
+                frames = [x[t.name] for x in tables if len(x[t.name])]
+                df = pd.concat(frames, ignore_index=True) if frames else tables[0][t.name].iloc[:0]
+            self.store.write_table(f"{base}/{t.part_path}", df)
         if sink is not None:
             sink.clear()
         return part
 
     def finish(self, **info: Any) -> None:
-        for name in RUN_TABLES:
-            frames = [self.store.read_table(r) for r in self._parts(name) if self.store.has(r)]
+        for t in schema.PART_TABLES:
+            frames = [self.store.read_table(r) for r in self._parts(t.part) if self.store.has(r)]
             frames = [f for f in frames if len(f)]
             if frames:
-                self.store.write_table(f"{name}.parquet", pd.concat(frames, ignore_index=True))
-        for part_name, rel in (("kv_index", KV_INDEX), ("attn_index", ATTN_INDEX)):
-            frames = [self.store.read_table(r) for r in self._parts(part_name) if self.store.has(r)]
-            frames = [f for f in frames if len(f)]
-            if frames:
-                self.store.write_table(rel, pd.concat(frames, ignore_index=True))
+                self.store.write_table(t.path, pd.concat(frames, ignore_index=True))
         self.store.mark_complete(**info)
 
 

@@ -16,13 +16,14 @@ from typing import Any, Iterable, Iterator
 import pandas as pd
 import torch
 
+from .rundir import schema
 from .store import RunStore
 
 VARIANTS = ("normal", "restart", "evicted_block")
-KV_INDEX = "kv/index.parquet"
-ATTN_INDEX = "attention/index.parquet"
-KV_INDEX_COLUMNS = ["trace", "variant", "layer", "block", "start", "end", "shard", "key", "value"]
-ATTN_INDEX_COLUMNS = ["trace", "variant", "layer", "query_pos", "shard", "tensor"]
+KV_INDEX = schema.KV_INDEX.path
+ATTN_INDEX = schema.ATTN_INDEX.path
+KV_INDEX_COLUMNS = schema.KV_INDEX.names
+ATTN_INDEX_COLUMNS = schema.ATTN_INDEX.names
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class CaptureSink:
                     }
                 )
             store.write_tensors(shard, tensors)
-        return (pd.DataFrame(kv_rows, columns=KV_INDEX_COLUMNS), pd.DataFrame(attn_rows, columns=ATTN_INDEX_COLUMNS))
+        return schema.KV_INDEX.frame(kv_rows), schema.ATTN_INDEX.frame(attn_rows)
 
 
 class KVReader:
@@ -137,7 +138,7 @@ class KVReader:
         """
         self.store = run if isinstance(run, RunStore) else RunStore.open(run, verify=False, require_complete=True)
         self.device = device
-        index = self.store.read_table(KV_INDEX) if self.store.has(KV_INDEX) else pd.DataFrame(columns=KV_INDEX_COLUMNS)
+        index = self.store.read_table(KV_INDEX) if self.store.has(KV_INDEX) else schema.KV_INDEX.empty()
         if traces is not None:
             index = index[index["trace"].isin(set(traces))].reset_index(drop=True)
         self.index = index

@@ -1,0 +1,294 @@
+"""The run-directory tables: each table's file, columns, dtypes and the schema version, defined once.
+
+Every producer builds its frames through :meth:`Table.frame` / :meth:`Table.empty` and every reader checks
+them with :meth:`Table.check`; no other module spells out a run table's columns. To add a column to a table,
+add one ``Column(...)`` line to its definition below (``required=False`` so runs written before it still
+read: readers fill it with nulls).
+
+Dtypes: ``str`` (Python strings, object), ``int64``, ``Int64`` (nullable integer), ``float64``, ``bool``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from ..errors import RunDirError
+
+# Bump when a table changes incompatibly (a column renamed, removed or retyped); add an entry to
+# ``store.MIGRATIONS`` or let older runs be refused. Adding an optional column does not need a bump.
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: its name, dtype, and whether a reader refuses a table without it."""
+
+    name: str
+    dtype: str
+    doc: str = ""
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of the run contract.
+
+    Attributes:
+        name: short name (``tokens``).
+        path: the merged table's path inside the run (``tokens.parquet``).
+        columns: in order.
+        part: its file name inside an unfinished run's ``parts/NNNNN/`` (None: never written in parts).
+        extra_columns: whether producers may add columns of their own (e.g. ``domain`` of ingested traces).
+    """
+
+    name: str
+    path: str
+    columns: tuple[Column, ...]
+    part: str | None = None
+    extra_columns: bool = False
+    doc: str = ""
+    _by_name: dict[str, Column] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._by_name.update({c.name: c for c in self.columns})
+
+    @property
+    def names(self) -> list[str]:
+        """Column names, in order."""
+        return [c.name for c in self.columns]
+
+    @property
+    def required(self) -> list[str]:
+        return [c.name for c in self.columns if c.required]
+
+    @property
+    def part_path(self) -> str | None:
+        return None if self.part is None else f"{self.part}.parquet"
+
+    def empty(self) -> pd.DataFrame:
+        """A zero-row frame with this table's columns and dtypes."""
+        return pd.DataFrame({c.name: pd.Series(dtype=_pandas_dtype(c.dtype)) for c in self.columns})
+
+    def frame(self, rows: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None) -> pd.DataFrame:
+        """Rows (dicts or a frame) as this table: columns in order with their dtypes.
+
+        Raises ValueError naming the table and column when a column is missing (a producer's bug) or a value
+        does not fit its dtype; extra columns are kept only where the table allows them.
+        """
+        df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows or []))
+        if df.empty and not len(df.columns):
+            return self.empty()
+        missing = [c for c in self.names if c not in df.columns]
+        if missing:
+            raise ValueError(f"table {self.name}: rows lack column(s) {', '.join(missing)}")
+        extra = [c for c in df.columns if c not in self._by_name]
+        if extra and not self.extra_columns:
+            raise ValueError(f"table {self.name}: unknown column(s) {', '.join(map(str, extra))}")
+        out = df[self.names + extra].copy()
+        for c in self.columns:
+            try:
+                out[c.name] = _cast(out[c.name], c.dtype)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"table {self.name}: column {c.name} is not {c.dtype} ({exc})") from None
+        return out.reset_index(drop=True)
+
+    def check(self, df: pd.DataFrame, where: Any, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """A table read from ``where``: refuse it (RunDirError naming the file) when a required column is
+        missing; fill optional columns added since it was written with nulls. ``columns``: only these were read.
+        """
+        wanted = self.names if columns is None else [c for c in columns if c in self._by_name]
+        missing = [c for c in wanted if c not in df.columns and self._by_name[c].required]
+        if missing:
+            raise RunDirError(
+                f"{where}: missing column(s) {', '.join(missing)} of table {self.name} "
+                "(not written by this memento-lens version?)"
+            )
+        for c in wanted:
+            if c not in df.columns:
+                df[c] = pd.Series([None] * len(df), dtype=_pandas_dtype(self._by_name[c].dtype), index=df.index)
+        return df
+
+
+def _pandas_dtype(dtype: str) -> Any:
+    return {"str": object, "int64": "int64", "Int64": "Int64", "float64": "float64", "bool": "bool"}[dtype]
+
+
+def _cast(s: pd.Series, dtype: str) -> pd.Series:
+    if dtype == "str":
+        return s.map(lambda v: v if v is None or isinstance(v, str) or v is pd.NA else str(v)).astype(object)
+    if dtype == "int64" and s.isna().any():
+        raise ValueError("holds nulls")
+    return s.astype(_pandas_dtype(dtype))
+
+
+S, I, NI, F = "str", "int64", "Int64", "float64"
+
+TRACES = Table(
+    "traces",
+    "traces.parquet",
+    (
+        Column("trace", S, "trace id, unique within the run"),
+        Column("n_tokens", I),
+        Column("prompt_len", I),
+        Column("n_blocks", I),
+        Column("mode", S, "vanilla / memento / restart"),
+        Column("source", S, "generate, replay, the ingested file, ..."),
+    ),
+    part="traces",
+    extra_columns=True,
+    doc="one row per trace; in parts, written last (a part's commit marker)",
+)
+TOKENS = Table(
+    "tokens",
+    "tokens.parquet",
+    (
+        Column("trace", S),
+        Column("pos", I),
+        Column("token_id", I),
+        Column("token", S, "display string"),
+        Column("role", S, "Role value"),
+        Column("block", I, "0-based block, -1 none"),
+    ),
+    part="tokens",
+)
+EVENTS = Table(
+    "events",
+    "events.parquet",
+    (
+        Column("trace", S),
+        Column("kind", S),
+        Column("position", I),
+        Column("start", I),
+        Column("end", I),
+        Column("block", I, "-1 none"),
+        Column("rewind_to", NI, "restart events: the memento's <|summary_start|>", required=False),
+        Column("message", S, required=False),
+    ),
+    part="events",
+)
+OCCUPANCY = Table(
+    "occupancy",
+    "occupancy.parquet",
+    (
+        Column("trace", S),
+        Column("mode", S, "vanilla / memento / restart"),
+        Column("step", I, "pos of the token just processed"),
+        Column("tokens", I, "KV entries held"),
+        Column("bytes", I),
+    ),
+    part="occupancy",
+)
+KV_INDEX = Table(
+    "kv_index",
+    "kv/index.parquet",
+    (
+        Column("trace", S),
+        Column("variant", S, "normal / restart / evicted_block"),
+        Column("layer", I),
+        Column("block", I),
+        Column("start", I, "positions [start, end) the tensors cover"),
+        Column("end", I),
+        Column("shard", S, "run-relative safetensors path"),
+        Column("key", S, "tensor name of K [1, kv_heads, end-start, d_head]"),
+        Column("value", S, "tensor name of V"),
+    ),
+    part="kv_index",
+)
+ATTN_INDEX = Table(
+    "attn_index",
+    "attention/index.parquet",
+    (
+        Column("trace", S),
+        Column("variant", S),
+        Column("layer", I),
+        Column("query_pos", I),
+        Column("shard", S, "run-relative safetensors path"),
+        Column("tensor", S, "tensor name of weights [1, heads, n_keys]"),
+    ),
+    part="attn_index",
+)
+PROBE_RESULTS = Table(
+    "probe_results",
+    "probe_results.parquet",
+    (
+        Column("model", S),
+        Column("checkpoint", S),
+        Column("condition", S, "direct / masked / causal_control"),
+        Column("distance", I),
+        Column("layer", I),
+        Column("head", I, "-1 all"),
+        Column("probe", S, "mlp / linear"),
+        Column("seed", I),
+        Column("n_train", I),
+        Column("n_val", I),
+        Column("accuracy", F),
+        Column("ci_low", F),
+        Column("ci_high", F),
+        Column("control_accuracy", F),
+        Column("selectivity", F),
+        Column("task_accuracy", F),
+    ),
+)
+ABLATIONS = Table(
+    "ablations",
+    "ablations.parquet",
+    (
+        Column("experiment", S, "restart / patch"),
+        Column("model", S),
+        Column("checkpoint", S),
+        Column("variant", S),
+        Column("layer", I, "-1 all"),
+        Column("head", I, "-1 all"),
+        Column("direction", S),
+        Column("metric", S),
+        Column("value", F),
+        Column("ci_low", F),
+        Column("ci_high", F),
+        Column("n", I),
+    ),
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t for t in (TRACES, TOKENS, EVENTS, OCCUPANCY, KV_INDEX, ATTN_INDEX, PROBE_RESULTS, ABLATIONS)
+}
+# The per-trace tables every trace-producing run (generate, replay, ingest) writes.
+TRACE_TABLES: tuple[Table, ...] = (TRACES, TOKENS, EVENTS, OCCUPANCY)
+# Tables a capture writes in parts/NNNNN/ and merges on finish (traces last: the commit marker).
+PART_TABLES: tuple[Table, ...] = (TOKENS, EVENTS, OCCUPANCY, KV_INDEX, ATTN_INDEX, TRACES)
+BY_PATH: dict[str, Table] = {t.path: t for t in TABLES.values()}
+
+FIGURES_DIR = "figures/"
+PARTS_DIR = "parts/"
+
+
+def table(name_or_path: str) -> Table:
+    """The table with this name (``tokens``) or path (``tokens.parquet``)."""
+    t = TABLES.get(name_or_path) or BY_PATH.get(name_or_path)
+    if t is None:
+        raise KeyError(f"no run table {name_or_path!r}; tables: {', '.join(TABLES)}")
+    return t
+
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Column",
+    "Table",
+    "TABLES",
+    "TRACE_TABLES",
+    "PART_TABLES",
+    "BY_PATH",
+    "TRACES",
+    "TOKENS",
+    "EVENTS",
+    "OCCUPANCY",
+    "KV_INDEX",
+    "ATTN_INDEX",
+    "PROBE_RESULTS",
+    "ABLATIONS",
+    "FIGURES_DIR",
+    "PARTS_DIR",
+    "table",
+]
