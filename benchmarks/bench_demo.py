@@ -10,11 +10,11 @@ from benchmarks.common import BenchRow
 
 
 def run(quick: bool = False) -> list[BenchRow]:
-    from memento_lens.cli_demo import run_demo
+    from memento_lens.demo import run_demo
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        summary = run_demo(Path(tmp) / "demo", overwrite=True)
+        summary = run_demo(Path(tmp) / "demo", overwrite=True).summary.to_dict()
         total = time.perf_counter() - t0
     steps = "; ".join(f"{k}: {v:.0f} s" for k, v in summary["timings_s"].items())
     return [

@@ -283,48 +283,8 @@ def _print_table(df, footer: str) -> None:
 
 
 # -- ablate ------------------------------------------------------------------------------------------------
-def _ablation_inputs(model: str, trace: Optional[Path], samples: int, seed: int, device: str, dtype: str):
-    """(loaded model, token ids [n, T], AblationLayout, info) for the toy or a real trace."""
-    import dataclasses
-
-    import numpy as np
-
-    from memento_lens.probes.ablation import AblationLayout, toy_layout, trace_targets
-    from memento_lens.probes.features import ProbeInputError
-    from memento_lens.runtime.model import load_model
-    from memento_lens.runtime.schedule import compute_schedule
-    from memento_lens.runtime.toy.task import TOY_MASKING, VOCAB, sample
-
-    loaded = load_model(model, device=device, dtype=dtype)
-    is_toy = model.startswith("toy") or loaded.model.config.vocab_size <= len(VOCAB) + 1
-    if is_toy and trace is None:
-        batch = sample(
-            samples,
-            np.random.default_rng(seed),
-        )
-        return loaded, batch.token_ids, toy_layout(), {"task": "toy"}
-    if trace is None:
-        raise ProbeInputError("--trace is required for a real model (a Memento JSON trace)")
-    from memento_lens.probes.real import build_passcode_trace, load_segments
-
-    tokens = loaded.require_tokens()
-    pt = build_passcode_trace(
-        load_segments(trace), loaded.tokenizer, tokens, TOY_MASKING, target_block=None, source=str(trace)
-    )
-    ids = pt.token_ids.tolist()
-    cfg = tokens.resolve_config(TOY_MASKING)
-    normal = compute_schedule(ids, cfg, tokens, prompt_len=pt.prompt_len)
-    restart = compute_schedule(ids, dataclasses.replace(cfg, restart_mode=True), tokens, prompt_len=pt.prompt_len)
-    targets = trace_targets(normal)
-    if len(normal.blocks) < 2 or not targets:
-        raise ProbeInputError(
-            f"--trace {trace}: needs at least 2 blocks with mementos for the restart ablation, "
-            f"found {len(normal.blocks)}"
-        )
-    layout = AblationLayout.from_schedules(normal, restart, targets)
-    return loaded, pt.token_ids[None, :], layout, {"task": "trace", "trace": str(trace), "n_tokens": len(ids)}
-
-
+# The experiments and their run directories live in memento_lens.probes.ablation (run_restart, run_patch);
+# these commands parse options and print.
 @ablate_app.command("restart")
 def restart_cmd(
     model: str = typer.Option("toy", "--model", help=MODEL_HELP),
@@ -342,61 +302,29 @@ def restart_cmd(
 ) -> None:
     """Restart ablation: normal memento KV vs restart (recomputed without the block), same weights and sequences."""
     with user_errors():
-        import pandas as pd
-
-        from memento_lens.probes.ablation import (
-            ABLATION_COLUMNS,
-            restart_ablation,
-            restart_block_rows,
-            restart_rows,
-            toy_generated_accuracy,
-        )
-        from memento_lens.runtime.store import RunStore
+        from memento_lens.probes.ablation import json_rows, run_restart
 
         _setup(threads, seed)
         n = samples if samples is not None else (256 if quick else 2000)
-        config = {
-            "model": model,
-            "trace": str(trace) if trace else None,
-            "samples": n,
-            "seed": seed,
-            "generated": generated,
-            "device": device,
-            "dtype": dtype,
-        }
-        store = RunStore.create(out, "ablate_restart", config, overwrite=overwrite)
-        loaded, ids, layout, info = _ablation_inputs(model, trace, n, seed, device, dtype)
         with _Progress(not as_json or sys.stderr.isatty()) as bar:
-            acc = restart_ablation(
-                loaded.model,
-                ids,
-                layout,
+            res = run_restart(
+                out,
+                model=model,
+                trace=trace,
+                samples=n,
+                seed=seed,
+                generated=generated,
                 device=device,
-                progress=lambda d: bar("restart (teacher-forced)", d, len(ids)),
+                dtype=dtype,
+                overwrite=overwrite,
+                progress=bar,
             )
-            gen = None
-            if generated and info["task"] == "toy":
-                gen = {
-                    w: toy_generated_accuracy(loaded.model, ids, layout, w, device=device)
-                    for w in ("normal", "restart")
-                }
-                bar("generated", 1, 1)
-        ckpt = model.split("@", 1)[1] if "@" in model else ""
-        rows = restart_rows(acc, layout, model, ckpt, gen)
-        df = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
-        store.write_table("ablations.parquet", df)
-        store.write_table("ablation_blocks.parquet", pd.DataFrame(restart_block_rows(acc, layout, model)))
-        info["generated"] = (
-            "greedy memento generation, block digits given"
-            if gen is not None
-            else "not run (real traces: the continuation is scored teacher-forced only)"
-        )
-        store.write_json("restart_summary.json", {"rows": _clean(rows), "info": info})
-        store.mark_complete(rows=len(df))
         if as_json:
-            print(json.dumps(_clean(rows)))
+            print(json.dumps(json_rows(res.rows.to_dict("records"))))
         else:
-            _print_table(df[["variant", "metric", "value", "ci_low", "ci_high", "n"]], f"wrote {out}/ablations.parquet")
+            _print_table(
+                res.rows[["variant", "metric", "value", "ci_low", "ci_high", "n"]], f"wrote {out}/ablations.parquet"
+            )
 
 
 @ablate_app.command("patch")
@@ -418,64 +346,29 @@ def patch_cmd(
 ) -> None:
     """Causal KV patching: swap earlier mementos' K/V between normal and restart runs at one layer (or head)."""
     with user_errors():
-        import pandas as pd
-
-        from memento_lens.probes.ablation import ABLATION_COLUMNS, patch_rows, patch_sweep
-        from memento_lens.probes.features import resolve_layers
-        from memento_lens.runtime.store import RunStore
+        from memento_lens.probes.ablation import json_rows, run_patch
 
         _setup(threads, seed)
         n = samples if samples is not None else (128 if quick else 1000)
-        dirs = [d.strip() for d in directions.split(",") if d.strip()]
-        config = {
-            "model": model,
-            "trace": str(trace) if trace else None,
-            "samples": n,
-            "seed": seed,
-            "layers": layers,
-            "heads": heads,
-            "directions": dirs,
-            "device": device,
-            "dtype": dtype,
-        }
-        store = RunStore.create(out, "ablate_patch", config, overwrite=overwrite)
-        loaded, ids, layout, info = _ablation_inputs(model, trace, n, seed, device, dtype)
-        ly = resolve_layers(list(_ints(layers, "--layers")), int(loaded.model.config.num_hidden_layers))
-        n_kv = int(loaded.model.config.num_key_value_heads)
-        hd = [-1, *_ints(heads, "--heads")]
-        bad = [h for h in hd if h >= n_kv]
-        if bad:
-            from memento_lens.probes.features import ProbeInputError
-
-            raise ProbeInputError(f"--heads: {bad} out of range ({n_kv} KV heads)")
         with _Progress(not as_json or sys.stderr.isatty()) as bar:
-            acc = patch_sweep(
-                loaded.model,
-                ids,
-                layout,
-                ly,
-                heads=hd,
-                directions=dirs,
+            res = run_patch(
+                out,
+                model=model,
+                trace=trace,
+                samples=n,
+                seed=seed,
+                layers=_ints(layers, "--layers") or None,
+                heads=_ints(heads, "--heads"),
+                directions=[d.strip() for d in directions.split(",") if d.strip()],
                 device=device,
-                progress=lambda d: bar("patching", d, len(ids)),
+                dtype=dtype,
+                overwrite=overwrite,
+                progress=bar,
             )
-        ckpt = model.split("@", 1)[1] if "@" in model else ""
-        rows = patch_rows(acc, layout, model, ly, hd, dirs, ckpt)
-        df = pd.DataFrame(rows, columns=ABLATION_COLUMNS)
-        store.write_table("ablations.parquet", df)
-        store.write_json(
-            "patch_summary.json",
-            {
-                "rows": _clean(rows),
-                "info": info,
-                "method": "forward hooks on self_attn.k_proj/v_proj splice the donor run's projections at earlier "
-                "memento positions at one layer; every other layer pinned to the base run's own values",
-            },
-        )
-        store.mark_complete(rows=len(df))
         if as_json:
-            print(json.dumps(_clean(rows)))
+            print(json.dumps(json_rows(res.rows.to_dict("records"))))
         else:
+            df = res.rows
             _print_table(
                 df[df["metric"].isin(["accuracy", "delta_accuracy", "nll", "kl"])][
                     ["variant", "direction", "layer", "head", "metric", "value", "ci_low", "ci_high"]

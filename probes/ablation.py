@@ -19,9 +19,11 @@ head) are replaced by the other world's; every other layer stays the base's own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from memento_lens.runtime.dense import dense_forward
@@ -189,6 +191,15 @@ def restart_ablation(
     return acc
 
 
+def check_directions(directions: Iterable[str]) -> None:
+    """Refuse an unknown patching direction, naming ``--directions`` and the valid ones."""
+    from .features import ProbeInputError
+
+    for d in directions:
+        if d not in DIRECTIONS:
+            raise ProbeInputError(f"--directions: unknown {d!r}; choose from {', '.join(DIRECTIONS)}")
+
+
 def capture_world(
     model: torch.nn.Module, ids: torch.Tensor, visible: torch.Tensor, positions: torch.Tensor
 ) -> dict[int, KVProj]:
@@ -221,9 +232,8 @@ def patch_sweep(
     head_dim = int(
         getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
     )
-    for d in directions:
-        if d not in DIRECTIONS:
-            raise ValueError(f"--directions: unknown {d!r}; choose from {', '.join(DIRECTIONS)}")
+    directions = list(directions)
+    check_directions(directions)
     acc = AblationAccumulator()
     ids_all = torch.as_tensor(token_ids, dtype=torch.long)
     pos_all = layout.all_memento_positions()
@@ -422,3 +432,283 @@ def patch_rows(
                     if metric != "kl":
                         row(f"{donor_w}_kv", layer, head, d, f"delta_{metric}", per - base[(base_w, metric)])
     return rows
+
+
+# -- runs: inputs, experiments, run directories (what `memento-lens ablate` and the demo call) ---------------
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass
+class AblationInputs:
+    """What an ablation runs on.
+
+    Attributes:
+        loaded: the :class:`~memento_lens.runtime.model.LoadedModel`.
+        token_ids: ``[n, T]`` int sequences sharing one structure.
+        layout: their :class:`AblationLayout`.
+        info: ``{"task": "toy" | "trace", ...}`` (recorded in the run's summary).
+    """
+
+    loaded: Any
+    token_ids: np.ndarray
+    layout: AblationLayout
+    info: dict[str, Any]
+
+    @property
+    def is_toy(self) -> bool:
+        return self.info.get("task") == "toy"
+
+
+def ablation_inputs(
+    model: str,
+    *,
+    trace: str | Path | None = None,
+    samples: int = 2000,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+    loaded: Any = None,
+) -> AblationInputs:
+    """Sequences and layout for the toy (``samples`` sampled sequences) or a real Memento JSON ``trace``.
+
+    ``loaded`` reuses an already loaded model (else ``model`` is loaded on ``device``/``dtype``).
+    """
+    import dataclasses
+
+    from memento_lens.runtime.schedule import compute_schedule
+    from memento_lens.runtime.toy.task import TOY_MASKING, VOCAB, sample
+
+    from .features import ProbeInputError
+
+    if loaded is None:
+        from memento_lens.runtime.model import load_model
+
+        loaded = load_model(model, device=device, dtype=dtype)
+    is_toy = model.startswith("toy") or loaded.model.config.vocab_size <= len(VOCAB) + 1
+    if is_toy and trace is None:
+        batch = sample(samples, np.random.default_rng(seed))
+        return AblationInputs(loaded, batch.token_ids, toy_layout(), {"task": "toy"})
+    if trace is None:
+        raise ProbeInputError("--trace is required for a real model (a Memento JSON trace)")
+    from .real import build_passcode_trace, load_segments
+
+    tokens = loaded.require_tokens()
+    pt = build_passcode_trace(
+        load_segments(trace), loaded.tokenizer, tokens, TOY_MASKING, target_block=None, source=str(trace)
+    )
+    ids = pt.token_ids.tolist()
+    cfg = tokens.resolve_config(TOY_MASKING)
+    normal = compute_schedule(ids, cfg, tokens, prompt_len=pt.prompt_len)
+    restart = compute_schedule(ids, dataclasses.replace(cfg, restart_mode=True), tokens, prompt_len=pt.prompt_len)
+    targets = trace_targets(normal)
+    if len(normal.blocks) < 2 or not targets:
+        raise ProbeInputError(
+            f"--trace {trace}: needs at least 2 blocks with mementos for the restart ablation, "
+            f"found {len(normal.blocks)}"
+        )
+    layout = AblationLayout.from_schedules(normal, restart, targets)
+    info = {"task": "trace", "trace": str(trace), "n_tokens": len(ids)}
+    return AblationInputs(loaded, pt.token_ids[None, :], layout, info)
+
+
+def checkpoint_of(model: str) -> str:
+    """``toy@step-000750`` -> ``step-000750``; ``""`` for a spec without a checkpoint."""
+    return model.split("@", 1)[1] if "@" in model else ""
+
+
+def json_rows(rows: list[dict]) -> list[dict]:
+    """JSON-safe copies of table rows (numpy scalars -> Python, NaN -> None)."""
+    out = []
+    for r in rows:
+        d = {}
+        for k, v in r.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            if isinstance(v, float) and np.isnan(v):
+                v = None
+            d[k] = v
+        out.append(d)
+    return out
+
+
+@dataclass
+class AblationResult:
+    """What an ablation produced (also written to ``run`` when there is one).
+
+    Attributes:
+        rows: ``ablations.parquet`` rows (:data:`ABLATION_COLUMNS`).
+        blocks: restart only: per-segment detail (``ablation_blocks.parquet``); None for patching.
+        info: the task, sequences and method (the run's ``*_summary.json`` ``info``).
+        run: the run directory written (None when computed in memory).
+    """
+
+    rows: pd.DataFrame
+    blocks: pd.DataFrame | None
+    info: dict[str, Any]
+    run: Any = None
+
+
+def restart_experiment(
+    inputs: AblationInputs,
+    model: str,
+    *,
+    generated: bool = True,
+    device: str = "cpu",
+    progress: ProgressFn | None = None,
+) -> AblationResult:
+    """The restart ablation on ``inputs``: teacher-forced scores per world and, for the toy with
+    ``generated``, greedy memento generation in both worlds."""
+    n = len(inputs.token_ids)
+    acc = restart_ablation(
+        inputs.loaded.model,
+        inputs.token_ids,
+        inputs.layout,
+        device=device,
+        progress=(lambda d: progress("restart (teacher-forced)", d, n)) if progress else None,
+    )
+    gen = None
+    if generated and inputs.is_toy:
+        gen = {
+            w: toy_generated_accuracy(inputs.loaded.model, inputs.token_ids, inputs.layout, w, device=device)
+            for w in ("normal", "restart")
+        }
+        if progress:
+            progress("generated", 1, 1)
+    rows = restart_rows(acc, inputs.layout, model, checkpoint_of(model), gen)
+    info = dict(inputs.info)
+    info["generated"] = (
+        "greedy memento generation, block digits given"
+        if gen is not None
+        else "not run (real traces: the continuation is scored teacher-forced only)"
+    )
+    return AblationResult(
+        pd.DataFrame(rows, columns=ABLATION_COLUMNS),
+        pd.DataFrame(restart_block_rows(acc, inputs.layout, model)),
+        info,
+    )
+
+
+PATCH_METHOD = (
+    "forward hooks on self_attn.k_proj/v_proj splice the donor run's projections at earlier "
+    "memento positions at one layer; every other layer pinned to the base run's own values"
+)
+
+
+def patch_experiment(
+    inputs: AblationInputs,
+    model: str,
+    *,
+    layers: Iterable[int] | None = None,
+    heads: Iterable[int] = (),
+    directions: Iterable[str] = tuple(DIRECTIONS),
+    device: str = "cpu",
+    progress: ProgressFn | None = None,
+) -> AblationResult:
+    """Causal KV patching on ``inputs`` at ``layers`` (None = all; negative from the end), all heads together
+    plus each KV head in ``heads``, in each direction."""
+    from .features import ProbeInputError, resolve_layers
+
+    cfg = inputs.loaded.model.config
+    ly = resolve_layers(list(layers or []), int(cfg.num_hidden_layers))
+    n_kv = int(cfg.num_key_value_heads)
+    hd = [-1, *heads]
+    bad = [h for h in hd if h >= n_kv or h < -1]
+    if bad:
+        raise ProbeInputError(f"--heads: {bad} out of range ({n_kv} KV heads)")
+    dirs = list(directions)
+    n = len(inputs.token_ids)
+    acc = patch_sweep(
+        inputs.loaded.model,
+        inputs.token_ids,
+        inputs.layout,
+        ly,
+        heads=hd,
+        directions=dirs,
+        device=device,
+        progress=(lambda d: progress("patching", d, n)) if progress else None,
+    )
+    rows = patch_rows(acc, inputs.layout, model, ly, hd, dirs, checkpoint_of(model))
+    info = dict(inputs.info, layers=ly, heads=hd, directions=dirs)
+    return AblationResult(pd.DataFrame(rows, columns=ABLATION_COLUMNS), None, info)
+
+
+def run_restart(
+    out: str | Path,
+    *,
+    model: str = "toy",
+    trace: str | Path | None = None,
+    samples: int = 2000,
+    seed: int = 0,
+    generated: bool = True,
+    device: str = "cpu",
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> AblationResult:
+    """The restart ablation into the run directory ``out`` (``ablations.parquet``, ``ablation_blocks.parquet``,
+    ``restart_summary.json``)."""
+    from memento_lens.runtime.store import RunStore
+
+    config = {
+        "model": model,
+        "trace": str(trace) if trace else None,
+        "samples": samples,
+        "seed": seed,
+        "generated": generated,
+        "device": device,
+        "dtype": dtype,
+    }
+    store = RunStore.create(out, "ablate_restart", config, overwrite=overwrite)
+    inputs = ablation_inputs(model, trace=trace, samples=samples, seed=seed, device=device, dtype=dtype)
+    res = restart_experiment(inputs, model, generated=generated, device=device, progress=progress)
+    store.write_table("ablations.parquet", res.rows)
+    store.write_table("ablation_blocks.parquet", res.blocks)
+    store.write_json("restart_summary.json", {"rows": json_rows(res.rows.to_dict("records")), "info": res.info})
+    store.mark_complete(rows=len(res.rows))
+    res.run = store
+    return res
+
+
+def run_patch(
+    out: str | Path,
+    *,
+    model: str = "toy",
+    trace: str | Path | None = None,
+    samples: int = 1000,
+    seed: int = 0,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] = (),
+    directions: Sequence[str] = tuple(DIRECTIONS),
+    device: str = "cpu",
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> AblationResult:
+    """Causal KV patching into the run directory ``out`` (``ablations.parquet``, ``patch_summary.json``)."""
+    from memento_lens.runtime.store import RunStore
+
+    check_directions(directions)
+    config = {
+        "model": model,
+        "trace": str(trace) if trace else None,
+        "samples": samples,
+        "seed": seed,
+        "layers": list(layers) if layers else None,
+        "heads": list(heads),
+        "directions": list(directions),
+        "device": device,
+        "dtype": dtype,
+    }
+    store = RunStore.create(out, "ablate_patch", config, overwrite=overwrite)
+    inputs = ablation_inputs(model, trace=trace, samples=samples, seed=seed, device=device, dtype=dtype)
+    res = patch_experiment(
+        inputs, model, layers=layers, heads=heads, directions=directions, device=device, progress=progress
+    )
+    store.write_table("ablations.parquet", res.rows)
+    store.write_json(
+        "patch_summary.json",
+        {"rows": json_rows(res.rows.to_dict("records")), "info": res.info, "method": PATCH_METHOD},
+    )
+    store.mark_complete(rows=len(res.rows))
+    res.run = store
+    return res

@@ -152,3 +152,36 @@ def test_generated_accuracy_shape(setup):
     model, layout, batch, _, _ = setup
     out = toy_generated_accuracy(model, batch.token_ids[:2], layout, "restart")
     assert out.shape == (2, len(layout.segments)) and out.dtype == bool
+
+
+def test_library_experiments_match_the_low_level_functions():
+    """restart_experiment / patch_experiment (what the CLI and the demo call) give the rows the building blocks
+    give on the same sequences."""
+    from memento_lens.probes.ablation import ablation_inputs, patch_experiment, restart_experiment
+    from memento_lens.runtime.model import from_objects
+
+    model = small_toy_model(seed=3)
+    inputs = ablation_inputs("toy", samples=5, seed=4, loaded=from_objects(model))
+    assert inputs.is_toy and inputs.token_ids.shape == (5, toy_layout().normal_visible.shape[0])
+    res = restart_experiment(inputs, "toy@step-1", generated=False)
+    acc = restart_ablation(model, inputs.token_ids, inputs.layout)
+    want = restart_rows(acc, inputs.layout, "toy@step-1", "step-1")
+    assert res.rows.to_dict("records") == want
+    assert set(res.blocks["segment"]) == set(inputs.layout.segments)
+    assert "not run" in res.info["generated"]
+    pr = patch_experiment(inputs, "toy", layers=[-1], heads=[0], directions=["restart->normal"])
+    assert set(pr.rows["layer"]) == {-1, 1} and set(pr.rows["head"]) == {-1, 0}
+    assert set(pr.rows.loc[pr.rows["layer"] == 1, "direction"]) == {"restart->normal"}
+
+
+def test_bad_direction_and_head_name_the_option_and_write_nothing(tmp_path):
+    from memento_lens.probes.ablation import ablation_inputs, patch_experiment, run_patch
+    from memento_lens.probes.features import ProbeInputError
+    from memento_lens.runtime.model import from_objects
+
+    with pytest.raises(ProbeInputError, match="--directions: unknown 'sideways'"):
+        run_patch(tmp_path / "p", directions=["sideways"])
+    assert not (tmp_path / "p").exists()
+    inputs = ablation_inputs("toy", samples=2, loaded=from_objects(small_toy_model()))
+    with pytest.raises(ProbeInputError, match="--heads"):
+        patch_experiment(inputs, "toy", layers=[0], heads=[5])

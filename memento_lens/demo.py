@@ -1,0 +1,257 @@
+"""The demo pipeline as a library function: the whole toolkit on the shipped toy model, into one run.
+
+Steps: generate mementified traces with KV capture (normal + restart memento K/V, evicted blocks, attention
+of the memento queries); quick passcode probe sweep; restart ablation and causal KV patching; the paper
+figures; headline numbers read back from the tables just written. :func:`run_demo` returns the run and a
+:class:`DemoSummary` (also written to ``demo_summary.json``); ``memento-lens demo`` only prints them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+DEFAULT_OUT = Path("runs/demo")
+SUMMARY_FILE = "demo_summary.json"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything that changes the demo's results (recorded in the run's manifest as ``config``).
+
+    Attributes:
+        model: ``toy`` or ``toy@<checkpoint>`` (the demo's task is the toy's).
+        traces: mementified traces to generate.
+        probe_samples: sequences for the quick passcode sweep.
+        ablation_samples: sequences for the restart ablation and KV patching.
+        seed, device: as everywhere.
+        threads: torch threads while the demo runs (1 is fastest for the toy on 2 cores; restored after).
+        png: also export PNG figures (needs chromium).
+    """
+
+    model: str = "toy"
+    traces: int = 256
+    probe_samples: int = 4000
+    ablation_samples: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    png: bool = True
+
+
+@dataclass
+class DemoSummary:
+    """The demo's headline numbers, read back from the run's tables.
+
+    Attributes:
+        task_accuracy: ``{"<variant>/<metric>": value}`` for the teacher-forced memento digits and the generated
+            whole mementos, normal and restart KV.
+        probe_accuracy_last_layer: MLP passcode probe accuracy at the last layer per condition (masked at +1).
+        peak_kv_tokens: mean over traces of the peak KV occupancy, ``vanilla`` and ``memento``.
+        kv_bytes_per_token: from the occupancy table.
+        n_traces: traces generated.
+        figures: ``written`` (figure names rendered), ``skipped`` (``{name: reason}``), ``png_skipped``.
+        timings_s: seconds per step.
+    """
+
+    task_accuracy: dict[str, float]
+    probe_accuracy_last_layer: dict[str, float]
+    peak_kv_tokens: dict[str, float]
+    kv_bytes_per_token: float
+    n_traces: int
+    figures: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced: the run directory (a :class:`~memento_lens.runtime.store.RunStore`),
+    the summary, and the figure report."""
+
+    run: Any
+    summary: DemoSummary
+    figures: Any
+
+
+StepFn = Callable[[str], ContextManager[Any]]
+
+
+def _null_step(name: str) -> ContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+def claim_out(out: Path, overwrite: bool) -> None:
+    """The demo may replace an earlier demo run, never anything else (unless ``overwrite``)."""
+    from memento_lens.runtime.store import MANIFEST, RunError
+
+    if not out.exists() or not any(out.iterdir()) or overwrite:
+        return
+    manifest = out / MANIFEST
+    try:
+        is_demo = bool(json.loads(manifest.read_text()).get("config", {}).get("demo"))
+    except (OSError, ValueError):
+        is_demo = False
+    if not is_demo:
+        raise RunError(
+            f"{out}: holds something other than a memento-lens demo run; choose another --out or pass --overwrite"
+        )
+
+
+def run_demo(
+    out: str | Path = DEFAULT_OUT,
+    config: DemoConfig = DemoConfig(),
+    *,
+    overwrite: bool = False,
+    step: StepFn | None = None,
+) -> DemoResult:
+    """Run the demo pipeline into ``out``.
+
+    Args:
+        out: the run directory; an earlier demo run there is replaced, anything else refused unless
+            ``overwrite``.
+        config: see :class:`DemoConfig`.
+        step: called with each step's name; the returned context manager wraps the step (the CLI shows a
+            status line and the step's time). Timings are measured here either way.
+    """
+    import torch
+
+    out = Path(out)
+    step = step or _null_step
+    claim_out(out, overwrite)
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, config.threads))
+    try:
+        torch.manual_seed(config.seed)
+        return _pipeline(out, config, step)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _pipeline(out: Path, config: DemoConfig, step: StepFn) -> DemoResult:
+    import pandas as pd
+
+    from memento_lens.analyses.figures import render_figures
+    from memento_lens.probes.ablation import ablation_inputs, patch_experiment, restart_experiment
+    from memento_lens.probes.passcode import QUICK, PasscodeConfig, run_passcode
+    from memento_lens.runtime.capture import AttentionWeights, EvictedBlockKV, MementoKV, generate_to_run
+    from memento_lens.runtime.generate import SamplingConfig
+    from memento_lens.runtime.model import load_model
+    from memento_lens.runtime.toy.task import BOS, EOS, TOY_MASKING, ToyLayout
+
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        with step(name):
+            result = fn()
+        timings[name] = time.perf_counter() - t0
+        return result
+
+    cfg = config
+    layout = ToyLayout()
+    loaded = timed(f"load {cfg.model}", lambda: load_model(cfg.model, device=cfg.device))
+    model, tokens = loaded.model, loaded.require_tokens()
+    n_layers = int(model.config.num_hidden_layers)
+
+    # Attention over every query is pos x pos per layer and head; the demo keeps the memento queries of the
+    # first four blocks (what the app's attention page is about), which keeps the run small.
+    queries = tuple(int(p) for b in range(4) for p in layout.memento_span(b))
+    captures = [MementoKV(), EvictedBlockKV(), AttentionWeights(layers=tuple(range(n_layers)), queries=queries)]
+    sampling = SamplingConfig(temperature=1.0, seed=cfg.seed, max_new_tokens=layout.length - 1)
+    run_config = {"demo": True, "traces": cfg.traces, "seed": cfg.seed, "model": cfg.model}
+
+    store = timed(
+        f"generate {cfg.traces} mementified traces with KV capture",
+        lambda: generate_to_run(
+            model,
+            [[BOS]] * cfg.traces,
+            TOY_MASKING,
+            tokens,
+            out,
+            sampling=sampling,
+            eos_token_id=EOS,
+            tokenizer=loaded.tokenizer,
+            run_config=run_config,
+            captures=captures,
+            batch_size=64,
+            overwrite=True,
+        ),
+    )
+
+    def probe() -> pd.DataFrame:
+        pc = PasscodeConfig(
+            model=cfg.model, seed=cfg.seed, device=cfg.device, **{**QUICK, "samples": cfg.probe_samples}
+        )
+        return run_passcode(pc, loaded).rows
+
+    probe_rows = timed(f"passcode probes (quick: {cfg.probe_samples} sequences)", probe)
+    store.write_table("probe_results.parquet", probe_rows)
+
+    def ablate() -> pd.DataFrame:
+        inputs = ablation_inputs(cfg.model, samples=cfg.ablation_samples, seed=cfg.seed, loaded=loaded)
+        restart = restart_experiment(inputs, cfg.model, generated=True, device=cfg.device)
+        patch = patch_experiment(
+            inputs, cfg.model, directions=["restart->normal", "normal->restart"], device=cfg.device
+        )
+        return pd.concat([restart.rows, patch.rows], ignore_index=True)
+
+    ablations = timed(f"restart ablation and KV patching ({cfg.ablation_samples} sequences)", ablate)
+    store.write_table("ablations.parquet", ablations)
+
+    report = timed(
+        "render the paper figures",
+        lambda: render_figures(["all"], runs=[store], out_dir=out / "figures", png=cfg.png),
+    )
+
+    summary = summarize(store, probe_rows, ablations, n_layers)
+    summary.figures = {
+        "written": sorted(r.name for r in report.rendered),
+        "skipped": dict(report.skipped),
+        "png_skipped": report.png_skipped,
+    }
+    summary.timings_s = {k: round(v, 2) for k, v in timings.items()}
+    store.write_json(SUMMARY_FILE, summary.to_dict())
+    store.mark_complete(demo=True)
+    return DemoResult(store, summary, report)
+
+
+def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> DemoSummary:
+    """The demo's headline numbers, read back from the run's occupancy table and the result tables."""
+    occ = store.read_table("occupancy.parquet")
+    per_trace = occ.groupby("trace").agg(memento=("tokens", "max"), vanilla=("step", "max"))
+    bpt = float((occ["bytes"] / occ["tokens"]).iloc[0]) if len(occ) else float("nan")
+    restart = ablations[ablations["experiment"] == "restart"]
+    task = {
+        f"{r.variant}/{r.metric}": float(r.value)
+        for r in restart.itertuples()
+        if r.metric in ("accuracy_teacher_forced", "memento_exact_generated")
+    }
+    last = probe_rows[(probe_rows["layer"] == n_layers - 1) & (probe_rows["probe"] == "mlp")]
+    probes = {}
+    for cond in ("direct", "masked", "causal_control"):
+        sub = last[last["condition"] == cond]
+        if cond == "masked":
+            sub = sub[sub["distance"] == 1]
+        if len(sub):
+            probes[cond] = float(sub["accuracy"].iloc[0])
+    return DemoSummary(
+        task_accuracy=task,
+        probe_accuracy_last_layer=probes,
+        peak_kv_tokens={
+            # vanilla keeps every token: its peak is the trace length (last step + 1)
+            "vanilla": float(per_trace["vanilla"].mean() + 1),
+            "memento": float(per_trace["memento"].mean()),
+        },
+        kv_bytes_per_token=bpt,
+        n_traces=int(occ["trace"].nunique()),
+    )
+
+
+__all__ = ["DEFAULT_OUT", "DemoConfig", "DemoResult", "DemoSummary", "claim_out", "run_demo", "summarize"]
