@@ -324,9 +324,16 @@ def verify_cmd(
         None, "--model", help="Default: a tiny random Qwen3 built from a config. " + _MODEL_HELP
     ),
     device: str = typer.Option("cpu", "--device"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 (default), bfloat16, float16"),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", help="Working precision: float32 (default), float64, bfloat16, float16."
+    ),
     seed: int = typer.Option(0, "--seed"),
     blocks: int = typer.Option(3, "--blocks", help="Blocks in the random test streams."),
+    reference: bool = typer.Option(
+        True,
+        "--float64-reference/--no-float64-reference",
+        help="Also run every check on a float64 copy of the model (the exactness proof, ~1e-10 of the logits' scale).",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report here."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     threads: int = typer.Option(0, "--threads"),
@@ -338,7 +345,7 @@ def verify_cmd(
         if out is not None and out.exists() and not overwrite:
             raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
         _setup(threads, seed)
-        report = verify_model(model, device=device, dtype=dtype, seed=seed, n_blocks=blocks)
+        report = verify_model(model, device=device, dtype=dtype, seed=seed, n_blocks=blocks, reference=reference)
         text = json.dumps(report.to_dict(), indent=2)
         if out is not None:
             from memento_lens.runtime.store import atomic_write_bytes

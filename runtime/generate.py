@@ -316,6 +316,11 @@ class SamplingConfig:
             raise ConfigError("top_k >= 0, 0 <= min_p < 1 and max_new_tokens >= 0 are required")
 
 
+def _logits_dtype(logits: torch.Tensor) -> torch.dtype:
+    """Kept logits: at least float32, float64 stays float64 (``verify`` compares float64 runs to ~1e-10)."""
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
     """``[batch, vocab]`` logits -> ``[batch]`` token ids under temperature / top-k / top-p / min-p."""
     if cfg.temperature == 0:
@@ -459,9 +464,11 @@ def generate(
         vocab = all_logits.shape[-1]
         for r in rows:
             r.logits = torch.full(
-                (r.prompt_len + (len(forced[r.index]) if forced else sampling.max_new_tokens), vocab), float("nan")
+                (r.prompt_len + (len(forced[r.index]) if forced else sampling.max_new_tokens), vocab),
+                float("nan"),
+                dtype=_logits_dtype(all_logits),
             )
-            r.logits[: r.prompt_len] = all_logits[r.index, : r.prompt_len].float().cpu()
+            r.logits[: r.prompt_len] = all_logits[r.index, : r.prompt_len].cpu()
         last = all_logits[torch.arange(n), valid.sum(1) - 1]
     else:
         last = all_logits
@@ -541,7 +548,7 @@ def generate(
             if keep_logits:
                 for b, ri in enumerate(active):
                     toks, ps = chunks[b]
-                    rows[ri].logits[ps[0] : ps[-1] + 1] = out[b, : len(ps)].float().cpu()
+                    rows[ri].logits[ps[0] : ps[-1] + 1] = out[b, : len(ps)].cpu()
         else:
             last = out
         cache.compact()

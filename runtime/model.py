@@ -35,6 +35,8 @@ RELATED_WORDS: dict[str, tuple[str, ...]] = {
 INIT_NOISE_STD = 0.01
 
 DTYPES = {
+    "float64": torch.float64,
+    "fp64": torch.float64,
     "float32": torch.float32,
     "fp32": torch.float32,
     "float16": torch.float16,

@@ -247,8 +247,9 @@ def replay_batch(
             out = cache.forward(ids[:, s:e].to(device), pos, logits="all" if keep_logits else "none")
             if keep_logits:
                 if logits is None:
-                    logits = torch.zeros(b, n, out.shape[-1], dtype=torch.float32)
-                logits[:, s:e] = out.float().cpu()
+                    # at least float32; float64 stays float64 (verify's float64 reference run)
+                    logits = torch.zeros(b, n, out.shape[-1], dtype=torch.promote_types(out.dtype, torch.float32))
+                logits[:, s:e] = out.cpu()
             for c in captures:
                 c.after_chunk(view, s, e)
         if z > a:

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from memento_lens.runtime.generate import SlotCache
-from memento_lens.runtime.verify import matrix, verify_model
+from memento_lens.runtime.verify import RELATIVE_TOLERANCE, matrix, verify_model
 from typer.testing import CliRunner
 
 
@@ -34,16 +34,51 @@ def test_verify_passes_with_every_check_of_the_matrix():
     }
     assert {(k, md, False) for k in (0, 1, 2) for md in (True, False)} <= keeps
     assert any(c.config["restart_mode"] for c in report.checks)
-    assert all(c.tolerance == 1e-4 for c in report.checks if "logits" in c.name)
     assert len(matrix()) == 8
+    # every check ran twice: in the working dtype and on the float64 copy (the exactness proof)
+    assert {c.dtype for c in report.checks} == {"float32", "float64"}
+    assert sum(c.dtype == "float32" for c in report.checks) == sum(c.dtype == "float64" for c in report.checks)
+    for c in report.checks:
+        if "logits" in c.name:
+            rel = RELATIVE_TOLERANCE[getattr(torch, c.dtype)]
+            assert c.tolerance == pytest.approx(rel * max(1.0, c.scale))
+    f64 = [c for c in report.checks if c.dtype == "float64" and c.scale]
+    assert max(c.value / max(1.0, c.scale) for c in f64) < 1e-12
+
+
+def test_verify_passes_on_the_shipped_toy_whose_logits_are_large():
+    # the trained toy's logits reach ~15: an absolute 1e-4 failed 3 of 25 checks on float32 rounding alone
+    report = verify_model("toy")
+    assert report.passed, [(c.name, c.dtype, c.value, c.tolerance) for c in report.checks if not c.passed]
+    assert max(c.scale for c in report.checks if c.name == "replay_vs_dense_logits") > 5
+    f64 = [c for c in report.checks if c.dtype == "float64" and "logits" in c.name]
+    assert f64 and all(c.value <= 1e-10 * c.scale for c in f64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_verify_passes_on_every_toy_checkpoint(dtype):
+    from memento_lens.runtime.toy.shipped import list_checkpoints
+
+    for ck in list_checkpoints():
+        report = verify_model(f"toy@{ck}", dtype=dtype)
+        assert report.passed, (ck, [(c.name, c.dtype, c.value) for c in report.checks if not c.passed])
+        assert {c.dtype for c in report.checks} == ({"float32", "float64"} if dtype == "float32" else {"float64"})
+
+
+def test_verify_in_float64_runs_once_and_is_exact():
+    report = verify_model("random:toy", dtype="float64")
+    assert report.passed and {c.dtype for c in report.checks} == {"float64"}
+    assert report.to_dict()["relative_tolerance"] == {"float64": 1e-10}
 
 
 def test_verify_fails_when_eviction_is_broken(monkeypatch):
     monkeypatch.setattr(SlotCache, "drop_range", lambda self, start, end, rows=None: 0)
     report = verify_model()
     assert not report.passed
-    failed = {c.name for c in report.checks if not c.passed}
-    assert "replay_vs_dense_logits" in failed
+    failed = {(c.name, c.dtype) for c in report.checks if not c.passed}
+    assert ("replay_vs_dense_logits", "float32") in failed
+    assert ("replay_vs_dense_logits", "float64") in failed  # the float64 proof catches it too
 
 
 def test_cli_verify_prints_json_and_exit_codes(monkeypatch):
@@ -53,6 +88,9 @@ def test_cli_verify_prints_json_and_exit_codes(monkeypatch):
     res = runner.invoke(app, ["verify", "--threads", "1"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["passed"] is True
+    res = runner.invoke(app, ["verify", "--model", "toy", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["dtypes"] == ["float32", "float64"]
     monkeypatch.setattr(SlotCache, "drop_range", lambda self, start, end, rows=None: 0)
     res = runner.invoke(app, ["verify", "--threads", "1"])
     assert res.exit_code == 1 and json.loads(res.stdout)["passed"] is False
