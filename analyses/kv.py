@@ -4,6 +4,9 @@ Replay a token stream through the runtime's eviction schedule and count the toke
 after each step, for vanilla and memento configs alike; turn token counts into bytes with
 ``bytes/token = 2 (K and V) × layers × kv_heads × head_dim × dtype bytes``.
 
+The occupancy type (:class:`~memento_lens.runtime.occupancy.Occupancy`), the bytes-per-token rule
+(:class:`~memento_lens.runtime.occupancy.KVSpec`) and the units live in ``runtime/occupancy.py`` (the runtime
+measures the same quantities); this module adds presets, the fast model-free schedule and the tables.
 Units: KB = 1024 bytes (the paper's "144 KB/token" for Qwen3-8B is 147,456 bytes), GB = 2**30 bytes,
 ktok = 1,000 tokens. Peak is the maximum occupancy over the whole stream (prompt included); AUC is the
 area under occupancy over the *generated* tokens (steps ``prompt_len .. n-1``), in GB·ktok.
@@ -11,114 +14,25 @@ area under occupancy over the *generated* tokens (steps ``prompt_len .. n-1``), 
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from memento_lens.runtime.config import BlockMaskingConfig, ConfigError, MementoTokenIds
-from memento_lens.runtime.masks import occupancy
+from memento_lens.runtime.occupancy import (  # noqa: F401  (re-exported: analyses.kv is where users look)
+    GB,
+    KB,
+    KTOK,
+    KVSpec,
+    Occupancy,
+    occupancies_from_table,
+    occupancy_table,
+    schedule_occupancy,
+)
 from memento_lens.runtime.schedule import BlockTracker, Schedule, compute_schedule
 from memento_lens.runtime.trace import Trace
-
-KB = 1024
-GB = 1024**3
-KTOK = 1000
-
-_DTYPE_BYTES = {
-    "bfloat16": 2,
-    "float16": 2,
-    "half": 2,
-    "float32": 4,
-    "float": 4,
-    "float64": 8,
-    "float8_e4m3fn": 1,
-    "float8_e5m2": 1,
-    "fp8": 1,
-    "int8": 1,
-}
-
-
-@dataclass(frozen=True)
-class KVSpec:
-    """What one cached token costs.
-
-    Attributes:
-        name: preset or config name.
-        layers, kv_heads, head_dim: the attention geometry.
-        dtype_bytes: bytes per cached element (2 for bf16).
-    """
-
-    name: str
-    layers: int
-    kv_heads: int
-    head_dim: int
-    dtype_bytes: int = 2
-
-    @property
-    def bytes_per_token(self) -> int:
-        """2 (K and V) × layers × kv_heads × head_dim × dtype bytes."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * self.dtype_bytes
-
-    @classmethod
-    def from_hf_config(
-        cls,
-        config: str | os.PathLike | Mapping[str, Any] | Any,
-        *,
-        dtype_bytes: int | None = None,
-        name: str | None = None,
-    ) -> "KVSpec":
-        """From a HF ``config.json`` path (file or model directory), a dict, or a ``PretrainedConfig``.
-
-        ``head_dim`` defaults to hidden_size / num_attention_heads, ``num_key_value_heads`` to
-        num_attention_heads, the dtype to the config's ``torch_dtype``/``dtype`` (bf16 when unset).
-        """
-        where = "config"
-        if isinstance(config, (str, os.PathLike)):
-            path = Path(config)
-            if path.is_dir():
-                path = path / "config.json"
-            where = str(path)
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"{path}: cannot read a HF config.json ({exc})") from None
-        elif isinstance(config, Mapping):
-            data = dict(config)
-        else:
-            data = config.to_dict()
-        data = (
-            dict(data.get("text_config") or {}, **{k: v for k, v in data.items() if k != "text_config"})
-            if "num_hidden_layers" not in data
-            else data
-        )
-        try:
-            layers = int(data["num_hidden_layers"])
-            heads = int(data["num_attention_heads"])
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"{where}: needs num_hidden_layers and num_attention_heads") from None
-        kv_heads = int(data.get("num_key_value_heads") or heads)
-        head_dim = data.get("head_dim")
-        if not head_dim:
-            if not data.get("hidden_size"):
-                raise ConfigError(f"{where}: needs head_dim or hidden_size")
-            head_dim = int(data["hidden_size"]) // heads
-        if dtype_bytes is None:
-            dtype = str(data.get("torch_dtype") or data.get("dtype") or "bfloat16").replace("torch.", "")
-            if dtype not in _DTYPE_BYTES:
-                raise ConfigError(f"{where}: unknown dtype {dtype!r}; pass dtype_bytes")
-            dtype_bytes = _DTYPE_BYTES[dtype]
-        return cls(
-            name or str(data.get("_name_or_path") or data.get("model_type") or where),
-            layers,
-            kv_heads,
-            int(head_dim),
-            int(dtype_bytes),
-        )
-
 
 PRESETS: dict[str, KVSpec] = {
     "qwen3-8b": KVSpec("qwen3-8b", layers=36, kv_heads=8, head_dim=128),  # 144 KB/token
@@ -202,59 +116,23 @@ def default_configs(
     return out
 
 
-@dataclass(frozen=True)
-class KVCurve:
-    """Occupancy of one trace under one config.
-
-    Attributes:
-        trace: trace id.
-        mode: the label it was accounted under (vanilla / memento / restart or a custom label).
-        tokens: ``[n_tokens]`` tokens held after each step (step = position just processed).
-        prompt_len: steps before this are the prompt.
-        bytes_per_token: from the KVSpec.
-    """
-
-    trace: str
-    mode: str
-    tokens: np.ndarray
-    prompt_len: int
-    bytes_per_token: int
-
-    @property
-    def peak_tokens(self) -> int:
-        return int(self.tokens.max()) if len(self.tokens) else 0
-
-    @property
-    def peak_gb(self) -> float:
-        return self.peak_tokens * self.bytes_per_token / GB
-
-    @property
-    def auc_token_steps(self) -> int:
-        """Σ occupancy over generated steps (tokens × steps)."""
-        return int(self.tokens[self.prompt_len :].sum())
-
-    @property
-    def auc_gb_ktok(self) -> float:
-        return self.auc_token_steps * self.bytes_per_token / GB / KTOK
-
-
 def account_trace(
     trace: Trace,
     tokens: MementoTokenIds,
     configs: Mapping[str, BlockMaskingConfig] | None = None,
     spec: KVSpec | str | None = None,
-) -> dict[str, KVCurve]:
-    """Occupancy curves of one trace, one per config label."""
+) -> dict[str, Occupancy]:
+    """Occupancy of one trace, one per config label."""
     spec = resolve_spec(spec)
     configs = configs or default_configs()
     ids = np.asarray(trace.token_ids, dtype=np.int64)
     out = {}
     for label, cfg in configs.items():
-        if not cfg.evicts:  # vanilla: nothing is ever evicted, occupancy(schedule) is 1..n
+        if not cfg.evicts:  # vanilla: nothing is ever evicted, occupancy is 1..n
             occ = np.arange(1, len(ids) + 1, dtype=np.int64)
         else:
-            occ = occupancy(fast_schedule(ids, cfg, tokens, prompt_len=trace.prompt_len))
-        out[label] = KVCurve(trace.trace_id, label, occ, trace.prompt_len, spec.bytes_per_token)
+            occ = schedule_occupancy(fast_schedule(ids, cfg, tokens, prompt_len=trace.prompt_len))
+        out[label] = Occupancy(occ, spec.bytes_per_token, trace.prompt_len, trace.trace_id, label)
     return out
 
 
@@ -270,7 +148,7 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def summary_row(c: KVCurve) -> dict[str, Any]:
+def summary_row(c: Occupancy) -> dict[str, Any]:
     return {
         "trace": c.trace,
         "mode": c.mode,
@@ -283,7 +161,7 @@ def summary_row(c: KVCurve) -> dict[str, Any]:
     }
 
 
-def summarize_curves(curves: Iterable[KVCurve]) -> pd.DataFrame:
+def summarize_curves(curves: Iterable[Occupancy]) -> pd.DataFrame:
     """One row per (trace, mode): n_tokens, prompt_len, peak_tokens, peak_gb, auc_token_steps, auc_gb_ktok."""
     return pd.DataFrame([summary_row(c) for c in curves], columns=SUMMARY_COLUMNS)
 
@@ -329,47 +207,3 @@ def reduction_table(summary: pd.DataFrame, baseline: str = "vanilla") -> pd.Data
             }
         )
     return pd.DataFrame(rows)
-
-
-def occupancy_table(curves: Iterable[KVCurve]) -> pd.DataFrame:
-    """The run-directory ``occupancy.parquet`` table: trace, mode, step, tokens, bytes."""
-    parts = []
-    for c in curves:
-        n = len(c.tokens)
-        parts.append(
-            pd.DataFrame(
-                {
-                    "trace": np.full(n, c.trace, dtype=object),
-                    "mode": np.full(n, c.mode, dtype=object),
-                    "step": np.arange(n, dtype=np.int64),
-                    "tokens": c.tokens.astype(np.int64),
-                    "bytes": c.tokens.astype(np.int64) * c.bytes_per_token,
-                }
-            )
-        )
-    if not parts:
-        return pd.DataFrame(
-            {
-                "trace": pd.Series(dtype=object),
-                "mode": pd.Series(dtype=object),
-                "step": pd.Series(dtype=np.int64),
-                "tokens": pd.Series(dtype=np.int64),
-                "bytes": pd.Series(dtype=np.int64),
-            }
-        )
-    return pd.concat(parts, ignore_index=True)
-
-
-def curves_from_occupancy(
-    table: pd.DataFrame, prompt_lens: Mapping[str, int], bytes_per_token: int | None = None
-) -> list[KVCurve]:
-    """KVCurves back from an ``occupancy.parquet`` table (bytes/token taken from its ``bytes`` column)."""
-    out = []
-    for (trace, mode), g in table.sort_values("step").groupby(["trace", "mode"], sort=False):
-        toks = g["tokens"].to_numpy(np.int64)
-        bpt = bytes_per_token
-        if bpt is None:
-            nz = toks > 0
-            bpt = int(g["bytes"].to_numpy()[nz][0] // toks[nz][0]) if nz.any() else 0
-        out.append(KVCurve(str(trace), str(mode), toks, int(prompt_lens.get(trace, 0)), bpt))
-    return out

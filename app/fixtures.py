@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds
-from memento_lens.runtime.masks import occupancy
+from memento_lens.runtime.occupancy import schedule_occupancy as occupancy
 from memento_lens.runtime.rundir import schema
 from memento_lens.runtime.schedule import compute_schedule
 from memento_lens.runtime.store import RunStore

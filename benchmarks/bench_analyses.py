@@ -87,9 +87,9 @@ def synth_openmementos(path: Path, n: int, seed: int = 0, batch: int = 500) -> N
 
 def _ingest_and_account(path: Path, reference: bool = False, limit: int | None = None):
     from memento_lens.analyses.ingest import IngestReport, iter_ingest
-    from memento_lens.analyses.kv import KVCurve, account_trace, default_configs, resolve_spec, summary_row
+    from memento_lens.analyses.kv import account_trace, default_configs, resolve_spec, summary_row
     from memento_lens.analyses.tokenization import ApproxTokenizer
-    from memento_lens.runtime.masks import occupancy
+    from memento_lens.runtime.occupancy import Occupancy, schedule_occupancy
     from memento_lens.runtime.schedule import compute_schedule
 
     tok = ApproxTokenizer()
@@ -104,12 +104,12 @@ def _ingest_and_account(path: Path, reference: bool = False, limit: int | None =
         n_tok += len(t.token_ids)
         if reference:
             curves = [
-                KVCurve(
+                Occupancy(
+                    schedule_occupancy(compute_schedule(t.token_ids, c, tok.ids, t.prompt_len)),
+                    spec.bytes_per_token,
+                    t.prompt_len,
                     t.trace_id,
                     m,
-                    occupancy(compute_schedule(t.token_ids, c, tok.ids, t.prompt_len)),
-                    t.prompt_len,
-                    spec.bytes_per_token,
                 )
                 for m, c in configs.items()
             ]
@@ -120,8 +120,8 @@ def _ingest_and_account(path: Path, reference: bool = False, limit: int | None =
 
 
 def bench_ingest_kv(quick: bool) -> list[BenchRow]:
-    import memento_lens.analyses.ingest  # noqa: F401  (imports, torch included via runtime.masks, not timed)
-    import memento_lens.runtime.masks  # noqa: F401
+    import memento_lens.analyses.ingest  # noqa: F401  (imports, not timed)
+    import memento_lens.runtime.occupancy  # noqa: F401
 
     n = 1_000 if quick else 10_000
     with tempfile.TemporaryDirectory() as d:

@@ -67,7 +67,7 @@ def interleaved_best(fns: dict, repeats: int) -> dict:
 
 def capture_flops(model, trace, cfg, tokens) -> float:
     """Extra FLOPs of the restart counterfactual: each memento fed again over prompt + earlier mementos."""
-    from memento_lens.runtime.masks import occupancy
+    from memento_lens.runtime.occupancy import schedule_occupancy as occupancy
 
     sched = trace.schedule(cfg, tokens)
     occ = occupancy(sched)
@@ -124,8 +124,8 @@ def _decode_rows(quick: bool) -> list[BenchRow]:
 def _openmementos_rows(quick: bool) -> list[BenchRow]:
     from memento_lens.runtime.capture import MementoKV
     from memento_lens.runtime.config import BlockMaskingConfig
-    from memento_lens.runtime.masks import occupancy
     from memento_lens.runtime.model import RANDOM_TOKENS, kv_bytes_per_token
+    from memento_lens.runtime.occupancy import schedule_occupancy as occupancy
     from memento_lens.runtime.replay import replay
 
     model = _bench_model()

@@ -240,7 +240,7 @@ def trace_tables(
         token_strings: ``[n_tokens]`` display strings (default: the tokenizer's, else the ids).
         trace_columns: extra columns for the ``traces`` row (e.g. ``domain`` of ingested traces).
     """
-    from .masks import occupancy
+    from .occupancy import schedule_occupancy
 
     roles = assign_roles(schedule, trace.token_ids, tokens)
     n = len(trace.token_ids)
@@ -277,7 +277,7 @@ def trace_tables(
             for e in schedule.events
         ]
     )
-    occ = occupancy(schedule)
+    occ = schedule_occupancy(schedule)
     oc = schema.OCCUPANCY.frame(
         pd.DataFrame(
             {

@@ -1,4 +1,4 @@
-"""Dense equivalents of a schedule: visibility masks and cache occupancy (pure functions).
+"""Dense equivalents of a schedule: visibility masks (pure functions). Cache occupancy: ``occupancy.py``.
 
 Because positions are never renumbered after eviction, physical eviction from the cache equals a
 logical attention mask. These functions give that mask so that a single full forward pass (or a
@@ -7,7 +7,6 @@ training step) sees exactly what the incremental runtime sees.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from .schedule import Schedule
@@ -39,17 +38,3 @@ def additive_mask(visible: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
     out = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
     out.masked_fill_(~visible, torch.finfo(dtype).min)
     return out.unsqueeze(1)
-
-
-def occupancy(schedule: Schedule) -> np.ndarray:
-    """Tokens held in the KV cache right after each token is processed.
-
-    Returns:
-        ``[n_tokens]`` int64; entry q = (q + 1) minus every token evicted by events fired at positions <= q.
-        Restart recomputes memento KV in place, so it frees exactly the evicted block.
-    """
-    n = schedule.n_tokens
-    freed = np.zeros(n + 1, dtype=np.int64)
-    for ev in schedule.evictions:
-        freed[ev.position] += ev.n_evicted
-    return np.arange(1, n + 1, dtype=np.int64) - np.cumsum(freed[:n])

@@ -24,6 +24,7 @@ from .config import (
 )
 from .errors import ModelError
 from .hf_paths import ATTN_IMPLEMENTATION_ATTR
+from .occupancy import kv_bytes_per_token  # the one bytes-per-token rule (re-exported)
 
 # The paper's initialisation words for each new memento token (mean embedding + N(0, 0.01) noise).
 RELATED_WORDS: dict[str, tuple[str, ...]] = {
@@ -96,16 +97,6 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return DTYPES[str(dtype).lower()]
     except KeyError:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}") from None
-
-
-def kv_bytes_per_token(model: Any, dtype: torch.dtype | None = None) -> int:
-    """Bytes one token occupies in the KV cache: 2 (K and V) x layers x kv_heads x head_dim x dtype bytes."""
-    cfg = model.config
-    layers = cfg.num_hidden_layers
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    dtype = dtype or next(model.parameters()).dtype
-    return 2 * layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
 
 
 def random_qwen3(

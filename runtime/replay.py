@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from .config import BlockMaskingConfig, ConfigError, MementoTokenIds
-from .generate import CacheOccupancy, SlotCache, _bar, check_runtime_model
-from .masks import occupancy as schedule_occupancy
+from .generate import _bar
+from .occupancy import Occupancy, kv_bytes_per_token, schedule_occupancy
 from .schedule import EvictionEvent, Schedule, compute_schedule
+from .slot_cache import SlotCache, check_runtime_model
 from .trace import Trace
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ class ReplayResult:
 
     trace: Trace
     schedule: Schedule
-    occupancy: CacheOccupancy
+    occupancy: Occupancy
     peak_bytes: int
     logits: torch.Tensor | None = None
 
@@ -272,13 +273,16 @@ def replay_batch(
         cache.compact()
         cur = rewind
     feed(cur, n)
-    from .model import kv_bytes_per_token
-
     bpt = kv_bytes_per_token(model)
-    occupancy = CacheOccupancy(occ, bpt)
     peak = cache.peak_bytes // max(b, 1)
     return [
-        ReplayResult(t, s, occupancy, peak, logits[i] if logits is not None else None)
+        ReplayResult(
+            t,
+            s,
+            Occupancy(occ, bpt, t.prompt_len, t.trace_id, config.mode),
+            peak,
+            logits[i] if logits is not None else None,
+        )
         for i, (t, s) in enumerate(zip(traces, schedules))
     ]
 

@@ -14,16 +14,16 @@ from memento_lens.analyses.kv import (
     PRESETS,
     KVSpec,
     account_trace,
-    curves_from_occupancy,
     default_configs,
     fast_schedule,
     kv_summary,
+    occupancies_from_table,
     occupancy_table,
     reduction_table,
     resolve_spec,
 )
 from memento_lens.runtime.config import BlockMaskingConfig, ConfigError, MementoTokenIds
-from memento_lens.runtime.masks import occupancy
+from memento_lens.runtime.occupancy import schedule_occupancy as occupancy
 from memento_lens.runtime.schedule import compute_schedule
 from memento_lens.runtime.trace import Trace
 
@@ -64,7 +64,7 @@ def test_occupancy_table_roundtrip(tokens):
     table = occupancy_table(curves.values())
     assert list(table.columns) == ["trace", "mode", "step", "tokens", "bytes"]
     assert (table["bytes"] == table["tokens"] * 147456).all()
-    back = {c.mode: c for c in curves_from_occupancy(table, {"t": 1})}
+    back = {c.mode: c for c in occupancies_from_table(table, {"t": 1})}
     assert back["memento"].tokens.tolist() == curves["memento"].tokens.tolist()
     assert back["memento"].bytes_per_token == 147456 and back["memento"].prompt_len == 1
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from memento_lens.runtime.config import BlockMaskingConfig, ConfigError
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.generate import SamplingConfig, SlotCache, encode_prompts, generate, sample_next
-from memento_lens.runtime.masks import occupancy, visibility_mask
+from memento_lens.runtime.masks import visibility_mask
+from memento_lens.runtime.occupancy import schedule_occupancy as occupancy
 from memento_lens.runtime.schedule import EventKind, compute_schedule
 from memento_lens.runtime.verify import structured_stream
 

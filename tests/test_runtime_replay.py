@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from memento_lens.runtime.config import BlockMaskingConfig
 from memento_lens.runtime.dense import dense_forward
-from memento_lens.runtime.masks import occupancy, visibility_mask
+from memento_lens.runtime.masks import visibility_mask
 from memento_lens.runtime.model import kv_bytes_per_token
+from memento_lens.runtime.occupancy import schedule_occupancy as occupancy
 from memento_lens.runtime.replay import ReplayError, replay, structure_key
 from memento_lens.runtime.schedule import compute_schedule
 from memento_lens.runtime.trace import Trace

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from memento_lens.runtime.config import BlockMaskingConfig, ConfigError
-from memento_lens.runtime.masks import occupancy, visibility_mask
+from memento_lens.runtime.masks import visibility_mask
+from memento_lens.runtime.occupancy import schedule_occupancy as occupancy
 from memento_lens.runtime.schedule import EventKind, compute_schedule
 
 B, E, S, X = 1, 2, 3, 4  # block_start, block_end, summary_start, summary_end

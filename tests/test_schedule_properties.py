@@ -6,7 +6,8 @@ from conftest import TOKENS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memento_lens.runtime.config import BlockMaskingConfig
-from memento_lens.runtime.masks import occupancy, visibility_mask
+from memento_lens.runtime.masks import visibility_mask
+from memento_lens.runtime.occupancy import schedule_occupancy as occupancy
 from memento_lens.runtime.schedule import EventKind, compute_schedule
 
 B, E, S, X = 1, 2, 3, 4

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from memento_lens.runtime.dense import dense_forward
-from memento_lens.runtime.masks import occupancy
+from memento_lens.runtime.occupancy import schedule_occupancy as occupancy
 from memento_lens.runtime.schedule import EventKind, compute_schedule
 from memento_lens.runtime.toy.evaluate import mode_config, restart_generation_visibility, toy_visibility
 from memento_lens.runtime.toy.model import ToyModelConfig, build_model

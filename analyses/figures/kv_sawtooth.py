@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..kv import GB, KTOK, KVCurve, account_trace, curves_from_occupancy, default_configs, resolve_spec
+from ..kv import GB, KTOK, Occupancy, account_trace, default_configs, occupancies_from_table, resolve_spec
 from ..palette import color
 from .base import Figure, FigureInputs, MissingInputs, md_table
 
@@ -57,12 +57,10 @@ class KVSawtooth(Figure):
         if tr is not None:
             prompt = dict(zip(tr["trace"].astype(str), tr["prompt_len"].astype(int)))
         bpt = resolve_spec(inputs.spec).bytes_per_token if inputs.spec is not None else None
-        curves = {c.mode: c for c in curves_from_occupancy(occ.drop(columns="run"), prompt, bpt)}
+        curves = {c.mode: c for c in occupancies_from_table(occ.drop(columns="run"), prompt, bpt)}
         if "vanilla" not in curves:  # a memento-only run: the same stream without eviction holds step + 1 tokens
             m = curves["memento"]
-            curves["vanilla"] = KVCurve(
-                m.trace, "vanilla", np.arange(1, len(m.tokens) + 1, dtype=np.int64), m.prompt_len, m.bytes_per_token
-            )
+            curves["vanilla"] = Occupancy.vanilla(len(m.tokens), m.bytes_per_token, m.prompt_len, m.trace)
         return [curves[m] for m in MODES if m in curves]
 
     @staticmethod
