@@ -451,7 +451,7 @@ def iter_ingest(
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such trace file")
+        raise InputFileError(f"{path}: no such trace file" if not path.exists() else f"{path}: not a file")
     tok = load_tokenizer(tokenizer)
     fmt = fmt or detect_format(path)
     if fmt not in _READERS:

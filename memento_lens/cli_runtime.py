@@ -27,25 +27,27 @@ def schedule_cmd(
     """
     from memento_lens.runtime.config import BlockMaskingConfig, ConfigError, MementoTokenIds
     from memento_lens.runtime.schedule import compute_schedule
+    from memento_lens.runtime.validate import check_token_ids, read_text
 
     with user_errors():
-        source = input_file.read_text() if input_file else sys.stdin.read()
+        source = read_text(input_file, "--input") if input_file else sys.stdin.read()
+        name = str(input_file or "<stdin>")
         try:
             data = json.loads(source)
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{input_file or '<stdin>'}: invalid JSON ({exc})") from None
+            raise ConfigError(f"{name}: invalid JSON ({exc})") from None
         cases = data if batch else [data]
         if not isinstance(cases, list):
-            raise ConfigError("--batch expects a JSON list of cases")
+            raise ConfigError(f"{name}: --batch expects a JSON list of cases")
         out = []
         for i, case in enumerate(cases):
-            where = f"case {i}"
+            where = f"{name}: case {i}" if batch else name
             if not isinstance(case, dict):
                 raise ConfigError(f"{where}: expected an object")
-            cfg = BlockMaskingConfig.from_dict(case.get("config", {}), where=f"{where}.config")
-            tok = MementoTokenIds.from_dict(case.get("token_ids", {}), where=f"{where}.token_ids")
-            prompt = [int(t) for t in case.get("prompt", [])]
-            generated = [int(t) for t in case.get("generated", [])]
+            cfg = BlockMaskingConfig.from_dict(case.get("config", {}), where=f"{where}: config")
+            tok = MementoTokenIds.from_dict(case.get("token_ids", {}), where=f"{where}: token_ids")
+            prompt = check_token_ids(case.get("prompt", []), f"{where}: prompt")
+            generated = check_token_ids(case.get("generated", []), f"{where}: generated")
             sched = compute_schedule(prompt + generated, cfg, tok, prompt_len=len(prompt))
             out.append([e.to_json() for e in sched.events])
         if batch or as_json:
@@ -64,12 +66,11 @@ def schedule_cmd(
 def _masking(mode: str, keep: int, mask_delimiters: Optional[str], config_file: Optional[Path], max_block_tokens: int):
     """The BlockMaskingConfig from --config FILE or the flags; mask_delimiters must be explicit."""
     from memento_lens.runtime.config import BlockMaskingConfig, ConfigError
+    from memento_lens.runtime.validate import read_text
 
     if config_file is not None:
         try:
-            data = json.loads(config_file.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"--config {config_file}: no such file") from None
+            data = json.loads(read_text(config_file, "--config"))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"--config {config_file}: invalid JSON ({exc})") from None
         return BlockMaskingConfig.from_dict(data, where=str(config_file))
@@ -93,6 +94,10 @@ def _masking(mode: str, keep: int, mask_delimiters: Optional[str], config_file: 
 def _setup(threads: int, seed: int) -> None:
     import torch
 
+    from memento_lens.runtime.validate import check_int
+
+    check_int(threads, "--threads", min=0)
+
     if threads > 0:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -106,23 +111,27 @@ def _captures(
     attention_queries: Optional[str],
 ):
     from memento_lens.runtime.capture import default_captures
-
-    def ints(text: Optional[str], opt: str):
-        if not text:
-            return None
-        try:
-            return [int(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"{opt} expects comma-separated integers, got {text!r}") from None
+    from memento_lens.runtime.validate import check_int, parse_int_list
 
     if not capture:
         return []
+    queries = parse_int_list(attention_queries, "--attention-queries")
+    for q in queries or ():
+        check_int(q, "--attention-queries", min=0)
     return default_captures(
-        ints(layers, "--layers"),
+        parse_int_list(layers, "--layers"),
         evicted_block,
-        ints(attention_layers, "--attention-layers") or (),
-        ints(attention_queries, "--attention-queries"),
+        parse_int_list(attention_layers, "--attention-layers") or (),
+        queries,
     )
+
+
+def _check_captures(model, layers: Optional[str], attention_layers: Optional[str]) -> None:
+    """--layers / --attention-layers against the loaded model (named in the error)."""
+    from memento_lens.runtime.validate import check_layers, parse_int_list
+
+    check_layers(parse_int_list(layers, "--layers"), model, "--layers")
+    check_layers(parse_int_list(attention_layers, "--attention-layers"), model, "--attention-layers")
 
 
 def _load(model: str, device: str, dtype: Optional[str]):
@@ -174,30 +183,27 @@ def generate_cmd(
     """Generate with block masking and physical KV eviction; write a run directory."""
     with user_errors():
         from memento_lens.runtime.capture import generate_to_run
+        from memento_lens.runtime.errors import OptionError
         from memento_lens.runtime.generate import SamplingConfig, encode_prompts
 
         cfg = _masking(mode, keep, mask_delimiters, config_file, max_block_tokens)
         sampling = SamplingConfig(
             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed
         )
-        texts: list = list(prompt)
-        if prompts_file is not None:
-            if not prompts_file.exists():
-                raise FileNotFoundError(f"--prompts-file {prompts_file}: no such file")
-            raw = prompts_file.read_text()
-            try:
-                loaded = json.loads(raw)
-                texts += loaded if isinstance(loaded, list) else [loaded]
-            except json.JSONDecodeError:
-                texts += [line for line in raw.splitlines() if line.strip()]
+        from memento_lens.runtime.validate import check_int, check_output_dir
+
+        check_int(batch_size, "--batch-size", min=1)
+        check_output_dir(out, "--out")
+        texts: list = list(prompt) + (_read_prompts(prompts_file) if prompts_file is not None else [])
         caps = _captures(capture, layers, evicted_block, attention_layers, attention_queries)
         _setup(threads, seed)
         lm = _load(model, device, dtype)
         tokens = lm.require_tokens()
+        _check_captures(lm.model, layers if capture else None, attention_layers if capture else None)
         if not texts:
             bos = getattr(lm.tokenizer, "bos_token_id", None)
             if bos is None:
-                raise ValueError("give at least one --prompt (the model's tokenizer has no BOS to start from)")
+                raise OptionError("give at least one --prompt (the model's tokenizer has no BOS to start from)")
             texts = [[bos]]
         ids = encode_prompts(lm.tokenizer, texts)
         store = generate_to_run(
@@ -219,36 +225,88 @@ def generate_cmd(
         _summary(store)
 
 
+def _read_prompts(path: Path) -> list:
+    """Prompts from a file: a JSON list of strings / token-id lists, one JSON string, or one prompt per line."""
+    from memento_lens.runtime.errors import InputFileError
+    from memento_lens.runtime.validate import check_token_ids, read_text
+
+    raw = read_text(path, "--prompts-file")
+    try:
+        loaded = json.loads(raw)
+    except json.JSONDecodeError:
+        return [line for line in raw.splitlines() if line.strip()]
+    items = loaded if isinstance(loaded, list) else [loaded]
+    out: list = []
+    for i, p in enumerate(items):
+        if isinstance(p, str):
+            out.append(p)
+        elif isinstance(p, list):
+            out.append(check_token_ids(p, f"{path}: prompt {i}"))
+        else:
+            raise InputFileError(f"{path}: prompt {i}: expected a string or a list of token ids, got {p!r}")
+    return out
+
+
 def _read_traces(path: Path):
     """Traces from a run directory (traces.parquet + tokens.parquet) or a JSONL file of
-    {"trace", "token_ids", "prompt_len"} objects."""
+    {"trace", "token_ids", "prompt_len"} objects. Returns (traces, the run's tokenizer description or None)."""
+    from memento_lens.runtime.errors import InputFileError
     from memento_lens.runtime.store import RunStore
     from memento_lens.runtime.trace import Trace
+    from memento_lens.runtime.validate import check_int, check_token_ids, utf8_error
 
     if path.is_dir():
         store = RunStore.open(path, require_complete=True)
         meta = store.read_table("traces.parquet")
         toks = store.read_table("tokens.parquet", columns=["trace", "pos", "token_id"]).sort_values(["trace", "pos"])
         grouped = {k: g["token_id"].tolist() for k, g in toks.groupby("trace", sort=False)}
-        return [Trace(str(r.trace), grouped[r.trace], int(r.prompt_len)) for r in meta.itertuples(index=False)]
+        traces = [
+            Trace(str(r.trace), grouped.get(r.trace, []), int(r.prompt_len)) for r in meta.itertuples(index=False)
+        ]
+        return traces, store.manifest.config.get("tokenizer")
     if not path.exists():
-        raise FileNotFoundError(f"--traces {path}: no such file or directory")
+        raise InputFileError(f"--traces {path}: no such file or directory")
     traces = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            traces.append(
-                Trace(
-                    str(obj.get("trace", f"trace-{i:05d}")),
-                    [int(t) for t in obj["token_ids"]],
-                    int(obj.get("prompt_len", 0)),
-                )
-            )
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: line {i + 1}: not a trace object ({exc})") from None
-    return traces
+    seen: set[str] = set()
+    offset = 0
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f):
+            where = f"{path}: line {i + 1}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise utf8_error(path, exc, offset) from None
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputFileError(f"{where}: invalid JSON ({exc.msg})") from None
+            if not isinstance(obj, dict) or "token_ids" not in obj:
+                raise InputFileError(f"{where}: expected an object with a `token_ids` list")
+            tid = str(obj.get("trace", f"trace-{i:05d}"))
+            if tid in seen:
+                raise InputFileError(f"{where}: trace id {tid!r} appears twice")
+            seen.add(tid)
+            ids = check_token_ids(obj["token_ids"], f"{where}: field token_ids")
+            pl = check_int(obj.get("prompt_len", 0), f"{where}: field prompt_len", min=0, max=len(ids))
+            traces.append(Trace(tid, ids, pl))
+    if not traces:
+        raise InputFileError(f"--traces {path}: no traces in the file")
+    return traces, None
+
+
+def _check_run_tokenizer(source: Path, tokenizer: object, model_name: str) -> None:
+    """A run ingested with --tokenizer approx holds counting ids, not any model's vocabulary: say so plainly."""
+    from memento_lens.runtime.errors import ModelError
+
+    if isinstance(tokenizer, dict) and tokenizer.get("tokenizer") == "approx":
+        raise ModelError(
+            f"--traces {source}: its token ids come from --tokenizer approx (counting ids, not a vocabulary), so "
+            f"they are outside model {model_name!r}'s vocabulary; ingest with the model's tokenizer "
+            "(--tokenizer toy or a tokenizer directory) to replay it"
+        )
 
 
 def replay_cmd(
@@ -283,14 +341,20 @@ def replay_cmd(
     """Teacher-forced segment replay with the schedule; capture memento K/V into a run directory."""
     with user_errors():
         from memento_lens.runtime.capture import replay_to_run
+        from memento_lens.runtime.errors import OptionError
         from memento_lens.runtime.replay import traces_from_ids
+        from memento_lens.runtime.validate import check_int, check_output_dir
 
         cfg = _masking(mode, keep, mask_delimiters, config_file, 0)
+        check_int(batch_size, "--batch-size", min=1)
+        check_int(toy, "--toy", min=0)
+        check_output_dir(out, "--out")
         caps = _captures(capture, layers, evicted_block, attention_layers, attention_queries)
         if (traces_path is None) == (toy <= 0):
-            raise ValueError("give exactly one of --traces PATH or --toy N")
+            raise OptionError("give exactly one of --traces PATH or --toy N")
+        run_tokenizer = None
         if traces_path is not None:
-            traces = _read_traces(traces_path)
+            traces, run_tokenizer = _read_traces(traces_path)
             source = str(traces_path)
         else:
             from memento_lens.runtime.toy.task import sample
@@ -300,6 +364,9 @@ def replay_cmd(
         _setup(threads, seed)
         lm = _load(model, device, dtype)
         tokens = lm.require_tokens()
+        _check_captures(lm.model, layers if capture else None, attention_layers if capture else None)
+        if traces_path is not None:
+            _check_run_tokenizer(traces_path, run_tokenizer, lm.name)
         store = replay_to_run(
             lm.model,
             traces,
@@ -340,10 +407,12 @@ def verify_cmd(
 ) -> None:
     """Check incremental eviction against one dense forward; print a JSON report; exit 1 on failure."""
     with user_errors():
+        from memento_lens.runtime.validate import check_int, check_output_file
         from memento_lens.runtime.verify import verify_model
 
-        if out is not None and out.exists() and not overwrite:
-            raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
+        if out is not None:
+            check_output_file(out, "--out", overwrite=overwrite)
+        check_int(blocks, "--blocks", min=1)
         _setup(threads, seed)
         report = verify_model(model, device=device, dtype=dtype, seed=seed, n_blocks=blocks, reference=reference)
         text = json.dumps(report.to_dict(), indent=2)

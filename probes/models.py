@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from memento_lens.runtime.errors import OptionError
 from torch import nn
 
 
@@ -98,4 +99,4 @@ def make_probe(name: str) -> DigitProbe:
     try:
         return PROBES[name]()
     except KeyError:
-        raise ValueError(f"--probes: unknown probe {name!r}; choose from {', '.join(PROBES)}") from None
+        raise OptionError(f"--probes: unknown probe {name!r}; choose from {', '.join(PROBES)}") from None

@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 
 from .config import BlockMaskingConfig, MementoTokenIds
+from .errors import InputFileError, OptionError
 from .hf_paths import ATTN_IMPLEMENTATION_ATTR, ATTN_WEIGHTS_OUTPUT_INDEX, SELF_ATTN_ATTR, decoder_layers
 from .kvstore import AttnItem, CaptureSink, KVItem, KVKey
 from .rundir import schema
@@ -383,10 +384,16 @@ def replay_to_run(
     """
     from .model import kv_bytes_per_token, model_info
     from .replay import replay, validate_all
+    from .validate import check_run_request
 
+    check_run_request(model, batch_size=batch_size, captures=captures, out=out)
     ids = [t.trace_id for t in traces]
-    if len(set(ids)) != len(ids):
-        raise ValueError("trace ids must be unique within a run")
+    if not ids:
+        raise OptionError("no traces to replay")
+    seen: set[str] = set()
+    dup = next((i for i in ids if i in seen or seen.add(i)), None)
+    if dup is not None:
+        raise InputFileError(f"trace ids must be unique within a run; {dup!r} appears more than once")
     validate_all(model, traces, config, tokens, allow_unclosed)  # bad input fails before anything is written
     cfg = {
         "masking": config.to_dict(),
@@ -451,7 +458,11 @@ def generate_to_run(
     from .generate import SamplingConfig, generate
     from .model import kv_bytes_per_token, model_info
     from .replay import replay
+    from .validate import check_run_request
 
+    check_run_request(model, batch_size=batch_size, captures=captures, out=out)
+    if not prompts:
+        raise OptionError("no prompts to generate from")
     sampling = sampling or SamplingConfig()
     cfg = {
         "masking": config.to_dict(),

@@ -56,10 +56,19 @@ class BlockMaskingConfig:
                 "mask_delimiters must be set explicitly to true or false "
                 "(false: Qwen3/OLMo3 style, delimiters stay; true: Phi-4 style, delimiters evicted)"
             )
-        if not isinstance(self.keep_last_n_blocks, int) or self.keep_last_n_blocks < -1:
-            raise ConfigError(f"keep_last_n_blocks must be an integer >= -1, got {self.keep_last_n_blocks!r}")
-        if not isinstance(self.max_block_tokens, int) or self.max_block_tokens < 0:
-            raise ConfigError(f"max_block_tokens must be an integer >= 0, got {self.max_block_tokens!r}")
+        for name in (
+            "compact_on_summary_end",
+            "require_assistant_section",
+            "restart_mode",
+            "keep_last_block_for_answer",
+        ):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        keep, cap = self.keep_last_n_blocks, self.max_block_tokens
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < -1:
+            raise ConfigError(f"keep_last_n_blocks must be an integer >= -1, got {keep!r}")
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise ConfigError(f"max_block_tokens must be an integer >= 0, got {cap!r}")
 
     @property
     def evicts(self) -> bool:
@@ -98,6 +107,8 @@ class BlockMaskingConfig:
 
         ``enable`` (reference engine field) is accepted: ``enable: false`` means vanilla.
         """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: expected a JSON object of config fields, got {type(data).__name__}")
         data = dict(data)
         enable = data.pop("enable", True)
         data.pop("debug", None)
@@ -139,6 +150,8 @@ class MementoTokenIds:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "token_ids") -> "MementoTokenIds":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{where}: expected a JSON object of token ids, got {type(data).__name__}")
         required = ("block_start", "block_end", "summary_start", "summary_end")
         missing = [k for k in required if data.get(k) is None]
         if missing:
@@ -146,7 +159,17 @@ class MementoTokenIds:
         extra = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         if extra:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}")
-        return cls(**{k: (int(v) if v is not None else None) for k, v in data.items()})
+        bad = next(
+            (
+                (k, v)
+                for k, v in data.items()
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0)
+            ),
+            None,
+        )
+        if bad is not None:
+            raise ConfigError(f"{where}.{bad[0]}: token ids must be non-negative integers, got {bad[1]!r}")
+        return cls(**dict(data))
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> "MementoTokenIds":

@@ -183,8 +183,11 @@ def load_model(
     Raises:
         ModelLoadError: one line naming the missing path or unknown spec.
     """
+    from .validate import check_device
+
     name = str(spec)
     tdtype = parse_dtype(dtype)
+    device = check_device(device, "--device")  # a bogus or absent device fails before any loading
     if name == "random:toy":  # the toy's architecture and tokenizer, random weights (before/without training)
         from .toy.model import build_model
         from .toy.tokenizer import build_tokenizer
@@ -215,6 +218,7 @@ def load_model(
             raise ModelLoadError(
                 f"model path {path} does not exist (give a local HF checkpoint directory, 'toy', or 'random:tiny')"
             )
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -227,8 +231,9 @@ def load_model(
             attn_implementation=attn_implementation,
             local_files_only=True,
         )
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: not a loadable HF causal LM ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt weights file
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"{path}: not a loadable HF causal LM ({first})") from None
     finally:
         if bar_was_on:
             hf_logging.enable_progress_bar()

@@ -140,6 +140,13 @@ def validate_all(
         s = compute_schedule(t.token_ids, config, tokens, prompt_len=t.prompt_len)
         validate(t, s, vocab, allow_unclosed)
         out.append(s)
+    if config.evicts and out and not any(s.blocks for s in out):
+        # nothing to evict: the run would equal vanilla while its manifest says memento/restart
+        raise ReplayError(
+            f"trace {traces[0].trace_id!r} (and every other of the {len(traces)}): no memento blocks "
+            f"(no <|block_start|> id {tokens.block_start} after the prompt); use --mode vanilla, or check that "
+            "the traces were tokenized for this model"
+        )
     return out
 
 
@@ -173,6 +180,9 @@ def replay(
         strict: malformed traces (schedule warnings, ids outside the vocabulary) raise :class:`ReplayError`.
         allow_unclosed: with ``strict``, still accept a block left open at the end (truncated generations).
     """
+    from .validate import check_int
+
+    check_int(batch_size, "batch_size", min=1)
     check_runtime_model(model)
     vocab = getattr(model.config, "vocab_size", None)
     schedules = []

@@ -22,12 +22,16 @@ class SamplingConfig:
     stop_on_eos: bool = True
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p must lie in (0, 1], got {self.top_p}")
-        if self.top_k < 0 or not 0 <= self.min_p < 1 or self.max_new_tokens < 0:
-            raise ConfigError("top_k >= 0, 0 <= min_p < 1 and max_new_tokens >= 0 are required")
+        from .validate import check_float, check_int
+
+        check_float(self.temperature, "--temperature", min=0)
+        if not 0 < check_float(self.top_p, "--top-p") <= 1:
+            raise ConfigError(f"--top-p must lie in (0, 1], got {self.top_p}")
+        check_int(self.top_k, "--top-k", min=0)
+        if not 0 <= check_float(self.min_p, "--min-p") < 1:
+            raise ConfigError(f"--min-p must lie in [0, 1), got {self.min_p}")
+        check_int(self.max_new_tokens, "--max-new-tokens", min=1)
+        check_int(self.seed, "--seed")
 
 
 def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import BlockMaskingConfig, MementoTokenIds
+from .errors import InputFileError
 from .schedule import Schedule, compute_schedule
 
 
@@ -51,7 +52,8 @@ def assign_roles(schedule: Schedule, token_ids: Sequence[int], tokens: MementoTo
         """Role and block index of one delimited span (a block or its memento); returns its last position."""
         last = close_pos if close_pos is not None else n - 1
         if open_pos >= schedule.prompt_len:  # spans inside the prompt stay prompt
-            role[open_pos + 1 : last] = inner.value
+            # an unclosed span (a generation cut inside it) runs to the end: its last token is content
+            role[open_pos + 1 : close_pos if close_pos is not None else n] = inner.value
             role[open_pos] = Role.DELIMITER.value
             if close_pos is not None:
                 role[close_pos] = Role.DELIMITER.value
@@ -91,8 +93,10 @@ class Trace:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.prompt_len, bool) or not isinstance(self.prompt_len, (int, np.integer)):
+            raise InputFileError(f"trace {self.trace_id!r}: prompt_len must be an integer, got {self.prompt_len!r}")
         if not 0 <= self.prompt_len <= len(self.token_ids):
-            raise ValueError(
+            raise InputFileError(
                 f"trace {self.trace_id!r}: prompt_len {self.prompt_len} outside [0, {len(self.token_ids)}]"
             )
 
