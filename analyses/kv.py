@@ -207,3 +207,30 @@ def reduction_table(summary: pd.DataFrame, baseline: str = "vanilla") -> pd.Data
             }
         )
     return pd.DataFrame(rows)
+
+
+def with_vanilla_overlay(occ: pd.DataFrame) -> pd.DataFrame:
+    """``occupancy.parquet`` rows of one trace plus a ``vanilla`` curve when the run recorded only evicting modes.
+
+    Vanilla attention keeps every token, so after step s it holds ``s + 1`` tokens; bytes use the run's own
+    bytes per token (the median of the recorded mode's ``bytes / tokens``). Recorded vanilla rows are kept as
+    they are (then ``occ`` itself is returned).
+    """
+    if occ.empty or (occ["mode"] == "vanilla").any():
+        return occ
+    ref = occ[occ["mode"] == occ["mode"].iloc[0]]
+    nz = ref[ref["tokens"] > 0]
+    per_token = float((nz["bytes"] / nz["tokens"]).median()) if len(nz) else 0.0
+    steps = np.sort(ref["step"].unique())
+    van = pd.DataFrame(
+        {
+            "mode": "vanilla",
+            "step": steps,
+            "tokens": steps + 1,
+            "bytes": np.round((steps + 1) * per_token).astype(np.int64),
+        }
+    )
+    for col in occ.columns:
+        if col not in van.columns:
+            van[col] = occ[col].iloc[0]
+    return pd.concat([occ, van[occ.columns]], ignore_index=True)

@@ -11,6 +11,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from memento_lens.analyses.attention import MASS_CATEGORIES
 from memento_lens.analyses.palette import color as palette_color
 from plotly.subplots import make_subplots
 
@@ -18,7 +19,6 @@ from .compute import (
     CHANCE_COLOR,
     CONDITION_COLORS,
     EVICTED_COLOR,
-    MASS_CATEGORIES,
     MODE_COLORS,
     ROLES,
     VARIANT_COLORS,

@@ -16,9 +16,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import streamlit as st
+from memento_lens.analyses import residue
 from memento_lens.runtime.store import RunError
 
-from . import compute
 from .data import ENV_RUNS, KVKey, RunData, RunRef, discover_runs, manifest_fingerprint
 
 MAIN_SCRIPT = Path(__file__).with_name("main.py")
@@ -130,33 +130,9 @@ def residue_table(path: str, fp: str, trace: str, which: str) -> pd.DataFrame:
     """Per (block, layer, head): relative L2 and cosine between normal and restart memento K (or V)."""
     rd = _rd(path, fp)
     idx = rd.kv_index(trace)
-    rows = []
     pairs = idx[idx["variant"].isin(["normal", "restart"])]
     wanted = [KVKey(trace, int(r.layer), r.variant, int(r.block)) for r in pairs.itertuples(index=False)]
-    got = rd.kv_many(wanted, pairs)
-    for block, layer in sorted({(k.block, k.layer) for k in got}):
-        n = got.get(KVKey(trace, layer, "normal", block))
-        r = got.get(KVKey(trace, layer, "restart", block))
-        if n is None or r is None:
-            continue
-        sl = compute.align_ranges(n[2], r[2])
-        if sl is None:
-            continue
-        a, b = (n[0], r[0]) if which == "keys" else (n[1], r[1])
-        res = compute.residue(a[:, :, sl[0]], b[:, :, sl[1]])
-        for h in range(len(res.rel_l2)):
-            rows.append(
-                {
-                    "block": block,
-                    "layer": layer,
-                    "head": h,
-                    "rel_l2": float(res.rel_l2[h]),
-                    "cosine": float(res.cosine[h]),
-                    "start": max(n[2][0], r[2][0]),
-                    "end": min(n[2][1], r[2][1]),
-                }
-            )
-    return pd.DataFrame(rows, columns=["block", "layer", "head", "rel_l2", "cosine", "start", "end"])
+    return residue.residue_table(rd.kv_many(wanted, pairs), trace, which)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -165,14 +141,9 @@ def residue_positions(
 ) -> tuple[list[int], np.ndarray]:
     rd = _rd(path, fp)
     idx = rd.kv_index(trace)
-    nk, nv, nr = rd.kv(KVKey(trace, layer, "normal", block), idx)
-    rk, rv, rr = rd.kv(KVKey(trace, layer, "restart", block), idx)
-    sl = compute.align_ranges(nr, rr)
-    if sl is None:
-        return [], np.zeros(0)
-    a, b = (nk, rk) if which == "keys" else (nv, rv)
-    vals = compute.residue_per_position(a[:, :, sl[0]], b[:, :, sl[1]], head)
-    return list(range(max(nr[0], rr[0]), min(nr[1], rr[1]))), vals
+    normal = rd.kv(KVKey(trace, layer, "normal", block), idx)
+    restart = rd.kv(KVKey(trace, layer, "restart", block), idx)
+    return residue.residue_positions(normal, restart, which, head)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

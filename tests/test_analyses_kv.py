@@ -254,3 +254,18 @@ def test_count_equals_runtime_generation_cache(tokens, cfg):
     counted = account_trace(Trace("t", prompt + gen, len(prompt)), tokens, {"m": cfg}, spec)["m"]
     assert res.measured.tokens.tolist() == counted.tokens.tolist()
     assert res.measured.bytes_per_token == spec.bytes_per_token
+
+
+def test_vanilla_overlay_added_only_when_missing():
+    import pandas as pd
+    from memento_lens.analyses.kv import with_vanilla_overlay
+
+    occ = pd.DataFrame(
+        {"trace": "t", "mode": "memento", "step": [0, 1, 2, 3], "tokens": [1, 2, 1, 2], "bytes": [10, 20, 10, 20]}
+    )
+    out = with_vanilla_overlay(occ)
+    van = out[out["mode"] == "vanilla"]
+    assert van["tokens"].tolist() == [1, 2, 3, 4] and van["bytes"].tolist() == [10, 20, 30, 40]
+    assert (van["trace"] == "t").all() and len(out) == 8
+    both = pd.concat([occ, occ.assign(mode="vanilla", tokens=[1, 2, 3, 4])])
+    assert with_vanilla_overlay(both) is both

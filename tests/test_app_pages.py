@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("streamlit")
-from memento_lens.app import compute  # noqa: E402
+from memento_lens.analyses.residue import residue  # noqa: E402
 from memento_lens.app.fixtures import FixtureSpec, write_fixture_run  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -138,7 +138,7 @@ def test_residue_heatmap_equals_metric_on_the_shards(run_dir):
     tensors = {}
     for r in idx.itertuples():
         tensors[r.variant] = load_file(str(run_dir / r.shard))[r.key]
-    res = compute.residue(tensors["normal"], tensors["restart"])
+    res = residue(tensors["normal"], tensors["restart"])
     col = arr(heat["x"]).index("L1·H0")
     assert arr(heat["z"])[0][col] == pytest.approx(float(res.rel_l2[0]), rel=1e-6)
     # click through: pick memento 2, its tokens are shown

@@ -2,7 +2,8 @@
 attention mass by role, normal vs restart side by side."""
 
 import streamlit as st
-from memento_lens.app import charts, compute, state
+from memento_lens.analyses.attention import attention_mass_by_role, visible_at_step
+from memento_lens.app import charts, state
 from memento_lens.app.data import ATTENTION_INDEX
 
 st.title("Attention")
@@ -48,12 +49,10 @@ with state.shown_errors():
         format_func=lambda h: "mean over heads" if h == "mean" else f"head {h}",
     )
     picked = {v: (None if r is None else (r.mean(axis=0) if head == "mean" else r[int(head)])) for v, r in rows.items()}
-    visible = compute.visible_at_step(len(toks), ev["start"], ev["end"], ev["position"], q)
+    visible = visible_at_step(len(toks), ev["start"], ev["end"], ev["position"], q)
     label = f"layer {layer}, " + ("mean over heads" if head == "mean" else f"head {head}")
     st.plotly_chart(charts.attention_figure(picked, roles, visible, q, label), key="attention", width="stretch")
-    masses = {
-        v: compute.attention_mass_by_role(w, roles, blocks, q, visible) for v, w in picked.items() if w is not None
-    }
+    masses = {v: attention_mass_by_role(w, roles, blocks, q, visible) for v, w in picked.items() if w is not None}
     st.plotly_chart(charts.mass_figure(masses), key="mass", width="stretch")
     leak = {v: m["evicted"] + m["future"] for v, m in masses.items() if m["evicted"] + m["future"] > 1e-4}
     if leak:

@@ -2,6 +2,8 @@
 that greys out what has been evicted at that step, and the linked KV-occupancy sawtooth."""
 
 import streamlit as st
+from memento_lens.analyses.attention import evicted_at_step
+from memento_lens.analyses.kv import with_vanilla_overlay
 from memento_lens.app import charts, compute, state
 
 st.title("Trace explorer")
@@ -33,7 +35,7 @@ with state.shown_errors():
         help="A block evicted by an event at position p is gone for every step ≥ p. Clicking a "
         "position on the charts below moves the step there.",
     )
-    gone = compute.evicted_at_step(n, ev["start"], ev["end"], ev["position"], step)
+    gone = evicted_at_step(n, ev["start"], ev["end"], ev["position"], step)
     fired = ev[(ev["position"] <= step) & (ev["end"] > ev["start"])]
     c1, c2, c3 = st.columns(3)
     c1.metric("Tokens in cache at this step", int(((toks["pos"] <= step).to_numpy() & ~gone).sum()))
@@ -49,7 +51,7 @@ with state.shown_errors():
     )
     if rd.has("occupancy.parquet"):
         recorded = state.occupancy(*state.key(rd), trace)
-        occ = compute.with_vanilla_overlay(recorded)
+        occ = with_vanilla_overlay(recorded)
         unit = st.radio("Occupancy unit", ["tokens", "bytes"], horizontal=True, key="occ_unit")
         st.plotly_chart(
             charts.occupancy_figure(occ, step, ev, unit=unit),
