@@ -108,7 +108,7 @@ def passcode_cmd(
     heads: Optional[str] = typer.Option(None, "--heads", help="Also probe these KV heads one at a time."),
     distances: Optional[str] = typer.Option(None, "--distances", help="Masked distances (default 1..7; --quick 1,2)."),
     distance_layers: str = typer.Option(
-        "last", "--distance-layers", help="Layers for masked distances >= 2: last | all."
+        "all", "--distance-layers", help="Layers for masked distances >= 2: all | last."
     ),
     target_block: int = typer.Option(1, "--target-block", help="0-based block holding the passcode (1 = paper's T2)."),
     positions: str = typer.Option("span", "--positions", help="span (summary_start..summary_end) | digits (toy)."),
@@ -126,25 +126,42 @@ def passcode_cmd(
         True, "--cache-features/--no-cache-features", help="Save features (safetensors) in the run directory."
     ),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a loaded 2-core box)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Probe seeds per fit (default 3; --quick 2)."),
+    max_epochs: Optional[int] = typer.Option(
+        None, "--max-epochs", help="Epoch cap (default 200; --quick 40); rows record hit_cap."
+    ),
     out: Path = typer.Option(Path("runs/passcode"), "--out"),
     overwrite: bool = typer.Option(False, "--overwrite"),
     quick: bool = typer.Option(
-        False, "--quick", help="Demo preset: 2000 samples, layers 0,-1, distances 1,2, short training."
+        False, "--quick", help="Demo preset: 2000 samples, layers 0,-1 (+ both), distances 1,2, 2 seeds, 40-epoch cap."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result rows as a JSON list."),
 ) -> None:
-    """Passcode probes on memento K/V: direct, masked (+k) and causal-control conditions per layer."""
+    """Passcode probes on memento K/V with the channel decomposition: per condition, layer and probe the normal-world
+    accuracy, the restart world (memento recomputed without its block: the explicit text channel), a probe on the
+    memento text alone, and the implicit excess (normal - restart) with paired CIs."""
     with user_errors():
         import dataclasses
 
-        from memento_lens.probes.features import MementoFeatures, ProbeInputError
+        from memento_lens.probes.features import ProbeInputError
         from memento_lens.probes.models import make_probe
-        from memento_lens.probes.passcode import QUICK, PasscodeConfig, run_passcode, summarize
+        from memento_lens.probes.passcode import QUICK, PasscodeConfig
+        from memento_lens.probes.sweep import resolve_checkpoints, run_sweep
         from memento_lens.runtime.store import RunStore
 
         _setup(threads, seed)
         base = dict(QUICK) if quick else {}
-        base["train"] = dataclasses.replace(base.get("train", PasscodeConfig().train), threads=threads)
+        train = base.get("train", PasscodeConfig().train)
+        train = dataclasses.replace(train, threads=threads)
+        if seeds is not None:
+            if seeds < 1:
+                raise ProbeInputError(f"--seeds {seeds}: need at least 1 probe seed")
+            train = dataclasses.replace(train, seeds=seeds)
+        if max_epochs is not None:
+            if max_epochs < 1:
+                raise ProbeInputError(f"--max-epochs {max_epochs}: need at least 1")
+            train = dataclasses.replace(train, max_epochs=max_epochs)
+        base["train"] = train
         if samples is not None:
             if samples < 20:
                 raise ProbeInputError(f"--samples {samples}: need at least 20 for a train/validation split")
@@ -171,63 +188,14 @@ def passcode_cmd(
             dtype=dtype,
             **base,
         )
-        specs = [model]
-        if checkpoints:
-            if not model.startswith("toy"):
-                raise ProbeInputError("--checkpoints applies to the shipped toy model (--model toy)")
-            from memento_lens.runtime.toy.shipped import list_checkpoints
-
-            known = [str(c) for c in list_checkpoints()]
-            wanted = known if checkpoints == "all" else [c.strip() for c in checkpoints.split(",")]
-            bad = [c for c in wanted if c not in known]
-            if bad:
-                raise ProbeInputError(f"--checkpoints: unknown {', '.join(bad)}; known: {', '.join(known)}")
-            specs = [f"toy@{c}" for c in wanted]
+        specs = resolve_checkpoints(model, checkpoints)
         store = RunStore.create(
             out, "probe_passcode", {"passcode": cfg.to_dict(), "checkpoints": specs}, overwrite=overwrite
         )
-        import pandas as pd
-
-        frames, skips, infos = [], [], {}
         with _Progress(not as_json or sys.stderr.isatty()) as bar:
-            for spec in specs:
-                run_cfg = dataclasses.replace(cfg, model=spec)
-                ckpt = spec.split("@", 1)[1] if "@" in spec else ""
-                feats = None
-                if features_from is not None:
-                    feats = MementoFeatures.load(RunStore.open(features_from))
-                loaded, task_acc = None, float("nan")
-                if feats is None:
-                    from memento_lens.runtime.model import load_model
-
-                    loaded = load_model(spec, device=device, dtype=dtype)
-                    if spec.startswith("toy"):
-                        ckpt = ckpt or "final"
-                        task_acc = _toy_task_accuracy(spec, loaded.model, device)
-                    elif (Path(spec) / "checkpoint.json").exists():  # a `toy train` checkpoint directory
-                        info = json.loads((Path(spec) / "checkpoint.json").read_text())
-                        task_acc = float(info.get("memento_exact", float("nan")))
-                        ckpt = str(info.get("name", Path(spec).name))
-                prefix = f"features/{ckpt}" if ckpt else "features"
-                on_feat = (lambda f, p=prefix: f.save(store, p)) if cache_features and feats is None else None
-                res = run_passcode(
-                    run_cfg,
-                    loaded,
-                    features=feats,
-                    checkpoint=ckpt,
-                    task_accuracy=task_acc,
-                    on_features=on_feat,
-                    progress=lambda s, d, t, c=ckpt: bar(f"{c} {s}".strip(), d, t),
-                )
-                frames.append(res.rows)
-                skips += [s.to_dict() for s in res.skips]
-                infos[spec] = res.info
-        df = pd.concat(frames, ignore_index=True)
-        store.write_table("probe_results.parquet", df)
-        summary = {"summary": summarize(df), "skipped": skips, "info": infos}
-        store.write_json("passcode_summary.json", summary)
-        store.mark_complete(rows=len(df))
-        _report_skips(skips)
+            run = run_sweep(cfg, store, specs, features_from=features_from, cache_features=cache_features, progress=bar)
+        df = run.rows
+        _report_skips(run.skips)
         if as_json:
             print(json.dumps(_clean(df.to_dict("records"))))
         else:
@@ -238,26 +206,21 @@ def passcode_cmd(
                 "head",
                 "probe",
                 "accuracy",
-                "ci_low",
-                "ci_high",
-                "control_accuracy",
+                "restart_accuracy",
+                "text_accuracy",
+                "text_ceiling",
+                "implicit_excess",
+                "excess_ci_low",
+                "excess_ci_high",
+                "hit_cap",
             ]
             if checkpoints:
                 cols = ["checkpoint", "task_accuracy", *cols]
-            _print_table(df[cols], f"wrote {out}/probe_results.parquet (chance 0.100)")
-
-
-def _toy_task_accuracy(spec: str, model, device: str) -> float:
-    """Task accuracy of a toy checkpoint: the training log's teacher-forced memento exact-match rate (memento
-    attention, held-out sequences); evaluated here when the checkpoint does not record it."""
-    from memento_lens.runtime.toy.shipped import checkpoint_info
-
-    value = checkpoint_info(spec).get("memento_exact")
-    if value is not None:
-        return float(value)
-    from memento_lens.runtime.toy.evaluate import evaluate_all
-
-    return float(evaluate_all(model, n=1000, modes=("memento",), device=device)["memento"].exact)
+            _print_table(
+                df[cols],
+                f"wrote {out}/probe_results.parquet (chance 0.100; layer -1 = all probed layers; accuracy = normal "
+                "world; causal_control is a pipeline check)",
+            )
 
 
 def _print_table(df, footer: str) -> None:

@@ -98,50 +98,52 @@ def paired_bootstrap(
     alpha: float = 0.05,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Accuracy of ``a`` (and ``b``) and the paired difference ``a - b`` with percentile bootstrap CIs.
+    """Accuracy of ``a`` (and ``b``) and the paired difference ``a - b`` with two-level percentile bootstrap CIs.
 
     Args:
-        a, b: ``[n_seeds, n_val, n_digits]`` bool, correctness of probes fitted with different seeds on the
-            *same* validation samples (``b`` on the other world's features of the same samples).
+        a, b: ``[n_seeds, n_val, n_digits]`` bool (or ``[n_val, n_digits]``): correctness of probes fitted with
+            different seeds on the *same* validation samples (``b``: the other world's features of the same
+            samples, fitted with the same seeds).
     Returns:
         ``accuracy``, ``ci_low``, ``ci_high`` of ``a``; with ``b``: ``b_accuracy``, ``b_ci_low``, ``b_ci_high``
         and ``diff``, ``diff_ci_low``, ``diff_ci_high``, ``diff_seed_sd`` (sd over seeds of the difference).
-        Each sample's score is averaged over seeds and digits; the same resampled sample indices serve
-        ``a``, ``b`` and the difference (the pairing).
+
+    Each bootstrap draw resamples validation samples and, with several seeds, seeds too (both with replacement),
+    so the CI covers probe-training noise as well as sampling; the same draws serve ``a``, ``b`` and the
+    difference (the pairing).
     """
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim == 2:
-        a = a[None]
-    pa = a.mean(axis=(0, 2))
-    n = len(pa)
+
+    def as3(x):
+        x = np.asarray(x, dtype=np.float64)
+        return (x[None] if x.ndim == 2 else x).mean(axis=2)  # [n_seeds, n_val]
+
+    pa = as3(a)
+    n_seeds, n = pa.shape
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n)) if n >= 2 else None
+    sidx = rng.integers(0, n_seeds, size=(n_boot, n_seeds)) if n_seeds >= 2 else np.zeros((n_boot, 1), np.int64)
     q = (alpha / 2, 1 - alpha / 2)
 
     def ci(per: np.ndarray) -> tuple[float, float]:
         if idx is None:
             return float("nan"), float("nan")
-        lo, hi = np.quantile(per[idx].mean(axis=1), q)
+        by_seed = np.stack([per[s][idx].mean(axis=1) for s in range(per.shape[0])], axis=1)  # [n_boot, n_seeds]
+        boot = np.take_along_axis(by_seed, sidx, axis=1).mean(axis=1)
+        lo, hi = np.quantile(boot, q)
         return float(lo), float(hi)
 
     out = {"accuracy": float(pa.mean())}
     out["ci_low"], out["ci_high"] = ci(pa)
     if b is not None:
-        b = np.asarray(b, dtype=np.float64)
-        if b.ndim == 2:
-            b = b[None]
-        if b.shape[1:] != a.shape[1:]:
-            raise ValueError(f"paired bootstrap needs the same samples: {a.shape} vs {b.shape}")
-        pb = b.mean(axis=(0, 2))
+        pb = as3(b)
+        if pb.shape != pa.shape:
+            raise ValueError(f"paired bootstrap needs the same seeds and samples: {pa.shape} vs {pb.shape}")
         out["b_accuracy"] = float(pb.mean())
         out["b_ci_low"], out["b_ci_high"] = ci(pb)
         d = pa - pb
         out["diff"] = float(d.mean())
         out["diff_ci_low"], out["diff_ci_high"] = ci(d)
-        if a.shape[0] == b.shape[0] and a.shape[0] > 1:
-            out["diff_seed_sd"] = float((a.mean(axis=(1, 2)) - b.mean(axis=(1, 2))).std(ddof=1))
-        else:
-            out["diff_seed_sd"] = float("nan")
+        out["diff_seed_sd"] = float(d.mean(axis=1).std(ddof=1)) if n_seeds > 1 else float("nan")
     return out
 
 
@@ -233,14 +235,19 @@ class _Stacked(torch.nn.Module):
             self.biases.append(torch.nn.Parameter(torch.stack(b)))
         self.dropout, self.n_digits, self.n_classes = dropout, n_digits, n_classes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, gens: list[torch.Generator] | None = None) -> torch.Tensor:
+        """``gens``: one generator per model for its dropout masks (so a model's training noise depends on its seed
+        alone, not on which other models share the batch: equal features and seed give equal fits)."""
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = torch.baddbmm(b, x, w)
             if i < last:
                 x = torch.relu(x)
                 if self.training and self.dropout > 0:
-                    x = F.dropout(x, self.dropout, True)
+                    keep = torch.empty_like(x)
+                    for m, g in enumerate(gens):
+                        keep[m].bernoulli_(1 - self.dropout, generator=g)
+                    x = x * keep / (1 - self.dropout)
         return x.view(x.shape[0], x.shape[1], self.n_digits, self.n_classes)
 
 
@@ -288,8 +295,8 @@ def fit_batched(
     widths = probe.widths(X.shape[2])
     model = _Stacked(widths, seeds, getattr(probe, "dropout", 0.0), probe.n_digits, probe.n_classes).to(device, dtype)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    gens = [torch.Generator().manual_seed(int(s) + 104729) for s in seeds]
-    torch.manual_seed(int(seeds[0]))  # dropout masks
+    gens = [torch.Generator().manual_seed(int(s) + 104729) for s in seeds]  # minibatch order
+    drop_gens = [torch.Generator().manual_seed(int(s) + 1299709) for s in seeds]  # dropout masks
     n_fit = len(fit_idx)
     best = torch.full((B,), -1.0)
     best_state = [p.detach().clone() for p in model.parameters()]
@@ -306,7 +313,7 @@ def fit_batched(
         total, steps = torch.zeros(B), 0
         for s in range(0, n_fit, config.batch_size):
             b = order[:, s : s + config.batch_size]
-            logits = model(X[grp[:, None], b])
+            logits = model(X[grp[:, None], b], drop_gens)
             y = Y[lab[:, None], b]
             per = (
                 F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from memento_lens.runtime.rundir.schema import PROBE_RESULTS
 from typer.testing import CliRunner
 
 from memento_lens.cli import app
@@ -28,24 +29,15 @@ def small_toy_model(seed: int = 0):
 
 
 REQUIRED = {"condition", "distance", "layer", "probe", "accuracy", "ci_low", "ci_high", "control_accuracy"}
-CONTRACT = [
-    "model",
-    "checkpoint",
-    "condition",
-    "distance",
-    "layer",
-    "head",
-    "probe",
-    "seed",
-    "n_train",
-    "n_val",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "control_accuracy",
-    "selectivity",
-    "task_accuracy",
-]
+CONTRACT = PROBE_RESULTS.names
+DECOMPOSITION = {
+    "restart_accuracy",
+    "text_accuracy",
+    "text_ceiling",
+    "implicit_excess",
+    "excess_ci_low",
+    "excess_ci_high",
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +73,12 @@ def test_passcode_json_rows(model_dir, tmp_path):
     )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
-    assert isinstance(rows, list) and rows and all(REQUIRED <= set(r) for r in rows)
+    assert isinstance(rows, list) and rows and all((REQUIRED | DECOMPOSITION) <= set(r) for r in rows)
+    for r in rows:
+        assert r["excess_ci_low"] <= r["implicit_excess"] <= r["excess_ci_high"]
+        assert r["implicit_excess"] == pytest.approx(r["accuracy"] - r["restart_accuracy"])
+        assert r["role"] == ("pipeline_check" if r["condition"] == "causal_control" else "measurement")
+        assert r["text_ceiling"] == pytest.approx(0.1 if r["condition"] == "causal_control" else 0.16, abs=1e-3)
     assert {r["condition"] for r in rows} == {"direct", "masked", "causal_control"}
     assert {r["distance"] for r in rows if r["condition"] == "masked"} == {1, 2}
     assert all(r["layer"] == 1 for r in rows)
@@ -89,7 +86,11 @@ def test_passcode_json_rows(model_dir, tmp_path):
     assert list(df.columns) == CONTRACT and len(df) == len(rows)
     summary = json.loads((out / "passcode_summary.json").read_text())
     assert summary["skipped"] and summary["skipped"][0]["distance"] == 9
-    assert (out / "features" / "index.parquet").exists()
+    assert (out / "features" / "normal" / "index.parquet").exists()
+    assert (out / "features" / "restart" / "index.parquet").exists()
+    curves = pd.read_parquet(out / "probe_curves.parquet")
+    assert set(curves["world"]) == {"normal", "restart", "text", "control"}
+    assert curves.groupby(["condition", "distance", "world"])["epoch"].max().min() >= 1
     # re-fit from the cached features without the model
     res2 = CliRunner().invoke(
         app,

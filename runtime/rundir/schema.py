@@ -230,6 +230,42 @@ PROBE_RESULTS = Table(
         Column("control_accuracy", F),
         Column("selectivity", F),
         Column("task_accuracy", F),
+        # channel decomposition (issue 10): same split and validation samples in every world
+        Column("task", S, "toy / trace", required=False),
+        Column("role", S, "measurement / pipeline_check (causal control)", required=False),
+        Column("n_seeds", NI, "probe seeds averaged", required=False),
+        Column("restart_accuracy", F, "memento recomputed without its block (explicit channel)", required=False),
+        Column("restart_ci_low", F, required=False),
+        Column("restart_ci_high", F, required=False),
+        Column("text_accuracy", F, "probe on the memento text token identities", required=False),
+        Column("text_ci_low", F, required=False),
+        Column("text_ci_high", F, required=False),
+        Column("text_ceiling", F, "exact Bayes ceiling of the text channel (NaN: not computable)", required=False),
+        Column("implicit_excess", F, "accuracy - restart_accuracy", required=False),
+        Column("excess_ci_low", F, "paired bootstrap over validation samples and seeds", required=False),
+        Column("excess_ci_high", F, required=False),
+        Column("excess_seed_sd", F, required=False),
+        Column("epochs", NI, "most epochs any of the row's probes ran", required=False),
+        Column("max_epochs", NI, "the epoch cap", required=False),
+        Column("hit_cap", "bool", "a probe of the row stopped at the cap (not at its plateau)", required=False),
+    ),
+)
+PROBE_CURVES = Table(
+    "probe_curves",
+    "probe_curves.parquet",
+    (
+        Column("model", S),
+        Column("checkpoint", S),
+        Column("condition", S),
+        Column("distance", I),
+        Column("layer", I, "-1 all probed layers"),
+        Column("head", I, "-1 all"),
+        Column("probe", S),
+        Column("world", S, "normal / restart / text / control"),
+        Column("seed", I),
+        Column("epoch", I),
+        Column("train_loss", F),
+        Column("stop_accuracy", F, "accuracy on the early-stopping slice"),
     ),
 )
 ABLATIONS = Table(
@@ -252,7 +288,7 @@ ABLATIONS = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (TRACES, TOKENS, EVENTS, OCCUPANCY, KV_INDEX, ATTN_INDEX, PROBE_RESULTS, ABLATIONS)
+    t.name: t for t in (TRACES, TOKENS, EVENTS, OCCUPANCY, KV_INDEX, ATTN_INDEX, PROBE_RESULTS, PROBE_CURVES, ABLATIONS)
 }
 # The per-trace tables every trace-producing run (generate, replay, ingest) writes.
 TRACE_TABLES: tuple[Table, ...] = (TRACES, TOKENS, EVENTS, OCCUPANCY)
@@ -287,6 +323,7 @@ __all__ = [
     "KV_INDEX",
     "ATTN_INDEX",
     "PROBE_RESULTS",
+    "PROBE_CURVES",
     "ABLATIONS",
     "FIGURES_DIR",
     "PARTS_DIR",
