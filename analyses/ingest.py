@@ -525,7 +525,7 @@ def trace_tables(
 ) -> dict[str, pd.DataFrame]:
     """``traces``, ``tokens`` and ``events`` tables (run-directory contract) under ``config``, built by the
     runtime's one contract builder (occupancy comes from :func:`account_trace`, vanilla included)."""
-    from memento_lens.runtime.capture import trace_tables as contract_tables
+    from memento_lens.runtime.rundir.writer import trace_tables as contract_tables
 
     parts = []
     for t in traces:

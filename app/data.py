@@ -1,15 +1,12 @@
 """The app's one data-access interface: read-only views of run directories (no streamlit here).
 
-Everything the pages show comes through :class:`RunData`, which reads the files of the run-directory
-contract (docs/ARCHITECTURE.md) through :class:`~memento_lens.runtime.store.RunStore`. Files are
-checksum-verified lazily, the first time each is read (a 100 MB run opens instantly; a corrupt file is
-reported, naming it, when a page needs it). Per-trace reads use Parquet row filters and single-tensor
-safetensors reads, so the cost of one interaction does not grow with the number of traces.
-
-Captured K/V are looked up by the runtime's typed :class:`~memento_lens.runtime.kvstore.KVKey`. The app does
-not use ``KVReader`` itself: that reader indexes every trace of a run up front (about 2.5 s for 1,000
-traces on 2 cores) and needs a complete run, while the app answers one trace at a time, from unfinished
-captures too.
+Everything the pages show comes through :class:`RunData`, a thin app-side view over the runtime's one
+reader, :class:`~memento_lens.runtime.rundir.reader.RunReader` (which owns the parts layout, the schema
+checks and the K/V lookup by :class:`~memento_lens.runtime.rundir.kv.KVKey`). Files are checksum-verified
+lazily, the first time each is read (a 100 MB run opens instantly; a corrupt file is reported, naming it,
+when a page needs it). Per-trace reads use Parquet row filters and single-tensor safetensors reads, so the
+cost of one interaction does not grow with the number of traces; unfinished captures are read from their
+committed parts. This module adds only what the pages need on top: discovery, the summary, the figures list.
 
 Errors are :class:`~memento_lens.runtime.store.RunError` (or its subclass ``CorruptFile``) with one
 line naming the file at fault; the UI shows them, never a traceback.
@@ -18,16 +15,16 @@ line naming the file at fault; the UI shows them, never a traceback.
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from memento_lens.runtime.kvstore import KVKey
 from memento_lens.runtime.rundir import schema
-from memento_lens.runtime.store import MANIFEST, STATUS_COMPLETE, CorruptFile, RunError, RunStore
+from memento_lens.runtime.rundir.kv import KVKey
+from memento_lens.runtime.rundir.reader import RunReader
+from memento_lens.runtime.rundir.store import MANIFEST, RunError
 
 __all__ = ["RunData", "RunRef", "RunSummary", "KVKey", "discover_runs", "manifest_fingerprint", "ENV_RUNS"]
 
@@ -141,39 +138,30 @@ def _category_mb(files: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-# table -> its name inside an unfinished capture's parts/NNNNN/ (runtime/rundir/schema.py)
-_PART_NAMES = {t.path: t.part for t in schema.PART_TABLES}
-
-
 class RunData:
     """Read-only access to one run directory. Cheap to create; reads on demand; thread-safe."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.fingerprint = manifest_fingerprint(self.path)
-        self.store = RunStore.open(self.path, verify=False)
-        self._verified: set[str] = set()
-        self._lock = threading.Lock()
+        self.reader = RunReader(self.path)
+        self.store = self.reader.store
 
     # -- basics --------------------------------------------------------------------------------
     @property
     def complete(self) -> bool:
-        return self.store.manifest.status == STATUS_COMPLETE
+        return self.reader.complete
 
     def has(self, rel: str) -> bool:
         """Whether the run holds ``rel`` (for an unfinished capture: in one of its committed parts)."""
-        return self.store.has(rel) or bool(self._parts(rel))
+        return self.reader.has(rel)
 
     def files(self, prefix: str = "") -> list[str]:
-        return sorted(r for r in self.store.manifest.files if r.startswith(prefix))
+        return self.reader.files(prefix)
 
     def verify(self, rel: str) -> Path:
         """Check ``rel`` is part of the run and intact (once per RunData); return its full path."""
-        if rel not in self._verified:
-            self.store.verify_file(rel)
-            with self._lock:
-                self._verified.add(rel)
-        return self.path / rel
+        return self.reader.verify(rel)
 
     def verify_all(self) -> list[str]:
         """Verify every recorded file; return the error lines (empty when the run is intact)."""
@@ -193,37 +181,8 @@ class RunData:
             "written are shown. Resume it with --resume to finish it."
         )
 
-    def _require(self, rel: str, what: str) -> Path:
-        if rel not in self.store.manifest.files:
-            hint = " (the run is incomplete)" if not self.complete else ""
-            raise RunError(f"{self.path / rel}: missing{hint}; this run has no {what}")
-        return self.verify(rel)
-
     def _parts(self, rel: str) -> list[str]:
-        """An unfinished capture keeps its tables in ``parts/NNNNN/`` (``traces.parquet`` last, as the
-        commit marker) until it merges them: the committed parts that hold ``rel``'s rows."""
-        name = _PART_NAMES.get(rel)
-        if name is None or self.complete:
-            return []
-        files = self.store.manifest.files
-        marks = sorted(r for r in files if r.startswith("parts/") and r.endswith("/traces.parquet"))
-        return [p for p in (m.rsplit("/", 1)[0] + f"/{name}.parquet" for m in marks) if p in files]
-
-    def _read(self, rel: str, what: str, filters: list | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-        import pyarrow.parquet as pq
-
-        parts = [] if rel in self.store.manifest.files else self._parts(rel)
-        frames = []
-        for f in parts or [rel]:
-            full = self._require(f, what)
-            try:
-                frames.append(pq.read_table(full, filters=filters, columns=columns).to_pandas())
-            except Exception as exc:  # pyarrow raises several types for damaged files
-                raise CorruptFile(f"{full}: unreadable Parquet ({exc})") from None
-        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        if rel in schema.BY_PATH:
-            df = schema.BY_PATH[rel].check(df, self.path / rel, columns)
-        return df
+        return self.reader.parts(rel) if rel in schema.BY_PATH else []
 
     # -- summary -------------------------------------------------------------------------------
     def summary(self) -> RunSummary:
@@ -274,64 +233,38 @@ class RunData:
 
     # -- traces --------------------------------------------------------------------------------
     def traces(self) -> pd.DataFrame:
-        return self._read(TRACES, "trace table")
+        return self.reader.table(TRACES, what="trace table")
 
     def tokens(self, trace: str) -> pd.DataFrame:
-        df = self._read(TOKENS, "tokens", filters=[("trace", "==", trace)]).sort_values("pos")
+        df = self.reader.table(TOKENS, trace=trace, what="tokens").sort_values("pos")
         if df.empty:
             raise RunError(f"{self.path / TOKENS}: no tokens for trace {trace!r}")
         return df.reset_index(drop=True)
 
     def events(self, trace: str) -> pd.DataFrame:
-        df = self._read(EVENTS, "eviction events", filters=[("trace", "==", trace)])
+        df = self.reader.table(EVENTS, trace=trace, what="eviction events")
         return df.sort_values("position").reset_index(drop=True)
 
     def occupancy(self, trace: str) -> pd.DataFrame:
-        df = self._read(OCCUPANCY, "KV occupancy", filters=[("trace", "==", trace)])
+        df = self.reader.table(OCCUPANCY, trace=trace, what="KV occupancy")
         return df.sort_values(["mode", "step"]).reset_index(drop=True)
 
     # -- KV ------------------------------------------------------------------------------------
     def kv_index(self, trace: str | None = None) -> pd.DataFrame:
-        filters = [("trace", "==", trace)] if trace is not None else None
-        return self._read(KV_INDEX, "captured KV (kv/index.parquet)", filters=filters)
+        return self.reader.table(KV_INDEX, trace=trace, what="captured KV (kv/index.parquet)")
 
     def residue_traces(self) -> list[str]:
         """Traces with at least one memento captured in both the normal and the restart variant."""
-        idx = self._read(KV_INDEX, "captured KV (kv/index.parquet)", columns=["trace", "variant", "layer", "block"])
+        idx = self.reader.table(
+            KV_INDEX, columns=["trace", "variant", "layer", "block"], what="captured KV (kv/index.parquet)"
+        )
         idx = idx[idx["variant"].isin(["normal", "restart"])]
         both = idx.groupby(["trace", "layer", "block"])["variant"].nunique()
         return sorted(both[both == 2].reset_index()["trace"].astype(str).unique().tolist())
 
-    def _tensor(self, shard: str, name: str):
-        full = self.verify(shard)
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(full), framework="pt") as f:
-                return f.get_tensor(name)
-        except Exception as exc:
-            raise CorruptFile(f"{full}: cannot read tensor {name!r} ({exc})") from None
-
     def kv(self, key: KVKey, index: pd.DataFrame | None = None):
         """``(keys, values, (start, end))`` of one captured KV entry; tensors ``[1, kv_heads, end-start, d]``."""
-        idx = index if index is not None else self.kv_index(key.trace)
-        row = idx[
-            (idx["trace"] == key.trace)
-            & (idx["layer"] == key.layer)
-            & (idx["variant"] == key.variant)
-            & (idx["block"] == key.block)
-        ]
-        if row.empty:
-            raise RunError(
-                f"{self.path / KV_INDEX}: no {key.variant} KV for trace {key.trace!r} layer {key.layer} "
-                f"block {key.block}"
-            )
-        r = row.iloc[0]
-        return (
-            self._tensor(r["shard"], r["key"]),
-            self._tensor(r["shard"], r["value"]),
-            (int(r["start"]), int(r["end"])),
-        )
+        return tuple(self.reader.kv(key, index))
 
     def kv_many(
         self, keys: list[KVKey], index: pd.DataFrame | None = None
@@ -340,36 +273,16 @@ class RunData:
 
         Keys that were not captured are left out.
         """
-        if not keys:
-            return {}
-        traces = {k.trace for k in keys}
-        idx = index if index is not None else pd.concat([self.kv_index(t) for t in sorted(traces)])
-        want = {(k.trace, k.layer, k.variant, k.block): k for k in keys}
-        rows = [r for r in idx.itertuples(index=False) if (r.trace, int(r.layer), r.variant, int(r.block)) in want]
-        out: dict[KVKey, tuple[Any, Any, tuple[int, int]]] = {}
-        from safetensors import safe_open
-
-        for shard in sorted({r.shard for r in rows}):
-            full = self.verify(shard)
-            try:
-                with safe_open(str(full), framework="pt") as f:
-                    for r in rows:
-                        if r.shard == shard:
-                            k = want[(r.trace, int(r.layer), r.variant, int(r.block))]
-                            out[k] = (f.get_tensor(r.key), f.get_tensor(r.value), (int(r.start), int(r.end)))
-            except Exception as exc:
-                raise CorruptFile(f"{full}: cannot read tensors ({exc})") from None
-        return out
+        return {k: tuple(e) for k, e in self.reader.kv_many(keys, index).items()}
 
     # -- attention -----------------------------------------------------------------------------
     def attention_traces(self) -> list[str]:
         """Traces with captured attention (reads only the ``trace`` column of the index)."""
-        idx = self._read(ATTENTION_INDEX, "captured attention (attention/index.parquet)", columns=["trace"])
+        idx = self.reader.table(ATTENTION_INDEX, columns=["trace"], what="captured attention (attention/index.parquet)")
         return sorted(idx["trace"].astype(str).unique().tolist())
 
     def attention_index(self, trace: str | None = None) -> pd.DataFrame:
-        filters = [("trace", "==", trace)] if trace is not None else None
-        return self._read(ATTENTION_INDEX, "captured attention (attention/index.parquet)", filters=filters)
+        return self.reader.table(ATTENTION_INDEX, trace=trace, what="captured attention (attention/index.parquet)")
 
     def attention(self, trace: str, variant: str, layer: int, query_pos: int) -> np.ndarray | None:
         """``[heads, n_keys]`` float32 attention row of one query, or None when not captured."""
@@ -377,15 +290,15 @@ class RunData:
         row = idx[(idx["variant"] == variant) & (idx["layer"] == layer) & (idx["query_pos"] == query_pos)]
         if row.empty:
             return None
-        t = self._tensor(row.iloc[0]["shard"], row.iloc[0]["tensor"])
+        t = self.reader.tensor(row.iloc[0]["shard"], row.iloc[0]["tensor"])
         return t.reshape(-1, t.shape[-1]).float().numpy()
 
     # -- downstream tables ---------------------------------------------------------------------
     def probe_results(self) -> pd.DataFrame:
-        return self._read(PROBES, "probe results (run `memento-lens probe` on it)")
+        return self.reader.table(PROBES, what="probe results (run `memento-lens probe` on it)")
 
     def ablations(self) -> pd.DataFrame:
-        return self._read(ABLATIONS, "ablation results (run the restart ablation / patching on it)")
+        return self.reader.table(ABLATIONS, what="ablation results (run the restart ablation / patching on it)")
 
     def chance(self) -> float | None:
         """Chance accuracy of the probed label, if the run records one (manifest info/config ``chance``, or
@@ -431,4 +344,6 @@ class RunData:
         return (self.path / rel).read_bytes()
 
     def read_bytes(self, rel: str) -> bytes:
-        return self._require(rel, rel).read_bytes()
+        if rel not in self.store.manifest.files:
+            raise RunError(f"{self.path / rel}: missing; this run has no {rel}")
+        return self.reader.bytes(rel)

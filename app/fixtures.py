@@ -1,8 +1,9 @@
-"""Synthetic run directories written exactly per the run-directory contract (docs/ARCHITECTURE.md).
+"""Synthetic run directories written through the runtime's own writer (runtime/rundir).
 
-Used by the app's tests, screenshots and benchmark until (and besides) real captured runs: every file
-goes through :class:`~memento_lens.runtime.store.RunStore`, the eviction events and roles come from the
-real schedule, so a fixture run reads like a captured one. Nothing here imports streamlit.
+Used by the app's tests, screenshots and benchmark besides real captured runs: the per-trace tables come
+from the runtime's ``trace_tables`` on the real schedule, K/V and attention go through a capture sink and
+``RunWriter`` parts, the downstream tables through the schema, so the app's tests open runs written exactly
+as the runtime writes them. Only the tensor values are synthetic. Nothing here imports streamlit.
 
 Shapes: KV tensors ``[1, kv_heads, end-start, d_head]``; attention tensors ``[1, heads, n_tokens]``
 (row of one query over all positions, evicted = 0).
@@ -19,11 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds
-from memento_lens.runtime.occupancy import schedule_occupancy as occupancy
 from memento_lens.runtime.rundir import schema
+from memento_lens.runtime.rundir.kv import AttnItem, CaptureSink, KVItem, KVKey
+from memento_lens.runtime.rundir.store import RunStore
+from memento_lens.runtime.rundir.writer import RunWriter, trace_tables
 from memento_lens.runtime.schedule import compute_schedule
-from memento_lens.runtime.store import RunStore
-from memento_lens.runtime.trace import assign_roles
+from memento_lens.runtime.trace import Trace
 
 VOCAB: tuple[str, ...] = (
     "<bos>",
@@ -186,74 +188,64 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
             "chance": 0.1,
         },
     )
-    traces, tokens, events, occ = [], [], [], []
-    kv_rows, att_rows = [], []
-    shard_tensors: dict[str, torch.Tensor] = {}
-    att_tensors: dict[str, torch.Tensor] = {}
-    shard_no = att_no = 0
+    if store.reused:
+        return Path(path)
+    with store:  # a failed overwrite leaves the old run as it was
+        _write_traces(store, spec, rng, gen)
+        if spec.probes:
+            store.write_table(schema.PROBE_RESULTS, _probe_table(rng, spec))
+        if spec.ablations:
+            store.write_table(schema.ABLATIONS, _ablation_table(rng, spec))
+        if spec.figures:
+            store.add_file("figures/fig1_occupancy.png", lambda tmp: Path(tmp).write_bytes(_png_bytes(seed=1)))
+            store.add_file("figures/fig3_probe_accuracy.png", lambda tmp: Path(tmp).write_bytes(_png_bytes(seed=2)))
+            store.add_file(
+                "figures/fig3_probe_accuracy.html",
+                lambda tmp: Path(tmp).write_text(
+                    "<html><body><h3>Probe accuracy</h3><p>fixture figure</p></body></html>"
+                ),
+            )
+            store.add_file(
+                "figures/fig3_probe_accuracy.csv", lambda tmp: Path(tmp).write_text("layer,accuracy\n0,0.4\n1,0.6\n")
+            )
+        writer = RunWriter(store)
+        if spec.complete:
+            writer.finish(n_traces=spec.n_traces)
+        elif not spec.as_parts:
+            writer.merge()  # tables merged, run still incomplete
+    return Path(path)
+
+
+def _write_traces(store: RunStore, spec: FixtureSpec, rng: np.random.Generator, gen: torch.Generator) -> None:
+    """Every trace through the runtime's own writer: contract tables from the real schedule, K/V and
+    attention through a capture sink, ``traces_per_shard`` traces per part."""
+    writer = RunWriter(store)
+    sink = CaptureSink()
     bytes_per_token = 2 * spec.n_layers * spec.kv_heads * spec.d_head * 2  # K+V, bf16 as in a real model
-
-    def flush_kv() -> None:
-        nonlocal shard_tensors, shard_no
-        if shard_tensors:
-            store.write_tensors(f"kv/shard-{shard_no:05d}.safetensors", shard_tensors)
-            shard_tensors = {}
-            shard_no += 1
-
+    pending: list[dict[str, pd.DataFrame]] = []
     for t in range(spec.n_traces):
         trace = f"t{t:04d}"
         ids, prompt_len = fixture_token_ids(rng, spec)
         sched = compute_schedule(ids, MASKING, FIXTURE_TOKENS, prompt_len=prompt_len)
-        roles = assign_roles(sched, ids, FIXTURE_TOKENS)
         n = len(ids)
-        traces.append(
-            {
-                "trace": trace,
-                "n_tokens": n,
-                "prompt_len": prompt_len,
-                "n_blocks": len(sched.blocks),
-                "mode": "memento",
-                "source": "fixture",
-            }
+        tables = trace_tables(
+            Trace(trace, ids, prompt_len),
+            sched,
+            FIXTURE_TOKENS,
+            "memento",
+            "fixture",
+            bytes_per_token,
+            token_strings=[VOCAB[i] for i in ids],
         )
-        tokens.append(
-            pd.DataFrame(
-                {
-                    "trace": trace,
-                    "pos": np.arange(n),
-                    "token_id": ids,
-                    "token": [VOCAB[i] for i in ids],
-                    "role": roles.role.astype(str),
-                    "block": roles.block,
-                }
-            )
+        vanilla = np.arange(1, n + 1)
+        tables["occupancy"] = pd.concat(
+            [
+                tables["occupancy"].assign(mode="vanilla", tokens=vanilla, bytes=vanilla * bytes_per_token),
+                tables["occupancy"],
+            ],
+            ignore_index=True,
         )
-        for ev in sched.events:
-            events.append(
-                {
-                    "trace": trace,
-                    "kind": ev.kind.value,
-                    "position": ev.position,
-                    "start": ev.start,
-                    "end": ev.end,
-                    "block": ev.block if ev.block is not None else -1,
-                    "rewind_to": ev.rewind_to,
-                    "message": ev.message,
-                }
-            )
-        mem = occupancy(sched)
-        for mode, toks in (("vanilla", np.arange(1, n + 1)), ("memento", mem)):
-            occ.append(
-                pd.DataFrame(
-                    {
-                        "trace": trace,
-                        "mode": mode,
-                        "step": np.arange(n),
-                        "tokens": toks,
-                        "bytes": toks * bytes_per_token,
-                    }
-                )
-            )
+        pending.append(tables)
         # KV: per block, memento span normal/restart and the block at eviction time.
         for span in sched.blocks:
             if span.end is None or span.summary_end is None:
@@ -280,22 +272,7 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
                     else:
                         k = torch.randn(1, spec.kv_heads, e - s, spec.d_head, generator=gen)
                         v = torch.randn(k.shape, generator=gen)
-                    name = f"{trace}.L{layer}.b{span.block}.{variant}"
-                    shard_tensors[name + ".k"] = k
-                    shard_tensors[name + ".v"] = v
-                    kv_rows.append(
-                        {
-                            "trace": trace,
-                            "variant": variant,
-                            "layer": layer,
-                            "block": span.block,
-                            "start": s,
-                            "end": e,
-                            "shard": f"kv/shard-{shard_no:05d}.safetensors",
-                            "key": name + ".k",
-                            "value": name + ".v",
-                        }
-                    )
+                    sink.add_kv(KVItem(KVKey(trace, layer, variant, span.block), s, e, k, v))
         if t < spec.attention_traces:
             heads = 2 * spec.kv_heads
             queries = np.unique(np.linspace(prompt_len, n - 1, spec.attention_queries).astype(int))
@@ -312,54 +289,12 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
                         if variant == "restart":
                             logits = logits + 0.5 * torch.randn(logits.shape, generator=gen)
                         w = torch.softmax(logits, dim=-1)
-                        name = f"{trace}.{variant}.L{layer}.q{int(q)}"
-                        att_tensors[name] = w
-                        att_rows.append(
-                            {
-                                "trace": trace,
-                                "variant": variant,
-                                "layer": layer,
-                                "query_pos": int(q),
-                                "shard": f"attention/shard-{att_no:05d}.safetensors",
-                                "tensor": name,
-                            }
-                        )
-        if (t + 1) % spec.traces_per_shard == 0:
-            flush_kv()
-    flush_kv()
-    parts = spec.as_parts and not spec.complete
-
-    def rel(contract: str, part_name: str) -> str:
-        return f"parts/00000/{part_name}.parquet" if parts else contract
-
-    if att_tensors:
-        store.write_tensors(f"attention/shard-{att_no:05d}.safetensors", att_tensors)
-        store.write_table(rel("attention/index.parquet", "attn_index"), schema.ATTN_INDEX.frame(att_rows))
-    store.write_table(rel("tokens.parquet", "tokens"), schema.TOKENS.frame(pd.concat(tokens, ignore_index=True)))
-    store.write_table(
-        rel("events.parquet", "events"),
-        schema.EVENTS.frame(events),
-    )
-    store.write_table(rel("occupancy.parquet", "occupancy"), schema.OCCUPANCY.frame(pd.concat(occ, ignore_index=True)))
-    store.write_table(rel("kv/index.parquet", "kv_index"), schema.KV_INDEX.frame(kv_rows))
-    store.write_table(rel("traces.parquet", "traces"), schema.TRACES.frame(traces))  # last: a part's commit marker
-    if spec.probes:
-        store.write_table("probe_results.parquet", _probe_table(rng, spec))
-    if spec.ablations:
-        store.write_table("ablations.parquet", _ablation_table(rng, spec))
-    if spec.figures:
-        store.add_file("figures/fig1_occupancy.png", lambda tmp: Path(tmp).write_bytes(_png_bytes(seed=1)))
-        store.add_file("figures/fig3_probe_accuracy.png", lambda tmp: Path(tmp).write_bytes(_png_bytes(seed=2)))
-        store.add_file(
-            "figures/fig3_probe_accuracy.html",
-            lambda tmp: Path(tmp).write_text("<html><body><h3>Probe accuracy</h3><p>fixture figure</p></body></html>"),
-        )
-        store.add_file(
-            "figures/fig3_probe_accuracy.csv", lambda tmp: Path(tmp).write_text("layer,accuracy\n0,0.4\n1,0.6\n")
-        )
-    if spec.complete:
-        store.mark_complete(n_traces=spec.n_traces)
-    return Path(path)
+                        sink.add_attention(AttnItem(trace, variant, layer, int(q), w))
+        if len(pending) == spec.traces_per_shard:
+            writer.write_part(pending, sink)
+            pending = []
+    if pending:
+        writer.write_part(pending, sink)
 
 
 def _probe_table(rng: np.random.Generator, spec: FixtureSpec) -> pd.DataFrame:

@@ -182,9 +182,9 @@ def generate_cmd(
 ) -> None:
     """Generate with block masking and physical KV eviction; write a run directory."""
     with user_errors():
-        from memento_lens.runtime.capture import generate_to_run
         from memento_lens.runtime.errors import OptionError
         from memento_lens.runtime.generate import SamplingConfig, encode_prompts
+        from memento_lens.runtime.runs import generate_to_run
 
         cfg = _masking(mode, keep, mask_delimiters, config_file, max_block_tokens)
         sampling = SamplingConfig(
@@ -340,9 +340,9 @@ def replay_cmd(
 ) -> None:
     """Teacher-forced segment replay with the schedule; capture memento K/V into a run directory."""
     with user_errors():
-        from memento_lens.runtime.capture import replay_to_run
         from memento_lens.runtime.errors import OptionError
         from memento_lens.runtime.replay import traces_from_ids
+        from memento_lens.runtime.runs import replay_to_run
         from memento_lens.runtime.validate import check_int, check_output_dir
 
         cfg = _masking(mode, keep, mask_delimiters, config_file, 0)

@@ -140,9 +140,10 @@ def _pipeline(out: Path, config: DemoConfig, step: StepFn) -> DemoResult:
     from memento_lens.analyses.figures import render_figures
     from memento_lens.probes.ablation import ablation_inputs, patch_experiment, restart_experiment
     from memento_lens.probes.passcode import QUICK, PasscodeConfig, run_passcode
-    from memento_lens.runtime.capture import AttentionWeights, EvictedBlockKV, MementoKV, generate_to_run
+    from memento_lens.runtime.capture import AttentionWeights, EvictedBlockKV, MementoKV
     from memento_lens.runtime.generate import SamplingConfig
     from memento_lens.runtime.model import load_model
+    from memento_lens.runtime.runs import generate_to_run
     from memento_lens.runtime.toy.task import BOS, EOS, TOY_MASKING, ToyLayout
 
     timings: dict[str, float] = {}

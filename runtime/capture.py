@@ -1,5 +1,8 @@
 """Captures during replay, and writing runs to a run directory.
 
+Writing runs lives in :mod:`.rundir` (the format) and :mod:`.runs` (``replay_to_run``, ``generate_to_run``);
+this module only captures, so it imports neither the replay nor the generator.
+
 Capture specs are small dataclasses on a two-level base: :class:`Capture` (the replay calls ``attach`` once,
 ``before_evict`` before each eviction and ``after_chunk`` after each forward) and :class:`KVCapture` (layer
 selection and the sink); a new capture is one method. Hooks live in ``attach`` (a context manager) and are
@@ -33,23 +36,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
-import pandas as pd
 import torch
 
-from .config import BlockMaskingConfig, MementoTokenIds
-from .errors import InputFileError, OptionError
 from .hf_paths import ATTN_IMPLEMENTATION_ATTR, ATTN_WEIGHTS_OUTPUT_INDEX, SELF_ATTN_ATTR, decoder_layers
-from .kvstore import AttnItem, CaptureSink, KVItem, KVKey
-from .rundir import schema
+from .rundir.kv import AttnItem, CaptureSink, KVItem, KVKey
 from .schedule import EvictionEvent
-from .store import RunStore
-from .trace import Trace, assign_roles
-
-RUN_TABLES = tuple(t.name for t in schema.TRACE_TABLES)  # defined in rundir/schema.py
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,290 +214,6 @@ class AttentionWeights(Capture):
         self._last.clear()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Run writing (parts, resume, merge)
-# ---------------------------------------------------------------------------------------------------------
-def trace_tables(
-    trace: Trace,
-    schedule: Any,
-    tokens: MementoTokenIds,
-    mode: str,
-    source: str,
-    bytes_per_token: int,
-    tokenizer: Any = None,
-    token_strings: Sequence[str] | None = None,
-    trace_columns: dict[str, Any] | None = None,
-) -> dict[str, pd.DataFrame]:
-    """The four per-trace tables of the run contract (the one builder: generation, replay and ingestion).
-
-    Args:
-        token_strings: ``[n_tokens]`` display strings (default: the tokenizer's, else the ids).
-        trace_columns: extra columns for the ``traces`` row (e.g. ``domain`` of ingested traces).
-    """
-    from .occupancy import schedule_occupancy
-
-    roles = assign_roles(schedule, trace.token_ids, tokens)
-    n = len(trace.token_ids)
-    if token_strings is not None:
-        names = list(token_strings)
-    elif tokenizer is not None:
-        names = tokenizer.convert_ids_to_tokens(list(trace.token_ids))
-    else:
-        names = [str(t) for t in trace.token_ids]
-    tok = schema.TOKENS.frame(
-        pd.DataFrame(
-            {
-                "trace": [trace.trace_id] * n,
-                "pos": np.arange(n, dtype=np.int64),
-                "token_id": np.asarray(trace.token_ids, dtype=np.int64),
-                "token": [str(x) for x in names],
-                "role": [str(r) for r in roles.role],
-                "block": roles.block.astype(np.int64),
-            }
-        )
-    )
-    ev = schema.EVENTS.frame(
-        [
-            {
-                "trace": trace.trace_id,
-                "kind": e.kind.value,
-                "position": e.position,
-                "start": e.start,
-                "end": e.end,
-                "block": e.block if e.block is not None else -1,
-                "rewind_to": e.rewind_to,
-                "message": e.message,
-            }
-            for e in schedule.events
-        ]
-    )
-    occ = schedule_occupancy(schedule)
-    oc = schema.OCCUPANCY.frame(
-        pd.DataFrame(
-            {
-                "trace": trace.trace_id,
-                "mode": mode,
-                "step": np.arange(n, dtype=np.int64),
-                "tokens": occ,
-                "bytes": occ * bytes_per_token,
-            }
-        )
-    )
-    tr = schema.TRACES.frame(
-        [
-            {
-                "trace": trace.trace_id,
-                "n_tokens": n,
-                "prompt_len": trace.prompt_len,
-                "n_blocks": len(schedule.blocks),
-                "mode": mode,
-                "source": source,
-                **(trace_columns or {}),
-            }
-        ]
-    )
-    return {"traces": tr, "tokens": tok, "events": ev, "occupancy": oc}
-
-
-class RunWriter:
-    """Writes a run in parts so an interrupted run keeps its finished traces.
-
-    Each part ``NNNNN`` writes its shards, then ``parts/NNNNN/{tokens,events,occupancy,kv_index,attn_index}``,
-    and last ``parts/NNNNN/traces.parquet`` (the commit marker). :meth:`finish` merges the parts into the
-    top-level tables of the contract and marks the run complete.
-    """
-
-    def __init__(self, store: RunStore):
-        self.store = store
-
-    def done_traces(self) -> set[str]:
-        done: set[str] = set()
-        for rel in self._parts("traces"):
-            done |= set(self.store.read_table(rel)["trace"])
-        return done
-
-    def _parts(self, table: str) -> list[str]:
-        marks = sorted(r for r in self.store.manifest.files if r.startswith("parts/") and r.endswith("/traces.parquet"))
-        return [m.rsplit("/", 1)[0] + f"/{table}.parquet" for m in marks]
-
-    def next_part(self) -> int:
-        nums = [int(r.split("/")[1]) for r in self.store.manifest.files if r.startswith("parts/")]
-        nums += [int(Path(r).stem.split("-")[1]) for r in self.store.manifest.files if "/shard-" in r]
-        return max(nums, default=-1) + 1
-
-    def write_part(self, tables: Sequence[dict[str, pd.DataFrame]], sink: CaptureSink | None) -> int:
-        part = self.next_part()
-        kv_idx, attn_idx = sink.write_part(self.store, part) if sink is not None else (None, None)
-        base = f"parts/{part:05d}"
-        for t in schema.PART_TABLES:  # traces last: the part's commit marker
-            if t in (schema.KV_INDEX, schema.ATTN_INDEX):
-                df = kv_idx if t is schema.KV_INDEX else attn_idx
-                if df is None:
-                    continue
-            else:
-                frames = [x[t.name] for x in tables if len(x[t.name])]
-                df = pd.concat(frames, ignore_index=True) if frames else tables[0][t.name].iloc[:0]
-            self.store.write_table(f"{base}/{t.part_path}", df)
-        if sink is not None:
-            sink.clear()
-        return part
-
-    def finish(self, **info: Any) -> None:
-        for t in schema.PART_TABLES:
-            frames = [self.store.read_table(r) for r in self._parts(t.part) if self.store.has(r)]
-            frames = [f for f in frames if len(f)]
-            if frames:
-                self.store.write_table(t.path, pd.concat(frames, ignore_index=True))
-        self.store.mark_complete(**info)
-
-
-def replay_to_run(
-    model: Any,
-    traces: Sequence[Trace],
-    config: BlockMaskingConfig,
-    tokens: MementoTokenIds,
-    out: str | Path,
-    *,
-    captures: Sequence[Capture] = (),
-    run_config: dict[str, Any] | None = None,
-    kind: str = "replay",
-    source: str = "replay",
-    tokenizer: Any = None,
-    batch_size: int = 64,
-    overwrite: bool = False,
-    resume: bool = False,
-    progress: bool = False,
-    part_traces: int = 256,
-    allow_unclosed: bool = False,
-) -> RunStore:
-    """Replay traces with captures and write a complete run directory (resumable).
-
-    Malformed traces raise :class:`~memento_lens.runtime.replay.ReplayError` before anything is written;
-    ``allow_unclosed`` accepts traces whose last block is still open (generations cut by their length limit).
-    """
-    from .model import kv_bytes_per_token, model_info
-    from .replay import replay, validate_all
-    from .validate import check_run_request
-
-    check_run_request(model, batch_size=batch_size, captures=captures, out=out)
-    ids = [t.trace_id for t in traces]
-    if not ids:
-        raise OptionError("no traces to replay")
-    seen: set[str] = set()
-    dup = next((i for i in ids if i in seen or seen.add(i)), None)
-    if dup is not None:
-        raise InputFileError(f"trace ids must be unique within a run; {dup!r} appears more than once")
-    validate_all(model, traces, config, tokens, allow_unclosed)  # bad input fails before anything is written
-    cfg = {
-        "masking": config.to_dict(),
-        "tokens": tokens.to_dict(),
-        "captures": [c.describe() for c in captures],
-        "model_info": model_info(model),
-        **(run_config or {}),
-    }
-    store = RunStore.create(out, kind, cfg, overwrite=overwrite, resume=resume)
-    if store.complete:
-        return store
-    writer = RunWriter(store)
-    done = writer.done_traces()
-    todo = [t for t in traces if t.trace_id not in done]
-    sink = CaptureSink()
-    for c in captures:
-        c.sink = sink
-    bpt = kv_bytes_per_token(model)
-    for k in range(0, len(todo), part_traces):
-        chunk = todo[k : k + part_traces]
-        results = replay(
-            model,
-            chunk,
-            config,
-            tokens,
-            batch_size=batch_size,
-            captures=captures,
-            progress=progress,
-            allow_unclosed=allow_unclosed,
-        )
-        tables = [trace_tables(r.trace, r.schedule, tokens, config.mode, source, bpt, tokenizer) for r in results]
-        writer.write_part(tables, sink if captures else None)
-    writer.finish(n_traces=len(traces))
-    return store
-
-
-def generate_to_run(
-    model: Any,
-    prompts: Sequence[Sequence[int]],
-    config: BlockMaskingConfig,
-    tokens: MementoTokenIds,
-    out: str | Path,
-    *,
-    sampling: Any = None,
-    eos_token_id: int | None = None,
-    captures: Sequence[Capture] = (),
-    run_config: dict[str, Any] | None = None,
-    tokenizer: Any = None,
-    batch_size: int = 16,
-    overwrite: bool = False,
-    resume: bool = False,
-    progress: bool = False,
-) -> RunStore:
-    """Generate from prompts in batches and write each batch as a part (resumable); with ``captures`` the
-    generated traces are replayed (teacher forcing rebuilds the identical cache) to capture K/V.
-
-    Batch ``j`` samples with seed ``sampling.seed + j``, so a resumed run regenerates nothing it kept and
-    produces what an uninterrupted run would have.
-    """
-    import dataclasses
-
-    from .generate import SamplingConfig, generate
-    from .model import kv_bytes_per_token, model_info
-    from .replay import replay
-    from .validate import check_run_request
-
-    check_run_request(model, batch_size=batch_size, captures=captures, out=out)
-    if not prompts:
-        raise OptionError("no prompts to generate from")
-    sampling = sampling or SamplingConfig()
-    cfg = {
-        "masking": config.to_dict(),
-        "tokens": tokens.to_dict(),
-        "sampling": dataclasses.asdict(sampling),
-        "captures": [c.describe() for c in captures],
-        "model_info": model_info(model),
-        "prompts": [list(map(int, p)) for p in prompts],
-        **(run_config or {}),
-    }
-    store = RunStore.create(out, "generate", cfg, overwrite=overwrite, resume=resume)
-    if store.complete:
-        return store
-    writer = RunWriter(store)
-    done = writer.done_traces()
-    sink = CaptureSink()
-    for c in captures:
-        c.sink = sink
-    bpt = kv_bytes_per_token(model)
-    for j, k in enumerate(range(0, len(prompts), batch_size)):
-        ids = [f"gen-{i:05d}" for i in range(k, min(k + batch_size, len(prompts)))]
-        if all(i in done for i in ids):
-            continue
-        batch_sampling = dataclasses.replace(sampling, seed=sampling.seed + j)
-        results = generate(
-            model,
-            prompts[k : k + batch_size],
-            config,
-            tokens,
-            sampling=batch_sampling,
-            eos_token_id=eos_token_id,
-            trace_ids=ids,
-            progress=progress,
-        )
-        tables = [trace_tables(r.trace, r.schedule, tokens, config.mode, "generate", bpt, tokenizer) for r in results]
-        if captures:
-            replay(model, [r.trace for r in results], config, tokens, captures=captures, strict=False)
-        writer.write_part(tables, sink if captures else None)
-    writer.finish(n_traces=len(prompts))
-    return store
-
-
 def default_captures(
     layers: Sequence[int] | None = None,
     evicted_block: bool = False,
@@ -530,9 +239,5 @@ __all__ = [
     "MementoKV",
     "EvictedBlockKV",
     "AttentionWeights",
-    "RunWriter",
-    "replay_to_run",
-    "generate_to_run",
-    "trace_tables",
     "default_captures",
 ]

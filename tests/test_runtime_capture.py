@@ -8,20 +8,19 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TOKENS, tiny_qwen3
-from memento_lens.runtime import capture as capture_mod
 from memento_lens.runtime.capture import (
     AttentionWeights,
     EvictedBlockKV,
     MementoKV,
     default_captures,
-    generate_to_run,
-    replay_to_run,
 )
 from memento_lens.runtime.config import BlockMaskingConfig
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.generate import SamplingConfig
 from memento_lens.runtime.kvstore import KVKey, KVReader
 from memento_lens.runtime.masks import visibility_mask
+from memento_lens.runtime.rundir.writer import RunWriter
+from memento_lens.runtime.runs import generate_to_run, replay_to_run
 from memento_lens.runtime.schedule import compute_schedule
 from memento_lens.runtime.store import RunError, RunStore
 from memento_lens.runtime.trace import Trace
@@ -117,7 +116,7 @@ def test_resume_keeps_finished_traces(model, tmp_path, monkeypatch):
     trs = traces(3, seed=7)
     cfg = BlockMaskingConfig(mask_delimiters=False)
     calls = []
-    real = capture_mod.RunWriter.write_part
+    real = RunWriter.write_part
 
     def failing(self, tables, sink):
         if len(calls) == 1:
@@ -125,10 +124,10 @@ def test_resume_keeps_finished_traces(model, tmp_path, monkeypatch):
         calls.append(tables[0]["traces"]["trace"].tolist())
         return real(self, tables, sink)
 
-    monkeypatch.setattr(capture_mod.RunWriter, "write_part", failing)
+    monkeypatch.setattr(RunWriter, "write_part", failing)
     with pytest.raises(KeyboardInterrupt):
         replay_to_run(model, trs, cfg, TOKENS, tmp_path / "run", captures=[MementoKV()], part_traces=1)
-    monkeypatch.setattr(capture_mod.RunWriter, "write_part", real)
+    monkeypatch.setattr(RunWriter, "write_part", real)
     st = RunStore.open(tmp_path / "run")
     assert not st.complete
     with pytest.raises(RunError, match="--overwrite"):
@@ -156,8 +155,16 @@ def test_resume_keeps_finished_traces(model, tmp_path, monkeypatch):
         ta.sort_values(["trace", "pos"]).reset_index(drop=True), tb.sort_values(["trace", "pos"]).reset_index(drop=True)
     )
     # a different config in the same directory is refused, even with --resume
-    with pytest.raises(RunError, match="different config"):
-        replay_to_run(model, trs, BlockMaskingConfig(mask_delimiters=True), TOKENS, tmp_path / "run", resume=True)
+    with pytest.raises(RunError, match="first difference: masking.mask_delimiters"):
+        replay_to_run(
+            model,
+            trs,
+            BlockMaskingConfig(mask_delimiters=True),
+            TOKENS,
+            tmp_path / "run",
+            captures=[MementoKV()],
+            resume=True,
+        )
     replay_to_run(model, trs, BlockMaskingConfig(mask_delimiters=True), TOKENS, tmp_path / "run", overwrite=True)
     assert RunStore.open(tmp_path / "run").manifest.config["masking"]["mask_delimiters"] is True
 
@@ -187,7 +194,7 @@ def test_generate_run_resume_reproduces_uninterrupted_run(model, tmp_path, monke
     prompts = [[0, TOKENS.block_start, 7 + i] for i in range(3)]
     sampling = SamplingConfig(max_new_tokens=5, seed=11)
     generate_to_run(model, prompts, cfg, TOKENS, tmp_path / "full", sampling=sampling, batch_size=1)
-    real = capture_mod.RunWriter.write_part
+    real = RunWriter.write_part
     calls = []
 
     def failing(self, tables, sink):
@@ -196,10 +203,10 @@ def test_generate_run_resume_reproduces_uninterrupted_run(model, tmp_path, monke
             raise KeyboardInterrupt("simulated interruption")
         return real(self, tables, sink)
 
-    monkeypatch.setattr(capture_mod.RunWriter, "write_part", failing)
+    monkeypatch.setattr(RunWriter, "write_part", failing)
     with pytest.raises(KeyboardInterrupt):
         generate_to_run(model, prompts, cfg, TOKENS, tmp_path / "cut", sampling=sampling, batch_size=1)
-    monkeypatch.setattr(capture_mod.RunWriter, "write_part", real)
+    monkeypatch.setattr(RunWriter, "write_part", real)
     assert not RunStore.open(tmp_path / "cut").complete
     generate_to_run(model, prompts, cfg, TOKENS, tmp_path / "cut", sampling=sampling, batch_size=1, resume=True)
     a = pd.read_parquet(tmp_path / "full" / "tokens.parquet")

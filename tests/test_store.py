@@ -16,12 +16,12 @@ def make(tmp_path, **kw):
 
 def test_roundtrip_and_complete(tmp_path):
     store = make(tmp_path)
-    store.write_table("tokens.parquet", pd.DataFrame({"trace": ["a", "a"], "pos": [0, 1]}))
+    store.write_table("notes.parquet", pd.DataFrame({"trace": ["a", "a"], "pos": [0, 1]}))
     store.write_tensors("kv/shard-00000.safetensors", {"k": torch.arange(6.0).reshape(1, 1, 3, 2)})
     store.write_json("summary.json", {"x": 1})
     store.mark_complete(n_traces=1)
     again = RunStore.open(store.path, require_complete=True)
-    assert again.read_table("tokens.parquet")["pos"].tolist() == [0, 1]
+    assert again.read_table("notes.parquet")["pos"].tolist() == [0, 1]
     assert again.read_tensors("kv/shard-00000.safetensors")["k"].shape == (1, 1, 3, 2)
     assert again.read_json("summary.json") == {"x": 1}
     assert again.manifest.info["n_traces"] == 1
@@ -31,7 +31,7 @@ def test_refuses_other_run_without_overwrite(tmp_path):
     make(tmp_path)
     with pytest.raises(RunError, match="--overwrite"):
         RunStore.create(tmp_path / "run", kind="generate", config={"seed": 2})
-    with pytest.raises(RunError, match="different config"):
+    with pytest.raises(RunError, match="first difference: mode"):
         RunStore.create(tmp_path / "run", kind="generate", config={"seed": 2}, resume=True)
     fresh = RunStore.create(tmp_path / "run", kind="generate", config={"seed": 2}, overwrite=True)
     assert fresh.manifest.config == {"seed": 2} and fresh.manifest.files == {}
@@ -48,10 +48,10 @@ def test_refuses_foreign_directory(tmp_path):
 def test_resume_keeps_recorded_files_and_drops_partial(tmp_path):
     store = make(tmp_path)
     store.write_table("a.parquet", pd.DataFrame({"x": [1]}))
-    (store.path / ".b.parquet.123.tmp").write_bytes(b"half")  # killed mid-write
+    (store.path / ".b.parquet.0a1b2c3d.ml-tmp").write_bytes(b"half")  # killed mid-write
     resumed = make(tmp_path, resume=True)
     assert resumed.has("a.parquet")
-    assert not (store.path / ".b.parquet.123.tmp").exists()
+    assert not (store.path / ".b.parquet.0a1b2c3d.ml-tmp").exists()
     assert not resumed.complete
 
 

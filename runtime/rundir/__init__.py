@@ -1,9 +1,16 @@
 """The run directory: the one owner of its format (docs/ARCHITECTURE.md, "Run directory").
 
-``schema`` holds every table's name, path, columns and dtypes and the schema version. Everything that writes
-or reads a run imports them from here.
+* :mod:`.schema`: every table's name, path, columns and dtypes, and the schema version.
+* :mod:`.store`: :class:`RunStore`, the manifest, atomic checksummed files and the data-safety rules.
+* :mod:`.writer`: the per-trace contract tables and :class:`RunWriter` (resumable parts).
+* :mod:`.reader`: :class:`RunReader` (whole run, one trace, unfinished parts, K/V by :class:`KVKey`).
+* :mod:`.kv`: :class:`KVKey` and the items captures collect.
+
+Everything that writes or reads a run goes through these; nothing else spells out the layout.
 """
 
+from .kv import VARIANTS, KVKey
+from .reader import KVEntry, KVReader, RunReader, open_run
 from .schema import (
     ABLATIONS,
     ATTN_INDEX,
@@ -21,6 +28,8 @@ from .schema import (
     Table,
     table,
 )
+from .store import MANIFEST, CorruptFile, RunError, RunStore, UnsafePath
+from .writer import RunWriter, trace_tables
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -38,4 +47,17 @@ __all__ = [
     "PROBE_RESULTS",
     "ABLATIONS",
     "table",
+    "MANIFEST",
+    "RunStore",
+    "RunError",
+    "CorruptFile",
+    "UnsafePath",
+    "RunReader",
+    "KVReader",
+    "KVEntry",
+    "KVKey",
+    "VARIANTS",
+    "open_run",
+    "RunWriter",
+    "trace_tables",
 ]

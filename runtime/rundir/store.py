@@ -1,0 +1,602 @@
+"""Run directories on disk: the manifest, atomic checksummed files, and the rules that keep data safe.
+
+A run directory holds ``manifest.json`` (schema version, kind, status, the full config, sha256 and size of
+every file), tables as Parquet, tensors as safetensors and metadata as JSON. Nothing is ever pickled.
+
+Safety rules (what a user expects from git or HF datasets):
+
+* Every file is written to a temporary name beside it and renamed into place, then recorded in the manifest,
+  so an interrupted run holds only whole files and can be resumed. Files get the mode the umask gives.
+* ``overwrite`` replaces only an empty directory or a memento-lens run (a valid manifest), never the current
+  directory, one of its parents or ``/``. The new run is written beside the old one (same parent, a hidden
+  name) and swapped in by rename when complete; the old run is deleted only after that. A failure at any
+  point leaves the old run intact and nothing half-written under the target name.
+* ``resume`` never deletes a file it did not write: unknown files are left and listed (``unrecorded``).
+* Every path read from a manifest or an index resolves inside the run directory: absolute paths, ``..`` and
+  symbolic links are refused with an error naming the file.
+* The same command on its own complete run returns that run (``reused``); a different config is refused
+  naming the first differing field.
+* A full disk or a read-only target raises :class:`OutputError` naming the path (one line).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+
+from ..errors import OutputError, RunDirError
+from . import schema
+from .schema import SCHEMA_VERSION
+
+MANIFEST = "manifest.json"
+STATUS_INCOMPLETE = "incomplete"
+STATUS_COMPLETE = "complete"
+TMP_SUFFIX = ".ml-tmp"  # our temporary files (the only files resume may delete)
+_STAGING = ".{name}.overwrite-"  # an overwrite's new run, beside the old one
+_REPLACED = ".{name}.replaced-"  # the old run between the swap and its deletion
+_PART_RE = re.compile(r"^parts/\d{5}/([a-z_]+)\.parquet$")
+# Files our writers create under these names; one found unrecorded on resume was cut off before the
+# manifest listed it, and is rewritten under the same name (not reported as a stranger).
+_OUR_LAYOUT = re.compile(r"^(parts/\d{5}/[a-z_]+\.parquet|(kv|attention)/shard-\d{5}\.safetensors)$")
+
+# Manifest migrations: ``MIGRATIONS[v]`` turns a version-v manifest dict into a version-(v+1) one (and may
+# rewrite files through the store it gets). None yet: version 1 is the first.
+MIGRATIONS: dict[int, Callable[[dict[str, Any], Path], dict[str, Any]]] = {}
+
+
+class RunError(RunDirError):
+    """A run directory is missing, foreign, incomplete or corrupt; the message names the file."""
+
+
+class CorruptFile(RunError):
+    """A recorded file is missing, truncated, altered or unreadable; the message names it."""
+
+
+class UnsafePath(RunError):
+    """A manifest or index entry points outside the run (absolute, ``..``, a symbolic link)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Paths and low-level writes
+# ---------------------------------------------------------------------------------------------------------
+def check_relative(rel: Any, where: Any) -> PurePosixPath:
+    """A run-relative POSIX path from a manifest or index (``where`` names that file), or UnsafePath."""
+    if not isinstance(rel, str) or not rel:
+        raise UnsafePath(f"{where}: entry {rel!r} is not a file path inside the run")
+    p = PurePosixPath(rel)
+    if p.is_absolute() or rel.startswith("\\") or re.match(r"^[A-Za-z]:", rel):
+        raise UnsafePath(f"{where}: entry {rel!r} is an absolute path; run files must lie inside the run directory")
+    if any(part in ("..", ".") or "\\" in part for part in p.parts) or rel.endswith("/"):
+        raise UnsafePath(f"{where}: entry {rel!r} points outside the run directory (or is not a plain path)")
+    return p
+
+
+def resolve_inside(root: Path, rel: Any, where: Any) -> Path:
+    """``root / rel``, refusing absolute paths, ``..`` and symbolic links on the way (UnsafePath naming ``where``)."""
+    cur = root
+    for part in check_relative(rel, where).parts:
+        cur = cur / part
+        if cur.is_symlink():
+            raise UnsafePath(
+                f"{cur}: is a symbolic link (listed in {where}); run files must be regular files inside {root}"
+            )
+    return cur
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    reason = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EDQUOT: "disk quota exceeded",
+    }.get(exc.errno, exc.strerror or str(exc))
+    return OutputError(f"{path}: cannot write ({reason}); nothing already complete was changed")
+
+
+def _new_tmp(path: Path) -> Path:
+    """Create an empty temporary file beside ``path``; mode 0666 minus the umask (like any new file)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def atomic_write_via(path: str | os.PathLike, writer: Callable[[str], Any]) -> None:
+    """Call ``writer(tmp_path)``, fsync, and rename into ``path``; on any failure ``path`` is untouched.
+
+    OSErrors (disk full, read-only) become :class:`OutputError` naming ``path``.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_tmp(path)
+        writer(str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OutputError):
+            raise
+        raise _output_error(path, exc) from None
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write_via(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
+
+
+def first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
+    """The first field (dotted path, sorted keys) where two JSON-like configs differ, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            name = f"{prefix}.{k}" if prefix else str(k)
+            if k not in old:
+                return f"{name} (not in the existing run; this command: {_short(new[k])})"
+            if k not in new:
+                return f"{name} (existing run: {_short(old[k])}; not set by this command)"
+            d = first_difference(old[k], new[k], name)
+            if d is not None:
+                return d
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            d = first_difference(a, b, f"{prefix}[{i}]")
+            if d is not None:
+                return d
+        return None
+    if old != new:
+        return f"{prefix or 'config'} (existing run: {_short(old)}; this command: {_short(new)})"
+    return None
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v, sort_keys=True, default=str)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Manifest
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class Manifest:
+    """What a run is. ``config`` is the full config that produced it (compared on resume)."""
+
+    kind: str
+    config: dict[str, Any]
+    status: str = STATUS_INCOMPLETE
+    schema_version: int = SCHEMA_VERSION
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "status": self.status,
+            "created": self.created,
+            "config": self.config,
+            "files": self.files,
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: Path) -> "Manifest":
+        try:
+            m = cls(
+                kind=d["kind"],
+                config=d["config"],
+                status=d["status"],
+                schema_version=int(d["schema_version"]),
+                created=d.get("created", ""),
+                files=dict(d.get("files", {})),
+                info=dict(d.get("info", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RunError(f"{where}: not a memento-lens manifest ({exc})") from None
+        for rel, entry in m.files.items():
+            check_relative(rel, where)
+            if not isinstance(entry, dict) or "sha256" not in entry or "bytes" not in entry:
+                raise RunError(f"{where}: entry {rel!r} lacks its sha256/bytes")
+        return m
+
+
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of run directory ``path``: refuses a missing, corrupt, symlinked or other-version one."""
+    mpath = path / MANIFEST
+    if not path.is_dir():
+        raise RunError(f"{path}: no such run directory")
+    if mpath.is_symlink():
+        raise UnsafePath(f"{mpath}: is a symbolic link; a run's manifest must be a regular file")
+    if not mpath.exists():
+        raise RunError(f"{mpath}: missing; {path} is not a memento-lens run")
+    try:
+        data = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptFile(f"{mpath}: corrupt JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{mpath}: not a memento-lens manifest (not a JSON object)")
+    try:
+        version = int(data.get("schema_version", 0))
+    except (TypeError, ValueError):
+        raise RunError(f"{mpath}: schema_version {data.get('schema_version')!r} is not a number") from None
+    if version > SCHEMA_VERSION:
+        raise RunError(
+            f"{mpath}: schema version {version} is newer than this memento-lens reads ({SCHEMA_VERSION}); "
+            "upgrade memento-lens"
+        )
+    while version < SCHEMA_VERSION:
+        if version not in MIGRATIONS:
+            raise RunError(
+                f"{mpath}: schema version {version} is older than this memento-lens reads ({SCHEMA_VERSION}) "
+                "and cannot be migrated; re-create the run with this version"
+            )
+        data = MIGRATIONS[version](data, path)
+        version += 1
+        data["schema_version"] = version
+    return Manifest.from_dict(data, mpath)
+
+
+def _refuse_dangerous(path: Path) -> None:
+    """Never overwrite the current directory, one of its parents, or ``/``."""
+    target = path.resolve()
+    cwd = Path.cwd().resolve()
+    if target == Path(target.anchor) or cwd == target or target in cwd.parents:
+        raise RunError(
+            f"{path}: refusing to overwrite {'/' if target == Path(target.anchor) else 'the current directory or one of its parents'}"
+            " (resolves to " + str(target) + "); choose a run directory of its own with --out"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------------------
+class RunStore:
+    """One run directory: the only code that writes run files. Create with :meth:`create`, read with :meth:`open`.
+
+    Attributes:
+        path: where the run lives (during an overwrite: the hidden staging directory beside the target,
+            until :meth:`mark_complete` swaps it in).
+        reused: ``create`` found this same command's complete run; nothing needs to be written.
+        unrecorded: on resume, files in the directory this run did not write (left in place).
+    """
+
+    def __init__(self, path: Path, manifest: Manifest):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.reused = False
+        self.unrecorded: list[str] = []
+        self._target: Path | None = None  # an overwrite's final location
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        kind: str,
+        config: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        info: Mapping[str, Any] | None = None,
+        can_resume: bool = True,
+    ) -> "RunStore":
+        """Start, resume or reuse a run in ``path``.
+
+        * empty or missing ``path``: a new run.
+        * ``path`` holds this same command's run (same kind and config): complete -> returned with
+          ``reused`` set (the caller writes nothing); incomplete -> continued with ``resume``, else refused.
+        * ``path`` holds a different run: refused naming the first differing field, unless ``overwrite``.
+        * ``path`` holds anything else: refused, ``overwrite`` or not.
+
+        Args:
+            can_resume: whether the calling command has a resume option (only options it has are advised).
+        """
+        path = Path(path)
+        config = json.loads(dumps(dict(config)))
+        if path.exists() and not path.is_dir():
+            raise RunError(f"{path}: exists and is not a directory; choose another output directory")
+        if overwrite:
+            _refuse_dangerous(path)
+        if path.is_dir() and any(path.iterdir()):
+            try:
+                existing = read_manifest(path)
+            except RunError as exc:
+                if not (path / MANIFEST).exists():
+                    raise RunError(
+                        f"{path}: holds files that are not a memento-lens run (no {MANIFEST}); refusing to write "
+                        "into it or replace it; choose another output directory"
+                    ) from None
+                raise RunError(f"{exc}; refusing to replace it; choose another output directory") from None
+            if overwrite:
+                return cls._staged(path, kind, config, info)
+            diff = first_difference(existing.config, config)
+            if existing.kind != kind:
+                diff = f"kind (existing run: {existing.kind!r}; this command: {kind!r})"
+            if diff is not None:
+                raise RunError(
+                    f"{path}: holds a different {existing.kind!r} run; first difference: {diff}. "
+                    "Pass --overwrite to replace it, or choose another output directory"
+                )
+            store = cls(path, existing)
+            if existing.status == STATUS_COMPLETE:
+                store.reused = True
+                return store
+            if not resume:
+                advice = (
+                    "pass --resume to continue it or --overwrite to start over"
+                    if can_resume
+                    else ("pass --overwrite to start over")
+                )
+                raise RunError(f"{path}: holds an incomplete run of this same command (interrupted?); {advice}")
+            store.unrecorded = store._clean_for_resume()
+            return store
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _output_error(path, exc) from None
+        store = cls(path, Manifest(kind=kind, config=config, info=dict(info or {})))
+        store._save_manifest()
+        return store
+
+    @classmethod
+    def _staged(cls, target: Path, kind: str, config: dict, info: Mapping[str, Any] | None) -> "RunStore":
+        """A new run written beside ``target`` under a hidden name, swapped in by :meth:`mark_complete`."""
+        parent = target.resolve().parent
+        prefix = _STAGING.format(name=target.name)
+        for stale in parent.glob(prefix + "*"):  # an earlier overwrite that failed without cleaning up
+            if stale.is_dir() and not stale.is_symlink() and (stale / MANIFEST).is_file():
+                shutil.rmtree(stale, ignore_errors=True)
+        staging = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            staging.mkdir()
+        except OSError as exc:
+            raise _output_error(staging, exc) from None
+        store = cls(staging, Manifest(kind=kind, config=config, info=dict(info or {})))
+        store._target = target
+        try:
+            store._save_manifest()
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, verify: bool = True, require_complete: bool = False) -> "RunStore":
+        path = Path(path)
+        manifest = read_manifest(path)
+        store = cls(path, manifest)
+        if require_complete and manifest.status != STATUS_COMPLETE:
+            raise RunError(
+                f"{path}: run is incomplete (interrupted?); finish it by re-running the command that wrote it"
+            )
+        if verify:
+            for rel in manifest.files:
+                store.verify_file(rel)
+        return store
+
+    def mark_complete(self, **info: Any) -> None:
+        """Record the run as complete; an overwrite's new run is swapped in here (the old one deleted after)."""
+        self.manifest.info.update(info)
+        self.manifest.status = STATUS_COMPLETE
+        self._save_manifest()
+        if self._target is not None:
+            self._swap_in()
+
+    def abort(self) -> None:
+        """After a failure: remove an overwrite's unfinished new run (the old run was never touched).
+
+        An in-place run is left as it is: incomplete, with only whole files, resumable.
+        """
+        if self._target is not None and self.path.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def _swap_in(self) -> None:
+        target, staging = self._target, self.path
+        assert target is not None
+        old = target.resolve().parent / f"{_REPLACED.format(name=target.name)}{secrets.token_hex(4)}"
+        try:
+            if target.exists():
+                os.rename(target, old)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                if old.exists():
+                    os.rename(old, target)
+                raise
+        except OSError as exc:
+            raise _output_error(target, exc) from None
+        self.path, self._target = target, None
+        shutil.rmtree(old, ignore_errors=True)
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest.status == STATUS_COMPLETE
+
+    # -- files ---------------------------------------------------------------------------------
+    def file(self, rel: str) -> Path:
+        """Full path of run-relative ``rel``, refusing paths that lead outside the run (UnsafePath)."""
+        return resolve_inside(self.path, rel, self.path / MANIFEST)
+
+    def has(self, rel: str) -> bool:
+        return rel in self.manifest.files and self.file(rel).exists()
+
+    def write_table(self, rel: str | schema.Table, df: pd.DataFrame) -> Path:
+        """Write a Parquet table atomically and record its checksum. A run table (by :class:`~.schema.Table`,
+        its path, or its name inside ``parts/NNNNN/``) is first put in its schema's column order and dtypes."""
+        table = rel if isinstance(rel, schema.Table) else _table_of(rel)
+        if isinstance(rel, schema.Table):
+            rel = rel.path
+        if table is not None:
+            df = table.frame(df)
+        return self._record(rel, lambda tmp: df.to_parquet(tmp, index=False))
+
+    def read_table(
+        self, rel: str | schema.Table, columns: list[str] | None = None, filters: Any = None
+    ) -> pd.DataFrame:
+        """A recorded Parquet table (checksum verified; run tables checked against their schema)."""
+        import pyarrow.parquet as pq
+
+        table = rel if isinstance(rel, schema.Table) else _table_of(rel)
+        if isinstance(rel, schema.Table):
+            rel = rel.path
+        full = self.verify_file(rel)
+        try:
+            df = pq.read_table(full, columns=columns, filters=filters).to_pandas()
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise CorruptFile(f"{full}: unreadable Parquet ({exc})") from None
+        return table.check(df, full, columns) if table is not None else df
+
+    def write_json(self, rel: str, obj: Any) -> Path:
+        data = dumps(obj).encode()
+        return self._record(rel, lambda tmp: Path(tmp).write_bytes(data))
+
+    def read_json(self, rel: str) -> Any:
+        full = self.verify_file(rel)
+        try:
+            return json.loads(full.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CorruptFile(f"{full}: corrupt JSON ({exc})") from None
+
+    def write_tensors(self, rel: str, tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) -> Path:
+        """Write torch tensors to a safetensors file atomically (contiguous CPU copies)."""
+        from safetensors.torch import save_file
+
+        flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+        return self._record(rel, lambda tmp: save_file(flat, tmp, metadata=dict(metadata or {})))
+
+    def read_tensors(self, rel: str, device: str = "cpu") -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        full = self.verify_file(rel)
+        try:
+            return load_file(str(full), device=device)
+        except Exception as exc:
+            raise CorruptFile(f"{full}: unreadable safetensors ({exc})") from None
+
+    def add_file(self, rel: str, writer: Callable[[str], Any]) -> Path:
+        """Write any other file (e.g. a figure) through ``writer(tmp_path)`` and record it."""
+        return self._record(rel, writer)
+
+    def verify_file(self, rel: str) -> Path:
+        """The full path of recorded file ``rel`` after checking it: inside the run, present, checksum intact.
+
+        Raises UnsafePath / RunError / CorruptFile naming the file.
+        """
+        full = self.file(rel)
+        entry = self.manifest.files.get(rel)
+        if entry is None:
+            raise RunError(f"{full}: not part of run {self.path} (never written, or the run was interrupted before it)")
+        if not full.is_file():
+            raise CorruptFile(f"{full}: missing (recorded in {self.path / MANIFEST})")
+        if full.stat().st_size != entry["bytes"] or _sha256(full) != entry["sha256"]:
+            raise CorruptFile(
+                f"{full}: checksum mismatch: the file was truncated or altered since it was written; re-create the run"
+            )
+        return full
+
+    # -- internals -----------------------------------------------------------------------------
+    def _record(self, rel: str, writer: Callable[[str], Any]) -> Path:
+        full = self.file(rel)
+        atomic_write_via(full, writer)
+        self.manifest.files[rel] = {"sha256": _sha256(full), "bytes": full.stat().st_size}
+        self._save_manifest()
+        return full
+
+    def _save_manifest(self) -> None:
+        atomic_write_bytes(self.path / MANIFEST, dumps(self.manifest.to_dict()).encode())
+
+    def _clean_for_resume(self) -> list[str]:
+        """On resume: delete only our own temporary files (``*.ml-tmp``); return every other file the
+        manifest does not list (a user's notes, a file written but never recorded), which is left in place."""
+        unknown = []
+        for p in sorted(self.path.rglob("*")):
+            rel = p.relative_to(self.path).as_posix()
+            if p.is_symlink() or not p.is_file() or rel == MANIFEST or rel in self.manifest.files:
+                continue
+            if p.name.startswith(".") and p.name.endswith(TMP_SUFFIX):
+                p.unlink()
+            elif not _OUR_LAYOUT.match(rel):
+                unknown.append(rel)
+        return unknown
+
+
+def _table_of(rel: str) -> schema.Table | None:
+    t = schema.BY_PATH.get(rel)
+    if t is not None:
+        return t
+    m = _PART_RE.match(rel)
+    if m:
+        return next((t for t in schema.PART_TABLES if t.part == m.group(1)), None)
+    return None
+
+
+__all__ = [
+    "MANIFEST",
+    "STATUS_COMPLETE",
+    "STATUS_INCOMPLETE",
+    "SCHEMA_VERSION",
+    "MIGRATIONS",
+    "Manifest",
+    "RunStore",
+    "RunError",
+    "CorruptFile",
+    "UnsafePath",
+    "atomic_write_bytes",
+    "atomic_write_via",
+    "check_relative",
+    "resolve_inside",
+    "read_manifest",
+    "first_difference",
+    "dumps",
+]
