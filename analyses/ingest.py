@@ -568,6 +568,17 @@ def _token_strings(t: Trace, ids: np.ndarray, tok: TextTokenizer) -> list[str]:
     return [APPROX_SPECIALS[i] if i < len(APPROX_SPECIALS) else "·" for i in ids.tolist()]
 
 
+def _traces_fingerprint(traces: Sequence[Trace]) -> dict[str, Any]:
+    """What identifies the ingested input in a run's config: trace count and a sha256 of ids and tokens."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in traces:
+        h.update(f"{t.trace_id}\0{t.prompt_len}\0".encode())
+        h.update(np.asarray(t.token_ids, dtype=np.int64).tobytes())
+    return {"n": len(traces), "sha256": h.hexdigest()}
+
+
 def write_run(
     path: str | Path,
     traces: Sequence[Trace],
@@ -580,7 +591,7 @@ def write_run(
 ):
     """Write ingested traces as a run directory (kind ``ingest``): traces, tokens, events (under ``config``,
     default memento keep 0) and occupancy (vanilla + that config) tables, plus the ingest report."""
-    from memento_lens.runtime.store import RunStore
+    from memento_lens.runtime.rundir.store import RunStore
 
     tok = load_tokenizer(tokenizer)
     spec = resolve_spec(spec)
@@ -588,26 +599,38 @@ def write_run(
     store = RunStore.create(
         path,
         "ingest",
-        {"masking": config.to_dict(), "tokenizer": tok.describe(), "kv_spec": asdict(spec)},
+        {
+            "masking": config.to_dict(),
+            "tokenizer": tok.describe(),
+            "kv_spec": asdict(spec),
+            "traces": _traces_fingerprint(traces),
+        },
         overwrite=overwrite,
+        can_resume=False,
     )
-    tables = trace_tables(traces, tok, config)
-    store.write_table("traces.parquet", tables["traces"])
-    store.write_table("tokens.parquet", tables["tokens"])
-    store.write_table("events.parquet", tables["events"])
-    configs = {"vanilla": BlockMaskingConfig.vanilla(config.mask_delimiters), config.mode: config}
-    curves = [c for t in traces for c in account_trace(t, tok.ids, configs, spec).values()]
-    store.write_table("occupancy.parquet", occupancy_table(curves))
-    store.write_json("ingest_report.json", (report or IngestReport()).to_dict())
-    store.write_json(
-        "traces_meta.json",
-        {t.trace_id: {k: v for k, v in t.meta.items() if k not in ("prompt_text", "response_text")} for t in traces},
-    )
-    sources = sorted({str(t.meta.get("source_file", "")) for t in traces} - {""})
-    store.mark_complete(
-        n_traces=len(traces),
-        token_ids=tok.ids.to_dict(),
-        sources=sources,
-        model=f"ingested traces (KV accounted as {spec.name})",
-    )
+    if store.reused:
+        return store
+    with store:  # a failed overwrite leaves the old run as it was
+        tables = trace_tables(traces, tok, config)
+        store.write_table("traces.parquet", tables["traces"])
+        store.write_table("tokens.parquet", tables["tokens"])
+        store.write_table("events.parquet", tables["events"])
+        configs = {"vanilla": BlockMaskingConfig.vanilla(config.mask_delimiters), config.mode: config}
+        curves = [c for t in traces for c in account_trace(t, tok.ids, configs, spec).values()]
+        store.write_table("occupancy.parquet", occupancy_table(curves))
+        store.write_json("ingest_report.json", (report or IngestReport()).to_dict())
+        store.write_json(
+            "traces_meta.json",
+            {
+                t.trace_id: {k: v for k, v in t.meta.items() if k not in ("prompt_text", "response_text")}
+                for t in traces
+            },
+        )
+        sources = sorted({str(t.meta.get("source_file", "")) for t in traces} - {""})
+        store.mark_complete(
+            n_traces=len(traces),
+            token_ids=tok.ids.to_dict(),
+            sources=sources,
+            model=f"ingested traces (KV accounted as {spec.name})",
+        )
     return store

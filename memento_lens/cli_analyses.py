@@ -64,7 +64,9 @@ def ingest_cmd(
             report=res.report,
             overwrite=overwrite,
         )
-        print(f"wrote {store.path} ({len(res.traces)} traces)")
+        for line in store.notes():
+            print(line, file=sys.stderr)
+        print(f"{'found' if store.reused else 'wrote'} {store.path} ({len(res.traces)} traces)")
 
 
 def kv_cmd(

@@ -431,6 +431,8 @@ def _summary(store) -> None:
     info = store.manifest.info
     files = store.manifest.files
     kv = sum(1 for f in files if f.startswith("kv/shard-"))
+    for line in store.notes():  # found its own complete run / files it did not write
+        Console(stderr=True).print(line, markup=False)
     Console(stderr=True).print(
         f"[green]{store.manifest.status}[/green] run at {store.path}: "
         f"{info.get('n_traces', '?')} traces, {kv} K/V shard(s)"

@@ -39,9 +39,15 @@ def test_ingest_then_figures(tmp_path):
     rep = json.loads(res.stdout)
     assert [r["name"] for r in rep["rendered"]] == ["kv-sawtooth", "compression-cdf"]
     assert (run / "figures" / "kv-sawtooth.csv").exists()
-    # A second ingest into the same directory is refused without --overwrite, and nothing is lost.
+    # The same ingest again finds its own complete run: says so, exits 0, changes nothing.
+    before = (run / "manifest.json").read_bytes()
     res = runner.invoke(app, ["ingest", *EXAMPLES, "--out", str(run)])
-    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert res.exit_code == 0 and "already holds the complete run" in res.output
+    assert (run / "manifest.json").read_bytes() == before
+    # A different ingest into it is refused naming the first differing field, and nothing is lost.
+    res = runner.invoke(app, ["ingest", *EXAMPLES, "--out", str(run), "--keep-last-n", "1"])
+    assert res.exit_code == 2 and "masking.keep_last_n_blocks" in res.output and "--overwrite" in res.output
+    assert "--resume" not in res.output  # ingest has no such option
     assert (run / "figures" / "kv-sawtooth.csv").exists()
 
 

@@ -463,6 +463,18 @@ class RunStore:
     def complete(self) -> bool:
         return self.manifest.status == STATUS_COMPLETE
 
+    def notes(self) -> list[str]:
+        """What a command should tell its user about how it found the directory (one line each)."""
+        out = []
+        if self.reused:
+            out.append(f"{self.path}: already holds the complete run of this same command; nothing to do")
+        if self.unrecorded:
+            shown = ", ".join(self.unrecorded[:10]) + (
+                f" and {len(self.unrecorded) - 10} more" if len(self.unrecorded) > 10 else ""
+            )
+            out.append(f"{self.path}: left {len(self.unrecorded)} file(s) this run did not write: {shown}")
+        return out
+
     # -- files ---------------------------------------------------------------------------------
     def file(self, rel: str) -> Path:
         """Full path of run-relative ``rel``, refusing paths that lead outside the run (UnsafePath)."""
