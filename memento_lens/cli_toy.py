@@ -20,6 +20,9 @@ toy_app = typer.Typer(
 @toy_app.command("train")
 def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output run directory (checkpoints, log, config)."),
+    variant: str = typer.Option(
+        "toy", "--variant", help="Named recipe from runtime/toy/variants.py (default: the shipped toy)."
+    ),
     steps: Optional[int] = typer.Option(None, help="Optimiser steps (default: the shipped recipe)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Sequences per step."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
@@ -34,10 +37,14 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train the toy model from scratch (defaults reproduce the shipped weights)."""
-    from memento_lens.runtime.toy.train import TrainConfig, train
+    from memento_lens.runtime.toy.train import train
+    from memento_lens.runtime.toy.variants import variant as named_variant
 
     with user_errors():
-        cfg = TrainConfig()
+        try:
+            cfg = named_variant(variant)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--variant") from None
         overrides = {
             "steps": steps,
             "batch_size": batch_size,
@@ -76,18 +83,24 @@ def eval_cmd(
     seed: Optional[int] = typer.Option(None, help="Seed of the held-out sequences (default: the eval seed)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("cpu", help="torch device."),
+    foreign: bool = typer.Option(
+        False, "--foreign", help="Also score the foreign-block control of the restart ablation (see RESULTS.md)."
+    ),
 ) -> None:
-    """Teacher-forced task accuracy under vanilla, memento and restart attention."""
+    """Teacher-forced task accuracy under vanilla, memento and restart attention (and the foreign control)."""
     import torch
 
-    from memento_lens.runtime.toy.evaluate import EVAL_SEED, evaluate_all
+    from memento_lens.runtime.toy.evaluate import CONTROL_MODES, EVAL_SEED, MODES, evaluate_all
     from memento_lens.runtime.toy.shipped import load_toy
 
     with user_errors():
         if n < 1:
             raise typer.BadParameter("-n must be >= 1")
         m, _ = load_toy(model, device=device, dtype=torch.float32)
-        acc = evaluate_all(m, n, seed=EVAL_SEED if seed is None else seed, device=device)
+        modes = MODES + (CONTROL_MODES if foreign else ())
+        if foreign and n < 2:
+            raise typer.BadParameter("--foreign needs -n >= 2 (foreign blocks come from another sequence)")
+        acc = evaluate_all(m, n, seed=EVAL_SEED if seed is None else seed, device=device, modes=modes)
         if as_json:
             print(json.dumps({**{k: v.to_dict() for k, v in acc.items()}, "n": n}))
             return

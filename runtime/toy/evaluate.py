@@ -11,6 +11,12 @@ Attention modes (all masks come from :func:`runtime.masks.visibility_mask` of th
   its block (block and delimiters evicted). Memento b itself is still *generated* with block b visible, as
   in the paper's restart ablation, so its digits are read from a forward pass whose mask lets memento b's
   rows see block b (one pass per block, truncated after memento b).
+* ``foreign``: the control for the restart ablation. Memento attention (keep 0), but every earlier block's
+  digits are replaced by those of another sequence of the batch (the next one, cyclically), so each earlier
+  memento's KV was computed with *a* block visible, as in training, but the wrong one; the memento text is
+  unchanged (the true running sums) and block b itself is true (one pass per block). If the restart drop
+  were the shift to KV computed without any block, ``foreign`` would stay near ``memento``; if later
+  mementos read the block's content from earlier mementos' KV, ``foreign`` falls as well.
 """
 
 from __future__ import annotations
@@ -25,9 +31,10 @@ import torch
 from ..config import BlockMaskingConfig
 from ..masks import additive_mask, visibility_mask
 from ..schedule import compute_schedule
-from .task import TOY_MASKING, TOY_TOKENS, ToyBatch, ToyLayout, sample
+from .task import TOY_MASKING, TOY_TOKENS, ToyBatch, ToyLayout, layout_of, sample
 
 MODES = ("vanilla", "memento", "restart")
+CONTROL_MODES = ("foreign",)  # scored on request (``toy eval --foreign``), not by default
 EVAL_SEED = 20260401  # held-out sequences; training draws from TrainConfig.seed
 
 
@@ -39,7 +46,9 @@ def mode_config(mode: str) -> BlockMaskingConfig:
         return TOY_MASKING
     if mode == "restart":
         return dataclasses.replace(TOY_MASKING, restart_mode=True)
-    raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "foreign":
+        return TOY_MASKING
+    raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(MODES + CONTROL_MODES)}")
 
 
 def toy_visibility(
@@ -66,6 +75,21 @@ def restart_generation_visibility(
     cols = slice(layout.block_start(block), layout.block_end(block) + 1)
     vis[rows, cols] = True
     return vis
+
+
+def block_token_positions(block: int, layout: ToyLayout) -> np.ndarray:
+    """Positions of a block's content tokens (summed digits, then its passcode segment if any)."""
+    return np.concatenate([layout.block_content(block), layout.passcode(block)])
+
+
+def foreign_block_inputs(ids: torch.Tensor, donor: torch.Tensor, block: int, layout: ToyLayout) -> torch.Tensor:
+    """``ids`` with the content of every block before ``block`` taken from ``donor`` (same shape); memento
+    text, delimiters and blocks ``>= block`` unchanged."""
+    out = ids.clone()
+    if block > 0:
+        earlier = np.concatenate([block_token_positions(b, layout) for b in range(block)])
+        out[:, earlier] = donor[:, earlier]
+    return out
 
 
 @dataclass
@@ -120,9 +144,20 @@ def predicted_mementos(
         masks = [restart_generation_visibility(b, layout, device=device) for b in range(layout.n_blocks)]
     else:
         full = toy_visibility(mode, layout, device=device)
+    if mode == "foreign":
+        if len(ids_all) < 2:
+            raise ValueError("the foreign-block control needs at least 2 sequences (blocks come from another one)")
+        foreign = torch.roll(ids_all, 1, dims=0)
     for sl in _batches(len(ids_all), batch_size):
         ids = ids_all[sl].to(device)
-        if mode == "restart":
+        if mode == "foreign":
+            donor = foreign[sl].to(device)
+            for b in range(layout.n_blocks):
+                t = layout.summary_end(b) + 1
+                mixed = foreign_block_inputs(ids[:, :t], donor[:, :t], b, layout)
+                pred = _predict(model, mixed, full[:t, :t]).cpu().numpy()
+                out[sl, b] = pred[:, pos[b] - 1]
+        elif mode == "restart":
             for b in range(layout.n_blocks):
                 t = layout.summary_end(b) + 1
                 pred = _predict(model, ids[:, :t], masks[b][:t, :t]).cpu().numpy()
@@ -161,12 +196,12 @@ def evaluate_all(
     *,
     seed: int = EVAL_SEED,
     modes=MODES,
-    layout: ToyLayout = ToyLayout(),
+    layout: ToyLayout | None = None,
     batch_size: int = 256,
     device: torch.device | str | None = None,
 ) -> dict[str, TaskAccuracy]:
-    """Accuracy under each mode on ``n`` held-out sequences drawn with ``seed``."""
-    batch = sample(n, seed, layout)
+    """Accuracy under each mode on ``n`` held-out sequences drawn with ``seed`` (layout: the model's own)."""
+    batch = sample(n, seed, layout if layout is not None else layout_of(model))
     was_training = model.training
     model.eval()
     try:

@@ -1,6 +1,10 @@
-"""The toy model: a standard HF Qwen3 architecture of the paper's toy size (4 layers, d 128, ~0.8M params).
+"""The toy model: a standard HF architecture of the paper's toy size (4 layers, d 128, ~0.8M params).
 
-A standard architecture means the runtime, replay and capture code serve it unchanged.
+``architecture``: ``qwen3`` (the shipped ``toy``: per-head RMS norm on queries and keys, "QK-norm") or
+``llama`` (the same block without QK-norm). ``num_key_value_heads`` < ``num_attention_heads`` is GQA,
+equal is MHA. A standard architecture means the runtime, replay and capture code serve it unchanged.
+The layout the model was trained on is stored in its HF config (``toy_layout``, read by
+:func:`.task.layout_of`).
 """
 
 from __future__ import annotations
@@ -24,16 +28,20 @@ class ToyModelConfig:
     num_key_value_heads: int = 2
     head_dim: int = 32
     attn_implementation: str = "sdpa"
+    architecture: str = "qwen3"  # qwen3 (QK-norm) | llama (no QK-norm)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def hf_config(cfg: ToyModelConfig = ToyModelConfig(), layout: ToyLayout = ToyLayout()):
-    """The ``transformers.Qwen3Config`` of the toy model."""
-    from transformers import Qwen3Config
+    """The ``transformers`` config of the toy model (``Qwen3Config`` or ``LlamaConfig``)."""
+    from transformers import LlamaConfig, Qwen3Config
 
-    hf = Qwen3Config(
+    kinds = {"qwen3": Qwen3Config, "llama": LlamaConfig}
+    if cfg.architecture not in kinds:
+        raise ValueError(f"toy architecture {cfg.architecture!r}: choose one of {', '.join(kinds)}")
+    hf = kinds[cfg.architecture](
         vocab_size=len(TOKENIZER_VOCAB),
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -49,6 +57,8 @@ def hf_config(cfg: ToyModelConfig = ToyModelConfig(), layout: ToyLayout = ToyLay
         rope_theta=10000.0,
     )
     hf._attn_implementation = cfg.attn_implementation
+    if layout != ToyLayout():  # only non-default layouts are recorded, so the shipped toy's config is unchanged
+        hf.toy_layout = asdict(layout)
     return hf
 
 

@@ -1,6 +1,8 @@
-"""The toy model shipped inside the package: resolve ``toy`` / ``toy@<checkpoint>`` and load it offline.
+"""The toy models shipped inside the package: resolve ``toy`` / ``toy@<checkpoint>`` (and the other named
+variants, e.g. ``toy-channel`` / ``toy-channel@<checkpoint>``) and load them offline.
 
-The weights folder ``runtime/toy/weights/`` is the run directory written by
+``SHIPPED`` maps each name to its weights folder and the recipe in :mod:`.variants` that produced it.
+Each weights folder (``runtime/toy/weights/`` for ``toy``) is the run directory written by
 ``memento-lens toy train --out DIR`` (a :class:`~memento_lens.runtime.store.RunStore` with sha256 checksums):
 ``final/`` (float32) plus ``step-NNNNNN/`` checkpoints (float16), each a HF directory (config.json,
 model.safetensors, tokenizer files), and ``training_log.json`` with task accuracy per checkpoint.
@@ -17,10 +19,21 @@ from ..store import CorruptFile, RunError, RunStore
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TOY = "toy"
 FINAL = "final"
+# name -> (weights folder, variant recipe); the demo and the tests use `toy`
+SHIPPED: dict[str, tuple[Path, str]] = {
+    TOY: (WEIGHTS_DIR, "toy"),
+}
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 REBUILD_HINT = (
     f"rebuild it with `memento-lens toy train --out {WEIGHTS_DIR}` (the shipped recipe; --overwrite to replace)"
 )
+
+
+def _hint(root: Path) -> str:
+    for folder, recipe in SHIPPED.values():
+        if folder == root and recipe != TOY:
+            return f"rebuild it with `memento-lens toy train --variant {recipe} --out {root}` (--overwrite to replace)"
+    return REBUILD_HINT
 
 
 class ToyModelError(RunError):
@@ -28,55 +41,72 @@ class ToyModelError(RunError):
 
 
 def is_toy_spec(spec: str) -> bool:
-    """True for ``toy`` and ``toy@<checkpoint>``."""
-    return spec == TOY or spec.startswith(TOY + "@")
+    """True for a shipped toy name (``toy``, ``toy-channel``, ...) with or without ``@<checkpoint>``."""
+    return str(spec).partition("@")[0] in SHIPPED
+
+
+def weights_dir_of(spec: str) -> Path:
+    """The weights folder of a shipped toy spec (``toy-channel@step-000128`` -> its folder)."""
+    return SHIPPED[_name(spec)][0]
 
 
 def _open(weights_dir: Path) -> RunStore:
     try:
         return RunStore.open(weights_dir, verify=False)
     except RunError as exc:
-        raise ToyModelError(f"{exc}; {REBUILD_HINT}") from None
+        raise ToyModelError(f"{exc}; {_hint(weights_dir)}") from None
 
 
-def list_checkpoints(weights_dir: str | Path | None = None) -> list[str]:
-    """Names of the shipped checkpoints (``final`` first, then ``step-*`` in training order)."""
-    store = _open(Path(weights_dir) if weights_dir else WEIGHTS_DIR)
+def _root(weights_dir: str | Path | None, model: str) -> Path:
+    return Path(weights_dir) if weights_dir else weights_dir_of(model)
+
+
+def list_checkpoints(weights_dir: str | Path | None = None, model: str = TOY) -> list[str]:
+    """Names of the shipped checkpoints of ``model`` (``final`` first, then ``step-*`` in training order)."""
+    store = _open(_root(weights_dir, model))
     names = {rel.split("/", 1)[0] for rel in store.manifest.files if "/" in rel}
     steps = sorted(n for n in names if n.startswith("step-"))
     return ([FINAL] if FINAL in names else []) + steps
 
 
-def _split(spec: str) -> str:
+def _name(spec: str) -> str:
     if not is_toy_spec(spec):
-        raise ToyModelError(f"model {spec!r} is not a toy spec; use 'toy' or 'toy@<checkpoint>'")
-    name = spec.partition("@")[2] or FINAL
-    return name
+        known = ", ".join(f"'{n}'" for n in SHIPPED)
+        raise ToyModelError(f"model {spec!r} is not a toy spec; use one of {known}, optionally with @<checkpoint>")
+    return str(spec).partition("@")[0]
+
+
+def _split(spec: str) -> str:
+    _name(spec)
+    return str(spec).partition("@")[2] or FINAL
 
 
 def toy_model_dir(spec: str = TOY, weights_dir: str | Path | None = None) -> Path:
-    """The HF-format directory of ``toy`` (the final model) or ``toy@<checkpoint>`` (e.g. ``toy@step-000400``).
+    """The HF-format directory of ``toy`` (the final model) or ``toy@<checkpoint>`` (e.g. ``toy@step-000400``);
+    the same for every name in ``SHIPPED`` (``toy-channel@<checkpoint>``).
 
     Raises:
         ToyModelError: unknown checkpoint (listing the available ones), or a missing/corrupt file (naming it
             and how to rebuild).
     """
-    root = Path(weights_dir) if weights_dir else WEIGHTS_DIR
+    base = _name(spec)
+    root = Path(weights_dir) if weights_dir else SHIPPED[base][0]
     name = _split(spec)
     store = _open(root)
     available = list_checkpoints(root)
     if name not in available:
         raise ToyModelError(
-            f"model {spec!r}: unknown toy checkpoint {name!r}; available: " + ", ".join(f"toy@{n}" for n in available)
+            f"model {spec!r}: unknown toy checkpoint {name!r}; available: "
+            + ", ".join(f"{base}@{n}" for n in available)
         )
     for f in REQUIRED_FILES:
         rel = f"{name}/{f}"
         if rel not in store.manifest.files:
-            raise ToyModelError(f"{root / rel}: missing from the toy weights; {REBUILD_HINT}")
+            raise ToyModelError(f"{root / rel}: missing from the toy weights; {_hint(root)}")
         try:
             store.verify_file(rel)
         except CorruptFile as exc:
-            raise ToyModelError(f"{exc}; {REBUILD_HINT}") from None
+            raise ToyModelError(f"{exc}; {_hint(root)}") from None
     return root / name
 
 
@@ -91,13 +121,14 @@ def checkpoint_info(spec: str = TOY, weights_dir: str | Path | None = None) -> d
         raise ToyModelError(f"{path}: unreadable ({exc}); {REBUILD_HINT}") from None
 
 
-def training_log(weights_dir: str | Path | None = None) -> dict:
-    """The shipped ``training_log.json`` (losses and task accuracy per checkpoint)."""
-    store = _open(Path(weights_dir) if weights_dir else WEIGHTS_DIR)
+def training_log(weights_dir: str | Path | None = None, model: str = TOY) -> dict:
+    """The shipped ``training_log.json`` of ``model`` (losses and task accuracy per checkpoint)."""
+    root = _root(weights_dir, model)
+    store = _open(root)
     try:
         return store.read_json("training_log.json")
     except RunError as exc:
-        raise ToyModelError(f"{exc}; {REBUILD_HINT}") from None
+        raise ToyModelError(f"{exc}; {_hint(root)}") from None
 
 
 def load_toy(

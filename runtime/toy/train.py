@@ -3,7 +3,11 @@
 Stage 1: full causal attention. Stage 2: memento attention (keep 0, delimiters stay), expressed as the
 dense visibility mask of the runtime's schedule (:func:`.evaluate.toy_visibility`; one mask serves every
 toy sequence because the structure is fixed). Loss on all tokens, AdamW, linear warmup then cosine decay,
-fresh random sequences every step, a fixed step budget (deterministic for a seed and thread count).
+a fixed step budget (deterministic for a seed and thread count). Data: fresh random sequences every step
+(``dataset_size = 0``, the shipped ``toy``) or one fixed training set reshuffled every epoch (the paper's
+x axis is "training epoch"). ``stop_exact`` ends training at the first checkpoint whose held-out memento
+exact-match reaches it (to stop inside the paper's 77-95% task-accuracy range); ``stage1_fraction = 0``
+trains with memento attention from the first step. Named recipes: :mod:`.variants`.
 
 The output directory is a :class:`~memento_lens.runtime.store.RunStore` (kind ``toy_train``)::
 
@@ -13,8 +17,9 @@ The output directory is a :class:`~memento_lens.runtime.store.RunStore` (kind ``
     <checkpoint>/              HF format: config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
                                checkpoint.json (step, stage, accuracy)
 
-Checkpoints are named ``step-NNNNNN``; the last one is also written as ``final`` (float32; intermediate
-checkpoints are stored as float16 to keep the shipped package small).
+Checkpoints are named ``step-NNNNNN`` (``step-000000`` is the initialisation when 0 is listed); the last
+one is also written as ``final`` (``final_dtype``, float32 by default; intermediate checkpoints are stored
+as float16 to keep the shipped package small).
 """
 
 from __future__ import annotations
@@ -49,9 +54,14 @@ class TrainConfig:
         stage1_fraction: fraction of ``steps`` trained with full causal attention.
         batch_size: sequences per step (fresh random sequences every step).
         lr: peak learning rate; linear warmup over ``warmup_steps``, cosine decay to ``lr * min_lr_ratio``.
-        checkpoints: steps at which checkpoints are saved (the last step is always saved, also as ``final``).
+        checkpoints: steps at which checkpoints are saved (the last step is always saved, also as ``final``;
+            0 saves the initialisation).
         eval_sequences: held-out sequences (seed ``eval_seed``) scored at each checkpoint.
         threads: torch CPU threads (0 = leave as is).
+        dataset_size: 0 = fresh random sequences every step; N > 0 = one fixed set of N training sequences
+            (drawn with ``seed``), reshuffled every epoch.
+        stop_exact: stop at the first checkpoint whose held-out memento exact-match is >= this (0 = off).
+        final_dtype: dtype of the ``final`` checkpoint.
     """
 
     steps: int = 1500
@@ -70,8 +80,16 @@ class TrainConfig:
     eval_seed: int = EVAL_SEED
     log_every: int = 10
     threads: int = 2
+    dataset_size: int = 0
+    stop_exact: float = 0.0
+    final_dtype: str = "float32"
     model: ToyModelConfig = field(default_factory=ToyModelConfig)
     layout: ToyLayout = field(default_factory=ToyLayout)
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Optimiser steps per pass over the fixed training set (None with fresh samples)."""
+        return math.ceil(self.dataset_size / self.batch_size) if self.dataset_size > 0 else None
 
     @property
     def stage1_steps(self) -> int:
@@ -147,6 +165,7 @@ def train(
     memento_mask = torch.zeros(1, 1, layout.length, layout.length, device=device)
     memento_mask.masked_fill_(~toy_visibility("memento", layout, device=device), torch.finfo(torch.float32).min)
     rng = np.random.default_rng(cfg.seed)
+    data = _Data(cfg, rng)
     save_at = sorted({s for s in cfg.checkpoints if 0 < s < cfg.steps} | {cfg.steps})
     losses: list[dict] = []
     checkpoints: list[dict] = []
@@ -155,13 +174,17 @@ def train(
     from tqdm.auto import tqdm
 
     bar = tqdm(range(cfg.steps), desc="toy train", disable=not progress, dynamic_ncols=True)
+    if 0 in cfg.checkpoints:
+        entry = _checkpoint(store, model, cfg, 0, 0, None, 0.0, device)
+        checkpoints.append(entry)
+        store.write_json("training_log.json", _log(cfg, n_params, losses, checkpoints, None, command))
     model.train()
     for step in bar:
         stage = 1 if step < cfg.stage1_steps else 2
         lr = cfg.lr_at(step)
         for g in opt.param_groups:
             g["lr"] = lr
-        ids = torch.from_numpy(sample(cfg.batch_size, rng, layout).token_ids).to(device)
+        ids = torch.from_numpy(data.batch(step)).to(device)
         mask = None if stage == 1 else memento_mask.expand(ids.shape[0], -1, -1, -1)
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         loss = sequence_loss(logits, ids)
@@ -193,6 +216,8 @@ def train(
             store.write_json("training_log.json", _log(cfg, n_params, losses, checkpoints, None, command))
             if on_checkpoint is not None:
                 on_checkpoint(entry)
+            if cfg.stop_exact > 0 and entry["memento_exact"] >= cfg.stop_exact:
+                break
     seconds = time.perf_counter() - t0
     _write_final(store, model, cfg, checkpoints[-1])
     store.write_json("training_log.json", _log(cfg, n_params, losses, checkpoints, seconds, command))
@@ -202,7 +227,7 @@ def train(
 
 
 def _checkpoint(
-    store: RunStore, model, cfg: TrainConfig, step: int, stage: int, loss: float, elapsed: float, device
+    store: RunStore, model, cfg: TrainConfig, step: int, stage: int, loss: float | None, elapsed: float, device
 ) -> dict:
     acc = evaluate_all(
         model, cfg.eval_sequences, seed=cfg.eval_seed, modes=("vanilla", "memento"), layout=cfg.layout, device=device
@@ -212,6 +237,7 @@ def _checkpoint(
         "step": step,
         "stage": stage,
         "sequences_seen": step * cfg.batch_size,
+        "epoch": step / cfg.steps_per_epoch if cfg.steps_per_epoch else None,
         "loss": loss,
         "elapsed_s": elapsed,
         "memento_exact": acc["memento"].exact,
@@ -221,13 +247,35 @@ def _checkpoint(
         "eval_sequences": cfg.eval_sequences,
         "dtype": cfg.checkpoint_dtype,
     }
-    if step != cfg.steps:
+    if step != cfg.steps and not (cfg.stop_exact > 0 and entry["memento_exact"] >= cfg.stop_exact):
         _save_hf(store, model, entry["name"], getattr(torch, cfg.checkpoint_dtype), entry)
     return entry
 
 
+class _Data:
+    """Training sequences: fresh ones every step, or a fixed set reshuffled every epoch."""
+
+    def __init__(self, cfg: TrainConfig, rng: np.random.Generator):
+        self.cfg, self.rng = cfg, rng
+        self.fixed = sample(cfg.dataset_size, rng, cfg.layout).token_ids if cfg.dataset_size > 0 else None
+        self.order = np.arange(0)
+
+    def batch(self, step: int) -> np.ndarray:
+        cfg = self.cfg
+        if self.fixed is None:
+            return sample(cfg.batch_size, self.rng, cfg.layout).token_ids
+        per_epoch = cfg.steps_per_epoch
+        i = step % per_epoch
+        if i == 0:
+            self.order = self.rng.permutation(len(self.fixed))
+        return self.fixed[self.order[i * cfg.batch_size : (i + 1) * cfg.batch_size]]
+
+
 def _write_final(store: RunStore, model, cfg: TrainConfig, last: dict) -> None:
-    _save_hf(store, model, FINAL, torch.float32, {**last, "name": FINAL, "step_name": last["name"], "dtype": "float32"})
+    dtype = cfg.final_dtype
+    _save_hf(
+        store, model, FINAL, getattr(torch, dtype), {**last, "name": FINAL, "step_name": last["name"], "dtype": dtype}
+    )
 
 
 def _save_hf(store: RunStore, model, name: str, dtype: torch.dtype, info: dict) -> None:
@@ -257,6 +305,12 @@ def _log(cfg: TrainConfig, n_params: int, losses, checkpoints, seconds, command)
     }
 
 
+def _data_text(cfg: TrainConfig) -> str:
+    if cfg.dataset_size <= 0:
+        return "fresh random sequences every step"
+    return f"a fixed set of {cfg.dataset_size} sequences ({cfg.steps_per_epoch} steps per epoch)"
+
+
 def _readme(cfg: TrainConfig, n_params: int, checkpoints: list[dict], seconds: float, command: str | None) -> str:
     rows = "\n".join(
         f"| {c['name']} | {c['step']} | {c['stage']} | {c['dtype']} | {c['memento_exact']:.3f} | "
@@ -267,16 +321,17 @@ def _readme(cfg: TrainConfig, n_params: int, checkpoints: list[dict], seconds: f
 
 Qwen3 architecture, {cfg.model.num_hidden_layers} layers, hidden {cfg.model.hidden_size}, {n_params:,} parameters,
 trained on the running-sum task ({cfg.layout.n_blocks} blocks x {cfg.layout.block_digits} digits,
-{cfg.layout.memento_digits}-digit mementos) with the two-stage recipe: {cfg.stage1_steps} steps of full causal
-attention, then {cfg.steps - cfg.stage1_steps} steps of memento attention (keep 0), batch {cfg.batch_size},
-AdamW peak lr {cfg.lr} (warmup {cfg.warmup_steps}, cosine), seed {cfg.seed}.
+{cfg.layout.memento_digits}-digit mementos, {cfg.layout.passcode_digits} unsummed passcode digits per block):
+{cfg.stage1_steps} steps of full causal attention, then memento attention (keep 0) up to step {cfg.steps},
+batch {cfg.batch_size}, {_data_text(cfg)}, AdamW peak lr {cfg.lr} (warmup {cfg.warmup_steps}, cosine), seed {cfg.seed},
+architecture {cfg.model.architecture} with {cfg.model.num_attention_heads} query / {cfg.model.num_key_value_heads} KV heads.
 
 Produced by:
 
     {command or "memento-lens toy train --out DIR"}
 
 in {seconds / 60:.1f} minutes ({torch.get_num_threads()} CPU threads, torch {torch.__version__}).
-`final` is the last step in float32; the step-* checkpoints are stored in {cfg.checkpoint_dtype}.
+`final` is the last step ({checkpoints[-1]["name"]}) in {cfg.final_dtype}; the step-* checkpoints are stored in {cfg.checkpoint_dtype}.
 Accuracy: teacher-forced, on {cfg.eval_sequences} held-out sequences (seed {cfg.eval_seed}).
 
 | checkpoint | step | stage | dtype | memento exact | memento digit | vanilla exact |

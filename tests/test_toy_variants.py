@@ -1,0 +1,162 @@
+"""Toy variants: the passcode-segment layout, the text ceiling, the foreign-block control, fixed-data training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from memento_lens.runtime.toy.evaluate import block_token_positions, foreign_block_inputs, predicted_mementos
+from memento_lens.runtime.toy.model import ToyModelConfig, build_model, hf_config
+from memento_lens.runtime.toy.task import (
+    DIGIT0,
+    ToyLayout,
+    encode,
+    layout_of,
+    passcode_labels,
+    sample,
+    text_ceiling,
+)
+from memento_lens.runtime.toy.train import TrainConfig, train
+from memento_lens.runtime.toy.variants import VARIANTS, variant
+
+SEG = ToyLayout(passcode_digits=5)
+
+
+def test_segment_layout_positions_cover_sequence_and_passcode_is_not_summed():
+    assert SEG.stride == 17 and SEG.length == 172
+    seen = [0, SEG.length - 1]
+    for b in range(SEG.n_blocks):
+        seen += [SEG.block_start(b), *SEG.block_content(b), *SEG.passcode(b), SEG.block_end(b), *SEG.memento_span(b)]
+    assert sorted(seen) == list(range(SEG.length))
+    batch = sample(20, 0, SEG)
+    # changing every passcode leaves the memento text unchanged: the text floor is chance
+    other = encode(batch.digits, SEG, (batch.passcodes + 3) % 10)
+    mementos = SEG.all_memento_digits().ravel()
+    np.testing.assert_array_equal(other.token_ids[:, mementos], batch.token_ids[:, mementos])
+    assert not np.array_equal(other.token_ids, batch.token_ids)
+    np.testing.assert_array_equal(batch.token_ids[:, SEG.passcode(1)] - DIGIT0, passcode_labels(batch, 1))
+
+
+def test_default_layout_passcode_is_block_digits_and_sampling_unchanged():
+    batch = sample(5, 3)
+    np.testing.assert_array_equal(passcode_labels(batch, 1), batch.digits[:, 1])
+    rng = np.random.default_rng(3)
+    np.testing.assert_array_equal(batch.digits, rng.integers(0, 10, size=(5, 10, 5)))
+    with pytest.raises(ValueError, match="passcodes must be"):
+        encode(batch.digits, SEG)
+
+
+def test_text_ceiling_exact():
+    assert text_ceiling(SEG) == 0.1
+    # brute force for 2-digit blocks: best guess of a digit given the sum of both
+    lay = ToyLayout(block_digits=2)
+    best = 0
+    for s in range(19):
+        counts = [sum(1 for a in range(10) for b in range(10) if a + b == s and a == d) for d in range(10)]
+        best += max(counts)
+    assert text_ceiling(lay) == pytest.approx(best / 100)
+    assert text_ceiling() == pytest.approx(0.1603, abs=1e-4)
+
+
+def test_layout_recorded_in_model_config():
+    assert layout_of(build_model(ToyModelConfig(num_hidden_layers=1), layout=SEG)) == SEG
+    assert not hasattr(hf_config(), "toy_layout")  # the shipped toy's config stays as it was
+    llama = build_model(ToyModelConfig(architecture="llama", num_key_value_heads=4, num_hidden_layers=1))
+    assert llama.config.model_type == "llama" and llama.config.num_key_value_heads == 4
+    with pytest.raises(ValueError, match="toy architecture"):
+        hf_config(ToyModelConfig(architecture="gpt9"))
+
+
+def test_variants_are_recipes():
+    assert VARIANTS["toy"] == TrainConfig()
+    v = variant("segment-llama-mha-epochs")
+    assert v.layout == SEG and v.model.architecture == "llama" and v.stage1_fraction == 0 and v.dataset_size > 0
+    with pytest.raises(ValueError, match="unknown toy variant 'nope'; known: toy"):
+        variant("nope")
+
+
+def test_foreign_inputs_swap_only_earlier_block_content():
+    batch = sample(4, 1, SEG)
+    ids = torch.from_numpy(batch.token_ids)
+    donor = torch.roll(ids, 1, dims=0)
+    mixed = foreign_block_inputs(ids, donor, 3, SEG)
+    earlier = np.concatenate([block_token_positions(b, SEG) for b in range(3)])
+    rest = np.setdiff1d(np.arange(SEG.length), earlier)
+    torch.testing.assert_close(mixed[:, earlier], donor[:, earlier])
+    torch.testing.assert_close(mixed[:, rest], ids[:, rest])
+    torch.testing.assert_close(foreign_block_inputs(ids, donor, 0, SEG), ids)
+
+
+def test_foreign_equals_memento_for_a_model_blind_to_block_content():
+    """A model whose embeddings map every digit to one vector cannot tell blocks apart: foreign == memento."""
+    lay = ToyLayout(n_blocks=3)
+    model = build_model(ToyModelConfig(num_hidden_layers=1), layout=lay).eval()
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[DIGIT0 : DIGIT0 + 10] = emb[DIGIT0]
+    batch = sample(6, 0, lay)
+    np.testing.assert_array_equal(
+        predicted_mementos(model, batch, "foreign"), predicted_mementos(model, batch, "memento")
+    )
+    with pytest.raises(ValueError, match="at least 2 sequences"):
+        predicted_mementos(model, sample(1, 0, lay), "foreign")
+
+
+def test_fixed_dataset_epochs_init_checkpoint_and_stop(tmp_path):
+    cfg = TrainConfig(
+        steps=8,
+        batch_size=4,
+        dataset_size=8,
+        stage1_fraction=0.0,
+        warmup_steps=2,
+        checkpoints=(0, 4),
+        eval_sequences=8,
+        log_every=2,
+        threads=0,
+        layout=ToyLayout(n_blocks=2, block_digits=1, memento_digits=2, passcode_digits=1),
+        model=ToyModelConfig(num_hidden_layers=1),
+    )
+    result = train(cfg, tmp_path / "run", progress=False, command="test")
+    names = [c["name"] for c in result.checkpoints]
+    assert names == ["step-000000", "step-000004", "step-000008"]
+    assert [c["epoch"] for c in result.checkpoints] == [0.0, 2.0, 4.0]
+    log = json.loads((tmp_path / "run" / "training_log.json").read_text())
+    assert log["checkpoints"][0]["loss"] is None and log["config"]["dataset_size"] == 8
+    from memento_lens.runtime.toy.shipped import list_checkpoints, load_toy
+
+    assert list_checkpoints(tmp_path / "run") == ["final", "step-000000", "step-000004"]
+    model, _ = load_toy("toy", weights_dir=tmp_path / "run")
+    assert layout_of(model) == cfg.layout
+
+
+def test_stop_exact_ends_training_at_first_checkpoint_reaching_it(tmp_path, monkeypatch):
+    from memento_lens.runtime.toy import train as train_mod
+    from memento_lens.runtime.toy.evaluate import TaskAccuracy
+
+    scores = iter([0.5, 0.96, 0.99])  # held-out exact-match at steps 2, 4, 6
+
+    def fake_eval(model, n, **kw):
+        exact = next(scores)
+        return {m: TaskAccuracy(exact=exact, digit=exact, n=n, per_block_exact=[]) for m in kw["modes"]}
+
+    monkeypatch.setattr(train_mod, "evaluate_all", fake_eval)
+    cfg = TrainConfig(
+        steps=8,
+        batch_size=4,
+        warmup_steps=2,
+        checkpoints=(2, 4, 6),
+        eval_sequences=8,
+        log_every=2,
+        threads=0,
+        stop_exact=0.95,
+        layout=ToyLayout(n_blocks=2, block_digits=1, memento_digits=2),
+        model=ToyModelConfig(num_hidden_layers=1),
+    )
+    result = train(cfg, tmp_path / "run", progress=False, command="test")
+    assert [c["step"] for c in result.checkpoints] == [2, 4]
+    from memento_lens.runtime.toy.shipped import checkpoint_info, list_checkpoints
+
+    assert list_checkpoints(tmp_path / "run") == ["final", "step-000002"]
+    assert checkpoint_info("toy", tmp_path / "run")["step_name"] == "step-000004"
