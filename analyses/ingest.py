@@ -57,6 +57,11 @@ _PAIR = re.compile(
 )
 _DELIMS = re.compile("(" + "|".join(re.escape(t) for t in (BLOCK_START, BLOCK_END, SUMMARY_START, SUMMARY_END)) + ")")
 _CHECK = BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0, require_assistant_section=False)
+# Structural tokens that must not appear literally inside a segment's text (they would open/close spans).
+_STRUCTURAL = (BLOCK_START, BLOCK_END, SUMMARY_START, SUMMARY_END, THINK_START, THINK_END)
+# Share of a trace's tokens that may become <unk> before ingestion calls the tokenizer wrong for the text
+# (real text through the toy's word-level tokenizer is ~99% <unk>); ``max_unk_share=1`` allows any.
+MAX_UNK_SHARE = 0.02
 
 
 class IngestError(InputFileError, ConfigError):
@@ -179,8 +184,12 @@ def detect_format(path: Path) -> str:
         return "openmementos"
     if name.endswith(".jsonl"):
         # A JSONL of Memento JSON objects is recognised by its first line.
-        with open(path, encoding="utf-8") as f:
-            first = next((ln for ln in f if ln.strip()), "")
+        with open(path, "rb") as f:
+            first_raw = next((ln for ln in f if ln.strip()), b"")
+        try:
+            first = first_raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "vllm-jsonl"  # the reader names the file and byte offset
         try:
             obj = json.loads(first)
         except json.JSONDecodeError:
@@ -253,13 +262,27 @@ def _openmementos_row(tid: str, rec: Mapping[str, Any]) -> RawTrace:
                 texts.append(" ".join(sentences[lo : hi + 1]))
             except (TypeError, ValueError):
                 raise _RowError(tid, f"block {i}: bad sentence indices {idx!r}") from None
+        for i, text in enumerate(texts):
+            _no_literal_delimiters(tid, f"block {i}", text)
+        for i, text in enumerate(summaries):
+            _no_literal_delimiters(tid, f"block_summaries[{i}]", str(text))
         response = render_segments(texts, [str(s) for s in summaries], None)
     meta["format"] = "openmementos"
     return RawTrace(tid, chatml_prompt(problem), response, meta)
 
 
+def _no_literal_delimiters(tid: str, where: str, text: str) -> None:
+    """Segment text holding a structural token literally would change the block structure once rendered."""
+    for tok in _STRUCTURAL:
+        at = text.find(tok)
+        if at >= 0:
+            raise _RowError(tid, f"{where}: text holds the literal token {tok} at character {at}")
+
+
 def _json_objects(path: Path) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
+    from memento_lens.runtime.validate import read_text
+
+    text = read_text(path, "trace file")
     try:
         data = json.loads(text)
         return data if isinstance(data, list) else [data]
@@ -304,16 +327,16 @@ def _memento_json_obj(tid: str, obj: Any) -> RawTrace:
     for j, seg in enumerate(obj["segments"]):
         if not isinstance(seg, dict) or not isinstance(seg.get("text"), str):
             raise _RowError(tid, f"segment {j}: expected an object with a `text` string")
+        _no_literal_delimiters(tid, f"segment {j}", seg["text"])
         kind = seg.get("type")
         if kind == "answer":
             answer = seg["text"]
             continue
         if kind not in ("block", "summary"):
             raise _RowError(tid, f"segment {j}: unknown type {kind!r}")
-        try:
-            idx = int(seg.get("block_idx"))
-        except (TypeError, ValueError):
-            raise _RowError(tid, f"segment {j}: missing block_idx") from None
+        idx = seg.get("block_idx")
+        if isinstance(idx, bool) or not isinstance(idx, int) or idx < 1:
+            raise _RowError(tid, f"segment {j}: block_idx must be a 1-based integer, got {idx!r}")
         target = blocks if kind == "block" else mementos
         if idx in target:
             raise _RowError(tid, f"segment {j}: second {kind} for block_idx {idx}")
@@ -333,8 +356,16 @@ def _memento_json_obj(tid: str, obj: Any) -> RawTrace:
 
 
 def _read_vllm_jsonl(path: Path) -> Iterator[RawTrace | _RowError]:
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
+    from memento_lens.runtime.validate import utf8_error
+
+    offset = 0
+    with open(path, "rb") as f:
+        for i, raw_line in enumerate(f):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise utf8_error(path, exc, offset) from None
+            offset += len(raw_line)
             if not line.strip():
                 continue
             tid = f"{path.stem}:{i}"
@@ -399,6 +430,7 @@ def _to_trace(
     check: BlockMaskingConfig,
     keep_text: bool = False,
     arrays: bool = False,
+    max_unk_share: float = MAX_UNK_SHARE,
 ) -> Trace:
     real_ids = not tok.name.startswith("approx")
     if real_ids and raw.response_ids is not None:
@@ -413,11 +445,19 @@ def _to_trace(
     if len(resp) == 0:
         raise _RowError(raw.trace_id, "empty response")
     ids = np.concatenate([prompt, resp])
+    _check_unk(ids, tok, raw.trace_id, source, max_unk_share)
     sched = fast_schedule(ids, check, tok.ids, prompt_len=len(prompt))
     if sched.warnings:
         w = sched.warnings[0]
         more = f" (+{len(sched.warnings) - 1} more)" if len(sched.warnings) > 1 else ""
         raise _RowError(raw.trace_id, w.message + more, position=w.position)
+    last = sched.blocks[-1] if sched.blocks else None
+    if last is not None and last.summary_start is not None and last.summary_end is None:
+        raise _RowError(
+            raw.trace_id,
+            f"memento of block {last.block} opened at {last.summary_start} was never closed",
+            position=last.summary_start,
+        )
     block_chars, memento_chars = segment_chars(raw.response)
     meta = dict(
         raw.meta,
@@ -432,6 +472,20 @@ def _to_trace(
     return Trace(raw.trace_id, ids if arrays else ids.tolist(), len(prompt), meta)
 
 
+def _check_unk(ids: np.ndarray, tok: TextTokenizer, trace: str, source: str, max_share: float) -> None:
+    """More than ``max_share`` of <unk> means the tokenizer does not fit the text: an error, not a trace."""
+    unk = getattr(getattr(tok, "tokenizer", None), "unk_token_id", None)
+    if unk is None or max_share >= 1 or len(ids) == 0:
+        return
+    n_unk = int((ids == unk).sum())
+    if n_unk > max_share * len(ids):
+        raise IngestError(
+            f"{source}: trace {trace}: {n_unk} of {len(ids)} tokens became <unk> under tokenizer {tok.name} "
+            f"(more than {max_share:.0%}): it does not cover this text; use the model's own tokenizer, or pass "
+            "--allow-unk to ingest anyway"
+        )
+
+
 def iter_ingest(
     path: str | Path,
     tokenizer: TextTokenizer | str | None = None,
@@ -442,6 +496,7 @@ def iter_ingest(
     check: BlockMaskingConfig = _CHECK,
     keep_text: bool = False,
     arrays: bool = False,
+    max_unk_share: float = MAX_UNK_SHARE,
 ) -> Iterator[Trace]:
     """Stream the well-formed traces of one file; skipped rows go into ``report`` (or raise under ``strict``).
 
@@ -459,6 +514,7 @@ def iter_ingest(
     report = report if report is not None else IngestReport()
     report.sources.append(str(path))
     seen: set[str] = set()
+    n_here, rows_before = 0, report.n_rows
     for item in _READERS[fmt](path):
         report.n_rows += 1
         try:
@@ -466,7 +522,7 @@ def iter_ingest(
                 raise item
             if item.trace_id in seen:
                 raise _RowError(item.trace_id, "duplicate trace id in this file")
-            trace = _to_trace(item, tok, str(path), check, keep_text, arrays)
+            trace = _to_trace(item, tok, str(path), check, keep_text, arrays, max_unk_share)
         except _RowError as exc:
             issue = IngestIssue(str(path), exc.trace, exc.position, exc.message)
             if strict:
@@ -475,7 +531,10 @@ def iter_ingest(
             continue
         seen.add(trace.trace_id)
         report.n_ingested += 1
+        n_here += 1
         yield trace
+    if strict and n_here == 0:
+        raise IngestError(f"{path}: no traces ({'no rows' if rows_before == report.n_rows else 'no usable rows'})")
 
 
 def ingest_file(
@@ -486,10 +545,20 @@ def ingest_file(
     strict: bool = False,
     keep_text: bool = False,
     arrays: bool = False,
+    max_unk_share: float = MAX_UNK_SHARE,
 ) -> IngestResult:
     report = IngestReport()
     traces = list(
-        iter_ingest(path, tokenizer, fmt=fmt, strict=strict, report=report, keep_text=keep_text, arrays=arrays)
+        iter_ingest(
+            path,
+            tokenizer,
+            fmt=fmt,
+            strict=strict,
+            report=report,
+            keep_text=keep_text,
+            arrays=arrays,
+            max_unk_share=max_unk_share,
+        )
     )
     return IngestResult(traces, report)
 
@@ -502,6 +571,7 @@ def ingest_files(
     strict: bool = False,
     keep_text: bool = False,
     arrays: bool = False,
+    max_unk_share: float = MAX_UNK_SHARE,
 ) -> IngestResult:
     """Ingest several files with one tokenizer; trace ids are prefixed by the file stem when they collide."""
     tok = load_tokenizer(tokenizer)
@@ -509,7 +579,16 @@ def ingest_files(
     traces: list[Trace] = []
     ids: set[str] = set()
     for p in paths:
-        for t in iter_ingest(p, tok, fmt=fmt, strict=strict, report=report, keep_text=keep_text, arrays=arrays):
+        for t in iter_ingest(
+            p,
+            tok,
+            fmt=fmt,
+            strict=strict,
+            report=report,
+            keep_text=keep_text,
+            arrays=arrays,
+            max_unk_share=max_unk_share,
+        ):
             if t.trace_id in ids:
                 t = Trace(f"{Path(p).stem}/{t.trace_id}", t.token_ids, t.prompt_len, t.meta)
             ids.add(t.trace_id)

@@ -12,8 +12,10 @@ import typer
 
 from .errors import user_errors
 
-probe_app = typer.Typer(no_args_is_help=True, help="Probe the implicit KV channel (passcode probes).")
-ablate_app = typer.Typer(no_args_is_help=True, help="Restart ablation and causal KV patching.")
+probe_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="Probe the implicit KV channel (passcode probes)."
+)
+ablate_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True, help="Restart ablation and causal KV patching.")
 
 MODEL_HELP = "toy, toy@<checkpoint>, random:tiny, or a local HF checkpoint directory."
 

@@ -9,21 +9,29 @@ from typing import Optional
 
 import typer
 
+from . import cli_options as opt
 from .errors import user_errors
 
 
 def schedule_cmd(
-    batch: bool = typer.Option(False, "--batch", help="Read a JSON list of cases from stdin."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON (the only output format for --batch)."),
+    batch: bool = opt.flag("--batch", "Read a JSON list of cases (stdin or --input)."),
+    as_json: bool = opt.flag("--json", "Print JSON (the only output format for --batch)."),
     input_file: Optional[Path] = typer.Option(
         None, "--input", "-i", help="Read cases from this file instead of stdin."
     ),
 ) -> None:
     """Eviction schedule of token streams, for checking against other engines.
 
-    Each case: {"config": {...BlockMaskingConfig fields...}, "token_ids": {"block_start": id, ...},
-    "prompt": [ids], "generated": [ids]}. Prints, per case, its events in order as
-    {"kind", "position", "start", "end", "block"}.
+    Each case is one JSON object (token ids are integers; "block" in the output is 0-based):
+
+    \b
+    {"config": {"mask_delimiters": false, "keep_last_n_blocks": 0},
+     "token_ids": {"block_start": 1, "block_end": 2,
+                   "summary_start": 3, "summary_end": 4},
+     "prompt": [0],
+     "generated": [1, 7, 8, 2, 3, 9, 4, 10]}
+
+    Prints, per case, its events in order as {"kind", "position", "start", "end", "block"}.
     """
     from memento_lens.runtime.config import BlockMaskingConfig, ConfigError, MementoTokenIds
     from memento_lens.runtime.schedule import compute_schedule
@@ -63,32 +71,56 @@ def schedule_cmd(
 # ---------------------------------------------------------------------------------------------------------
 # Runtime commands: generate, replay, verify
 # ---------------------------------------------------------------------------------------------------------
-def _masking(mode: str, keep: int, mask_delimiters: Optional[str], config_file: Optional[Path], max_block_tokens: int):
-    """The BlockMaskingConfig from --config FILE or the flags; mask_delimiters must be explicit."""
+def _read_config(config_file: Optional[Path]):
+    """The BlockMaskingConfig of --config FILE (checked before any model loads), or None."""
     from memento_lens.runtime.config import BlockMaskingConfig, ConfigError
     from memento_lens.runtime.validate import read_text
 
-    if config_file is not None:
-        try:
-            data = json.loads(read_text(config_file, "--config"))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--config {config_file}: invalid JSON ({exc})") from None
-        return BlockMaskingConfig.from_dict(data, where=str(config_file))
-    if mask_delimiters is None:
-        if mode != "vanilla":
-            raise ConfigError(
-                "--mask-delimiters must be set explicitly to true or false "
-                "(false: Qwen3/OLMo3 style, delimiters stay; true: Phi-4 style)"
-            )
-        mask_delimiters = "false"
-    if mask_delimiters.lower() not in ("true", "false"):
-        raise ConfigError(f"--mask-delimiters must be true or false, got {mask_delimiters!r}")
-    return BlockMaskingConfig.from_mode(
-        mode,
-        mask_delimiters=mask_delimiters.lower() == "true",
-        keep_last_n_blocks=keep,
-        max_block_tokens=max_block_tokens,
-    )
+    if config_file is None:
+        return None
+    try:
+        data = json.loads(read_text(config_file, "--config"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config {config_file}: invalid JSON ({exc})") from None
+    return BlockMaskingConfig.from_dict(data, where=str(config_file))
+
+
+def _masking(
+    mode: str,
+    keep: int,
+    mask_delimiters: Optional[bool],
+    from_file,
+    max_block_tokens: int,
+    lm,
+):
+    """The BlockMaskingConfig from --config FILE or the flags. ``--mask/--keep-delimiters`` defaults to what the
+    model was trained with when it knows (the toy); contradicting that warns. Other models need it explicit."""
+    from memento_lens.runtime.config import BlockMaskingConfig, ConfigError
+
+    trained = getattr(lm.masking, "mask_delimiters", None) if lm.masking is not None else None
+    cfg = from_file
+    if cfg is None:
+        if mask_delimiters is None:
+            if trained is not None:
+                mask_delimiters = trained
+            elif mode == "vanilla":
+                mask_delimiters = False
+            else:
+                raise ConfigError(
+                    f"model {lm.name!r} does not record its delimiter masking: pass --keep-delimiters "
+                    "(Qwen3/OLMo3 style) or --mask-delimiters (Phi-4 style)"
+                )
+        cfg = BlockMaskingConfig.from_mode(
+            mode, mask_delimiters=mask_delimiters, keep_last_n_blocks=keep, max_block_tokens=max_block_tokens
+        )
+    if trained is not None and cfg.mask_delimiters != trained and cfg.evicts:
+        said = "--mask-delimiters" if cfg.mask_delimiters else "--keep-delimiters"
+        print(
+            f"warning: {said} contradicts model {lm.name!r}, trained with "
+            f"{'--mask-delimiters' if trained else '--keep-delimiters'}; its outputs will not match its training",
+            file=sys.stderr,
+        )
+    return cfg
 
 
 def _setup(threads: int, seed: int) -> None:
@@ -141,7 +173,9 @@ def _load(model: str, device: str, dtype: Optional[str]):
     return load_model(model, device=device, dtype=dtype)
 
 
-_MODEL_HELP = "Local HF checkpoint dir, 'toy', 'toy@<ckpt>', or 'random:tiny' / 'random:bench' / 'random:toy'."
+_MODE_HELP = "vanilla (no eviction) | memento (evict each finished block) | restart (evict, then recompute mementos)."
+_MASK_DEFAULT = "Default: what the model was trained with when it records it (the toy keeps them); else required."
+_CAPTURE_HELP = "Store memento K/V (and the other captures) in the run; on by default for generate and replay."
 
 
 def generate_cmd(
@@ -149,36 +183,43 @@ def generate_cmd(
         [], "--prompt", "-p", help="Prompt text (repeatable). Chat template applied when the tokenizer has one."
     ),
     prompts_file: Optional[Path] = typer.Option(
-        None, "--prompts-file", help="One prompt per line (or JSON list of strings / id lists)."
+        None, "--prompts-file", help="One prompt per line (or a JSON list of strings / token-id lists)."
     ),
-    model: str = typer.Option("toy", "--model", help=_MODEL_HELP),
-    mode: str = typer.Option("memento", "--mode", help="vanilla | memento | restart"),
-    keep: int = typer.Option(0, "--keep", help="keep_last_n_blocks for memento/restart"),
-    mask_delimiters: Optional[str] = typer.Option(
-        None, "--mask-delimiters", help="true | false (required unless vanilla)"
+    n: int = typer.Option(
+        1, "--n", "-n", help="Traces per prompt; with no prompt, N traces from the tokenizer's BOS token."
     ),
+    model: str = opt.model(),
+    mode: str = typer.Option("memento", "--mode", help=_MODE_HELP),
+    keep: int = opt.keep(),
+    mask_delimiters: Optional[bool] = opt.mask_delimiters(_MASK_DEFAULT),
     config_file: Optional[Path] = typer.Option(
-        None, "--config", help="BlockMaskingConfig as JSON (overrides the flags)."
+        None, "--config", help="BlockMaskingConfig as JSON (overrides --mode/--keep/--mask-delimiters)."
     ),
-    max_block_tokens: int = typer.Option(0, "--max-block-tokens"),
-    temperature: float = typer.Option(1.0, "--temperature"),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    top_k: int = typer.Option(0, "--top-k"),
-    min_p: float = typer.Option(0.0, "--min-p"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    capture: bool = typer.Option(False, "--capture/--no-capture", help="Replay the outputs and store memento K/V."),
-    layers: Optional[str] = typer.Option(None, "--layers", help="Layers to capture, e.g. 0,3 (default all)."),
-    evicted_block: bool = typer.Option(False, "--evicted-block", help="Also store evicted blocks' K/V."),
-    attention_layers: Optional[str] = typer.Option(None, "--attention-layers"),
-    attention_queries: Optional[str] = typer.Option(None, "--attention-queries"),
-    out: Path = typer.Option(Path("runs/generate"), "--out"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    resume: bool = typer.Option(False, "--resume"),
-    device: str = typer.Option("cpu", "--device"),
-    dtype: Optional[str] = typer.Option(None, "--dtype"),
-    seed: int = typer.Option(0, "--seed"),
-    threads: int = typer.Option(0, "--threads", help="torch threads (0: torch default)."),
+    max_block_tokens: int = typer.Option(
+        0, "--max-block-tokens", help="Force <|block_end|> once a block holds this many tokens (0: off)."
+    ),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (0: greedy)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass in (0, 1] (1: off)."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0: off)."),
+    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below min_p x the top probability (0: off)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Generated tokens per trace at most (>= 1)."),
+    batch_size: int = opt.batch_size(16, "prompts"),
+    capture: bool = opt.flag("--capture/--no-capture", _CAPTURE_HELP, default=True),
+    layers: Optional[str] = opt.layers(),
+    evicted_block: bool = opt.flag("--evicted-block", "Also store each evicted block's K/V (restart variant)."),
+    attention_layers: Optional[str] = typer.Option(
+        None, "--attention-layers", help="Also store attention weights of these layers (comma-separated)."
+    ),
+    attention_queries: Optional[str] = typer.Option(
+        None, "--attention-queries", help="Query positions for --attention-layers (default: every position)."
+    ),
+    out: Path = opt.out(Path("runs/generate")),
+    overwrite: bool = opt.overwrite(),
+    resume: bool = opt.resume(),
+    device: str = opt.device(),
+    dtype: Optional[str] = opt.dtype(),
+    seed: int = opt.seed(),
+    threads: int = opt.threads(),
 ) -> None:
     """Generate with block masking and physical KV eviction; write a run directory."""
     with user_errors():
@@ -186,26 +227,28 @@ def generate_cmd(
         from memento_lens.runtime.generate import SamplingConfig, encode_prompts
         from memento_lens.runtime.runs import generate_to_run
 
-        cfg = _masking(mode, keep, mask_delimiters, config_file, max_block_tokens)
+        from_file = _read_config(config_file)
         sampling = SamplingConfig(
             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed
         )
         from memento_lens.runtime.validate import check_int, check_output_dir
 
         check_int(batch_size, "--batch-size", min=1)
+        check_int(n, "--n", min=1)
         check_output_dir(out, "--out")
         texts: list = list(prompt) + (_read_prompts(prompts_file) if prompts_file is not None else [])
         caps = _captures(capture, layers, evicted_block, attention_layers, attention_queries)
         _setup(threads, seed)
         lm = _load(model, device, dtype)
         tokens = lm.require_tokens()
+        cfg = _masking(mode, keep, mask_delimiters, from_file, max_block_tokens, lm)
         _check_captures(lm.model, layers if capture else None, attention_layers if capture else None)
         if not texts:
             bos = getattr(lm.tokenizer, "bos_token_id", None)
             if bos is None:
                 raise OptionError("give at least one --prompt (the model's tokenizer has no BOS to start from)")
             texts = [[bos]]
-        ids = encode_prompts(lm.tokenizer, texts)
+        ids = [p for p in encode_prompts(lm.tokenizer, texts) for _ in range(n)]
         store = generate_to_run(
             lm.model,
             ids,
@@ -311,32 +354,36 @@ def _check_run_tokenizer(source: Path, tokenizer: object, model_name: str) -> No
 
 def replay_cmd(
     traces_path: Optional[Path] = typer.Option(
-        None, "--traces", help="Run directory or JSONL of {trace, token_ids, prompt_len}."
+        None, "--traces", help="Run directory, or JSONL of {trace, token_ids, prompt_len} (integer ids)."
     ),
     toy: int = typer.Option(0, "--toy", help="Instead of --traces: sample this many toy-task sequences."),
-    model: str = typer.Option("toy", "--model", help=_MODEL_HELP),
-    mode: str = typer.Option("memento", "--mode", help="vanilla | memento | restart"),
-    keep: int = typer.Option(0, "--keep"),
-    mask_delimiters: Optional[str] = typer.Option(
-        None, "--mask-delimiters", help="true | false (required unless vanilla)"
+    model: str = opt.model(),
+    mode: str = typer.Option("memento", "--mode", help=_MODE_HELP),
+    keep: int = opt.keep(),
+    mask_delimiters: Optional[bool] = opt.mask_delimiters(_MASK_DEFAULT),
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", help="BlockMaskingConfig as JSON (overrides --mode/--keep/--mask-delimiters)."
     ),
-    config_file: Optional[Path] = typer.Option(None, "--config"),
-    layers: Optional[str] = typer.Option(None, "--layers"),
-    evicted_block: bool = typer.Option(False, "--evicted-block"),
-    attention_layers: Optional[str] = typer.Option(None, "--attention-layers"),
-    attention_queries: Optional[str] = typer.Option(None, "--attention-queries"),
-    capture: bool = typer.Option(True, "--capture/--no-capture"),
-    allow_truncated: bool = typer.Option(
-        False, "--allow-truncated", help="Accept traces whose last block is still open (cut generations)."
+    layers: Optional[str] = opt.layers(),
+    evicted_block: bool = opt.flag("--evicted-block", "Also store each evicted block's K/V (restart variant)."),
+    attention_layers: Optional[str] = typer.Option(
+        None, "--attention-layers", help="Also store attention weights of these layers (comma-separated)."
     ),
-    batch_size: int = typer.Option(64, "--batch-size"),
-    out: Path = typer.Option(Path("runs/replay"), "--out"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    resume: bool = typer.Option(False, "--resume"),
-    device: str = typer.Option("cpu", "--device"),
-    dtype: Optional[str] = typer.Option(None, "--dtype"),
-    seed: int = typer.Option(0, "--seed"),
-    threads: int = typer.Option(0, "--threads"),
+    attention_queries: Optional[str] = typer.Option(
+        None, "--attention-queries", help="Query positions for --attention-layers (default: every position)."
+    ),
+    capture: bool = opt.flag("--capture/--no-capture", _CAPTURE_HELP, default=True),
+    allow_truncated: bool = opt.flag(
+        "--allow-truncated", "Accept traces whose last block is still open (generations cut by their length limit)."
+    ),
+    batch_size: int = opt.batch_size(64, "traces"),
+    out: Path = opt.out(Path("runs/replay")),
+    overwrite: bool = opt.overwrite(),
+    resume: bool = opt.resume(),
+    device: str = opt.device(),
+    dtype: Optional[str] = opt.dtype(),
+    seed: int = opt.seed(),
+    threads: int = opt.threads(),
 ) -> None:
     """Teacher-forced segment replay with the schedule; capture memento K/V into a run directory."""
     with user_errors():
@@ -345,7 +392,7 @@ def replay_cmd(
         from memento_lens.runtime.runs import replay_to_run
         from memento_lens.runtime.validate import check_int, check_output_dir
 
-        cfg = _masking(mode, keep, mask_delimiters, config_file, 0)
+        from_file = _read_config(config_file)
         check_int(batch_size, "--batch-size", min=1)
         check_int(toy, "--toy", min=0)
         check_output_dir(out, "--out")
@@ -364,6 +411,7 @@ def replay_cmd(
         _setup(threads, seed)
         lm = _load(model, device, dtype)
         tokens = lm.require_tokens()
+        cfg = _masking(mode, keep, mask_delimiters, from_file, 0, lm)
         _check_captures(lm.model, layers if capture else None, attention_layers if capture else None)
         if traces_path is not None:
             _check_run_tokenizer(traces_path, run_tokenizer, lm.name)
@@ -387,23 +435,21 @@ def replay_cmd(
 
 
 def verify_cmd(
-    model: Optional[str] = typer.Option(
-        None, "--model", help="Default: a tiny random Qwen3 built from a config. " + _MODEL_HELP
-    ),
-    device: str = typer.Option("cpu", "--device"),
+    model: Optional[str] = opt.model(None, "Default: a tiny random Qwen3 built from a config."),
+    device: str = opt.device(),
     dtype: Optional[str] = typer.Option(
         None, "--dtype", help="Working precision: float32 (default), float64, bfloat16, float16."
     ),
-    seed: int = typer.Option(0, "--seed"),
-    blocks: int = typer.Option(3, "--blocks", help="Blocks in the random test streams."),
-    reference: bool = typer.Option(
-        True,
+    seed: int = opt.seed(),
+    blocks: int = typer.Option(3, "--blocks", help="Blocks in the random test streams (>= 1)."),
+    reference: bool = opt.flag(
         "--float64-reference/--no-float64-reference",
-        help="Also run every check on a float64 copy of the model (the exactness proof, ~1e-10 of the logits' scale).",
+        "Also run every check on a float64 copy of the model (the exactness proof, ~1e-10 of the logits' scale).",
+        default=True,
     ),
-    out: Optional[Path] = typer.Option(None, "--out", help="Also write the JSON report here."),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    threads: int = typer.Option(0, "--threads"),
+    out: Optional[Path] = opt.out(None, "Also write the JSON report to this file."),
+    overwrite: bool = opt.overwrite(),
+    threads: int = opt.threads(),
 ) -> None:
     """Check incremental eviction against one dense forward; print a JSON report; exit 1 on failure."""
     with user_errors():

@@ -13,7 +13,10 @@ import typer
 from .errors import user_errors
 
 toy_app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="The embedded toy model: train it from scratch, evaluate it."
+    rich_markup_mode=None,
+    no_args_is_help=True,
+    add_completion=False,
+    help="The embedded toy model: train it from scratch, evaluate it.",
 )
 
 

@@ -67,6 +67,7 @@ class LoadedModel:
     tokenizer: Any
     tokens: MementoTokenIds | None
     name: str
+    masking: Any = None  # the BlockMaskingConfig the model was trained with, when known (the toy)
 
     def require_tokens(self) -> MementoTokenIds:
         if self.tokens is None:
@@ -194,7 +195,7 @@ def load_model(
 
         model = build_model(seed=seed, device=device, dtype=tdtype or torch.float32).eval()
         setattr(model.config, ATTN_IMPLEMENTATION_ATTR, attn_implementation)
-        return from_objects(model, build_tokenizer(), name=name)
+        return _with_toy_masking(from_objects(model, build_tokenizer(), name=name))
     if name.startswith("random:"):
         kind = name.split(":", 1)[1]
         if kind not in RANDOM_SPECS:
@@ -239,7 +240,15 @@ def load_model(
             hf_logging.enable_progress_bar()
     model = model.to(device).eval()
     tokenizer = _load_tokenizer(path, name)
-    return from_objects(model, tokenizer, name=name)
+    lm = from_objects(model, tokenizer, name=name)
+    return _with_toy_masking(lm) if name == "toy" or name.startswith("toy@") else lm
+
+
+def _with_toy_masking(lm: LoadedModel) -> LoadedModel:
+    from .toy.task import TOY_MASKING
+
+    lm.masking = TOY_MASKING
+    return lm
 
 
 def _toy_dir(spec: str) -> Path:

@@ -1,0 +1,99 @@
+"""The CLI's shared options: each spelling, default and help text defined once, used by every command.
+
+Each factory returns a fresh ``typer.Option`` (typer keeps per-parameter state). Values are checked by the
+library (:mod:`memento_lens.runtime.validate`), so Python callers get the same errors as the CLI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+MODEL_HELP = "Local HF checkpoint dir, 'toy', 'toy@<ckpt>', or 'random:tiny' / 'random:bench' / 'random:toy'."
+DEVICE_HELP = "torch device: cpu, cuda, cuda:N or mps (checked against this torch before any work)."
+DTYPE_HELP = "Precision: float32, float64, bfloat16, float16, or auto (the checkpoint's own)."
+BLOCK_NUMBERING = (
+    "Blocks are numbered from 0 here (as KVKey.block and the run tables); the Memento JSON block_idx is 1-based."
+)
+MASK_HELP = (
+    "Evict the block delimiters with the block (--mask-delimiters, Phi-4 style) or keep them visible "
+    "(--keep-delimiters, Qwen3/OLMo3 style)."
+)
+
+
+def flag(decls: str, help: str, default: bool = False) -> Any:
+    """A boolean flag (``--x`` or ``--x/--no-x``): shown without a value in --help, given without one."""
+    return typer.Option(default, decls, help=help, show_default="/" in decls)
+
+
+def model(default: str | None = "toy", extra: str = "") -> Any:
+    return typer.Option(default, "--model", help=(extra + " " if extra else "") + MODEL_HELP)
+
+
+def device() -> Any:
+    return typer.Option("cpu", "--device", help=DEVICE_HELP)
+
+
+def dtype(default: str | None = None) -> Any:
+    return typer.Option(default, "--dtype", help=DTYPE_HELP + ("" if default else " Default: the model's own."))
+
+
+def seed() -> Any:
+    return typer.Option(0, "--seed", help="Random seed (sampling, toy sequences, random models).")
+
+
+def threads(default: int = 0) -> Any:
+    return typer.Option(default, "--threads", help="torch CPU threads (0: torch's default).")
+
+
+def out(default: Path | None, what: str = "Run directory to write.") -> Any:
+    return typer.Option(default, "--out", "-o", help=what)
+
+
+def overwrite() -> Any:
+    return flag("--overwrite", "Replace an existing output (another run directory or file) instead of refusing.")
+
+
+def resume() -> Any:
+    return flag("--resume", "Continue an incomplete run of the same config in --out, keeping its finished parts.")
+
+
+def batch_size(default: int, unit: str = "sequences") -> Any:
+    return typer.Option(default, "--batch-size", help=f"{unit.capitalize()} per forward batch (>= 1).")
+
+
+def mask_delimiters(default_note: str) -> Any:
+    """One spelling everywhere: a switch; None means the command's documented default (``default_note``)."""
+    return typer.Option(None, "--mask-delimiters/--keep-delimiters", help=f"{MASK_HELP} {default_note}")
+
+
+def keep() -> Any:
+    return typer.Option(
+        0, "--keep", help="keep_last_n_blocks: completed blocks kept visible (0 evicts each block on its memento)."
+    )
+
+
+def as_json() -> Any:
+    return flag("--json", "Print JSON instead of a table.")
+
+
+def strict() -> Any:
+    return flag("--strict", "Fail on the first malformed trace (and on an empty input) instead of skipping it.")
+
+
+def allow_unk() -> Any:
+    return flag(
+        "--allow-unk",
+        "Accept traces where the tokenizer turns more than a small share of the text into <unk> (a tokenizer "
+        "that does not fit the text; refused by default).",
+    )
+
+
+def layers(what: str = "Layers to capture") -> Any:
+    return typer.Option(None, "--layers", help=f"{what}, comma-separated 0-based indices, e.g. 0,3 (default all).")
+
+
+def port(default: int = 8501) -> Any:
+    return typer.Option(default, "--port", help="Port to serve on (1-65535).")
