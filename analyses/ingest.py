@@ -599,6 +599,33 @@ def ingest_files(
 # -- run directory -----------------------------------------------------------------------------------
 
 
+def read_run_traces(path: str | Path):
+    """The traces of a complete run directory (any kind) and the memento token ids they were tokenized with.
+
+    Returns ``(traces, MementoTokenIds)``; ``meta['domain']`` is kept when the run's traces table has it.
+    """
+    from memento_lens.runtime.config import MementoTokenIds
+    from memento_lens.runtime.errors import RunDirError
+    from memento_lens.runtime.rundir.reader import open_run
+
+    run = open_run(path, require_complete=True)
+    manifest = run.manifest
+    ids = manifest.config.get("tokens") or manifest.info.get("token_ids")
+    if not isinstance(ids, dict):
+        raise RunDirError(f"{Path(path) / 'manifest.json'}: records no memento token ids (config.tokens)")
+    tokens = MementoTokenIds.from_dict(ids, where=f"{Path(path) / 'manifest.json'}: token ids")
+    meta = run.table("traces")
+    toks = run.table("tokens", columns=["trace", "pos", "token_id"]).sort_values(["trace", "pos"])
+    grouped = {k: g["token_id"].to_numpy(np.int64) for k, g in toks.groupby("trace", sort=False)}
+    traces = []
+    for r in meta.to_dict(orient="records"):
+        m = {"source_file": str(path)}
+        if r.get("domain"):
+            m["domain"] = r["domain"]
+        traces.append(Trace(str(r["trace"]), grouped.get(r["trace"], np.zeros(0, np.int64)), int(r["prompt_len"]), m))
+    return traces, tokens
+
+
 def trace_tables(
     traces: Sequence[Trace], tokenizer: TextTokenizer, config: BlockMaskingConfig
 ) -> dict[str, pd.DataFrame]:

@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from . import cli_options as opt
 from .errors import user_errors
 
 TOKENIZER_HELP = (
@@ -18,12 +19,47 @@ TOKENIZER_HELP = (
 MODEL_HELP = "KV bytes/token: a preset (qwen3-8b, qwen3-32b, phi-4-reasoning) or a HF config.json / model directory"
 
 
-def _masking(keep_last_n: int, mask_delimiters: bool):
-    from memento_lens.runtime.config import BlockMaskingConfig
+_FILES_OR_RUNS = "Trace files (OpenMementos .parquet, Memento .json, vLLM .jsonl) or run directories."
+_FORMAT_HELP = "openmementos | memento-json | vllm-jsonl (default: from the file name)."
+_KEEP_HELP = "keep_last_n_blocks of the memento schedule (completed blocks kept visible)."
+_MASK_DEFAULT = "Default: --keep-delimiters (these commands know no model's training)."
 
+
+def _masking(keep_last_n: int, mask_delimiters: Optional[bool]):
+    from memento_lens.runtime.config import BlockMaskingConfig
+    from memento_lens.runtime.validate import check_int
+
+    check_int(keep_last_n, "--keep-last-n", min=-1)
     return BlockMaskingConfig(
-        mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n, require_assistant_section=False
+        mask_delimiters=bool(mask_delimiters), keep_last_n_blocks=keep_last_n, require_assistant_section=False
     )
+
+
+def _inputs(paths, tokenizer: str, fmt, strict: bool, allow_unk: bool):
+    """Traces from trace files or from run directories (not both), their memento ids and an ingest report."""
+    from memento_lens.analyses.ingest import MAX_UNK_SHARE, IngestReport, ingest_files, read_run_traces
+    from memento_lens.analyses.tokenization import load_tokenizer
+    from memento_lens.runtime.errors import OptionError
+
+    runs = [p for p in paths if Path(p).is_dir()]
+    if runs and len(runs) != len(paths):
+        raise OptionError(f"give trace files or run directories, not both ({runs[0]} is a directory)")
+    if not runs:
+        tok = load_tokenizer(tokenizer)
+        res = ingest_files(
+            paths, tok, fmt=fmt, strict=strict, arrays=True, max_unk_share=1.0 if allow_unk else MAX_UNK_SHARE
+        )
+        return res.traces, tok.ids, res.report
+    traces, ids = [], None
+    for run in runs:
+        got, run_ids = read_run_traces(run)
+        if ids is not None and run_ids != ids:
+            raise OptionError(f"{run}: its memento token ids {run_ids.to_dict()} differ from {runs[0]}'s")
+        ids = run_ids
+        traces += got
+    if strict and not traces:
+        raise OptionError(f"{', '.join(map(str, runs))}: no traces")
+    return traces, ids, IngestReport([str(r) for r in runs], len(traces), len(traces))
 
 
 def _print_report(report, stream=sys.stderr) -> None:
@@ -36,24 +72,27 @@ def _print_report(report, stream=sys.stderr) -> None:
 
 def ingest_cmd(
     files: List[Path] = typer.Argument(..., help="Trace files: OpenMementos .parquet, Memento .json, vLLM .jsonl."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
+    out: Path = opt.out(..., "Run directory to create."),
     tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
     fmt: Optional[str] = typer.Option(
         None, "--format", help="openmementos | memento-json | vllm-jsonl (default: from the file name)."
     ),
     model: str = typer.Option("qwen3-8b", "--model", help=MODEL_HELP),
-    keep_last_n: int = typer.Option(0, "--keep-last-n", help="keep_last_n_blocks of the memento schedule."),
-    mask_delimiters: bool = typer.Option(
-        False, "--mask-delimiters/--keep-delimiters", help="Evict the block delimiters too (Phi-4 style)."
-    ),
-    strict: bool = typer.Option(False, "--strict", help="Fail on the first malformed trace instead of skipping it."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    keep_last_n: int = typer.Option(0, "--keep-last-n", help=_KEEP_HELP),
+    mask_delimiters: Optional[bool] = opt.mask_delimiters(_MASK_DEFAULT),
+    strict: bool = opt.strict(),
+    allow_unk: bool = opt.allow_unk(),
+    overwrite: bool = opt.overwrite(),
 ) -> None:
     """Ingest trace files into a run directory (traces, tokens, events, occupancy tables) the app can show."""
-    from memento_lens.analyses.ingest import ingest_files, write_run
+    from memento_lens.analyses.ingest import MAX_UNK_SHARE, ingest_files, write_run
+    from memento_lens.runtime.validate import check_output_dir
 
     with user_errors():
-        res = ingest_files(files, tokenizer, fmt=fmt, strict=strict, keep_text=True)
+        check_output_dir(out, "--out")
+        res = ingest_files(
+            files, tokenizer, fmt=fmt, strict=strict, keep_text=True, max_unk_share=1.0 if allow_unk else MAX_UNK_SHARE
+        )
         _print_report(res.report)
         store = write_run(
             out,
@@ -70,35 +109,33 @@ def ingest_cmd(
 
 
 def kv_cmd(
-    files: List[Path] = typer.Argument(..., help="Trace files (see `ingest`)."),
-    tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
-    fmt: Optional[str] = typer.Option(None, "--format"),
+    files: List[Path] = typer.Argument(..., help=_FILES_OR_RUNS),
+    tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP + " (trace files only)"),
+    fmt: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
     model: str = typer.Option("qwen3-8b", "--model", help=MODEL_HELP),
-    keep_last_n: int = typer.Option(0, "--keep-last-n"),
-    mask_delimiters: bool = typer.Option(False, "--mask-delimiters/--keep-delimiters"),
-    restart: bool = typer.Option(False, "--restart", help="Also account restart mode."),
-    per_trace: bool = typer.Option(False, "--per-trace", help="Print one row per trace and mode."),
-    strict: bool = typer.Option(False, "--strict"),
-    as_json: bool = typer.Option(False, "--json"),
+    keep_last_n: int = typer.Option(0, "--keep-last-n", help=_KEEP_HELP),
+    mask_delimiters: Optional[bool] = opt.mask_delimiters(_MASK_DEFAULT),
+    restart: bool = opt.flag("--restart", "Also account restart mode."),
+    per_trace: bool = opt.flag("--per-trace", "Print one row per trace and mode."),
+    strict: bool = opt.strict(),
+    allow_unk: bool = opt.allow_unk(),
+    as_json: bool = opt.as_json(),
 ) -> None:
     """KV accounting of trace files (no model): peak KV and AUC (GB·ktok), vanilla vs memento."""
     import dataclasses
 
     from memento_lens.analyses.figures.base import md_table
-    from memento_lens.analyses.ingest import ingest_files
     from memento_lens.analyses.kv import kv_summary, reduction_table, resolve_spec
-    from memento_lens.analyses.tokenization import load_tokenizer
     from memento_lens.runtime.config import BlockMaskingConfig
 
     with user_errors():
-        tok = load_tokenizer(tokenizer)
         spec = resolve_spec(model)
-        res = ingest_files(files, tok, fmt=fmt, strict=strict, arrays=True)
+        traces, ids, report = _inputs(files, tokenizer, fmt, strict, allow_unk)
         memento = _masking(keep_last_n, mask_delimiters)
-        configs = {"vanilla": BlockMaskingConfig.vanilla(mask_delimiters), "memento": memento}
+        configs = {"vanilla": BlockMaskingConfig.vanilla(memento.mask_delimiters), "memento": memento}
         if restart:
             configs["restart"] = dataclasses.replace(memento, restart_mode=True)
-        summary = kv_summary(res.traces, tok.ids, configs, spec)
+        summary = kv_summary(traces, ids, configs, spec)
         red = reduction_table(summary) if len(summary) else summary
         if as_json:
             print(
@@ -106,7 +143,7 @@ def kv_cmd(
                     {
                         "kv_spec": dataclasses.asdict(spec),
                         "bytes_per_token": spec.bytes_per_token,
-                        "ingest": res.report.to_dict(),
+                        "ingest": report.to_dict(),
                         "modes": red.to_dict(orient="records"),
                         "traces": summary.to_dict(orient="records") if per_trace else None,
                     },
@@ -114,7 +151,7 @@ def kv_cmd(
                 )
             )
             return
-        _print_report(res.report)
+        _print_report(report)
         print(
             f"KV spec {spec.name}: {spec.bytes_per_token} bytes/token ({spec.bytes_per_token / 1024:g} KB); "
             f"GB = 2^30 bytes, AUC over generated tokens in GB·ktok\n"
@@ -126,30 +163,35 @@ def kv_cmd(
 
 
 def stats_cmd(
-    files: List[Path] = typer.Argument(..., help="Trace files (see `ingest`)."),
-    tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
-    fmt: Optional[str] = typer.Option(None, "--format"),
-    blocks_csv: Optional[Path] = typer.Option(None, "--blocks-csv", help="Also write the per-block table here."),
-    strict: bool = typer.Option(False, "--strict"),
-    as_json: bool = typer.Option(False, "--json"),
+    files: List[Path] = typer.Argument(..., help=_FILES_OR_RUNS),
+    tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP + " (trace files only)"),
+    fmt: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
+    blocks_csv: Optional[Path] = typer.Option(
+        None, "--blocks-csv", help="Also write the per-block table here (block numbers 0-based)."
+    ),
+    strict: bool = opt.strict(),
+    allow_unk: bool = opt.allow_unk(),
+    overwrite: bool = opt.overwrite(),
+    as_json: bool = opt.as_json(),
 ) -> None:
     """Trace statistics: blocks per trace, block/memento sizes, compression ratio, by domain."""
     from memento_lens.analyses.figures.base import md_table
-    from memento_lens.analyses.ingest import ingest_files
     from memento_lens.analyses.stats import block_stats, domain_stats
-    from memento_lens.analyses.tokenization import load_tokenizer
+    from memento_lens.runtime.store import atomic_write_bytes
+    from memento_lens.runtime.validate import check_output_file
 
     with user_errors():
-        tok = load_tokenizer(tokenizer)
-        res = ingest_files(files, tok, fmt=fmt, strict=strict, arrays=True)
-        blocks = block_stats(res.traces, tok.ids)
         if blocks_csv:
-            blocks.to_csv(blocks_csv, index=False)
+            check_output_file(blocks_csv, "--blocks-csv", overwrite=overwrite)
+        traces, ids, report = _inputs(files, tokenizer, fmt, strict, allow_unk)
+        blocks = block_stats(traces, ids)
+        if blocks_csv:
+            atomic_write_bytes(blocks_csv, blocks.to_csv(index=False).encode())
         dom = domain_stats(blocks) if len(blocks) else blocks
         if as_json:
-            print(json.dumps({"ingest": res.report.to_dict(), "domains": dom.to_dict(orient="records")}, default=float))
+            print(json.dumps({"ingest": report.to_dict(), "domains": dom.to_dict(orient="records")}, default=float))
             return
-        _print_report(res.report)
+        _print_report(report)
         print(md_table(dom))
 
 
@@ -172,7 +214,7 @@ def figures_cmd(
     png: bool = typer.Option(
         True, "--png/--no-png", help="Static PNGs (need chromium; skipped with a message if absent)."
     ),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = opt.as_json(),
 ) -> None:
     """Render the paper figures (PNG + HTML + CSV + Markdown) from run directories and/or trace files."""
     from memento_lens.analyses.figures import render_figures

@@ -49,7 +49,7 @@ def app_cmd(
     run_dirs: Optional[List[Path]] = typer.Argument(
         None, help="Run directories (or folders of runs) to explore; default: the demo run at runs/demo."
     ),
-    port: int = typer.Option(8501, "--port", help="Port to serve on."),
+    port: int = typer.Option(8501, "--port", help="Port to serve on (1-65535)."),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to bind; the default keeps the app on this machine only."
     ),
@@ -58,6 +58,14 @@ def app_cmd(
 
     The app only reads the directories named here.
     """
+    from memento_lens.runtime.errors import OptionError
+    from memento_lens.runtime.validate import check_port
+
+    try:
+        check_port(port, "--port")
+    except OptionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
     dirs = list(run_dirs or [])
     if not dirs:
         if not (DEMO_RUN / "manifest.json").exists():
