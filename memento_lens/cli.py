@@ -23,7 +23,7 @@ def _register() -> None:
     from . import cli_runtime
 
     cli_runtime.register(app)
-    for name in ("cli_toy", "cli_probes", "cli_analyses", "cli_app", "cli_demo"):
+    for name in ("cli_toy", "cli_probes", "cli_analyses", "cli_app", "cli_demo", "cli_real"):
         try:
             module = __import__(f"memento_lens.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

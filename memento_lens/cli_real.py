@@ -1,0 +1,71 @@
+"""CLI: real pretrained models (``mementify``, ``presets``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import user_errors
+
+
+def mementify_cmd(
+    model: str = typer.Option(
+        "smollm2-135m", "--model", help="A real preset (smollm2-135m) or a local HF checkpoint directory."
+    ),
+    out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (then: --model DIR anywhere)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (weights as saved)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the N(0, 0.01) noise on the new embeddings."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier mementified checkpoint at --out."),
+) -> None:
+    """Add the memento tokens (paper's initialisation) and a chat template; save a checkpoint directory."""
+    with user_errors():
+        from memento_lens.runtime.mementify import mementify
+
+        report = mementify(model, out, seed=seed, dtype=dtype, overwrite=overwrite)
+        print(json.dumps(report.to_dict(), indent=2))
+
+
+def presets_cmd(
+    convert: Optional[str] = typer.Option(
+        None, "--convert", help="Convert this model preset now (otherwise it converts on first use)."
+    ),
+) -> None:
+    """List the real presets, whether their packages are installed, and the cache directory."""
+    with user_errors():
+        import importlib.util
+
+        from memento_lens.runtime.presets import (
+            CACHE_ENV,
+            MODEL_PRESETS,
+            TOKENIZER_PRESETS,
+            cache_dir,
+            resolve_model,
+        )
+
+        if convert is not None:
+            print(resolve_model(convert, log=lambda m: print(m)))
+            return
+        out = {"cache": str(cache_dir()), "cache_env": CACHE_ENV, "models": {}, "tokenizers": {}}
+        for name, p in MODEL_PRESETS.items():
+            out["models"][name] = {
+                "package": p.package,
+                "installed": importlib.util.find_spec(p.module) is not None,
+                "what": p.description,
+                "install": p.install_hint(),
+            }
+        for name, p in TOKENIZER_PRESETS.items():
+            out["tokenizers"][name] = {
+                "package": p.package,
+                "installed": importlib.util.find_spec(p.module) is not None,
+                "what": p.description,
+                "install": p.install_hint(),
+            }
+        print(json.dumps(out, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("mementify")(mementify_cmd)
+    app.command("presets")(presets_cmd)
