@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup browser lint format test test-fast demo bench app clean
+.PHONY: setup browser lint format test test-fast test-unit demo bench app clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ test: setup browser lint
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not browser" $(PYTEST_ARGS)
+
+# Tiers (docs/CONTRIBUTING.md): unit is the inner loop; `make test` runs every tier.
+test-unit: setup
+	$(PY) -m pytest -q -m unit $(PYTEST_ARGS)
 
 demo: setup browser
 	$(VENV)/bin/memento-lens demo $(DEMO_ARGS)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from memento_lens.demo import SUMMARY_FILE, DemoConfig, run_demo, summarize
 
@@ -66,6 +67,7 @@ def test_summarize_reads_the_headline_numbers_from_the_tables():
     assert s.kv_bytes_per_token == 96.0 and s.n_traces == 2
 
 
+@pytest.mark.e2e
 def test_demo_pipeline_summary_names_what_it_wrote(tmp_path):
     from memento_lens.runtime.model import kv_bytes_per_token, load_model
     from memento_lens.runtime.store import RunStore

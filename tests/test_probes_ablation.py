@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import small_toy_model
 from memento_lens.probes.ablation import (
     DIRECTIONS,
     capture_world,
@@ -20,29 +21,8 @@ from memento_lens.probes.patching import surgery_patches
 from memento_lens.runtime.toy.task import sample
 
 
-def small_toy_model(seed: int = 0):
-    """A random toy-vocabulary Qwen3, smaller than the shipped toy (fast tests)."""
-    from memento_lens.runtime.toy.model import ToyModelConfig, build_model
-
-    cfg = ToyModelConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-    )
-    return build_model(cfg, seed=seed).eval()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(1)
     model = small_toy_model(seed=1)
     layout = toy_layout()
     batch = sample(8, 2)

@@ -6,27 +6,11 @@ import json
 
 import pandas as pd
 import pytest
-import torch
+from conftest import small_toy_model
 from memento_lens.runtime.rundir.schema import PROBE_RESULTS
 from typer.testing import CliRunner
 
 from memento_lens.cli import app
-
-
-def small_toy_model(seed: int = 0):
-    """A random toy-vocabulary Qwen3, smaller than the shipped toy (fast tests)."""
-    from memento_lens.runtime.toy.model import ToyModelConfig, build_model
-
-    cfg = ToyModelConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-    )
-    return build_model(cfg, seed=seed).eval()
-
 
 REQUIRED = {"condition", "distance", "layer", "probe", "accuracy", "ci_low", "ci_high", "control_accuracy"}
 CONTRACT = PROBE_RESULTS.names
@@ -42,7 +26,6 @@ DECOMPOSITION = {
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("toyrand")
     small_toy_model().save_pretrained(path)
     return path

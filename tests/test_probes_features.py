@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import small_toy_model
 from memento_lens.probes.features import (
     MementoFeatures,
     ProbeInputError,
@@ -20,26 +21,6 @@ from memento_lens.probes.models import make_probe
 from memento_lens.probes.train import TrainConfig, score_probe
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.toy.task import ToyLayout
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
-def small_toy_model(seed: int = 0):
-    """A random toy-vocabulary Qwen3, smaller than the shipped toy (fast tests)."""
-    from memento_lens.runtime.toy.model import ToyModelConfig, build_model
-
-    cfg = ToyModelConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-    )
-    return build_model(cfg, seed=seed).eval()
 
 
 def test_conditions_follow_the_paper_mapping():

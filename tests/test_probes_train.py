@@ -16,11 +16,6 @@ from memento_lens.probes.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def _labels(n: int, seed: int = 0, distinct: int | None = None) -> np.ndarray:
     rng = np.random.default_rng(seed)
     lab = rng.integers(0, 10, size=(n, 5))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 import memento_lens
 
 
@@ -29,8 +31,6 @@ def test_every_name_in_all_resolves_to_its_owner():
 
 
 def test_unknown_names_raise_attribute_error_and_submodules_still_import():
-    import pytest
-
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         memento_lens.nope  # noqa: B018
     from memento_lens import demo  # a submodule, not an export
@@ -53,6 +53,7 @@ def test_readme_example_imports_from_one_place():
     assert set(names) <= set(memento_lens.__all__)
 
 
+@pytest.mark.integration  # generates on the shipped toy
 def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # it writes runs/mine
     scope: dict = {}

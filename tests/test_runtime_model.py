@@ -103,16 +103,11 @@ def test_local_checkpoint_loads_and_verifies(tmp_path):
     lm = load_model("random:tiny")
     lm.model.save_pretrained(tmp_path / "ckpt")
     lm.tokenizer.save_pretrained(tmp_path / "ckpt")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        loaded = load_model(tmp_path / "ckpt")
-        assert loaded.tokens.delimiters == lm.tokens.delimiters
-        assert all(torch.equal(a, b) for a, b in zip(loaded.model.parameters(), lm.model.parameters()))
-        report = verify_model(str(tmp_path / "ckpt"), n_blocks=2)
-        assert report.passed and report.model == str(tmp_path / "ckpt")
-    finally:
-        torch.set_num_threads(before)
+    loaded = load_model(tmp_path / "ckpt")
+    assert loaded.tokens.delimiters == lm.tokens.delimiters
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.parameters(), lm.model.parameters()))
+    report = verify_model(str(tmp_path / "ckpt"), n_blocks=2)
+    assert report.passed and report.model == str(tmp_path / "ckpt")
 
 
 def test_checkpoint_without_memento_tokens_is_refused_by_name(tmp_path):

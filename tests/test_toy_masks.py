@@ -14,11 +14,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import small_toy_model
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.occupancy import schedule_occupancy as occupancy
 from memento_lens.runtime.schedule import EventKind, compute_schedule
 from memento_lens.runtime.toy.evaluate import mode_config, restart_generation_visibility, toy_visibility
-from memento_lens.runtime.toy.model import ToyModelConfig, build_model
 from memento_lens.runtime.toy.task import TOY_TOKENS, ToyLayout, sample
 
 SMALL = ToyLayout(n_blocks=3, block_digits=3, memento_digits=2)
@@ -65,16 +65,7 @@ def test_vanilla_is_causal_and_restart_hides_delimiters():
 
 
 def _model():
-    cfg = ToyModelConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        attn_implementation="eager",
-    )
-    return build_model(cfg, seed=1, layout=SMALL).eval()
+    return small_toy_model(seed=1, layout=SMALL, attn_implementation="eager")
 
 
 def _incremental(model, ids: np.ndarray, mode: str):

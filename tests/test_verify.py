@@ -11,14 +11,6 @@ from memento_lens.runtime.verify import RELATIVE_TOLERANCE, matrix, verify_model
 from typer.testing import CliRunner
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_verify_passes_with_every_check_of_the_matrix():
     report = verify_model(seed=1)
     assert report.passed, [c for c in report.checks if not c.passed]
