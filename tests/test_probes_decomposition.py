@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import small_toy_model
 from memento_lens.probes.features import MementoFeatures
 from memento_lens.probes.passcode import (
     ALL_LAYERS,
@@ -85,7 +86,6 @@ def _planted(n: int, seed: int = 0) -> PasscodeFeatures:
 
 @pytest.fixture(scope="module")
 def planted_rows():
-    torch.set_num_threads(1)
     feats = _planted(1500)
     cfg = PasscodeConfig(distances=(1,), probes=("linear",), train=FAST, control=False)
     task = ToyPasscodeTask()
@@ -137,8 +137,7 @@ def test_learning_curves_and_cap_are_recorded(planted_rows):
 def _toy_model(seed: int, small: bool):
     from memento_lens.runtime.toy.model import ToyModelConfig, build_model
 
-    cfg = ToyModelConfig(32, 64, 2, 2, 1, 16) if small else ToyModelConfig()
-    return build_model(cfg, seed=seed).eval()
+    return small_toy_model(seed) if small else build_model(ToyModelConfig(), seed=seed).eval()
 
 
 def test_layer0_kv_is_the_same_in_both_worlds():
@@ -158,7 +157,6 @@ def test_layer0_kv_is_the_same_in_both_worlds():
 def test_untrained_toy_shows_an_implicit_channel():
     """Random init of the toy config (seed 0): its masked +1 memento K/V at the last layer carry more of block 1
     than the same memento recomputed without its block (issue 10 measured 33% vs 14% with 5K samples)."""
-    torch.set_num_threads(1)
     cfg = PasscodeConfig(
         model="toy-init",
         task="toy",
