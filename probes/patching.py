@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import torch
-from memento_lens.runtime.hf_paths import SELF_ATTN_ATTR, decoder_layers
 
-# HF attention submodules whose outputs are the per-token K/V projections (Qwen3/Llama/Qwen2/OLMo families).
-K_PROJ_ATTR = "k_proj"
-V_PROJ_ATTR = "v_proj"
+# HF attention submodules whose outputs are the per-token K/V projections: named in runtime/hf_paths.py.
+from memento_lens.runtime.hf_paths import K_PROJ_ATTR, SELF_ATTN_ATTR, V_PROJ_ATTR, decoder_layers
 
 
 @dataclass

@@ -16,6 +16,17 @@ CACHE_VALUES_ATTR = "values"
 # Decoder layers and attention modules (Qwen3 / Llama / Qwen2 / OLMo / Phi-3 families).
 DECODER_LAYERS_PATH = "model.layers"
 SELF_ATTN_ATTR = "self_attn"
+# Key / value projections inside SELF_ATTN_ATTR (outputs [batch, pos, kv_heads * d_head], before norm and RoPE).
+K_PROJ_ATTR = "k_proj"
+V_PROJ_ATTR = "v_proj"
+
+# The architectures every name above is tested against (tests run tiny random models of both, and the real
+# SmolLM2-135M, a Llama). What differs between them and why the runtime does not care:
+# * qwen3: q_norm/k_norm (RMSNorm per head) before RoPE; untied embeddings (the toy, random:tiny/bench).
+# * llama: no q/k norm; tied embeddings in SmolLM2 (random:llama-tiny too); no `layer_types` in older configs.
+# The cache holds keys after norm (if any) and RoPE in both, which is what capture reads; K/V patching edits
+# K_PROJ/V_PROJ outputs, which exist in both. A model_type outside this table may work but is untested.
+TESTED_MODEL_TYPES = ("qwen3", "llama")
 # Config attribute used to select the attention kernel.
 ATTN_IMPLEMENTATION_ATTR = "_attn_implementation"
 
@@ -38,6 +49,11 @@ def decoder_layers(model: Any) -> list[Any]:
     for part in DECODER_LAYERS_PATH.split("."):
         obj = getattr(obj, part)
     return list(obj)
+
+
+def attention_module(model: Any, layer: int) -> Any:
+    """The self-attention module of decoder layer ``layer``."""
+    return getattr(decoder_layers(model)[layer], SELF_ATTN_ATTR)
 
 
 # --- used by the runtime (generate / replay / capture) ---------------------------------------------------
