@@ -1,5 +1,6 @@
 """probe-conditions (paper Fig. 10 / Table 4): passcode probe accuracy by layer, direct / masked /
-causal control, with confidence intervals and the chance line."""
+causal control, with confidence intervals and the chance line; the normal world and the restart world (mementos
+recomputed without their block: the memento text's share) side by side."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from .base import (
 )
 
 CONDITIONS = ("direct", "masked", "causal_control")
+ALL_LAYERS = -1  # probes.passcode.ALL_LAYERS: every probed layer concatenated
+WORLD_COLUMNS = {
+    "normal": ("accuracy", "ci_low", "ci_high"),
+    "restart": ("restart_accuracy", "restart_ci_low", "restart_ci_high"),
+}
 NEEDS = "needs probe_results.parquet in a --run directory (written by the probes); trace files alone carry none"
 
 
@@ -54,9 +60,16 @@ class ProbeConditions(Figure):
         rows = select_rows(pr)
         if rows.empty:
             raise MissingInputs("probe_results.parquet has no direct/masked/causal_control rows")
-        out = mean_over_seeds(rows, ["model", "checkpoint", "probe", "condition", "distance", "layer"])
+        keys = ["model", "checkpoint", "probe", "condition", "distance", "layer"]
+        parts = []
+        for world, (value, lo, hi) in WORLD_COLUMNS.items():
+            if value not in rows or rows[value].isna().all():
+                continue
+            d = rows[keys + [value, lo, hi]].rename(columns={value: "accuracy", lo: "ci_low", hi: "ci_high"})
+            parts.append(mean_over_seeds(d, keys).assign(world=world))
+        out = pd.concat(parts, ignore_index=True)
         out["condition"] = pd.Categorical(out["condition"], CONDITIONS)
-        out = out.sort_values(["model", "probe", "condition", "layer"]).reset_index(drop=True)
+        out = out.sort_values(["model", "world", "probe", "condition", "layer"]).reset_index(drop=True)
         out["condition"] = out["condition"].astype(str)
         out["chance"] = PASSCODE_CHANCE
         return out
@@ -65,11 +78,21 @@ class ProbeConditions(Figure):
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        models = list(dict.fromkeys(df["model"]))
-        fig = make_subplots(rows=1, cols=len(models), subplot_titles=[str(m) for m in models], shared_yaxes=True)
+        if "world" not in df:
+            df = df.assign(world="normal")
+        panels = list(dict.fromkeys(zip(df["model"], df["world"])))
+        fig = make_subplots(
+            rows=1,
+            cols=len(panels),
+            subplot_titles=[f"{m} ({w} world)" for m, w in panels],
+            shared_yaxes=True,
+        )
         dashes = {p: d for p, d in zip(dict.fromkeys(df["probe"]), ("solid", "dash", "dot", "dashdot"))}
-        for i, model in enumerate(models, start=1):
-            for (probe, cond), g in df[df["model"] == model].groupby(["probe", "condition"], sort=False):
+        for i, (model, world) in enumerate(panels, start=1):
+            sub = df[(df["model"] == model) & (df["world"] == world)]
+            top = int(sub["layer"].max())
+            for (probe, cond), g in sub.groupby(["probe", "condition"], sort=False):
+                g = g.assign(x=g["layer"].where(g["layer"] != ALL_LAYERS, top + 1)).sort_values("x")
                 err = None
                 if "ci_low" in g and g["ci_low"].notna().all():
                     err = dict(
@@ -80,7 +103,7 @@ class ProbeConditions(Figure):
                     )
                 fig.add_trace(
                     go.Scatter(
-                        x=g["layer"],
+                        x=g["x"],
                         y=g["accuracy"],
                         error_y=err,
                         mode="lines+markers",
@@ -94,16 +117,28 @@ class ProbeConditions(Figure):
                 )
             label = dict(annotation_text="chance") if i == 1 else {}  # None would print "new text"
             fig.add_hline(y=PASSCODE_CHANCE, line=dict(color=CHANCE_COLOR, dash="dash"), row=1, col=i, **label)
-            fig.update_xaxes(title_text="layer", row=1, col=i, dtick=layer_dtick(df.loc[df["model"] == model, "layer"]))
+            layers = sorted(int(v) for v in sub["layer"].unique())
+            ticks = [(top + 1 if v == ALL_LAYERS else v, "all" if v == ALL_LAYERS else str(v)) for v in layers]
+            fig.update_xaxes(
+                title_text="layer",
+                row=1,
+                col=i,
+                tickvals=[t for t, _ in ticks] if len(ticks) <= 13 else None,
+                ticktext=[t for _, t in ticks] if len(ticks) <= 13 else None,
+                dtick=layer_dtick(sub["layer"]),
+            )
         fig.update_yaxes(title_text="probe accuracy (mean over 5 digits)", range=[0, 1], row=1, col=1)
         fig.update_layout(title=self.title, template="plotly_white")
         return fig
 
     def markdown(self, df: pd.DataFrame) -> str:
         t = df.assign(accuracy=df["accuracy"] * 100).pivot_table(
-            index=["model", "probe", "condition"], columns="layer", values="accuracy", sort=False
+            index=["model", "world", "probe", "condition"] if "world" in df else ["model", "probe", "condition"],
+            columns="layer",
+            values="accuracy",
+            sort=False,
         )
-        t.columns = [f"layer {c}" for c in t.columns]
+        t.columns = ["all layers" if c == ALL_LAYERS else f"layer {c}" for c in t.columns]
         return (
             f"## {self.title} (accuracy, %)\n\n{self.paper}\n\n{md_table(t.reset_index())}\n\n"
             f"### Plotted values\n\n{md_table(df)}\n"

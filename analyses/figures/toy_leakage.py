@@ -1,11 +1,12 @@
 """toy-leakage (paper Fig. 13): masked probe accuracy on the toy model by layer, by distance from the
-target block, and across training checkpoints next to task accuracy."""
+target block, and across training checkpoints next to task accuracy; the normal world beside the restart world
+(mementos recomputed without their block: what the memento text alone carries) and the exact text ceiling."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from ..palette import CHANCE_COLOR, TASK_COLOR, color
+from ..palette import CHANCE_COLOR, MODE_COLORS, TASK_COLOR, color
 from .base import (
     PASSCODE_CHANCE,
     Figure,
@@ -18,7 +19,31 @@ from .base import (
 )
 from .probe_conditions import NEEDS
 
+RESTART_COLOR = MODE_COLORS["restart"]  # the restart world: same tokens, memento recomputed without its block
 PANELS = ("by_layer", "by_distance", "by_checkpoint")
+ALL_LAYERS = -1  # probes.passcode.ALL_LAYERS: the rows whose features concatenate every probed layer
+# series -> (value, ci_low, ci_high) columns of probe_results.parquet
+WORLDS = {
+    "masked": ("accuracy", "ci_low", "ci_high"),
+    "masked, restart world": ("restart_accuracy", "restart_ci_low", "restart_ci_high"),
+    "text ceiling": ("text_ceiling", None, None),
+}
+
+
+def world_means(df: pd.DataFrame, by: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """Per series of :data:`WORLDS` present in ``df``: mean value and CI bounds over seeds, as
+    ``accuracy`` / ``ci_low`` / ``ci_high`` / ``n_seeds``."""
+    out = []
+    for series, (value, lo, hi) in WORLDS.items():
+        if value not in df or df[value].isna().all():
+            continue
+        d = df.rename(columns={value: "_v"})
+        d = d.drop(columns=[c for c in ("accuracy", "ci_low", "ci_high") if c in d and c not in (lo, hi)])
+        d = d.rename(columns={"_v": "accuracy", **({lo: "ci_low", hi: "ci_high"} if lo else {})})
+        out.append((series, mean_over_seeds(d, by)))
+    return out
+
+
 COLUMNS = ["panel", "model", "series", "x", "x_label", "value", "ci_low", "ci_high", "n_seeds"]
 
 
@@ -51,27 +76,27 @@ class ToyLeakage(Figure):
             last = g[g["checkpoint"].astype(str) == order[-1]]
             near = min(d for d in g["distance"].unique() if d > 0) if (g["distance"] > 0).any() else g["distance"].min()
             top = int(last["layer"].max())
-            a = mean_over_seeds(last[last["distance"] == near], ["layer"])
-            parts.append(
-                self._panel(a, "by_layer", model, "masked", a["layer"], a["layer"].map(lambda v: f"layer {v}"))
-            )
-            b = mean_over_seeds(last[last["layer"] == top], ["distance"])
-            parts.append(
-                self._panel(
-                    b,
-                    "by_distance",
-                    model,
-                    "masked",
-                    b["distance"],
-                    b["distance"].map(lambda v: f"+{v}" if v > 0 else str(v)),
+            for series, a in world_means(last[last["distance"] == near], ["layer"]):
+                xs = a["layer"].where(a["layer"] != ALL_LAYERS, top + 1)
+                labels = a["layer"].map(lambda v: "all layers" if v == ALL_LAYERS else f"layer {v}")
+                parts.append(self._panel(a, "by_layer", model, series, xs, labels))
+            for series, b in world_means(last[last["layer"] == top], ["distance"]):
+                parts.append(
+                    self._panel(
+                        b,
+                        "by_distance",
+                        model,
+                        series,
+                        b["distance"],
+                        b["distance"].map(lambda v: f"+{v}" if v > 0 else str(v)),
+                    )
                 )
-            )
             if len(order) > 1:
                 sel = g[(g["layer"] == top) & (g["distance"] == near)]
-                c = mean_over_seeds(sel, ["checkpoint"])
                 idx = {ck: i for i, ck in enumerate(order)}
-                c = c.assign(x=c["checkpoint"].astype(str).map(idx)).sort_values("x")
-                parts.append(self._panel(c, "by_checkpoint", model, "masked", c["x"], c["checkpoint"].astype(str)))
+                for series, c in world_means(sel, ["checkpoint"]):
+                    c = c.assign(x=c["checkpoint"].astype(str).map(idx)).sort_values("x")
+                    parts.append(self._panel(c, "by_checkpoint", model, series, c["x"], c["checkpoint"].astype(str)))
                 if "task_accuracy" in sel and sel["task_accuracy"].notna().any():
                     t = sel.groupby("checkpoint")["task_accuracy"].agg(["mean", "size"]).reset_index()
                     t = t.assign(x=t["checkpoint"].astype(str).map(idx)).sort_values("x")
@@ -123,6 +148,10 @@ class ToyLeakage(Figure):
         for i, panel in enumerate(present, start=1):
             for (model, series), g in df[df["panel"] == panel].groupby(["model", "series"], sort=False):
                 col = TASK_COLOR if series == "task_accuracy" else color("condition", "masked")
+                if series == "masked, restart world":
+                    col = RESTART_COLOR
+                elif series == "text ceiling":
+                    col = CHANCE_COLOR
                 err = None
                 if g["ci_low"].notna().all():
                     err = dict(
@@ -141,7 +170,7 @@ class ToyLeakage(Figure):
                         name=name,
                         legendgroup=name,
                         showlegend=name not in {t.name for t in fig.data},
-                        line=dict(color=col, dash=dashes[model]),
+                        line=dict(color=col, dash="dot" if series == "text ceiling" else dashes[model]),
                         customdata=g["x_label"],
                         hovertemplate="%{customdata}: %{y:.3f}",
                     ),
@@ -151,7 +180,7 @@ class ToyLeakage(Figure):
             fig.add_hline(y=PASSCODE_CHANCE, line=dict(color=CHANCE_COLOR, dash="dash"), row=1, col=i)
             sub = df[df["panel"] == panel].drop_duplicates("x").sort_values("x")
             fig.update_xaxes(tickvals=sub["x"].tolist(), ticktext=sub["x_label"].tolist(), row=1, col=i)
-        fig.update_yaxes(title_text="accuracy", rangemode="tozero", row=1, col=1)
+        fig.update_yaxes(title_text="accuracy (normal vs restart world)", rangemode="tozero", row=1, col=1)
         fig.update_layout(title=self.title, template="plotly_white")
         return fig
 

@@ -81,9 +81,17 @@ class Table:
         df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows or []))
         if df.empty and not len(df.columns):
             return self.empty()
-        missing = [c for c in self.names if c not in df.columns]
+        missing = [c for c in self.required if c not in df.columns]
         if missing:
             raise ValueError(f"table {self.name}: rows lack column(s) {', '.join(missing)}")
+        absent = [c for c in self.names if c not in df.columns]  # optional columns: null, as readers fill them
+        if absent:
+            df = df.assign(
+                **{
+                    c: pd.Series([None] * len(df), dtype=_pandas_dtype(self._by_name[c].dtype), index=df.index)
+                    for c in absent
+                }
+            )
         extra = [c for c in df.columns if c not in self._by_name]
         if extra and not self.extra_columns:
             raise ValueError(f"table {self.name}: unknown column(s) {', '.join(map(str, extra))}")
