@@ -284,6 +284,8 @@ def restart_cmd(
                 overwrite=overwrite,
                 progress=bar,
             )
+        for note in res.run.notes():  # e.g. the identical command's complete run was found and is shown
+            print(note, file=sys.stderr)
         if as_json:
             print(json.dumps(json_rows(res.rows.to_dict("records"))))
         else:
@@ -330,6 +332,8 @@ def patch_cmd(
                 overwrite=overwrite,
                 progress=bar,
             )
+        for note in res.run.notes():  # e.g. the identical command's complete run was found and is shown
+            print(note, file=sys.stderr)
         if as_json:
             print(json.dumps(json_rows(res.rows.to_dict("records"))))
         else:

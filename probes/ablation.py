@@ -540,12 +540,25 @@ class AblationResult:
         blocks: restart only: per-segment detail (``ablation_blocks.parquet``); None for patching.
         info: the task, sequences and method (the run's ``*_summary.json`` ``info``).
         run: the run directory written (None when computed in memory).
+        reused: ``run`` already held this same command's complete results; they were read, not recomputed.
     """
 
     rows: pd.DataFrame
     blocks: pd.DataFrame | None
     info: dict[str, Any]
     run: Any = None
+    reused: bool = False
+
+    @classmethod
+    def read(cls, run: Any, summary: str, blocks: str | None = None) -> "AblationResult":
+        """The results a complete ablation run holds (``summary``: its ``*_summary.json``)."""
+        return cls(
+            run.read_table("ablations.parquet"),
+            run.read_table(blocks) if blocks and run.has(blocks) else None,
+            dict(run.read_json(summary).get("info", {})),
+            run,
+            reused=True,
+        )
 
 
 def restart_experiment(
@@ -588,6 +601,9 @@ def restart_experiment(
     )
 
 
+RESTART_SUMMARY = "restart_summary.json"
+RESTART_BLOCKS = "ablation_blocks.parquet"  # per-segment detail of the restart ablation
+PATCH_SUMMARY = "patch_summary.json"
 PATCH_METHOD = (
     "forward hooks on self_attn.k_proj/v_proj splice the donor run's projections at earlier "
     "memento positions at one layer; every other layer pinned to the base run's own values"
@@ -647,7 +663,7 @@ def run_restart(
 ) -> AblationResult:
     """The restart ablation into the run directory ``out`` (``ablations.parquet``, ``ablation_blocks.parquet``,
     ``restart_summary.json``)."""
-    from memento_lens.runtime.store import RunStore
+    from memento_lens.runtime.rundir.store import RunStore
 
     config = {
         "model": model,
@@ -658,13 +674,16 @@ def run_restart(
         "device": device,
         "dtype": dtype,
     }
-    store = RunStore.create(out, "ablate_restart", config, overwrite=overwrite)
-    inputs = ablation_inputs(model, trace=trace, samples=samples, seed=seed, device=device, dtype=dtype)
-    res = restart_experiment(inputs, model, generated=generated, device=device, progress=progress)
-    store.write_table("ablations.parquet", res.rows)
-    store.write_table("ablation_blocks.parquet", res.blocks)
-    store.write_json("restart_summary.json", {"rows": json_rows(res.rows.to_dict("records")), "info": res.info})
-    store.mark_complete(rows=len(res.rows))
+    store = RunStore.create(out, "ablate_restart", config, overwrite=overwrite, can_resume=False)
+    if store.reused:  # this same command's complete run: its results, not a recomputation
+        return AblationResult.read(store, RESTART_SUMMARY, RESTART_BLOCKS)
+    with store:  # a failure removes an overwrite's new run; the old one is untouched
+        inputs = ablation_inputs(model, trace=trace, samples=samples, seed=seed, device=device, dtype=dtype)
+        res = restart_experiment(inputs, model, generated=generated, device=device, progress=progress)
+        store.write_table("ablations.parquet", res.rows)
+        store.write_table(RESTART_BLOCKS, res.blocks)
+        store.write_json(RESTART_SUMMARY, {"rows": json_rows(res.rows.to_dict("records")), "info": res.info})
+        store.mark_complete(rows=len(res.rows))
     res.run = store
     return res
 
@@ -685,7 +704,7 @@ def run_patch(
     progress: ProgressFn | None = None,
 ) -> AblationResult:
     """Causal KV patching into the run directory ``out`` (``ablations.parquet``, ``patch_summary.json``)."""
-    from memento_lens.runtime.store import RunStore
+    from memento_lens.runtime.rundir.store import RunStore
 
     check_directions(directions)
     config = {
@@ -699,16 +718,19 @@ def run_patch(
         "device": device,
         "dtype": dtype,
     }
-    store = RunStore.create(out, "ablate_patch", config, overwrite=overwrite)
-    inputs = ablation_inputs(model, trace=trace, samples=samples, seed=seed, device=device, dtype=dtype)
-    res = patch_experiment(
-        inputs, model, layers=layers, heads=heads, directions=directions, device=device, progress=progress
-    )
-    store.write_table("ablations.parquet", res.rows)
-    store.write_json(
-        "patch_summary.json",
-        {"rows": json_rows(res.rows.to_dict("records")), "info": res.info, "method": PATCH_METHOD},
-    )
-    store.mark_complete(rows=len(res.rows))
+    store = RunStore.create(out, "ablate_patch", config, overwrite=overwrite, can_resume=False)
+    if store.reused:  # this same command's complete run: its results, not a recomputation
+        return AblationResult.read(store, PATCH_SUMMARY)
+    with store:  # a failure removes an overwrite's new run; the old one is untouched
+        inputs = ablation_inputs(model, trace=trace, samples=samples, seed=seed, device=device, dtype=dtype)
+        res = patch_experiment(
+            inputs, model, layers=layers, heads=heads, directions=directions, device=device, progress=progress
+        )
+        store.write_table("ablations.parquet", res.rows)
+        store.write_json(
+            PATCH_SUMMARY,
+            {"rows": json_rows(res.rows.to_dict("records")), "info": res.info, "method": PATCH_METHOD},
+        )
+        store.mark_complete(rows=len(res.rows))
     res.run = store
     return res

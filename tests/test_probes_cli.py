@@ -156,3 +156,25 @@ def test_ablate_restart_and_patch_json(model_dir, tmp_path):
     assert res.exit_code == 0, res.output
     df = pd.read_parquet(tmp_path / "p" / "ablations.parquet")
     assert set(df["experiment"]) == {"patch"} and {0, -1} == set(df["layer"])
+
+
+def test_ablate_identical_command_shows_its_results_and_a_different_one_is_refused(model_dir, tmp_path, monkeypatch):
+    import memento_lens.probes.ablation as ablation
+
+    args = ["ablate", "patch", "--model", str(model_dir), "--samples", "3", "--layers", "0", "--out", str(tmp_path)]
+    first = CliRunner().invoke(app, [*args, "--json"])
+    assert first.exit_code == 0, first.output
+    before = (tmp_path / "ablations.parquet").stat().st_mtime_ns
+
+    def no_recompute(*a, **k):
+        raise AssertionError("the identical command recomputed its complete run")
+
+    monkeypatch.setattr(ablation, "patch_experiment", no_recompute)
+    again = CliRunner().invoke(app, [*args, "--json"])
+    assert again.exit_code == 0, again.output
+    assert "already holds the complete run of this same command" in again.stderr
+    assert json.loads(again.stdout) == json.loads(first.stdout)  # the existing results, printed again
+    assert (tmp_path / "ablations.parquet").stat().st_mtime_ns == before
+    other = CliRunner().invoke(app, [*args[:-4], "--samples", "4", "--layers", "0", "--out", str(tmp_path)])
+    assert other.exit_code == 2
+    assert "samples" in other.output and "--resume" not in other.output
