@@ -6,7 +6,9 @@ the four memento delimiters, ChatML markers) as one token and every other stretc
 English and code with BPE vocabularies, and what the Memento JSON examples' ``approx_tokens`` use). Its
 ids are meaningful only within approx mode: 0..8 the special tokens, 9 every text token. Use it to
 account KV and compute statistics when the model's tokenizer is unavailable; absolute token counts are
-then estimates (typically within ±15% of a real BPE tokenizer on prose, worse on math/code).
+then estimates. Measured against the exact Qwen3 tokenizer (``--tokenizer qwen3``, :func:`compare_token_counts`,
+``memento-lens token-counts``) on the two shared Memento traces, approx undercounts: -14% of all tokens on the
+code trace, -29% on the math trace (memento texts -45%: LaTeX and digits tokenize densely).
 """
 
 from __future__ import annotations
@@ -210,3 +212,52 @@ def load_tokenizer(spec: str | TextTokenizer | None) -> TextTokenizer:
         except ValueError:
             raise ConfigError(f"--tokenizer {spec!r}: expected approx:<chars per token>") from None
     return HFTextTokenizer(spec)
+
+
+# -- exact vs approximate token counts ---------------------------------------------------------------------
+
+COUNT_PARTS = ("prompt", "blocks", "mementos", "total")
+
+
+def _part_counts(trace: Any, tok: TextTokenizer) -> dict[str, int]:
+    """Tokens of the prompt, of block contents (delimiters excluded) and of memento texts, and the total."""
+    from memento_lens.runtime.config import BlockMaskingConfig
+    from memento_lens.runtime.schedule import compute_schedule
+
+    cfg = BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0, require_assistant_section=False)
+    sched = compute_schedule(list(trace.token_ids), cfg, tok.ids, prompt_len=trace.prompt_len)
+    blocks = sum(s.end - s.start - 1 for s in sched.blocks if s.end is not None)
+    mementos = sum(
+        s.summary_end - s.summary_start - 1
+        for s in sched.blocks
+        if s.summary_start is not None and s.summary_end is not None
+    )
+    return {"prompt": int(trace.prompt_len), "blocks": blocks, "mementos": mementos, "total": len(trace.token_ids)}
+
+
+def compare_token_counts(
+    paths: Sequence[Any], exact: str | TextTokenizer = "qwen3", approx: str | TextTokenizer = "approx"
+) -> "Any":
+    """Per trace and part (prompt, block contents, memento texts, total): tokens under an exact tokenizer and
+    an approximate one, and the approximation's relative error ``(approx - exact) / exact``.
+
+    Returns:
+        A pandas DataFrame with columns ``trace, part, exact, approx, error`` (error as a fraction).
+    """
+    import pandas as pd
+    from memento_lens.analyses.ingest import ingest_files
+
+    ex, ap = load_tokenizer(exact), load_tokenizer(approx)
+    got = {}
+    for tok in (ex, ap):
+        res = ingest_files(paths, tok, strict=True)
+        got[tok.name] = {t.trace_id: _part_counts(t, tok) for t in res.traces}
+    rows = []
+    for trace, counts in got[ex.name].items():
+        other = got[ap.name][trace]
+        for part in COUNT_PARTS:
+            e, a = counts[part], other[part]
+            rows.append(
+                {"trace": trace, "part": part, "exact": e, "approx": a, "error": (a - e) / e if e else float("nan")}
+            )
+    return pd.DataFrame(rows, columns=["trace", "part", "exact", "approx", "error"])

@@ -66,6 +66,25 @@ def presets_cmd(
         print(json.dumps(out, indent=2))
 
 
+def token_counts_cmd(
+    files: list[Path] = typer.Argument(..., help="Trace files (OpenMementos .parquet, Memento .json, vLLM .jsonl)."),
+    exact: str = typer.Option("qwen3", "--tokenizer", help="The exact tokenizer: qwen3 or a local directory."),
+    approx: str = typer.Option("approx", "--against", help="The approximation: approx or approx:<chars/token>."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a Markdown table."),
+) -> None:
+    """Exact token counts next to the approximate tokenizer's, per trace and part, with the error."""
+    with user_errors():
+        from memento_lens.analyses.figures.base import md_table
+        from memento_lens.analyses.tokenization import compare_token_counts
+
+        df = compare_token_counts(files, exact, approx)
+        if as_json:
+            print(df.to_json(orient="records", indent=2))
+        else:
+            print(md_table(df.assign(error=(100 * df["error"]).round(1)).rename(columns={"error": "error %"})))
+
+
 def register(app: typer.Typer) -> None:
     app.command("mementify")(mementify_cmd)
     app.command("presets")(presets_cmd)
+    app.command("token-counts")(token_counts_cmd)
