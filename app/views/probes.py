@@ -1,5 +1,5 @@
-"""Probes and ablations: probe accuracy by layer / distance / checkpoint with CIs and the chance line;
-restart-ablation and patching curves."""
+"""Probes and ablations: probe accuracy by layer / distance / checkpoint with CIs and the chance line; the channel
+decomposition (normal world, restart world, memento text, implicit excess); restart-ablation and patching curves."""
 
 import streamlit as st
 from memento_lens.analyses.figures.base import PASSCODE_CHANCE, checkpoint_order, normalize_models
@@ -72,6 +72,112 @@ else:
             st.caption("This run records no chance level, so no chance line is drawn.")
         with st.expander("Table"):
             st.dataframe(sel, hide_index=True, width="stretch")
+
+DECOMPOSITION = [
+    "condition",
+    "distance",
+    "layer",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "restart_accuracy",
+    "restart_ci_low",
+    "restart_ci_high",
+    "text_accuracy",
+    "text_ceiling",
+    "implicit_excess",
+    "excess_ci_low",
+    "excess_ci_high",
+    "n_seeds",
+    "n_val",
+    "hit_cap",
+]
+
+
+def decomposition_figure(rows, chance):
+    """Grouped bars per condition: normal world, restart world, text-only probe (95% CIs), text ceiling marks."""
+    import plotly.graph_objects as go
+
+    rows = rows.sort_values(["condition", "distance"])
+    labels = [
+        f"{c} +{d}" if c == "masked" else ("causal control (pipeline check)" if c == "causal_control" else c)
+        for c, d in zip(rows["condition"], rows["distance"])
+    ]
+    fig = go.Figure()
+    for name, (v, lo, hi), col in (
+        ("normal world", ("accuracy", "ci_low", "ci_high"), "#D55E00"),
+        ("restart world (text channel)", ("restart_accuracy", "restart_ci_low", "restart_ci_high"), "#CC79A7"),
+        ("text-only probe", ("text_accuracy", "text_ci_low", "text_ci_high"), "#7F7F7F"),
+    ):
+        if rows[v].isna().all():
+            continue
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=rows[v],
+                name=name,
+                marker_color=col,
+                error_y=dict(type="data", symmetric=False, array=rows[hi] - rows[v], arrayminus=rows[v] - rows[lo]),
+            )
+        )
+    if rows["text_ceiling"].notna().any():
+        fig.add_trace(
+            go.Scatter(
+                x=labels,
+                y=rows["text_ceiling"],
+                mode="markers",
+                name="exact text ceiling",
+                marker=dict(symbol="line-ew-open", size=28, color="black", line=dict(width=2)),
+            )
+        )
+    if chance is not None:
+        fig.add_hline(y=chance, line=dict(color="#999999", dash="dot"), annotation_text=f"chance {chance:.2f}")
+    fig.update_layout(
+        barmode="group",
+        title="Channel decomposition (implicit excess = normal - restart)",
+        yaxis_title="accuracy",
+        yaxis_range=[0, 1.02],
+        template="plotly_white",
+    )
+    return fig
+
+
+st.subheader("Channel decomposition")
+if rd.has(PROBES):
+    with state.shown_errors():
+        df = normalize_models(state.probe_results(*state.key(rd)))
+        if "implicit_excess" not in df.columns or df["implicit_excess"].isna().all():
+            st.info(
+                "This run predates the channel decomposition (no restart-world or text-only probes); rerun "
+                "`memento-lens probe passcode` to see how much of the accuracy the memento text alone explains."
+            )
+        else:
+            df = df[df["implicit_excess"].notna()]
+            if "head" in df.columns and (df["head"] == -1).any():
+                df = df[df["head"] == -1]
+            cols = st.columns(4)
+            d = pick(cols[0], "Model", df, "model", "dec_model")
+            d = pick(cols[1], "Probe", d, "probe", "dec_probe")
+            d = pick(cols[2], "Checkpoint", d, "checkpoint", "dec_ckpt")
+            opts = sorted(int(v) for v in d["layer"].unique())
+            names = {v: ("all probed layers" if v == -1 else f"layer {v}") for v in opts}
+            lay = state.sticky(
+                cols[3].selectbox,
+                "Layer",
+                opts,
+                key="dec_layer",
+                default=max(opts),
+                format_func=lambda v: names[v],
+            )
+            rows = d[d["layer"] == lay]
+            st.plotly_chart(decomposition_figure(rows, rd.chance() or PASSCODE_CHANCE), key="decomp", width="stretch")
+            st.caption(
+                "Normal world: memento K/V as cached. Restart world: the same tokens with every memento recomputed "
+                "without its block, so only what the memento text says. Implicit excess = normal - restart, paired "
+                "95% CI over validation samples and probe seeds. The causal control is at chance by the causal mask "
+                "alone: it checks the pipeline, not the text channel."
+            )
+            st.dataframe(rows[[c for c in DECOMPOSITION if c in rows.columns]], hide_index=True, width="stretch")
 
 st.subheader("Restart ablation and patching")
 if not rd.has(ABLATIONS):
