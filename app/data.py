@@ -290,7 +290,7 @@ class RunData:
         row = idx[(idx["variant"] == variant) & (idx["layer"] == layer) & (idx["query_pos"] == query_pos)]
         if row.empty:
             return None
-        t = self.reader.tensor(row.iloc[0]["shard"], row.iloc[0]["tensor"])
+        t = self.reader.tensor(row.iloc[0]["shard"], row.iloc[0]["tensor"], schema.ATTN_INDEX)
         return t.reshape(-1, t.shape[-1]).float().numpy()
 
     # -- downstream tables ---------------------------------------------------------------------

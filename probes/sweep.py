@@ -91,6 +91,15 @@ def run_sweep(
     """
     from memento_lens.runtime.store import RunStore
 
+    if store.reused:  # this same sweep's complete run (RunStore.create found it): its results, nothing recomputed
+        summary = store.read_json("passcode_summary.json")
+        return SweepRun(
+            rows=store.read_table("probe_results.parquet"),
+            curves=store.read_table("probe_curves.parquet"),
+            skips=summary.get("skipped", []),
+            info=summary.get("info", {}),
+            summary=summary,
+        )
     specs = list(specs or [cfg.model])
     frames, curves, skips, infos = [], [], [], {}
     for spec in specs:

@@ -154,13 +154,13 @@ class RunReader:
             return KV_INDEX.empty()
         return self.table(KV_INDEX, trace=trace, traces=traces, what="captured KV (kv/index.parquet)")
 
-    def tensor(self, shard: str, name: str) -> Any:
-        """One tensor of a shard named by an index (path checked to lie inside the run; checksum once)."""
+    def tensor(self, shard: str, name: str, index: Table = KV_INDEX) -> Any:
+        """One tensor of a shard named by ``index`` (path checked to lie inside the run; checksum once)."""
         from safetensors import safe_open
 
         handle = self._handles.get(shard)
         if handle is None:
-            check_relative(shard, self.path / KV_INDEX.path if shard.startswith("kv/") else self.path / ATTN_INDEX.path)
+            check_relative(shard, self.path / index.path)
             full = self.verify(shard)
             try:
                 handle = safe_open(str(full), framework="pt", device="cpu")
@@ -217,7 +217,7 @@ class RunReader:
         row = idx[(idx["variant"] == variant) & (idx["layer"] == layer) & (idx["query_pos"] == query_pos)]
         if row.empty:
             return None
-        return self.tensor(row.iloc[0]["shard"], row.iloc[0]["tensor"])
+        return self.tensor(row.iloc[0]["shard"], row.iloc[0]["tensor"], ATTN_INDEX)
 
 
 def open_run(path: str | os.PathLike, *, require_complete: bool = False) -> RunReader:

@@ -84,21 +84,22 @@ class Table:
         missing = [c for c in self.required if c not in df.columns]
         if missing:
             raise ValueError(f"table {self.name}: rows lack column(s) {', '.join(missing)}")
-        absent = [c for c in self.names if c not in df.columns]  # optional columns: null, as readers fill them
-        if absent:
-            df = df.assign(
-                **{
-                    c: pd.Series([None] * len(df), dtype=_pandas_dtype(self._by_name[c].dtype), index=df.index)
-                    for c in absent
-                }
-            )
         extra = [c for c in df.columns if c not in self._by_name]
         if extra and not self.extra_columns:
-            raise ValueError(f"table {self.name}: unknown column(s) {', '.join(map(str, extra))}")
-        out = df[self.names + extra].copy()
+            raise ValueError(
+                f"table {self.name}: unknown column(s) {', '.join(map(str, extra))} "
+                "(add them to its definition in runtime/rundir/schema.py)"
+            )
+        out = df.copy()
+        absent = {c.name for c in self.columns if c.name not in df.columns}
+        for name in absent:  # optional columns a producer does not fill: nulls
+            out[name] = pd.Series([None] * len(out), dtype=_nullable(self._by_name[name].dtype), index=out.index)
+        out = out[self.names + extra]
         for c in self.columns:
+            if c.name in absent:
+                continue
             try:
-                out[c.name] = _cast(out[c.name], c.dtype)
+                out[c.name] = _cast(out[c.name], c.dtype if c.required else _optional(out[c.name], c.dtype))
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"table {self.name}: column {c.name} is not {c.dtype} ({exc})") from None
         return out.reset_index(drop=True)
@@ -116,12 +117,30 @@ class Table:
             )
         for c in wanted:
             if c not in df.columns:
-                df[c] = pd.Series([None] * len(df), dtype=_pandas_dtype(self._by_name[c].dtype), index=df.index)
+                df[c] = pd.Series([None] * len(df), dtype=_nullable(self._by_name[c].dtype), index=df.index)
         return df
 
 
 def _pandas_dtype(dtype: str) -> Any:
-    return {"str": object, "int64": "int64", "Int64": "Int64", "float64": "float64", "bool": "bool"}[dtype]
+    return {
+        "str": object,
+        "int64": "int64",
+        "Int64": "Int64",
+        "float64": "float64",
+        "bool": "bool",
+        "boolean": "boolean",
+    }[dtype]
+
+
+def _optional(s: pd.Series, dtype: str) -> str:
+    """An optional column holding nulls keeps them (nullable integer / boolean)."""
+    if s.isna().any():
+        return {"int64": "Int64", "bool": "boolean"}.get(dtype, dtype)
+    return dtype
+
+
+def _nullable(dtype: str) -> Any:
+    return {"str": object, "int64": "Int64", "Int64": "Int64", "float64": "float64", "bool": "boolean"}[dtype]
 
 
 def _cast(s: pd.Series, dtype: str) -> pd.Series:

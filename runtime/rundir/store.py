@@ -113,6 +113,20 @@ def _output_error(path: Path, exc: OSError) -> OutputError:
     return OutputError(f"{path}: cannot write ({reason}); nothing already complete was changed")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (Linux exposes it; elsewhere set-and-restore)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _new_tmp(path: Path) -> Path:
     """Create an empty temporary file beside ``path``; mode 0666 minus the umask (like any new file)."""
     while True:
@@ -135,6 +149,7 @@ def atomic_write_via(path: str | os.PathLike, writer: Callable[[str], Any]) -> N
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _new_tmp(path)
         writer(str(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create their file 0600 themselves
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
