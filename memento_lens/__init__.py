@@ -36,7 +36,7 @@ _EXPORTS: dict[str, str] = {
     "load_model": "memento_lens.runtime.model",
     "LoadedModel": "memento_lens.runtime.model",
     "generate": "memento_lens.runtime.generate",
-    "SamplingConfig": "memento_lens.runtime.generate",
+    "SamplingConfig": "memento_lens.runtime.sampling",
     "GenerationResult": "memento_lens.runtime.generate",
     "replay": "memento_lens.runtime.replay",
     "dense_forward": "memento_lens.runtime.dense",
@@ -65,6 +65,10 @@ _EXPORTS: dict[str, str] = {
     # analyses
     "ingest_files": "memento_lens.analyses.ingest",
     "kv_summary": "memento_lens.analyses.kv",
+    "Occupancy": "memento_lens.runtime.occupancy",
+    "KVSpec": "memento_lens.runtime.occupancy",
+    "residue_table": "memento_lens.analyses.residue",
+    "attention_mass_by_role": "memento_lens.analyses.attention",
     "render_figures": "memento_lens.analyses.figures",
     # the whole pipeline
     "run_demo": "memento_lens.demo",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
@@ -27,6 +28,8 @@ def test_every_name_in_all_resolves_to_its_owner():
         if name != "__version__":
             owner = sys.modules[memento_lens._EXPORTS[name]]
             assert getattr(owner, name) is value, name
+            if inspect.isfunction(value) or inspect.isclass(value):  # the defining module, not a re-export
+                assert value.__module__ == owner.__name__, (name, value.__module__)
     assert set(memento_lens.__all__) <= set(dir(memento_lens))
 
 
