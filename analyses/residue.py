@@ -17,8 +17,8 @@ import torch
 
 RESIDUE_COLUMNS = ["block", "layer", "head", "rel_l2", "cosine", "start", "end"]
 
-# A captured KV entry as readers return it: (keys, values, (start, end)).
-KVEntry = tuple[Any, Any, tuple[int, int]]
+# A captured KV entry: the run reader's ``KVEntry`` or a plain ``(keys, values, (start, end))`` tuple.
+KVEntry = Any
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,12 @@ def align_ranges(a: tuple[int, int], b: tuple[int, int]) -> tuple[slice, slice] 
     return slice(s - a[0], e - a[0]), slice(s - b[0], e - b[0])
 
 
-def _pick(entry: KVEntry, which: str) -> Any:
+def _split(entry: KVEntry, which: str) -> tuple[Any, tuple[int, int]]:
+    """(the K or V tensor, (start, end)) of a captured entry."""
     if which not in ("keys", "values"):
         raise ValueError(f"which must be 'keys' or 'values', got {which!r}")
-    return entry[0] if which == "keys" else entry[1]
+    k, v, (start, end) = entry
+    return (k if which == "keys" else v), (int(start), int(end))
 
 
 def residue_table(entries: Mapping[Any, KVEntry], trace: str, which: str = "keys") -> pd.DataFrame:
@@ -94,13 +96,13 @@ def residue_table(entries: Mapping[Any, KVEntry], trace: str, which: str = "keys
     }
     rows = []
     for block, layer in sorted({(b, l) for b, l, _ in got}):
-        n, r = got.get((block, layer, "normal")), got.get((block, layer, "restart"))
-        if n is None or r is None:
+        if (block, layer, "normal") not in got or (block, layer, "restart") not in got:
             continue
-        sl = align_ranges(n[2], r[2])
+        (a, ra), (b, rb) = _split(got[(block, layer, "normal")], which), _split(got[(block, layer, "restart")], which)
+        sl = align_ranges(ra, rb)
         if sl is None:
             continue
-        res = residue(_pick(n, which)[:, :, sl[0]], _pick(r, which)[:, :, sl[1]])
+        res = residue(a[:, :, sl[0]], b[:, :, sl[1]])
         for h in range(len(res.rel_l2)):
             rows.append(
                 {
@@ -109,20 +111,37 @@ def residue_table(entries: Mapping[Any, KVEntry], trace: str, which: str = "keys
                     "head": h,
                     "rel_l2": float(res.rel_l2[h]),
                     "cosine": float(res.cosine[h]),
-                    "start": max(n[2][0], r[2][0]),
-                    "end": min(n[2][1], r[2][1]),
+                    "start": max(ra[0], rb[0]),
+                    "end": min(ra[1], rb[1]),
                 }
             )
     return pd.DataFrame(rows, columns=RESIDUE_COLUMNS)
 
 
+def run_residue_table(run: Any, trace: str, which: str = "keys") -> pd.DataFrame:
+    """:func:`residue_table` of one trace of a run, read through the run reader (a notebook:
+    ``run_residue_table(open_run(path), "gen-00000")``).
+
+    Args:
+        run: a :class:`~memento_lens.runtime.rundir.reader.RunReader` (or anything with its ``kv_index(trace)``
+            and ``kv_many(keys, index)``).
+    """
+    from memento_lens.runtime.rundir.kv import KVKey
+
+    idx = run.kv_index(trace)
+    pairs = idx[idx["variant"].isin(["normal", "restart"])]
+    keys = [KVKey(trace, int(r.layer), r.variant, int(r.block)) for r in pairs.itertuples(index=False)]
+    return residue_table(run.kv_many(keys, pairs), trace, which)
+
+
 def residue_positions(normal: KVEntry, restart: KVEntry, which: str, head: int) -> tuple[list[int], np.ndarray]:
     """Positions both captures cover and, per position, the relative L2 residue of one head's K (or V)."""
-    sl = align_ranges(normal[2], restart[2])
+    (a, ra), (b, rb) = _split(normal, which), _split(restart, which)
+    sl = align_ranges(ra, rb)
     if sl is None:
         return [], np.zeros(0)
-    vals = residue_per_position(_pick(normal, which)[:, :, sl[0]], _pick(restart, which)[:, :, sl[1]], head)
-    return list(range(max(normal[2][0], restart[2][0]), min(normal[2][1], restart[2][1]))), vals
+    vals = residue_per_position(a[:, :, sl[0]], b[:, :, sl[1]], head)
+    return list(range(max(ra[0], rb[0]), min(ra[1], rb[1]))), vals
 
 
 __all__ = [
@@ -132,5 +151,6 @@ __all__ = [
     "residue_per_position",
     "residue_positions",
     "residue_table",
+    "run_residue_table",
     "align_ranges",
 ]

@@ -128,11 +128,7 @@ def attention(path: str, fp: str, trace: str, variant: str, layer: int, query_po
 @st.cache_data(show_spinner=False, max_entries=256)
 def residue_table(path: str, fp: str, trace: str, which: str) -> pd.DataFrame:
     """Per (block, layer, head): relative L2 and cosine between normal and restart memento K (or V)."""
-    rd = _rd(path, fp)
-    idx = rd.kv_index(trace)
-    pairs = idx[idx["variant"].isin(["normal", "restart"])]
-    wanted = [KVKey(trace, int(r.layer), r.variant, int(r.block)) for r in pairs.itertuples(index=False)]
-    return residue.residue_table(rd.kv_many(wanted, pairs), trace, which)
+    return residue.run_residue_table(_rd(path, fp), trace, which)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -225,9 +225,13 @@ def _pipeline(out: Path, config: DemoConfig, step: StepFn) -> DemoResult:
 
 def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> DemoSummary:
     """The demo's headline numbers, read back from the run's occupancy table and the result tables."""
-    occ = store.read_table("occupancy.parquet")
-    per_trace = occ.groupby("trace").agg(memento=("tokens", "max"), vanilla=("step", "max"))
-    bpt = float((occ["bytes"] / occ["tokens"]).iloc[0]) if len(occ) else float("nan")
+    import numpy as np
+
+    from memento_lens.runtime.occupancy import Occupancy, occupancies_from_table
+
+    occs = [o for o in occupancies_from_table(store.read_table("occupancy.parquet"), {}) if o.mode != "vanilla"]
+    # vanilla attention keeps every token of the same trace
+    vanilla = [Occupancy.vanilla(len(o.tokens), o.bytes_per_token, o.prompt_len, o.trace) for o in occs]
     restart = ablations[ablations["experiment"] == "restart"]
     task = {
         f"{r.variant}/{r.metric}": float(r.value)
@@ -246,12 +250,11 @@ def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> Dem
         task_accuracy=task,
         probe_accuracy_last_layer=probes,
         peak_kv_tokens={
-            # vanilla keeps every token: its peak is the trace length (last step + 1)
-            "vanilla": float(per_trace["vanilla"].mean() + 1),
-            "memento": float(per_trace["memento"].mean()),
+            "vanilla": float(np.mean([o.peak_tokens for o in vanilla])) if vanilla else float("nan"),
+            "memento": float(np.mean([o.peak_tokens for o in occs])) if occs else float("nan"),
         },
-        kv_bytes_per_token=bpt,
-        n_traces=int(occ["trace"].nunique()),
+        kv_bytes_per_token=float(occs[0].bytes_per_token) if occs else float("nan"),
+        n_traces=len({o.trace for o in occs}),
     )
 
 

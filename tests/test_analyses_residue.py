@@ -80,3 +80,27 @@ def test_residue_positions_over_the_overlap():
     pos, vals = residue_positions(normal, (rk, rk.clone(), (6, 8)), "keys", head=0)
     assert pos == [6, 7] and vals.tolist() == pytest.approx([1.0, 0.0])
     assert residue_positions(normal, (rk, rk, (8, 10)), "keys", 0)[0] == []
+
+
+@pytest.mark.integration  # writes a run through the run writer and reads it back
+def test_run_residue_table_reads_the_run_through_the_reader(tmp_path):
+    from memento_lens.analyses.residue import run_residue_table
+    from memento_lens.app.fixtures import FixtureSpec, write_fixture_run
+    from memento_lens.runtime.rundir import open_run
+
+    path = write_fixture_run(tmp_path / "run", FixtureSpec(n_traces=1))
+    run = open_run(path)
+    trace = str(run.table("traces.parquet")["trace"].iloc[0])
+    table = run_residue_table(run, trace, "values")
+    idx = run.kv_index(trace)
+    pairs = {(int(r.block), int(r.layer)) for r in idx.itertuples() if r.variant == "normal"} & {
+        (int(r.block), int(r.layer)) for r in idx.itertuples() if r.variant == "restart"
+    }
+    assert set(zip(table["block"], table["layer"])) == pairs and len(pairs) > 1
+    b, layer = sorted(pairs)[0]
+    n = run.kv(KVKey(trace, layer, "normal", b))
+    r = run.kv(KVKey(trace, layer, "restart", b))
+    want = residue(n.values, r.values)
+    got = table[(table["block"] == b) & (table["layer"] == layer)].sort_values("head")
+    assert got["rel_l2"].tolist() == pytest.approx(want.rel_l2.tolist())
+    assert got["rel_l2"].gt(0).all()  # the fixture perturbs the restart KV

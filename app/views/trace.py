@@ -2,7 +2,7 @@
 that greys out what has been evicted at that step, and the linked KV-occupancy sawtooth."""
 
 import streamlit as st
-from memento_lens.analyses.attention import evicted_at_step
+from memento_lens.analyses.attention import evicted_at_step, visible_at_step
 from memento_lens.analyses.kv import with_vanilla_overlay
 from memento_lens.app import charts, compute, state
 
@@ -38,7 +38,8 @@ with state.shown_errors():
     gone = evicted_at_step(n, ev["start"], ev["end"], ev["position"], step)
     fired = ev[(ev["position"] <= step) & (ev["end"] > ev["start"])]
     c1, c2, c3 = st.columns(3)
-    c1.metric("Tokens in cache at this step", int(((toks["pos"] <= step).to_numpy() & ~gone).sum()))
+    held = visible_at_step(n, ev["start"], ev["end"], ev["position"], step)
+    c1.metric("Tokens in cache at this step", int(held.sum()))
     c2.metric("Evicted so far", int(gone.sum()), help=f"{len(fired)} eviction event(s) fired")
     c3.metric("Tokens generated", max(0, step + 1 - int(toks["role"].eq("prompt").sum())))
 
