@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds
+from memento_lens.runtime.occupancy import KVSpec
 from memento_lens.runtime.rundir import schema
 from memento_lens.runtime.rundir.kv import AttnItem, CaptureSink, KVItem, KVKey
 from memento_lens.runtime.rundir.store import RunStore
@@ -221,7 +222,9 @@ def _write_traces(store: RunStore, spec: FixtureSpec, rng: np.random.Generator, 
     attention through a capture sink, ``traces_per_shard`` traces per part."""
     writer = RunWriter(store)
     sink = CaptureSink()
-    bytes_per_token = 2 * spec.n_layers * spec.kv_heads * spec.d_head * 2  # K+V, bf16 as in a real model
+    bytes_per_token = KVSpec(
+        "fixture", spec.n_layers, spec.kv_heads, spec.d_head, dtype_bytes=2
+    ).bytes_per_token  # bf16
     pending: list[dict[str, pd.DataFrame]] = []
     for t in range(spec.n_traces):
         trace = f"t{t:04d}"
