@@ -95,3 +95,37 @@ def test_noise_features_stay_at_chance():
     score = score_probe(LinearProbe(), x, lab, FAST, seed=0, control=False)
     assert 0.06 < score.accuracy < 0.14
     assert np.isnan(score.control_accuracy)
+
+
+def test_batched_fit_flags_the_cap_and_stops_on_patience():
+    from memento_lens.probes.train import FitTask, fit_batched
+
+    rng = np.random.default_rng(3)
+    lab = _labels(1200, seed=3)
+    signal = torch.tensor(np.eye(10)[lab].reshape(len(lab), 50) @ rng.normal(size=(50, 32)), dtype=torch.float32)
+    noise = torch.randn(len(lab), 32)
+    idx = np.arange(len(lab))
+    cfg = TrainConfig(max_epochs=3, patience=10, lr=1e-4)
+    tasks = [FitTask(0, 0, 0), FitTask(1, 0, 0)]
+    res = fit_batched(LinearProbe(), [signal, noise], [lab], tasks, idx[:900], idx[900:1000], idx[1000:], cfg)
+    # patience cannot end a 3-epoch run: the cap does, and says so
+    assert res.hit_cap.all() and (res.epochs == 3).all()
+    assert res.correct.shape == (2, 200, 5) and res.curves.shape[:2] == (2, 3)
+    long = TrainConfig(max_epochs=200, patience=2, lr=3e-3)
+    res = fit_batched(LinearProbe(), [noise], [lab], [FitTask(0, 0, 0)], idx[:900], idx[900:1000], idx[1000:], long)
+    assert not res.hit_cap[0] and res.epochs[0] < 200  # nothing to learn: patience ends it
+    assert res.epochs[0] == res.best_epoch[0] + 2
+
+
+def test_equal_features_and_seed_give_equal_fits_whatever_else_is_in_the_batch():
+    from memento_lens.probes.train import FitTask, fit_batched
+
+    lab = _labels(600, seed=4)
+    x = torch.randn(len(lab), 24)
+    other = torch.randn(len(lab), 24)
+    idx = np.arange(len(lab))
+    cfg = TrainConfig(max_epochs=5, patience=5)
+    args = (idx[:400], idx[400:450], idx[450:], cfg)
+    alone = fit_batched(MLPProbe(), [x], [lab], [FitTask(0, 0, 7)], *args)
+    batched = fit_batched(MLPProbe(), [other, x], [lab], [FitTask(0, 0, 1), FitTask(1, 0, 7)], *args)
+    np.testing.assert_array_equal(alone.correct[0], batched.correct[1])
