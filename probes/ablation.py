@@ -648,6 +648,13 @@ def patch_experiment(
     return AblationResult(pd.DataFrame(rows, columns=ABLATION_COLUMNS), None, info)
 
 
+def _check_request(out: str | Path, samples: int) -> None:
+    from memento_lens.runtime.validate import check_int, check_output_dir
+
+    check_int(samples, "--samples", min=2)  # a mean with a CI needs two sequences
+    check_output_dir(out, "--out")
+
+
 def run_restart(
     out: str | Path,
     *,
@@ -674,6 +681,7 @@ def run_restart(
         "device": device,
         "dtype": dtype,
     }
+    _check_request(out, samples)
     store = RunStore.create(out, "ablate_restart", config, overwrite=overwrite, can_resume=False)
     if store.reused:  # this same command's complete run: its results, not a recomputation
         return AblationResult.read(store, RESTART_SUMMARY, RESTART_BLOCKS)
@@ -718,6 +726,7 @@ def run_patch(
         "device": device,
         "dtype": dtype,
     }
+    _check_request(out, samples)
     store = RunStore.create(out, "ablate_patch", config, overwrite=overwrite, can_resume=False)
     if store.reused:  # this same command's complete run: its results, not a recomputation
         return AblationResult.read(store, PATCH_SUMMARY)
