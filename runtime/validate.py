@@ -187,8 +187,10 @@ def check_token_id(value: Any, where: str, vocab_size: int | None = None) -> int
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise InputFileError(f"{where}: token ids must be integers, got {value!r}")
     value = int(value)
-    if value < 0 or (vocab_size is not None and value >= vocab_size):
-        raise InputFileError(f"{where}: token id {value} is outside the vocabulary [0, {vocab_size or '?'})")
+    if value < 0:
+        raise InputFileError(f"{where}: token id {value} is negative")
+    if vocab_size is not None and value >= vocab_size:
+        raise InputFileError(f"{where}: token id {value} is outside the vocabulary [0, {vocab_size})")
     return value
 
 
