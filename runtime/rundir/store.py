@@ -325,6 +325,7 @@ class RunStore:
         self.reused = False
         self.unrecorded: list[str] = []
         self._target: Path | None = None  # an overwrite's final location
+        self._fresh: str | None = None  # "new"/"empty": created by this command in place (abort may remove it)
 
     # -- lifecycle -----------------------------------------------------------------------------
     @classmethod
@@ -389,12 +390,14 @@ class RunStore:
                 raise RunError(f"{path}: holds an incomplete run of this same command (interrupted?); {advice}")
             store.unrecorded = store._clean_for_resume()
             return store
+        existed = path.exists()
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _output_error(path, exc) from None
         store = cls(path, Manifest(kind=kind, config=config, info=dict(info or {})))
         store._save_manifest()
+        store._fresh = "empty" if existed else "new"
         return store
 
     @classmethod
@@ -448,6 +451,11 @@ class RunStore:
         """
         if self._target is not None and self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
+        elif self._fresh and not self.manifest.files:  # failed before writing anything: leave no trace
+            if self._fresh == "new":
+                shutil.rmtree(self.path, ignore_errors=True)
+            else:
+                (self.path / MANIFEST).unlink(missing_ok=True)
 
     def __enter__(self) -> "RunStore":
         return self

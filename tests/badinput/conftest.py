@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from badinput_harness import GOOD_IDS, make_cli, write_jsonl
 from typer.testing import CliRunner
+
+from .badinput_harness import GOOD_IDS, make_cli, write_jsonl
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from badinput_harness import GOOD_IDS, cases, run_case, write_jsonl
 from memento_lens.runtime.errors import ConfigError, InputFileError, MementoLensError, ModelError
+
+from .badinput_harness import GOOD_IDS, cases, run_case, write_jsonl
 
 TOY_FINAL = Path(__import__("memento_lens.runtime.toy.shipped", fromlist=["x"]).WEIGHTS_DIR) / "final"
 

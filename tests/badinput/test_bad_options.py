@@ -6,8 +6,9 @@ import errno
 import os
 
 import pytest
-from badinput_harness import GOOD_IDS, cases, run_case, write_jsonl
 from memento_lens.runtime.errors import ConfigError, ModelError, OptionError, OutputError
+
+from .badinput_harness import GOOD_IDS, cases, run_case, write_jsonl
 
 TINY = ["--model", "random:tiny", "--threads", "1"]
 GEN = ["generate", *TINY, "-p", "w6 w7", "--keep-delimiters", "--max-new-tokens", "4"]

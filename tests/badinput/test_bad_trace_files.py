@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from badinput_harness import BE, GOOD_IDS, SE, B, S, memento_obj, run_case, seg, write_jsonl
 from memento_lens.runtime.errors import InputFileError, MementoLensError, ModelError, OptionError
+
+from .badinput_harness import BE, GOOD_IDS, SE, B, S, memento_obj, run_case, seg, write_jsonl
 
 REPLAY = ["replay", "--model", "random:tiny", "--keep-delimiters", "--threads", "1"]
 
