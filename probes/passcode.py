@@ -38,7 +38,15 @@ from .features import (
 )
 from .models import make_probe
 from .tasks import PasscodeTask, ToyPasscodeTask, TracePasscodeTask
-from .train import FitTask, TrainConfig, control_labels, fit_batched, label_unique_split, paired_bootstrap
+from .train import (
+    FitTask,
+    TrainConfig,
+    control_labels,
+    fit_batched,
+    fit_logistic,
+    label_unique_split,
+    paired_bootstrap,
+)
 
 ALL_LAYERS = -1  # ``layer`` of the rows whose features concatenate every probed layer (the paper's "all layers")
 WORLDS = ("normal", "restart")
@@ -329,7 +337,8 @@ def probe_features(
             if progress:
                 progress("probes", done, total)
     for job, (_, epochs, _, curve) in results.items():
-        for e, (loss, acc) in enumerate(curve[:epochs], start=1):
+        points = curve[:epochs]  # lbfgs linear probes: one point at their final iteration
+        for e, (loss, acc) in enumerate(points, start=epochs - len(points) + 1):
             curve_rows.append(
                 {
                     "model": model_name,
@@ -427,17 +436,14 @@ def _fit_jobs(jobs, feats, layers, label_sets, split, cfg: PasscodeConfig, resul
             chunk = group[s : s + cfg.train.max_models]
             keys = list(dict.fromkeys(j.feature_key for j in chunk))
             tasks = [FitTask(keys.index(j.feature_key), int(j.world == "control"), j.seed) for j in chunk]
-            res = fit_batched(
-                probe,
-                [cache[k] for k in keys],
-                label_sets,
-                tasks,
-                fit_idx,
-                stop_idx,
-                val_idx,
-                cfg.train,
-                device=cfg.device,
-            )
+            feats_k = [cache[k] for k in keys]
+            if probe.name == "linear" and cfg.train.linear_solver == "lbfgs":
+                train_idx = np.sort(np.concatenate([fit_idx, stop_idx]))  # no early stopping: all training data
+                res = fit_logistic(feats_k, label_sets, tasks, train_idx, val_idx, cfg.train)
+            else:
+                res = fit_batched(
+                    probe, feats_k, label_sets, tasks, fit_idx, stop_idx, val_idx, cfg.train, device=cfg.device
+                )
             for i, job in enumerate(chunk):
                 results[job] = (res.correct[i], int(res.epochs[i]), bool(res.hit_cap[i]), res.curves[i])
 

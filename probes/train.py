@@ -164,6 +164,10 @@ class TrainConfig:
         threads: torch intra-op threads. 1 by default: on the shared 2-core box under load, 2 OpenMP threads
             ran these small matmuls 5x slower than 1 (measured; see docs/PROBES.md).
         max_models: most probes trained together as one batched model (bounds memory).
+        linear_solver: ``lbfgs``: linear probes are scikit-learn multinomial logistic regressions fitted to
+            convergence on the whole training part (convex: no seeds, no early stopping; measured 5x faster than
+            Adam per probe on 7.2K x 640 features); ``adam``: the batched trainer, like the MLP.
+        linear_c, linear_max_iter: inverse L2 strength and the lbfgs iteration cap (``hit_cap`` when reached).
     """
 
     val_frac: float = 0.2
@@ -177,6 +181,9 @@ class TrainConfig:
     n_boot: int = 1000
     threads: int = 1
     max_models: int = 32
+    linear_solver: str = "lbfgs"
+    linear_c: float = 1.0
+    linear_max_iter: int = 500
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -360,6 +367,54 @@ def fit_batched(
         best_epoch=best_epoch,
         hit_cap=hit_cap,
         curves=curve,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def fit_logistic(
+    features: list[torch.Tensor],
+    labels: list[np.ndarray],
+    tasks: list[FitTask],
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    config: TrainConfig = TrainConfig(),
+) -> BatchedFit:
+    """Linear probes as multinomial logistic regressions (scikit-learn lbfgs), one per digit, fitted to convergence
+    on ``train_idx`` (standardised with its statistics) and scored on ``val_idx``; same result type as
+    :func:`fit_batched` (``epochs`` = lbfgs iterations, one curve point: final training log-loss). The problem is
+    convex, so ``FitTask.seed`` does not change the fit: tasks that differ only in seed share one fit.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
+
+    t0 = time.perf_counter()
+    done: dict[tuple[int, int], tuple[np.ndarray, int, bool, float]] = {}
+    n_val = len(val_idx)
+    with threadpool_limits(config.threads or None):
+        for task in tasks:
+            key = (task.group, task.labels)
+            if key in done:
+                continue
+            x = features[task.group].float().numpy()
+            mean, std = x[train_idx].mean(0), x[train_idx].std(0) + 1e-6
+            xt, xv = (x[train_idx] - mean) / std, (x[val_idx] - mean) / std
+            y = np.asarray(labels[task.labels])
+            correct = np.zeros((n_val, y.shape[1]), dtype=bool)
+            iters, loss = 0, 0.0
+            for k in range(y.shape[1]):
+                m = LogisticRegression(C=config.linear_c, max_iter=config.linear_max_iter).fit(xt, y[train_idx, k])
+                correct[:, k] = m.predict(xv) == y[val_idx, k]
+                iters = max(iters, int(np.max(m.n_iter_)))
+                proba = m.predict_proba(xt)[np.arange(len(train_idx)), np.searchsorted(m.classes_, y[train_idx, k])]
+                loss += float(-np.log(np.clip(proba, 1e-12, None)).mean()) / y.shape[1]
+            done[key] = (correct, iters, iters >= config.linear_max_iter, loss)
+    out = [done[(t.group, t.labels)] for t in tasks]
+    return BatchedFit(
+        correct=np.stack([o[0] for o in out]),
+        epochs=np.array([o[1] for o in out]),
+        best_epoch=np.array([o[1] for o in out]),
+        hit_cap=np.array([o[2] for o in out]),
+        curves=np.array([[[o[3], np.nan]] for o in out]),
         seconds=time.perf_counter() - t0,
     )
 
