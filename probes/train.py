@@ -384,8 +384,16 @@ def fit_logistic(
     :func:`fit_batched` (``epochs`` = lbfgs iterations, one curve point: final training log-loss). The problem is
     convex, so ``FitTask.seed`` does not change the fit: tasks that differ only in seed share one fit.
     """
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # an environment made before scikit-learn became a dependency
+        from memento_lens.runtime.errors import ConfigError
+
+        raise ConfigError(
+            "linear probes need scikit-learn: pip install 'scikit-learn>=1.5' (or rerun make setup); "
+            "TrainConfig(linear_solver='adam') fits them with the batched torch trainer instead"
+        ) from None
 
     t0 = time.perf_counter()
     done: dict[tuple[int, int], tuple[np.ndarray, int, bool, float]] = {}
