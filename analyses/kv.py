@@ -212,24 +212,14 @@ def reduction_table(summary: pd.DataFrame, baseline: str = "vanilla") -> pd.Data
 def with_vanilla_overlay(occ: pd.DataFrame) -> pd.DataFrame:
     """``occupancy.parquet`` rows of one trace plus a ``vanilla`` curve when the run recorded only evicting modes.
 
-    Vanilla attention keeps every token, so after step s it holds ``s + 1`` tokens; bytes use the run's own
-    bytes per token (the median of the recorded mode's ``bytes / tokens``). Recorded vanilla rows are kept as
-    they are (then ``occ`` itself is returned).
+    Vanilla attention keeps every token (:meth:`Occupancy.vanilla`: after step s it holds ``s + 1`` tokens),
+    at the run's own bytes per token. Recorded vanilla rows are kept as they are (then ``occ`` itself is
+    returned).
     """
     if occ.empty or (occ["mode"] == "vanilla").any():
         return occ
-    ref = occ[occ["mode"] == occ["mode"].iloc[0]]
-    nz = ref[ref["tokens"] > 0]
-    per_token = float((nz["bytes"] / nz["tokens"]).median()) if len(nz) else 0.0
-    steps = np.sort(ref["step"].unique())
-    van = pd.DataFrame(
-        {
-            "mode": "vanilla",
-            "step": steps,
-            "tokens": steps + 1,
-            "bytes": np.round((steps + 1) * per_token).astype(np.int64),
-        }
-    )
+    recorded = occupancies_from_table(occ[occ["mode"] == occ["mode"].iloc[0]], {})[0]
+    van = occupancy_table([Occupancy.vanilla(len(recorded.tokens), recorded.bytes_per_token, trace=recorded.trace)])
     for col in occ.columns:
         if col not in van.columns:
             van[col] = occ[col].iloc[0]
