@@ -112,10 +112,10 @@ def run(quick: bool = False) -> list[BenchRow]:
     large = _run_dir(big, "large" if not quick else "large-quick")
     kv_mb = sum(p.stat().st_size for p in (large / "kv").glob("*.safetensors")) / 1e6
 
-    import pandas as pd
+    from memento_lens.runtime.rundir import TRACES, RunReader
 
     def trace_names(run: Path) -> list[str]:
-        return pd.read_parquet(run / "traces.parquet", columns=["trace"])["trace"].tolist()
+        return RunReader(run).table(TRACES, columns=["trace"])["trace"].tolist()
 
     interactions(small, trace_names(small))  # warm the imports once, so neither side pays them
     repeats = 1 if quick else 3  # best of N whole sequences (caches cleared each time)

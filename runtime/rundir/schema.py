@@ -356,3 +356,18 @@ __all__ = [
     "PARTS_DIR",
     "table",
 ]
+
+
+def describe() -> str:
+    """Every run table as Markdown (``python -m memento_lens.runtime.rundir``)."""
+    lines = [f"# Run tables (schema version {SCHEMA_VERSION})"]
+    for t in TABLES.values():
+        lines += [
+            "",
+            f"## `{t.path}` ({t.name})" + (f": {t.doc}" if t.doc else ""),
+            "",
+            "| column | dtype | |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| `{c.name}` | {c.dtype}{'' if c.required else ', optional'} | {c.doc} |" for c in t.columns]
+    return "\n".join(lines)
