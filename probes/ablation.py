@@ -476,7 +476,7 @@ def ablation_inputs(
     import dataclasses
 
     from memento_lens.runtime.schedule import compute_schedule
-    from memento_lens.runtime.toy.task import TOY_MASKING, VOCAB, sample
+    from memento_lens.runtime.toy.task import VOCAB, sample
 
     from .features import ProbeInputError
 
@@ -490,14 +490,15 @@ def ablation_inputs(
         return AblationInputs(loaded, batch.token_ids, toy_layout(), {"task": "toy"})
     if trace is None:
         raise ProbeInputError("--trace is required for a real model (a Memento JSON trace)")
-    from .real import build_passcode_trace, load_segments
+    from .real import REAL_MASKING, build_passcode_trace, load_segments
 
     tokens = loaded.require_tokens()
+    masking = loaded.masking if loaded.masking is not None else REAL_MASKING  # the model's own, never the toy's
     pt = build_passcode_trace(
-        load_segments(trace), loaded.tokenizer, tokens, TOY_MASKING, target_block=None, source=str(trace)
+        load_segments(trace), loaded.tokenizer, tokens, masking, target_block=None, source=str(trace)
     )
     ids = pt.token_ids.tolist()
-    cfg = tokens.resolve_config(TOY_MASKING)
+    cfg = tokens.resolve_config(masking)
     normal = compute_schedule(ids, cfg, tokens, prompt_len=pt.prompt_len)
     restart = compute_schedule(ids, dataclasses.replace(cfg, restart_mode=True), tokens, prompt_len=pt.prompt_len)
     targets = trace_targets(normal)

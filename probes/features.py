@@ -215,6 +215,7 @@ def extract_memento_kv(
     device: torch.device | str | None = None,
     store_dtype: torch.dtype = torch.float16,
     progress: Callable[[int], None] | None = None,
+    prefix_len: int = 0,
 ) -> MementoFeatures:
     """Replay ``input_ids`` with one shared visibility mask and gather K/V at memento positions.
 
@@ -230,7 +231,26 @@ def extract_memento_kv(
         device: where the forward runs (default: the model's device).
         store_dtype: dtype the features are kept in (float16 halves memory; probes upcast to float32).
         progress: called with the number of sequences done after each batch.
+        prefix_len: leading tokens shared by every row: their K/V are computed once
+            (:func:`memento_lens.probes.real.extract_with_prefix`); 0 replays every row whole.
     """
+    if prefix_len > 0:
+        from .real import extract_with_prefix
+
+        return extract_with_prefix(
+            model,
+            input_ids,
+            visible,
+            positions,
+            layers,
+            labels,
+            prefix_len,
+            wanted=wanted,
+            batch_size=batch_size,
+            device=device,
+            store_dtype=store_dtype,
+            progress=progress,
+        )
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
     n, t = ids.shape

@@ -37,7 +37,8 @@ from .features import (
     resolve_layers,
 )
 from .models import make_probe
-from .tasks import PasscodeTask, ToyPasscodeTask, TracePasscodeTask
+from .real import TracePasscodeTask
+from .tasks import PasscodeTask, ToyPasscodeTask
 from .train import (
     FitTask,
     TrainConfig,
@@ -210,7 +211,9 @@ def _trace_task(cfg: PasscodeConfig, loaded) -> PasscodeTask:
         )
     if cfg.positions != "span":
         raise ProbeInputError("--positions digits applies to the toy only; real mementos use their span")
-    return TracePasscodeTask(cfg.trace, loaded.tokenizer, loaded.require_tokens(), cfg.target_block)
+    return TracePasscodeTask(
+        cfg.trace, loaded.tokenizer, loaded.require_tokens(), cfg.target_block, masking=loaded.masking
+    )
 
 
 TASKS: dict[str, Callable[[PasscodeConfig, Any], PasscodeTask]] = {"toy": _toy_task, "trace": _trace_task}
@@ -252,6 +255,7 @@ def extract_features(
             wanted=[(mb, ly) for mb in memento_blocks for ly in layers],
             batch_size=batch_size,
             device=device,
+            prefix_len=task.shared_prefix_len,
             progress=(lambda d, w=world: progress(f"features ({w})", d, len(samples.labels))) if progress else None,
         )
     ids = np.asarray(samples.token_ids)

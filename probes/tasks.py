@@ -24,6 +24,8 @@ Contract for an implementation (the real-trace one lives in :mod:`.real`, see :c
   passcode from the text channel of ``condition``'s memento, where the label distribution makes it
   computable; ``None`` otherwise. Never estimated by a probe.
 * ``n_blocks``, ``target_block``, ``n_digits``, ``chance`` (``1 / 10``), ``name``, ``info`` (JSON-safe).
+* ``shared_prefix_len`` (default 0): leading positions whose tokens are the same in every sample; feature
+  extraction computes their K/V once and forwards each batch only from there on.
 * ``conditions(distances, conditions)`` is shared (:func:`.features.passcode_conditions`): direct = memento of
   the target block, masked +k = memento of ``target + k``, causal control = memento of ``target - 1``.
 
@@ -88,6 +90,10 @@ class PasscodeTask(ABC):
 
     def text_ceiling(self, condition: Condition) -> float | None:
         return None
+
+    @property
+    def shared_prefix_len(self) -> int:
+        return 0
 
     @property
     def info(self) -> dict[str, Any]:
@@ -202,72 +208,4 @@ class ToyPasscodeTask(PasscodeTask):
         }
 
 
-# -- a real trace -------------------------------------------------------------------------------------------------
-class TracePasscodeTask(PasscodeTask):
-    """A real Memento trace with a passcode sentence substituted into block ``target`` (see :mod:`.real`).
-
-    The memento texts do not change with the passcode (token-level substitution inside the block only), so
-    the text channel carries nothing: its ceiling is chance, exactly.
-    """
-
-    name = "trace"
-
-    def __init__(self, trace_path: str, tokenizer: Any, tokens: Any, target: int = 1, masking: Any = None):
-        from memento_lens.runtime.toy.task import TOY_MASKING
-
-        from .real import build_passcode_trace, load_segments
-
-        self.masking = masking or TOY_MASKING
-        self.tokenizer, self.tokens, self.path = tokenizer, tokens, str(trace_path)
-        self.trace = build_passcode_trace(
-            load_segments(trace_path), tokenizer, tokens, self.masking, target, source=self.path
-        )
-        self._vis: dict[str, torch.Tensor] = {}
-        self._skipped: tuple[int, dict] = (0, {})
-
-    @property
-    def n_blocks(self) -> int:
-        return self.trace.n_blocks
-
-    @property
-    def target_block(self) -> int:
-        return self.trace.target_block
-
-    def samples(self, n: int, seed: int) -> PasscodeSamples:
-        from .real import passcode_samples
-
-        s = passcode_samples(self.trace, self.tokenizer, n, seed, self.n_digits)
-        self._skipped = (s.skipped, s.skip_reasons)
-        return PasscodeSamples(s.token_ids, s.labels, s.skipped, s.skip_reasons)
-
-    def visibility(self, world: str, device: torch.device | str | None = None) -> torch.Tensor:
-        self.check_world(world)
-        if world not in self._vis:
-            from memento_lens.runtime.masks import visibility_mask
-            from memento_lens.runtime.schedule import compute_schedule
-
-            config = self.tokens.resolve_config(dataclasses.replace(self.masking, restart_mode=world == "restart"))
-            sched = compute_schedule(
-                self.trace.token_ids.tolist(), config, self.tokens, prompt_len=self.trace.prompt_len
-            )
-            self._vis[world] = visibility_mask(sched)
-        return self._vis[world].to(device) if device is not None else self._vis[world]
-
-    def memento_positions(self, memento_block: int) -> np.ndarray:
-        return self.trace.memento_spans[memento_block]
-
-    def text_positions(self, memento_block: int) -> np.ndarray:
-        return np.concatenate([self.trace.memento_spans[b] for b in range(memento_block + 1)])
-
-    def text_ceiling(self, condition: Condition) -> float | None:
-        return self.chance
-
-    @property
-    def info(self) -> dict[str, Any]:
-        return {
-            **super().info,
-            "trace": self.path,
-            "n_tokens": int(len(self.trace.token_ids)),
-            "skipped_samples": self._skipped[0],
-            "skip_reasons": self._skipped[1],
-        }
+# The real-trace implementation, TracePasscodeTask, lives in .real (owner: realmodels).

