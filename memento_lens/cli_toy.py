@@ -72,6 +72,8 @@ def train_cmd(
             else None
         )
         result = train(cfg, out, overwrite=overwrite, progress=not quiet, command=command, device=device)
+        if result.reused:
+            typer.echo(f"{out}: already holds the complete run of this same command; nothing to do", err=True)
         last = result.checkpoints[-1]
         typer.echo(
             f"trained {result.n_parameters:,} parameters in {result.seconds / 60:.1f} min -> {out}; "

@@ -75,3 +75,14 @@ def test_corrupt_and_unknown(run, tmp_path):
     (copy / "step-000003" / "config.json").unlink()
     with pytest.raises(ToyModelError, match=r"step-000003/config\.json: missing.*toy train --out"):
         load_toy("toy@step-000003", weights_dir=copy)
+
+
+def test_same_training_run_again_is_reused_not_retrained(run, monkeypatch):
+    import memento_lens.runtime.toy.train as train_mod
+
+    cfg, result = run
+    before = (result.out / "manifest.json").read_bytes()
+    monkeypatch.setattr(train_mod, "build_model", lambda *a, **k: pytest.fail("retrained"))
+    again = train(cfg, result.out, progress=False, command="test")
+    assert again.reused and again.checkpoints == json.loads(json.dumps(result.checkpoints))
+    assert (result.out / "manifest.json").read_bytes() == before

@@ -128,6 +128,7 @@ class TrainResult:
     losses: list[dict]
     seconds: float
     n_parameters: int
+    reused: bool = False  # ``out`` already held this same training run (complete); nothing was retrained
 
 
 def sequence_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -150,7 +151,17 @@ def train(
     """Train a toy model from scratch into the run directory ``out``."""
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    store = RunStore.create(out, RUN_KIND, {"train": cfg.to_dict()}, overwrite=overwrite)
+    store = RunStore.create(out, RUN_KIND, {"train": cfg.to_dict()}, overwrite=overwrite, can_resume=False)
+    if store.reused:  # this same training run, complete: its record, nothing retrained
+        log = store.read_json("training_log.json")
+        return TrainResult(
+            out=Path(out),
+            checkpoints=log["checkpoints"],
+            losses=log["losses"],
+            seconds=float(log["seconds"] or 0.0),
+            n_parameters=int(log["n_parameters"]),
+            reused=True,
+        )
     store.write_json("train_config.json", cfg.to_dict())
     layout = cfg.layout
     model = build_model(cfg.model, seed=cfg.seed, device=device, layout=layout)
