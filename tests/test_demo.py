@@ -68,6 +68,7 @@ def test_summarize_reads_the_headline_numbers_from_the_tables():
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # ~45 s on 2 cores: the quick passcode sweep dominates
 def test_demo_pipeline_summary_names_what_it_wrote(tmp_path):
     from memento_lens.runtime.model import kv_bytes_per_token, load_model
     from memento_lens.runtime.store import RunStore
