@@ -487,6 +487,21 @@ def _check_unk(ids: np.ndarray, tok: TextTokenizer, trace: str, source: str, max
         )
 
 
+def count_rows(path: Path, fmt: str) -> int | None:
+    """Rows in a trace file without parsing it (Parquet metadata, non-empty JSONL lines); None if unknown."""
+    try:
+        if fmt == "openmementos":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        if path.name.lower().endswith(".jsonl"):
+            with open(path, "rb") as f:
+                return sum(1 for line in f if line.strip())
+    except Exception:  # the reader reports a damaged file with its name; a count is only for the bar
+        return None
+    return None
+
+
 def iter_ingest(
     path: str | Path,
     tokenizer: TextTokenizer | str | None = None,
@@ -498,6 +513,7 @@ def iter_ingest(
     keep_text: bool = False,
     arrays: bool = False,
     max_unk_share: float = MAX_UNK_SHARE,
+    progress: Any = None,
 ) -> Iterator[Trace]:
     """Stream the well-formed traces of one file; skipped rows go into ``report`` (or raise under ``strict``).
 
@@ -516,8 +532,12 @@ def iter_ingest(
     report.sources.append(str(path))
     seen: set[str] = set()
     n_here, rows_before = 0, report.n_rows
+    from memento_lens.runtime.progress import bar_for
+
+    bar = bar_for(progress, count_rows(path, fmt) or 0, "ingest", "row")
     for item in _READERS[fmt](path):
         report.n_rows += 1
+        bar.update(1)
         try:
             if isinstance(item, _RowError):
                 raise item
@@ -534,6 +554,7 @@ def iter_ingest(
         report.n_ingested += 1
         n_here += 1
         yield trace
+    bar.close()
     if strict and n_here == 0:
         raise IngestError(f"{path}: no traces ({'no rows' if rows_before == report.n_rows else 'no usable rows'})")
 
@@ -573,12 +594,21 @@ def ingest_files(
     keep_text: bool = False,
     arrays: bool = False,
     max_unk_share: float = MAX_UNK_SHARE,
+    progress: Any = False,
 ) -> IngestResult:
     """Ingest several files with one tokenizer; trace ids are prefixed by the file stem when they collide."""
+    from memento_lens.runtime.progress import bar_for
+
     tok = load_tokenizer(tokenizer)
     report = IngestReport()
     traces: list[Trace] = []
     ids: set[str] = set()
+    paths = [Path(p) for p in paths]
+    total = 0
+    if progress is True:  # one bar over every file's rows (unknown counts just show the rate)
+        counts = [count_rows(p, fmt or _format_or_none(p)) if p.is_file() else None for p in paths]
+        total = sum(c or 0 for c in counts) if all(c is not None for c in counts) else None
+    bar = bar_for(progress, total, "ingest", "row")
     for p in paths:
         for t in iter_ingest(
             p,
@@ -589,12 +619,21 @@ def ingest_files(
             keep_text=keep_text,
             arrays=arrays,
             max_unk_share=max_unk_share,
+            progress=bar,
         ):
             if t.trace_id in ids:
                 t = Trace(f"{Path(p).stem}/{t.trace_id}", t.token_ids, t.prompt_len, t.meta)
             ids.add(t.trace_id)
             traces.append(t)
+    bar.close()
     return IngestResult(traces, report)
+
+
+def _format_or_none(path: Path) -> str | None:
+    try:
+        return detect_format(path)
+    except ConfigError:
+        return None
 
 
 # -- run directory -----------------------------------------------------------------------------------

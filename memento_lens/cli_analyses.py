@@ -47,8 +47,9 @@ def _inputs(paths, tokenizer: str, fmt, strict: bool, allow_unk: bool):
         raise OptionError(f"give trace files or run directories, not both ({runs[0]} is a directory)")
     if not runs:
         tok = load_tokenizer(tokenizer)
+        unk = 1.0 if allow_unk else MAX_UNK_SHARE
         res = ingest_files(
-            paths, tok, fmt=fmt, strict=strict, arrays=True, max_unk_share=1.0 if allow_unk else MAX_UNK_SHARE
+            paths, tok, fmt=fmt, strict=strict, arrays=True, max_unk_share=unk, progress=opt.show_progress()
         )
         return res.traces, tok.ids, res.report
     traces, ids = [], None
@@ -92,7 +93,13 @@ def ingest_cmd(
     with user_errors():
         check_output_dir(out, "--out")
         res = ingest_files(
-            files, tokenizer, fmt=fmt, strict=strict, keep_text=True, max_unk_share=1.0 if allow_unk else MAX_UNK_SHARE
+            files,
+            tokenizer,
+            fmt=fmt,
+            strict=strict,
+            keep_text=True,
+            max_unk_share=1.0 if allow_unk else MAX_UNK_SHARE,
+            progress=opt.show_progress(),
         )
         _print_report(res.report)
         store = write_run(

@@ -26,6 +26,13 @@ MASK_HELP = (
 )
 
 
+def show_progress() -> bool:
+    """Bars only on an interactive stderr (logs and captured output stay clean; stdout is never used)."""
+    import sys
+
+    return sys.stderr.isatty()
+
+
 def flag(decls: str, help: str, default: bool = False) -> Any:
     """A boolean flag (``--x`` or ``--x/--no-x``): shown without a value in --help, given without one."""
     return typer.Option(default, decls, help=help, show_default="/" in decls)

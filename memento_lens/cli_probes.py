@@ -46,40 +46,11 @@ def _clean(rows: list[dict]) -> list[dict]:
     return out
 
 
-class _Progress:
-    """A rich progress bar per stage on stderr (silent with --json unless a TTY)."""
+def _Progress(enabled: bool):
+    """Stage bars with elapsed time and ETA on stderr (runtime.progress.StageBars: the sweeps' ProgressFn)."""
+    from memento_lens.runtime.progress import StageBars
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-        self.tasks: dict[str, int] = {}
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self.bar.__enter__()
-        return self
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if self.bar is None:
-            return
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total)
-        self.bar.update(self.tasks[stage], completed=done, total=total)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+    return StageBars(enabled)
 
 
 def _setup(threads: int, seed: int) -> None:

@@ -263,7 +263,7 @@ def generate_cmd(
             batch_size=batch_size,
             overwrite=overwrite,
             resume=resume,
-            progress=True,
+            progress=opt.show_progress(),
         )
         _summary(store)
 
@@ -428,7 +428,7 @@ def replay_cmd(
             batch_size=batch_size,
             overwrite=overwrite,
             resume=resume,
-            progress=True,
+            progress=opt.show_progress(),
             allow_unclosed=allow_truncated,
         )
         _summary(store)

@@ -163,7 +163,7 @@ def generate(
     cache.compact()
     active = list(range(n))  # row index per batch slot
     steps = max(len(f) for f in forced) if forced else sampling.max_new_tokens
-    bar = _bar(progress, steps, "generate")
+    bar = _bar(progress, steps, "generate", "step")
     for step in range(steps):
         if not active:
             break
@@ -265,20 +265,11 @@ def generate(
     return results
 
 
-class _NullBar:
-    def update(self, n: int = 1) -> None:
-        pass
+def _bar(progress: Any, total: int, desc: str, unit: str = "tok") -> Any:
+    """See :func:`memento_lens.runtime.progress.bar_for` (``progress``: bool or a caller's job bar)."""
+    from .progress import bar_for
 
-    def close(self) -> None:
-        pass
-
-
-def _bar(enabled: bool, total: int, desc: str) -> Any:
-    if not enabled:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="tok", leave=False)
+    return bar_for(progress, total, desc, unit)
 
 
 __all__ = [

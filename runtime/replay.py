@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -211,10 +211,10 @@ def replay(
                     keep_logits=keep_logits,
                     max_chunk=max_chunk,
                     device=device,
+                    on_tokens=bar.update,
                 )
                 for i, r in zip(idx, out):
                     results[i] = r
-                bar.update(sum(len(traces[i]) for i in idx))
     bar.close()
     return [r for r in results if r is not None]
 
@@ -230,8 +230,12 @@ def replay_batch(
     keep_logits: bool = False,
     max_chunk: int = DEFAULT_MAX_CHUNK,
     device: str | torch.device | None = None,
+    on_tokens: Callable[[int], None] | None = None,
 ) -> list[ReplayResult]:
-    """Replay traces of one structure (see :func:`structure_key`) in a single batched cache."""
+    """Replay traces of one structure (see :func:`structure_key`) in a single batched cache.
+
+    ``on_tokens(n)`` is called after every chunk with the tokens newly covered (batch x positions; a restart's
+    recomputation counts once), so a progress bar advances inside long traces."""
     keys = {structure_key(s) for s in schedules}
     if len(keys) != 1:
         raise ValueError("replay_batch needs traces of one structure; use replay() to group them")
@@ -250,8 +254,10 @@ def replay_batch(
     for ev in sched.evictions:
         by_pos.setdefault(ev.position, []).append(ev)
 
+    high = 0  # furthest position fed so far (progress counts each position once)
+
     def feed(a: int, z: int) -> None:
-        nonlocal logits
+        nonlocal logits, high
         for s in range(a, z, max_chunk):
             e = min(z, s + max_chunk)
             pos = torch.arange(s, e).repeat(b, 1)
@@ -263,6 +269,9 @@ def replay_batch(
                 logits[:, s:e] = out.cpu()
             for c in captures:
                 c.after_chunk(view, s, e)
+            if on_tokens is not None and e > high:
+                on_tokens((e - high) * b)
+                high = e
         if z > a:
             _check_occupancy(cache, occ, z - 1, traces[0].trace_id)
 

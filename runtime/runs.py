@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from .capture import Capture
 from .config import BlockMaskingConfig, MementoTokenIds
 from .errors import InputFileError, OptionError
+from .progress import bar_for
 from .rundir.kv import CaptureSink
 from .rundir.store import RunStore
 from .rundir.writer import RunWriter, trace_tables
@@ -73,6 +74,7 @@ def replay_to_run(
         for c in captures:
             c.sink = sink
         bpt = kv_bytes_per_token(model)
+        bar = bar_for(progress, sum(len(t) for t in todo), "replay", "tok")  # one bar over every part
         for k in range(0, len(todo), part_traces):
             chunk = todo[k : k + part_traces]
             results = replay(
@@ -82,11 +84,12 @@ def replay_to_run(
                 tokens,
                 batch_size=batch_size,
                 captures=captures,
-                progress=progress,
+                progress=bar,
                 allow_unclosed=allow_unclosed,
             )
             tables = [trace_tables(r.trace, r.schedule, tokens, config.mode, source, bpt, tokenizer) for r in results]
             writer.write_part(tables, sink if captures else None)
+        bar.close()
         writer.finish(n_traces=len(traces))
     return store
 
@@ -144,9 +147,15 @@ def generate_to_run(
         for c in captures:
             c.sink = sink
         bpt = kv_bytes_per_token(model)
+        n_batches = -(-len(prompts) // batch_size)
+        # one bar over the job: max_new_tokens decoding steps per batch (a batch that stops early tops up)
+        bar = bar_for(progress, n_batches * sampling.max_new_tokens, "generate", "step")
         for j, k in enumerate(range(0, len(prompts), batch_size)):
             ids = [f"gen-{i:05d}" for i in range(k, min(k + batch_size, len(prompts)))]
+            bar.set_description(f"generate batch {j + 1}/{n_batches}")
+            start = bar.n
             if all(i in done for i in ids):
+                bar.update(sampling.max_new_tokens)
                 continue
             batch_sampling = dataclasses.replace(sampling, seed=sampling.seed + j)
             results = generate(
@@ -157,14 +166,16 @@ def generate_to_run(
                 sampling=batch_sampling,
                 eos_token_id=eos_token_id,
                 trace_ids=ids,
-                progress=progress,
+                progress=bar,
             )
+            bar.update(start + sampling.max_new_tokens - bar.n)
             tables = [
                 trace_tables(r.trace, r.schedule, tokens, config.mode, "generate", bpt, tokenizer) for r in results
             ]
             if captures:
                 replay(model, [r.trace for r in results], config, tokens, captures=captures, strict=False)
             writer.write_part(tables, sink if captures else None)
+        bar.close()
         writer.finish(n_traces=len(prompts))
     return store
 
