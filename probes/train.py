@@ -398,7 +398,12 @@ def fit_logistic(
     t0 = time.perf_counter()
     done: dict[tuple[int, int], tuple[np.ndarray, int, bool, float]] = {}
     n_val = len(val_idx)
-    with threadpool_limits(config.threads or None):
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with threadpool_limits(config.threads or None), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # recorded as hit_cap in the row instead
         for task in tasks:
             key = (task.group, task.labels)
             if key in done:
