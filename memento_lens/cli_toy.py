@@ -89,7 +89,9 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("cpu", help="torch device."),
     foreign: bool = typer.Option(
-        False, "--foreign", help="Also score the foreign-block control of the restart ablation (see RESULTS.md)."
+        False,
+        "--foreign",
+        help="Also score the foreign-block controls of the restart ablation (foreign, samesum; see RESULTS.md).",
     ),
 ) -> None:
     """Teacher-forced task accuracy under vanilla, memento and restart attention (and the foreign control)."""

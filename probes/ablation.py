@@ -87,14 +87,14 @@ class AblationLayout:
         return [c for c in sorted(self.targets) if c >= 1]
 
 
-def toy_layout() -> AblationLayout:
+def toy_layout(lay=None) -> AblationLayout:
     """The toy's layout: segment c scores memento c's digits."""
     import dataclasses
 
     from memento_lens.runtime.schedule import compute_schedule
     from memento_lens.runtime.toy.task import TOY_MASKING, TOY_TOKENS, ToyLayout, sample
 
-    lay = ToyLayout()
+    lay = lay or ToyLayout()
     ids = sample(1, 0, lay).token_ids[0].tolist()
     cfg = TOY_TOKENS.resolve_config(TOY_MASKING)
     normal = compute_schedule(ids, cfg, TOY_TOKENS, prompt_len=1)
@@ -476,7 +476,7 @@ def ablation_inputs(
     import dataclasses
 
     from memento_lens.runtime.schedule import compute_schedule
-    from memento_lens.runtime.toy.task import VOCAB, sample
+    from memento_lens.runtime.toy.task import VOCAB, layout_of, sample
 
     from .features import ProbeInputError
 
@@ -486,8 +486,9 @@ def ablation_inputs(
         loaded = load_model(model, device=device, dtype=dtype)
     is_toy = model.startswith("toy") or loaded.model.config.vocab_size <= len(VOCAB) + 1
     if is_toy and trace is None:
-        batch = sample(samples, np.random.default_rng(seed))
-        return AblationInputs(loaded, batch.token_ids, toy_layout(), {"task": "toy"})
+        lay = layout_of(loaded.model)  # toy-channel has a passcode segment per block
+        batch = sample(samples, np.random.default_rng(seed), lay)
+        return AblationInputs(loaded, batch.token_ids, toy_layout(lay), {"task": "toy"})
     if trace is None:
         raise ProbeInputError("--trace is required for a real model (a Memento JSON trace)")
     from .real import REAL_MASKING, build_passcode_trace, load_segments

@@ -201,7 +201,11 @@ def make_task(cfg: PasscodeConfig, loaded) -> PasscodeTask:
 
 
 def _toy_task(cfg: PasscodeConfig, loaded) -> PasscodeTask:
-    return ToyPasscodeTask(target=cfg.target_block, positions=cfg.positions)
+    from memento_lens.runtime.toy.task import layout_of
+
+    return ToyPasscodeTask(
+        target=cfg.target_block, positions=cfg.positions, layout=layout_of(loaded.model) if loaded is not None else None
+    )
 
 
 def _trace_task(cfg: PasscodeConfig, loaded) -> PasscodeTask:

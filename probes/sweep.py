@@ -37,12 +37,13 @@ def resolve_checkpoints(model: str, checkpoints: str | None) -> list[str]:
         raise ProbeInputError("--checkpoints applies to the shipped toy model (--model toy)")
     from memento_lens.runtime.toy.shipped import list_checkpoints
 
-    known = [str(c) for c in list_checkpoints()]
+    base = model.partition("@")[0]  # toy | toy-channel
+    known = [str(c) for c in list_checkpoints(model=base)]
     wanted = known if checkpoints == "all" else [c.strip() for c in checkpoints.split(",")]
     bad = [c for c in wanted if c not in known]
     if bad:
         raise ProbeInputError(f"--checkpoints: unknown {', '.join(bad)}; known: {', '.join(known)}")
-    return [f"toy@{c}" for c in wanted]
+    return [f"{base}@{c}" for c in wanted]
 
 
 def toy_task_accuracy(spec: str, model, device: str) -> float:

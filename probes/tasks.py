@@ -157,7 +157,7 @@ class ToyPasscodeTask(PasscodeTask):
             raise ProbeInputError(f"--target-block {self.target} outside the toy's {self.layout.n_blocks} blocks")
         if self.positions not in ("span", "digits"):
             raise ProbeInputError(f"--positions must be 'span' or 'digits', got {self.positions!r}")
-        self.n_digits = self.layout.block_digits
+        self.n_digits = self.layout.passcode_digits or self.layout.block_digits  # toy-channel: the unsummed segment
         self._vis: dict[str, torch.Tensor] = {}
 
     @property
@@ -169,10 +169,10 @@ class ToyPasscodeTask(PasscodeTask):
         return self.target
 
     def samples(self, n: int, seed: int) -> PasscodeSamples:
-        from memento_lens.runtime.toy.task import sample
+        from memento_lens.runtime.toy.task import passcode_labels, sample
 
         batch = sample(n, np.random.default_rng(seed), self.layout)
-        return PasscodeSamples(batch.token_ids, batch.digits[:, self.target, :].copy())
+        return PasscodeSamples(batch.token_ids, passcode_labels(batch, self.target))
 
     def visibility(self, world: str, device: torch.device | str | None = None) -> torch.Tensor:
         self.check_world(world)
@@ -194,7 +194,7 @@ class ToyPasscodeTask(PasscodeTask):
         return np.concatenate([self.layout.memento(b) for b in range(memento_block + 1)])
 
     def text_ceiling(self, condition: Condition) -> float | None:
-        if condition.memento_block < self.target:
+        if condition.memento_block < self.target or self.layout.passcode_digits:  # segment: text is independent
             return self.chance
         return digit_sum_ceiling(self.n_digits)
 

@@ -243,7 +243,7 @@ def load_model(
         return LoadedModel(model, tok, RANDOM_TOKENS, name)
     from .presets import MODEL_PRESETS, resolve_model
 
-    if name == "toy" or name.startswith("toy@"):
+    if name.partition("@")[0] in ("toy", "toy-channel"):  # the shipped toys (runtime.toy.shipped.SHIPPED)
         path = _toy_dir(name)
     elif name in MODEL_PRESETS:
         path = resolve_model(name, cache, log=_stderr_line)
@@ -312,7 +312,7 @@ def _load_tokenizer(path: Path, name: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError):
-        if name == "toy" or name.startswith("toy@"):
+        if name.partition("@")[0] in ("toy", "toy-channel"):
             from .toy.task import VOCAB
 
             return _word_level_tokenizer(list(VOCAB), bos="<bos>", eos="<eos>", pad="<pad>")

@@ -160,3 +160,19 @@ def test_stop_exact_ends_training_at_first_checkpoint_reaching_it(tmp_path, monk
 
     assert list_checkpoints(tmp_path / "run") == ["final", "step-000002"]
     assert checkpoint_info("toy", tmp_path / "run")["step_name"] == "step-000004"
+
+
+def test_same_sum_donors_keep_every_running_sum_and_change_blocks():
+    from memento_lens.runtime.toy.evaluate import same_sum_donors
+
+    batch = sample(64, 2, SEG)
+    donors = same_sum_donors(batch)
+    lay = batch.layout
+    changed = 0
+    for b in range(lay.n_blocks):
+        d = donors[:, lay.block_content(b)] - DIGIT0
+        np.testing.assert_array_equal(d.sum(1), batch.digits[:, b].sum(1))
+        changed += int((d != batch.digits[:, b]).any(1).sum())
+    rest = np.setdiff1d(np.arange(lay.length), np.concatenate([block_token_positions(b, lay) for b in range(10)]))
+    np.testing.assert_array_equal(donors[:, rest], batch.token_ids[:, rest])
+    assert changed > 0.9 * 64 * lay.n_blocks

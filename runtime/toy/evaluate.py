@@ -17,6 +17,11 @@ Attention modes (all masks come from :func:`runtime.masks.visibility_mask` of th
   unchanged (the true running sums) and block b itself is true (one pass per block). If the restart drop
   were the shift to KV computed without any block, ``foreign`` would stay near ``memento``; if later
   mementos read the block's content from earlier mementos' KV, ``foreign`` falls as well.
+* ``samesum``: as ``foreign``, but every earlier block is replaced by another block of the batch with the
+  *same digit sum* (its passcode segment, if any, comes along): the KV were computed with a real block
+  visible, as in training, and everything the memento text says (the running sums) stays true; only what the
+  text does not say changes. ``samesum`` near ``memento`` means later mementos need nothing about a block
+  beyond its text, and the restart drop measures the shift to KV computed without any block.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from ..schedule import compute_schedule
 from .task import TOY_MASKING, TOY_TOKENS, ToyBatch, ToyLayout, layout_of, sample
 
 MODES = ("vanilla", "memento", "restart")
-CONTROL_MODES = ("foreign",)  # scored on request (``toy eval --foreign``), not by default
+CONTROL_MODES = ("foreign", "samesum")  # scored on request (``toy eval --foreign``), not by default
 EVAL_SEED = 20260401  # held-out sequences; training draws from TrainConfig.seed
 
 
@@ -46,7 +51,7 @@ def mode_config(mode: str) -> BlockMaskingConfig:
         return TOY_MASKING
     if mode == "restart":
         return dataclasses.replace(TOY_MASKING, restart_mode=True)
-    if mode == "foreign":
+    if mode in CONTROL_MODES:
         return TOY_MASKING
     raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(MODES + CONTROL_MODES)}")
 
@@ -89,6 +94,28 @@ def foreign_block_inputs(ids: torch.Tensor, donor: torch.Tensor, block: int, lay
     if block > 0:
         earlier = np.concatenate([block_token_positions(b, layout) for b in range(block)])
         out[:, earlier] = donor[:, earlier]
+    return out
+
+
+def same_sum_donors(batch: ToyBatch, seed: int = 0) -> np.ndarray:
+    """``[n, length]`` token ids whose every block is another block of the batch with the same digit sum
+    (a different block whenever the batch holds one; passcode segments travel with their block)."""
+    layout = batch.layout
+    ids = batch.token_ids
+    n, nb = ids.shape[0], layout.n_blocks
+    sums = batch.digits.sum(axis=2).ravel()  # [n * nb], block-major per sequence
+    rng = np.random.default_rng(seed)
+    donor_of = np.arange(n * nb)
+    for s in np.unique(sums):
+        members = np.flatnonzero(sums == s)
+        if len(members) > 1:  # a cyclic shift of a random order: nobody keeps its own block
+            order = rng.permutation(members)
+            donor_of[order] = np.roll(order, 1)
+    out = ids.copy()
+    for b in range(nb):
+        pos = block_token_positions(b, layout)
+        src = donor_of[np.arange(n) * nb + b]
+        out[:, pos] = np.stack([ids[i // nb, block_token_positions(i % nb, layout)] for i in src])
     return out
 
 
@@ -144,13 +171,13 @@ def predicted_mementos(
         masks = [restart_generation_visibility(b, layout, device=device) for b in range(layout.n_blocks)]
     else:
         full = toy_visibility(mode, layout, device=device)
-    if mode == "foreign":
+    if mode in CONTROL_MODES:
         if len(ids_all) < 2:
             raise ValueError("the foreign-block control needs at least 2 sequences (blocks come from another one)")
-        foreign = torch.roll(ids_all, 1, dims=0)
+        foreign = torch.roll(ids_all, 1, dims=0) if mode == "foreign" else torch.from_numpy(same_sum_donors(batch))
     for sl in _batches(len(ids_all), batch_size):
         ids = ids_all[sl].to(device)
-        if mode == "foreign":
+        if mode in CONTROL_MODES:
             donor = foreign[sl].to(device)
             for b in range(layout.n_blocks):
                 t = layout.summary_end(b) + 1
