@@ -276,7 +276,7 @@ def load_model(
     model = model.to(device).eval()
     tokenizer = _load_tokenizer(path, name)
     lm = from_objects(model, tokenizer, name=name)
-    return _with_toy_masking(lm) if name == "toy" or name.startswith("toy@") else lm
+    return _with_toy_masking(lm) if name.partition("@")[0] in ("toy", "toy-channel") else lm
 
 
 def _with_toy_masking(lm: LoadedModel) -> LoadedModel:
