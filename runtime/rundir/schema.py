@@ -145,6 +145,8 @@ def _nullable(dtype: str) -> Any:
 
 def _cast(s: pd.Series, dtype: str) -> pd.Series:
     if dtype == "str":
+        if pd.api.types.is_string_dtype(s) and pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
+            return s  # already strings (the common case; a C-speed check)
         return s.map(lambda v: v if v is None or isinstance(v, str) or v is pd.NA else str(v)).astype(object)
     if dtype == "int64" and s.isna().any():
         raise ValueError("holds nulls")
