@@ -387,3 +387,15 @@ def test_run_tables_are_written_and_read_through_the_schema(tmp_path):
     _record_raw(st.path, "tokens.parquet", data)
     with pytest.raises(RunDirError, match="tokens.parquet: missing column"):
         RunReader(st.path).table(schema.TOKENS)
+
+
+def test_overwrite_through_a_symlinked_target_never_deletes_what_it_pointed_to(tmp_path):
+    real = old_run(tmp_path / "real")
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    new = RunStore.create(link, "replay", NEW, overwrite=True)
+    new.mark_complete()
+    assert RunStore.open(link, require_complete=True).manifest.config == NEW
+    assert not link.is_symlink()  # the link was replaced by the new run
+    assert_old_run_intact(real)  # and the directory it pointed to was left alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]

@@ -403,7 +403,7 @@ class RunStore:
     @classmethod
     def _staged(cls, target: Path, kind: str, config: dict, info: Mapping[str, Any] | None) -> "RunStore":
         """A new run written beside ``target`` under a hidden name, swapped in by :meth:`mark_complete`."""
-        parent = target.resolve().parent
+        parent = target.absolute().parent  # beside the target as named (a symlinked target: beside the link)
         prefix = _STAGING.format(name=target.name)
         for stale in parent.glob(prefix + "*"):  # an earlier overwrite that failed without cleaning up
             if stale.is_dir() and not stale.is_symlink() and (stale / MANIFEST).is_file():
@@ -467,7 +467,7 @@ class RunStore:
     def _swap_in(self) -> None:
         target, staging = self._target, self.path
         assert target is not None
-        old = target.resolve().parent / f"{_REPLACED.format(name=target.name)}{secrets.token_hex(4)}"
+        old = target.absolute().parent / f"{_REPLACED.format(name=target.name)}{secrets.token_hex(4)}"
         try:
             if target.exists():
                 os.rename(target, old)
@@ -480,7 +480,10 @@ class RunStore:
         except OSError as exc:
             raise _output_error(target, exc) from None
         self.path, self._target = target, None
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():  # the target was a link: drop the link, never what it pointed to
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
     @property
     def complete(self) -> bool:
