@@ -176,9 +176,14 @@ class RunData:
     def incomplete_message(self) -> str | None:
         if self.complete:
             return None
+        how = (
+            "Resume it with the same command and --resume to finish it."
+            if self.store.manifest.kind in ("generate", "replay")
+            else "Re-run the command that wrote it (with --overwrite) to finish it."
+        )
         return (
             f"{self.path}: run is incomplete (interrupted, or still being written); only the files already "
-            "written are shown. Resume it with --resume to finish it."
+            f"written are shown. {how}"
         )
 
     def _parts(self, rel: str) -> list[str]:

@@ -66,7 +66,11 @@ def demo_cmd(
     device: str = typer.Option("cpu", "--device"),
     port: int = typer.Option(8501, "--port", help="App port (127.0.0.1)."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for the toy on 2 cores)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even if it is not a demo run."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace --out even if it holds another memento-lens run (never a directory of other files).",
+    ),
     no_png: bool = typer.Option(False, "--no-png", help="Skip static PNG export (needs chromium)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
