@@ -81,3 +81,20 @@ def test_incomplete_run_refused_when_required(tmp_path):
     with pytest.raises(RunError, match="incomplete"):
         RunStore.open(store.path, require_complete=True)
     assert json.loads((store.path / "manifest.json").read_text())["status"] == "incomplete"
+
+
+def test_capture_and_replay_do_not_import_each_other():
+    """capture.py only captures; runs.py joins replay and writer (the old capture <-> replay cycle is gone)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, memento_lens.runtime.capture, memento_lens.runtime.rundir;"
+        "print('memento_lens.runtime.replay' in sys.modules, 'memento_lens.runtime.runs' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parents[1] / "runtime" / "replay.py").read_text()
+    assert "from .capture import" not in src.split("if TYPE_CHECKING:")[0]  # only a type-checking import
