@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import typer
 
+from .cli_options import BLOCK_NUMBERING
+
 app = typer.Typer(
     rich_markup_mode=None,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    help="memento-lens: observe, probe and plot erased-block KV traces.",
+    help="memento-lens: observe, probe and plot erased-block KV traces. " + BLOCK_NUMBERING,
 )
 
 
 @app.callback()
 def _root() -> None:
-    """memento-lens: observe, probe and plot erased-block KV traces."""
+    pass
 
 
 def _register() -> None:

@@ -30,7 +30,7 @@ def _masking(keep_last_n: int, mask_delimiters: Optional[bool]):
     from memento_lens.runtime.config import BlockMaskingConfig
     from memento_lens.runtime.validate import check_int
 
-    check_int(keep_last_n, "--keep-last-n", min=-1)
+    check_int(keep_last_n, "--keep", min=-1)
     return BlockMaskingConfig(
         mask_delimiters=bool(mask_delimiters), keep_last_n_blocks=keep_last_n, require_assistant_section=False
     )
@@ -73,14 +73,16 @@ def _print_report(report, stream=sys.stderr) -> None:
 
 
 def ingest_cmd(
-    files: List[Path] = typer.Argument(..., help="Trace files: OpenMementos .parquet, Memento .json, vLLM .jsonl."),
+    files: List[Path] = typer.Argument(
+        ..., help="Trace files: OpenMementos .parquet, Memento .json, vLLM .jsonl. " + opt.BLOCK_NUMBERING
+    ),
     out: Path = opt.out(..., "Run directory to create."),
     tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
     fmt: Optional[str] = typer.Option(
         None, "--format", help="openmementos | memento-json | vllm-jsonl (default: from the file name)."
     ),
     model: str = typer.Option("qwen3-8b", "--model", help=MODEL_HELP),
-    keep_last_n: int = typer.Option(0, "--keep-last-n", help=_KEEP_HELP),
+    keep_last_n: int = typer.Option(0, "--keep", help=_KEEP_HELP),
     mask_delimiters: Optional[bool] = opt.mask_delimiters(_MASK_DEFAULT),
     strict: bool = opt.strict(),
     allow_unk: bool = opt.allow_unk(),
@@ -121,7 +123,7 @@ def kv_cmd(
     tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP + " (trace files only)"),
     fmt: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
     model: str = typer.Option("qwen3-8b", "--model", help=MODEL_HELP),
-    keep_last_n: int = typer.Option(0, "--keep-last-n", help=_KEEP_HELP),
+    keep_last_n: int = typer.Option(0, "--keep", help=_KEEP_HELP),
     mask_delimiters: Optional[bool] = opt.mask_delimiters(_MASK_DEFAULT),
     restart: bool = opt.flag("--restart", "Also account restart mode."),
     per_trace: bool = opt.flag("--per-trace", "Print one row per trace and mode."),

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import typer
 
+from . import cli_options as opt
 from .demo import DEFAULT_OUT  # stdlib-only at import: --help stays instant
 from .errors import user_errors
 
@@ -58,12 +59,14 @@ def print_summary(summary: dict[str, Any], out: Path, console: Any) -> None:
 
 
 def demo_cmd(
-    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Run directory to write (an earlier demo run is replaced)."),
+    out: Path = typer.Option(
+        DEFAULT_OUT, "--out", "-o", help="Run directory to write (an earlier demo run is replaced)."
+    ),
     no_app: bool = typer.Option(False, "--no-app", help="Stop before starting the app (CI)."),
     model: str = typer.Option("toy", "--model", help="toy or toy@<checkpoint> (the demo's task is the toy's)."),
     traces: int = typer.Option(256, "--traces", help="Mementified traces to generate."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device"),
+    seed: int = opt.seed(),
+    device: str = opt.device(),
     port: int = typer.Option(8501, "--port", help="App port (127.0.0.1)."),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest for the toy on 2 cores)."),
     overwrite: bool = typer.Option(

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from . import cli_options as opt
 from .errors import user_errors
 
 probe_app = typer.Typer(
@@ -71,9 +72,9 @@ def passcode_cmd(
     model: str = typer.Option("toy", "--model", help=MODEL_HELP),
     task: str = typer.Option("auto", "--task", help="toy (block digits are the passcode) | trace | auto."),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Memento JSON trace for real models."),
-    device: str = typer.Option("cpu", "--device"),
-    dtype: str = typer.Option("float32", "--dtype"),
-    seed: int = typer.Option(0, "--seed"),
+    device: str = opt.device(),
+    dtype: str = opt.dtype("float32"),
+    seed: int = opt.seed(),
     samples: Optional[int] = typer.Option(None, "--samples", help="Sequences (default 50000; --quick 2000)."),
     layers: Optional[str] = typer.Option(
         None, "--layers", help="Comma-separated layer indices (negative from the end); default all."
@@ -85,7 +86,7 @@ def passcode_cmd(
     ),
     target_block: int = typer.Option(1, "--target-block", help="0-based block holding the passcode (1 = paper's T2)."),
     positions: str = typer.Option("span", "--positions", help="span (summary_start..summary_end) | digits (toy)."),
-    probes: str = typer.Option("mlp,linear", "--probes"),
+    probes: str = typer.Option("mlp,linear", "--probes", help="Probe kinds to fit, comma-separated: mlp, linear."),
     control: bool = typer.Option(True, "--control/--no-control", help="Fit the control task (selectivity)."),
     checkpoints: Optional[str] = typer.Option(
         None,
@@ -103,8 +104,8 @@ def passcode_cmd(
     max_epochs: Optional[int] = typer.Option(
         None, "--max-epochs", help="Epoch cap (default 200; --quick 40); rows record hit_cap."
     ),
-    out: Path = typer.Option(Path("runs/passcode"), "--out"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    out: Path = opt.out(Path("runs/passcode")),
+    overwrite: bool = opt.overwrite(),
     quick: bool = typer.Option(
         False, "--quick", help="Demo preset: 2000 samples, layers 0,-1 (+ both), distances 1,2, 2 seeds, 40-epoch cap."
     ),
@@ -225,16 +226,16 @@ def _print_table(df, footer: str) -> None:
 def restart_cmd(
     model: str = typer.Option("toy", "--model", help=MODEL_HELP),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Memento JSON trace (real models)."),
-    device: str = typer.Option("cpu", "--device"),
-    dtype: str = typer.Option("float32", "--dtype"),
-    seed: int = typer.Option(0, "--seed"),
+    device: str = opt.device(),
+    dtype: str = opt.dtype("float32"),
+    seed: int = opt.seed(),
     samples: Optional[int] = typer.Option(None, "--samples", help="Toy sequences (default 2000; --quick 256)."),
     generated: bool = typer.Option(True, "--generated/--no-generated", help="Toy: also greedy-generate the mementos."),
-    threads: int = typer.Option(1, "--threads"),
-    out: Path = typer.Option(Path("runs/restart"), "--out"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    quick: bool = typer.Option(False, "--quick"),
-    as_json: bool = typer.Option(False, "--json"),
+    threads: int = opt.threads(1),
+    out: Path = opt.out(Path("runs/restart")),
+    overwrite: bool = opt.overwrite(),
+    quick: bool = opt.flag("--quick", "Small preset for a fast look (fewer sequences)."),
+    as_json: bool = opt.as_json(),
 ) -> None:
     """Restart ablation: normal memento KV vs restart (recomputed without the block), same weights and sequences."""
     with user_errors():
@@ -269,18 +270,22 @@ def restart_cmd(
 def patch_cmd(
     model: str = typer.Option("toy", "--model", help=MODEL_HELP),
     trace: Optional[Path] = typer.Option(None, "--trace", help="Memento JSON trace (real models)."),
-    device: str = typer.Option("cpu", "--device"),
-    dtype: str = typer.Option("float32", "--dtype"),
-    seed: int = typer.Option(0, "--seed"),
+    device: str = opt.device(),
+    dtype: str = opt.dtype("float32"),
+    seed: int = opt.seed(),
     samples: Optional[int] = typer.Option(None, "--samples", help="Toy sequences (default 1000; --quick 128)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated layers; default all."),
     heads: Optional[str] = typer.Option(None, "--heads", help="Also patch these KV heads one at a time."),
-    directions: str = typer.Option("restart->normal,normal->restart", "--directions"),
-    threads: int = typer.Option(1, "--threads"),
-    out: Path = typer.Option(Path("runs/patch"), "--out"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    quick: bool = typer.Option(False, "--quick"),
-    as_json: bool = typer.Option(False, "--json"),
+    directions: str = typer.Option(
+        "restart->normal,normal->restart",
+        "--directions",
+        help="Patch directions, comma-separated: restart->normal, normal->restart.",
+    ),
+    threads: int = opt.threads(1),
+    out: Path = opt.out(Path("runs/patch")),
+    overwrite: bool = opt.overwrite(),
+    quick: bool = opt.flag("--quick", "Small preset for a fast look (fewer sequences)."),
+    as_json: bool = opt.as_json(),
 ) -> None:
     """Causal KV patching: swap earlier mementos' K/V between normal and restart runs at one layer (or head)."""
     with user_errors():

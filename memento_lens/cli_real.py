@@ -15,7 +15,7 @@ def mementify_cmd(
     model: str = typer.Option(
         "smollm2-135m", "--model", help="A real preset (smollm2-135m) or a local HF checkpoint directory."
     ),
-    out: Path = typer.Option(..., "--out", help="Checkpoint directory to write (then: --model DIR anywhere)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint directory to write (then: --model DIR anywhere)."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (weights as saved)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the N(0, 0.01) noise on the new embeddings."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier mementified checkpoint at --out."),

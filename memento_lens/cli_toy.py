@@ -83,8 +83,8 @@ def train_cmd(
 
 @toy_app.command("eval")
 def eval_cmd(
-    model: str = typer.Option("toy", "--model", "-m", help="toy, toy@<checkpoint>, or a training run directory."),
-    n: int = typer.Option(1000, "-n", help="Held-out sequences."),
+    model: str = typer.Option("toy", "--model", help="toy, toy@<checkpoint>, or a training run directory."),
+    n: int = typer.Option(1000, "--n", "-n", help="Held-out sequences."),
     seed: Optional[int] = typer.Option(None, help="Seed of the held-out sequences (default: the eval seed)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = typer.Option("cpu", help="torch device."),

@@ -45,7 +45,7 @@ def test_ingest_then_figures(tmp_path):
     assert res.exit_code == 0 and "already holds the complete run" in res.output
     assert (run / "manifest.json").read_bytes() == before
     # A different ingest into it is refused naming the first differing field, and nothing is lost.
-    res = runner.invoke(app, ["ingest", *EXAMPLES, "--out", str(run), "--keep-last-n", "1"])
+    res = runner.invoke(app, ["ingest", *EXAMPLES, "--out", str(run), "--keep", "1"])
     assert res.exit_code == 2 and "masking.keep_last_n_blocks" in res.output and "--overwrite" in res.output
     assert "--resume" not in res.output  # ingest has no such option
     assert (run / "figures" / "kv-sawtooth.csv").exists()

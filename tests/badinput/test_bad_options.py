@@ -165,7 +165,7 @@ def test_refused_write_mid_run_is_one_line_and_leaves_no_partial_file(cli, workd
 
 
 INGEST_CASES = [
-    (["--keep-last-n", "-5"], OptionError, "--keep-last-n"),
+    (["--keep", "-5"], OptionError, "--keep"),
     (["--format", "csv"], ConfigError, "--format", "csv"),
     (["--tokenizer", "approx:x"], ConfigError, "--tokenizer", "approx:x"),
     (["--model", "no-such-preset"], ConfigError, "no-such-preset"),
