@@ -40,6 +40,7 @@ from memento_lens.runtime.config import (
 )
 from memento_lens.runtime.errors import InputFileError
 from memento_lens.runtime.trace import Trace
+from memento_lens.runtime.validate import MAX_UNK_SHARE, check_unk_share
 
 from .kv import KVSpec, account_trace, default_configs, fast_schedule, occupancy_table, resolve_spec
 from .tokenization import TextTokenizer, chatml_prompt, load_tokenizer
@@ -59,9 +60,6 @@ _DELIMS = re.compile("(" + "|".join(re.escape(t) for t in (BLOCK_START, BLOCK_EN
 _CHECK = BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0, require_assistant_section=False)
 # Structural tokens that must not appear literally inside a segment's text (they would open/close spans).
 _STRUCTURAL = (BLOCK_START, BLOCK_END, SUMMARY_START, SUMMARY_END, THINK_START, THINK_END)
-# Share of a trace's tokens that may become <unk> before ingestion calls the tokenizer wrong for the text
-# (real text through the toy's word-level tokenizer is ~99% <unk>); ``max_unk_share=1`` allows any.
-MAX_UNK_SHARE = 0.02
 
 
 class IngestError(InputFileError, ConfigError):
@@ -474,17 +472,8 @@ def _to_trace(
 
 
 def _check_unk(ids: np.ndarray, tok: TextTokenizer, trace: str, source: str, max_share: float) -> None:
-    """More than ``max_share`` of <unk> means the tokenizer does not fit the text: an error, not a trace."""
-    unk = getattr(getattr(tok, "tokenizer", None), "unk_token_id", None)
-    if unk is None or max_share >= 1 or len(ids) == 0:
-        return
-    n_unk = int((ids == unk).sum())
-    if n_unk > max_share * len(ids):
-        raise IngestError(
-            f"{source}: trace {trace}: {n_unk} of {len(ids)} tokens became <unk> under tokenizer {tok.name} "
-            f"(more than {max_share:.0%}): it does not cover this text; use the model's own tokenizer, or pass "
-            "--allow-unk to ingest anyway"
-        )
+    """More than ``max_share`` of <unk> means the tokenizer does not fit the text: an error, not a skipped row."""
+    check_unk_share(ids, getattr(tok, "tokenizer", None), f"{source}: trace {trace}", tok.name, max_share)
 
 
 def count_rows(path: Path, fmt: str) -> int | None:

@@ -204,6 +204,7 @@ def generate_cmd(
     min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below min_p x the top probability (0: off)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Generated tokens per trace at most (>= 1)."),
     batch_size: int = opt.batch_size(16, "prompts"),
+    allow_unk: bool = opt.allow_unk(),
     capture: bool = opt.flag("--capture/--no-capture", _CAPTURE_HELP, default=True),
     layers: Optional[str] = opt.layers(),
     evicted_block: bool = opt.flag("--evicted-block", "Also store each evicted block's K/V (restart variant)."),
@@ -249,6 +250,14 @@ def generate_cmd(
                 raise OptionError("give at least one --prompt (the model's tokenizer has no BOS to start from)")
             texts = [[bos]]
         ids = [p for p in encode_prompts(lm.tokenizer, texts) for _ in range(n)]
+        if not allow_unk:  # real text through a word-level toy tokenizer is almost all <unk>
+            from memento_lens.runtime.validate import MAX_UNK_SHARE, check_unk_share
+
+            for i, (text, p) in enumerate(zip(texts, ids[::n])):
+                if isinstance(text, str):
+                    check_unk_share(
+                        p, lm.tokenizer, f"--prompt {i} ({text[:30]!r})", f"of model {lm.name!r}", MAX_UNK_SHARE
+                    )
         store = generate_to_run(
             lm.model,
             ids,

@@ -16,6 +16,9 @@ from typing import Any, Iterable, Sequence
 from .errors import InputFileError, ModelError, OptionError, OutputError
 
 MAX_PORT = 65535
+# Share of a text's tokens that may become <unk> before the tokenizer is called wrong for it (real text through
+# the toy's word-level tokenizer is ~99% <unk>); commands take --allow-unk to accept any share.
+MAX_UNK_SHARE = 0.02
 
 
 def check_int(value: Any, name: str, *, min: int | None = None, max: int | None = None) -> int:
@@ -203,6 +206,21 @@ def check_token_ids(values: Any, where: str, vocab_size: int | None = None) -> l
     return [check_token_id(v, f"{where}[{i}]", vocab_size) for i, v in enumerate(values)]
 
 
+def check_unk_share(ids: Sequence[int], tokenizer: Any, where: str, tokenizer_name: str, max_share: float) -> None:
+    """More than ``max_share`` of ``ids`` being the tokenizer's <unk> is an error naming the tokenizer and ``where``."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or max_share >= 1 or len(ids) == 0:
+        return
+    import numpy as np
+
+    n_unk = int(np.count_nonzero(np.asarray(ids, dtype=np.int64) == unk))
+    if n_unk > max_share * len(ids):
+        raise InputFileError(
+            f"{where}: {n_unk} of {len(ids)} tokens became <unk> under tokenizer {tokenizer_name} (more than "
+            f"{max_share:.0%}): it does not cover this text; use the model's own tokenizer, or pass --allow-unk"
+        )
+
+
 def check_vocab(traces: Sequence[Any], model: Any, what: str = "trace") -> None:
     """Every token id of every trace inside the model's vocabulary (replaying an approx-tokenized run, or a
     run of another model, otherwise fails deep inside the embedding)."""
@@ -235,6 +253,8 @@ __all__ = [
     "check_token_id",
     "check_token_ids",
     "check_vocab",
+    "check_unk_share",
+    "MAX_UNK_SHARE",
     "model_shape",
     "check_run_request",
 ]

@@ -6,7 +6,7 @@ import errno
 import os
 
 import pytest
-from memento_lens.runtime.errors import ConfigError, ModelError, OptionError, OutputError
+from memento_lens.runtime.errors import ConfigError, InputFileError, ModelError, OptionError, OutputError
 
 from .badinput_harness import GOOD_IDS, cases, run_case, write_jsonl
 
@@ -247,3 +247,8 @@ ABLATE_CASES = [
 @pytest.mark.parametrize("args,cls,culprits", cases(ABLATE_CASES))
 def test_ablate_rejects_before_writing(cli, workdir, args, cls, culprits):
     run_case(cli, workdir, [*args, "--threads", "1", "--out", workdir / "ab"], cls, *culprits)
+
+
+def test_generate_prompt_the_tokenizer_cannot_read(cli, workdir):
+    args = ["generate", "--model", "toy", "-p", "What is the derivative of x squared?", "--threads", "1"]
+    run_case(cli, workdir, args, InputFileError, "--prompt 0", "<unk>", "'toy'", "--allow-unk")
