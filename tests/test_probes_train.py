@@ -129,3 +129,21 @@ def test_equal_features_and_seed_give_equal_fits_whatever_else_is_in_the_batch()
     alone = fit_batched(MLPProbe(), [x], [lab], [FitTask(0, 0, 7)], *args)
     batched = fit_batched(MLPProbe(), [other, x], [lab], [FitTask(0, 0, 1), FitTask(1, 0, 7)], *args)
     np.testing.assert_array_equal(alone.correct[0], batched.correct[1])
+
+
+def test_lbfgs_linear_probe_recovers_a_planted_signal_and_ignores_seeds():
+    pytest.importorskip("sklearn")
+    from memento_lens.probes.train import FitTask, fit_logistic
+
+    rng = np.random.default_rng(5)
+    lab = _labels(1500, seed=5)
+    x = torch.tensor(
+        np.eye(10)[lab].reshape(len(lab), 50) @ rng.normal(size=(50, 40)) + 0.5 * rng.normal(size=(1500, 40))
+    )
+    noise = torch.randn(len(lab), 40)
+    idx = np.arange(len(lab))
+    tasks = [FitTask(0, 0, 0), FitTask(0, 0, 1), FitTask(1, 0, 0)]
+    res = fit_logistic([x, noise], [lab], tasks, idx[:1200], idx[1200:], TrainConfig())
+    assert res.correct[0].mean() > 0.9 and 0.05 < res.correct[2].mean() < 0.15
+    np.testing.assert_array_equal(res.correct[0], res.correct[1])  # convex: the seed changes nothing
+    assert not res.hit_cap[0]
