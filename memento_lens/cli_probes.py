@@ -100,6 +100,9 @@ def passcode_cmd(
         True, "--cache-features/--no-cache-features", help="Save features (safetensors) in the run directory."
     ),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a loaded 2-core box)."),
+    batch_size: int = typer.Option(
+        256, "--batch-size", min=1, help="Sequences per feature-extraction forward (lower it for real models)."
+    ),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Probe seeds per fit (default 3; --quick 2)."),
     max_epochs: Optional[int] = typer.Option(
         None, "--max-epochs", help="Epoch cap (default 200; --quick 40); rows record hit_cap."
@@ -160,6 +163,7 @@ def passcode_cmd(
             seed=seed,
             device=device,
             dtype=dtype,
+            batch_size=batch_size,
             **base,
         )
         specs = resolve_checkpoints(model, checkpoints)
