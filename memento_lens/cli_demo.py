@@ -60,7 +60,11 @@ def print_summary(summary: dict[str, Any], out: Path, console: Any) -> None:
 
 def demo_cmd(
     out: Path = typer.Option(
-        DEFAULT_OUT, "--out", "-o", help="Run directory to write (an earlier demo run is replaced)."
+        DEFAULT_OUT,
+        "--out",
+        "-o",
+        help="Run directory to write (this same demo's complete run is reused; an earlier different demo run is "
+        "replaced).",
     ),
     no_app: bool = typer.Option(False, "--no-app", help="Stop before starting the app (CI)."),
     model: str = typer.Option("toy", "--model", help="toy or toy@<checkpoint> (the demo's task is the toy's)."),
@@ -87,6 +91,8 @@ def demo_cmd(
         t0 = time.perf_counter()
         config = DemoConfig(model=model, traces=traces, seed=seed, device=device, threads=threads, png=not no_png)
         result = run_demo(out, config, overwrite=overwrite, step=lambda name: _status(console, name))
+        for note in result.run.notes():  # e.g. this same demo's complete run was found: its stored summary
+            console.print(note)
         summary = result.summary.to_dict()
         if as_json:
             print(json.dumps(summary))

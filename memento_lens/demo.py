@@ -4,12 +4,15 @@ Steps: generate mementified traces with KV capture (normal + restart memento K/V
 of the memento queries); quick passcode probe sweep; restart ablation and causal KV patching; the paper
 figures; headline numbers read back from the tables just written. :func:`run_demo` returns the run and a
 :class:`DemoSummary` (also written to ``demo_summary.json``); ``memento-lens demo`` only prints them.
+
+The run directory follows the store's rules (:mod:`memento_lens.runtime.rundir.store`): the run stays
+``incomplete`` until the summary is written, so an interrupted demo never looks finished, and a replaced run is
+written beside the old one and swapped in only then. The same demo on its own complete run reuses it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,12 +75,25 @@ class DemoSummary:
 
 @dataclass
 class DemoResult:
-    """What :func:`run_demo` produced: the run directory (a :class:`~memento_lens.runtime.store.RunStore`),
-    the summary, and the figure report."""
+    """What :func:`run_demo` produced.
+
+    Attributes:
+        run: the run directory (a :class:`~memento_lens.runtime.store.RunStore`).
+        summary: the headline numbers (``demo_summary.json``).
+        figures: the :class:`~memento_lens.analyses.figures.FigureReport`; None when ``reused`` (the summary's
+            ``figures`` names what was rendered).
+        reused: ``run`` already held this same demo's complete run; its summary was read, nothing recomputed.
+    """
 
     run: Any
     summary: DemoSummary
-    figures: Any
+    figures: Any = None
+    reused: bool = False
+
+    @classmethod
+    def read(cls, run: Any) -> "DemoResult":
+        """The results a complete demo run holds."""
+        return cls(run, DemoSummary(**run.read_json(SUMMARY_FILE)), reused=True)
 
 
 StepFn = Callable[[str], ContextManager[Any]]
@@ -87,21 +103,9 @@ def _null_step(name: str) -> ContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def claim_out(out: Path, overwrite: bool) -> None:
-    """The demo may replace an earlier demo run, never anything else (unless ``overwrite``)."""
-    from memento_lens.runtime.store import MANIFEST, RunError
-
-    if not out.exists() or not any(out.iterdir()) or overwrite:
-        return
-    manifest = out / MANIFEST
-    try:
-        is_demo = bool(json.loads(manifest.read_text()).get("config", {}).get("demo"))
-    except (OSError, ValueError):
-        is_demo = False
-    if not is_demo:
-        raise RunError(
-            f"{out}: holds something other than a memento-lens demo run; choose another --out or pass --overwrite"
-        )
+def is_demo_run(manifest: Any) -> bool:
+    """Whether a run's manifest is a demo run's (the demo replaces those without ``overwrite``)."""
+    return manifest.kind == "generate" and manifest.config.get("demo") is True
 
 
 def run_demo(
@@ -114,9 +118,11 @@ def run_demo(
     """Run the demo pipeline into ``out``.
 
     Args:
-        out: the run directory; an earlier demo run there is replaced, anything else refused unless
-            ``overwrite``.
+        out: the run directory. This same demo's complete run there is reused (``DemoResult.reused``; nothing
+            recomputed); an earlier different or unfinished demo run is replaced; another memento-lens run only
+            with ``overwrite``; anything else is refused naming the path (the store's rules).
         config: see :class:`DemoConfig`.
+        overwrite: replace whatever memento-lens run ``out`` holds, recomputing even this same demo's run.
         step: called with each step's name; the returned context manager wraps the step (the CLI shows a
             status line and the step's time). Timings are measured here either way.
     """
@@ -124,22 +130,16 @@ def run_demo(
 
     out = Path(out)
     step = step or _null_step
-    claim_out(out, overwrite)
     before = torch.get_num_threads()
     torch.set_num_threads(max(1, config.threads))
     try:
         torch.manual_seed(config.seed)
-        return _pipeline(out, config, step)
+        return _pipeline(out, config, step, overwrite)
     finally:
         torch.set_num_threads(before)
 
 
-def _pipeline(out: Path, config: DemoConfig, step: StepFn) -> DemoResult:
-    import pandas as pd
-
-    from memento_lens.analyses.figures import render_figures
-    from memento_lens.probes.ablation import ablation_inputs, patch_experiment, restart_experiment
-    from memento_lens.probes.passcode import QUICK, PasscodeConfig, run_passcode
+def _pipeline(out: Path, config: DemoConfig, step: StepFn, overwrite: bool) -> DemoResult:
     from memento_lens.runtime.capture import AttentionWeights, EvictedBlockKV, MementoKV
     from memento_lens.runtime.generate import SamplingConfig
     from memento_lens.runtime.model import load_model
@@ -166,7 +166,7 @@ def _pipeline(out: Path, config: DemoConfig, step: StepFn) -> DemoResult:
     queries = tuple(int(p) for b in range(4) for p in layout.memento_span(b))
     captures = [MementoKV(), EvictedBlockKV(), AttentionWeights(layers=tuple(range(n_layers)), queries=queries)]
     sampling = SamplingConfig(temperature=1.0, seed=cfg.seed, max_new_tokens=layout.length - 1)
-    run_config = {"demo": True, "traces": cfg.traces, "seed": cfg.seed, "model": cfg.model}
+    run_config = {"demo": True, **asdict(cfg)}  # everything that changes the results: the reuse key
 
     store = timed(
         f"generate {cfg.traces} mementified traces with KV capture",
@@ -182,9 +182,27 @@ def _pipeline(out: Path, config: DemoConfig, step: StepFn) -> DemoResult:
             run_config=run_config,
             captures=captures,
             batch_size=64,
-            overwrite=True,
+            overwrite=overwrite,
+            replace=is_demo_run,
+            complete=False,  # complete (and swapped in over an earlier run) only once the summary is written
         ),
     )
+    if store.reused:  # this same demo's complete run: its summary, nothing recomputed
+        return DemoResult.read(store)
+    with store:  # a failure in any later step removes an overwrite's new run; the old one is untouched
+        return _analyse(store, loaded, cfg, n_layers, timed, timings)
+
+
+def _analyse(
+    store: Any, loaded: Any, cfg: DemoConfig, n_layers: int, timed: Callable[..., Any], timings: dict[str, float]
+) -> DemoResult:
+    """The steps after generation, into ``store`` (still incomplete; during an overwrite, staged beside the old
+    run); marks it complete last."""
+    import pandas as pd
+
+    from memento_lens.analyses.figures import render_figures
+    from memento_lens.probes.ablation import ablation_inputs, patch_experiment, restart_experiment
+    from memento_lens.probes.passcode import QUICK, PasscodeConfig, run_passcode
 
     def probe() -> pd.DataFrame:
         pc = PasscodeConfig(
@@ -206,9 +224,10 @@ def _pipeline(out: Path, config: DemoConfig, step: StepFn) -> DemoResult:
     ablations = timed(f"restart ablation and KV patching ({cfg.ablation_samples} sequences)", ablate)
     store.write_table("ablations.parquet", ablations)
 
+    staged = Path(store.path)  # the new run's files live here until mark_complete swaps it in
     report = timed(
         "render the paper figures",
-        lambda: render_figures(["all"], runs=[store], out_dir=out / "figures", png=cfg.png),
+        lambda: render_figures(["all"], runs=[store], out_dir=staged / "figures", png=cfg.png),
     )
 
     summary = summarize(store, probe_rows, ablations, n_layers)
@@ -219,7 +238,11 @@ def _pipeline(out: Path, config: DemoConfig, step: StepFn) -> DemoResult:
     }
     summary.timings_s = {k: round(v, 2) for k, v in timings.items()}
     store.write_json(SUMMARY_FILE, summary.to_dict())
-    store.mark_complete(demo=True)
+    store.mark_complete(demo=True, n_traces=cfg.traces)
+    if Path(store.path) != staged:  # swapped in over an earlier run: name the figure files where they now are
+        report.out_dir = str(Path(store.path) / "figures")
+        for r in report.rendered:
+            r.files = [str(Path(store.path) / Path(f).relative_to(staged)) for f in r.files]
     return DemoResult(store, summary, report)
 
 
@@ -258,4 +281,4 @@ def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> Dem
     )
 
 
-__all__ = ["DEFAULT_OUT", "DemoConfig", "DemoResult", "DemoSummary", "claim_out", "run_demo", "summarize"]
+__all__ = ["DEFAULT_OUT", "DemoConfig", "DemoResult", "DemoSummary", "is_demo_run", "run_demo", "summarize"]

@@ -7,14 +7,14 @@ the replay/generator with the writer, so ``capture`` and ``replay`` do not impor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .capture import Capture
 from .config import BlockMaskingConfig, MementoTokenIds
 from .errors import InputFileError, OptionError
 from .progress import bar_for
 from .rundir.kv import CaptureSink
-from .rundir.store import RunStore
+from .rundir.store import Manifest, RunStore
 from .rundir.writer import RunWriter, trace_tables
 from .trace import Trace
 
@@ -110,12 +110,20 @@ def generate_to_run(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = False,
+    complete: bool = True,
+    replace: Callable[[Manifest], bool] | None = None,
 ) -> RunStore:
     """Generate from prompts in batches and write each batch as a part (resumable); with ``captures`` the
     generated traces are replayed (teacher forcing rebuilds the identical cache) to capture K/V.
 
     Batch ``j`` samples with seed ``sampling.seed + j``, so a resumed run regenerates nothing it kept and
     produces what an uninterrupted run would have.
+
+    Args:
+        complete: mark the run complete after generation. ``False``: the caller adds more files and calls
+            ``store.mark_complete`` itself (inside ``with store:``, so a failure removes an overwrite's new run);
+            until then the run is incomplete and an overwrite's new run stays staged beside the old one.
+        replace: passed to :meth:`RunStore.create` (the caller's own earlier runs it replaces without ``overwrite``).
     """
     import dataclasses
 
@@ -137,7 +145,7 @@ def generate_to_run(
         "prompts": [list(map(int, p)) for p in prompts],
         **(run_config or {}),
     }
-    store = RunStore.create(out, "generate", cfg, overwrite=overwrite, resume=resume)
+    store = RunStore.create(out, "generate", cfg, overwrite=overwrite, resume=resume, replace=replace)
     if store.complete:
         return store
     with store:  # on failure an overwrite's new run is removed; the old run was never touched
@@ -176,7 +184,10 @@ def generate_to_run(
                 replay(model, [r.trace for r in results], config, tokens, captures=captures, strict=False)
             writer.write_part(tables, sink if captures else None)
         bar.close()
-        writer.finish(n_traces=len(prompts))
+        if complete:
+            writer.finish(n_traces=len(prompts))
+        else:
+            writer.merge()
     return store
 
 

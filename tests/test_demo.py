@@ -1,15 +1,25 @@
 """The demo pipeline as a library function (memento_lens.demo): its summary's content, end to end on the
-shipped toy model at small sizes, and the headline numbers from hand-built tables."""
+shipped toy model at small sizes, the headline numbers from hand-built tables, and the run-directory rules
+(the store's): incomplete until the summary is written, an earlier run replaced only by a complete new one, the
+same demo reused, anything that is not a memento-lens run refused."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
+from memento_lens.runtime.store import RunStore
 
-from memento_lens.demo import SUMMARY_FILE, DemoConfig, run_demo, summarize
+from memento_lens.demo import SUMMARY_FILE, DemoConfig, DemoSummary, run_demo, summarize
 
 
 class _Tables:
@@ -67,25 +77,53 @@ def test_summarize_reads_the_headline_numbers_from_the_tables():
     assert s.kv_bytes_per_token == 96.0 and s.n_traces == 2
 
 
-@pytest.mark.e2e
-@pytest.mark.slow  # ~45 s on 2 cores: the quick passcode sweep dominates
-def test_demo_pipeline_summary_names_what_it_wrote(tmp_path):
-    from memento_lens.runtime.model import kv_bytes_per_token, load_model
-    from memento_lens.runtime.store import RunStore
-    from memento_lens.runtime.toy.task import ToyLayout
+SMALL = DemoConfig(traces=4, probe_samples=200, ablation_samples=4, png=False)
 
-    out = tmp_path / "demo"
-    steps: list[str] = []
 
+def _record_steps(steps: list[str]):
     def step(name):
         steps.append(name)
-        import contextlib
-
         return contextlib.nullcontext()
 
-    cfg = DemoConfig(traces=4, probe_samples=200, ablation_samples=4, png=False)
-    res = run_demo(out, cfg, step=step)
+    return step
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One complete small demo run (~40 s on 2 cores: the quick passcode sweep dominates); tests copy it."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    steps: list[str] = []
+    res = run_demo(out, SMALL, step=_record_steps(steps))
+    return out, res, steps
+
+
+def _copy(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
+def _fake_probes(monkeypatch, run: Path) -> None:
+    """The passcode sweep returns the fixture run's rows (the sweep itself is tested in test_passcode*)."""
+    from memento_lens.probes import passcode
+
+    rows = RunStore.open(run).read_table("probe_results.parquet")
+    monkeypatch.setattr(passcode, "run_passcode", lambda *a, **k: SimpleNamespace(rows=rows))
+
+
+def _hidden(parent: Path) -> list[str]:
+    """Staged or replaced runs left beside a target (``.<name>.overwrite-*`` / ``.<name>.replaced-*``)."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_demo_pipeline_summary_names_what_it_wrote(demo_run):
+    from memento_lens.runtime.model import kv_bytes_per_token, load_model
+    from memento_lens.runtime.toy.task import ToyLayout
+
+    out, res, steps = demo_run
     s = res.summary
+    assert not res.reused
 
     # the figures it rendered, by name, each with its files on disk (the old summary said "written": [])
     assert s.figures["written"] == sorted(r.name for r in res.figures.rendered)
@@ -105,10 +143,167 @@ def test_demo_pipeline_summary_names_what_it_wrote(tmp_path):
     assert s.kv_bytes_per_token == kv_bytes_per_token(load_model("toy").model)
     assert list(s.timings_s) == steps and all(v >= 0 for v in s.timings_s.values())
 
-    # the run is complete and its summary file is the returned summary
+    # the run is complete, records every demo setting, and its summary file is the returned summary
     run = RunStore.open(out, require_complete=True)
     assert json.loads((out / SUMMARY_FILE).read_text()) == json.loads(json.dumps(s.to_dict()))
     assert run.manifest.config["demo"] is True
+    assert {k: run.manifest.config[k] for k in asdict(SMALL)} == asdict(SMALL)
+    assert {f"figures/{n}.csv" for n in s.figures["written"]} <= set(run.manifest.files)
     ab = run.read_table("ablations.parquet")
     assert set(ab["experiment"]) == {"restart", "patch"}
     assert np.isfinite(ab["value"]).all()
+
+
+def _no_recompute(monkeypatch) -> None:
+    from memento_lens.analyses import figures
+    from memento_lens.probes import ablation, passcode
+    from memento_lens.runtime import generate
+
+    for mod, name in [
+        (generate, "generate"),
+        (passcode, "run_passcode"),
+        (ablation, "ablation_inputs"),
+        (figures, "render_figures"),
+    ]:
+        monkeypatch.setattr(mod, name, lambda *a, _n=name, **k: pytest.fail(f"recomputed: {_n}"))
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_same_demo_on_its_complete_run_reuses_it(demo_run, monkeypatch):
+    out, first, _ = demo_run
+    before = (out / "manifest.json").read_bytes()
+    _no_recompute(monkeypatch)
+    again = run_demo(out, SMALL)
+    assert again.reused and again.figures is None
+    assert again.summary == DemoSummary(**json.loads(json.dumps(first.summary.to_dict())))
+    assert (out / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_demo_command_twice_second_prints_the_stored_summary(demo_run, monkeypatch):
+    """`memento-lens demo` on its own complete run: says so, prints the stored summary, exits 0, recomputes nothing."""
+    from typer.testing import CliRunner
+
+    from memento_lens import demo
+    from memento_lens.cli import app
+
+    out, first, _ = demo_run
+    # the CLI has no options for the probe/ablation sizes: give it the fixture's
+    monkeypatch.setattr(demo, "DemoConfig", functools.partial(DemoConfig, probe_samples=200, ablation_samples=4))
+    _no_recompute(monkeypatch)
+    res = CliRunner().invoke(app, ["demo", "--no-app", "--out", str(out), "--traces", "4", "--no-png", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "already holds the complete run" in res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == json.loads(json.dumps(first.summary.to_dict()))
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("fail_at", ["passcode", "summary"])
+def test_failed_demo_replacing_a_demo_run_leaves_the_old_run(demo_run, tmp_path, monkeypatch, fail_at):
+    """A different demo config replaces the earlier demo run only once its summary is written: a failure in a
+    later step (after generation: the probes, or after figures: the summary) leaves the old run complete and
+    untouched, and nothing staged beside it. While the steps run, the target still holds the old run."""
+    from memento_lens.probes import passcode
+
+    from memento_lens import demo
+
+    out = _copy(demo_run[0], tmp_path / "demo")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    seen: list[str] = []
+
+    def old_run_still_there(*a, **k):
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+        staged = [tmp_path / n for n in _hidden(tmp_path)]
+        assert len(staged) == 1 and (staged[0] / "occupancy.parquet").exists()  # the new run, beside the old
+        seen.append(fail_at)
+        raise RuntimeError(f"injected failure at {fail_at}")
+
+    if fail_at == "passcode":
+        monkeypatch.setattr(passcode, "run_passcode", old_run_still_there)
+    else:
+        _fake_probes(monkeypatch, out)
+        monkeypatch.setattr(demo, "summarize", old_run_still_there)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_demo(out, dataclasses.replace(SMALL, traces=5))
+    assert seen == [fail_at]
+    run = RunStore.open(out, require_complete=True)  # every checksum verified
+    assert run.manifest.config["traces"] == 4
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert _hidden(tmp_path) == []
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_interrupted_demo_is_not_a_complete_run_and_the_next_demo_replaces_it(demo_run, tmp_path, monkeypatch):
+    from memento_lens.runtime.store import RunError
+
+    from memento_lens import demo
+
+    out = tmp_path / "demo"
+    _fake_probes(monkeypatch, demo_run[0])
+    real_summarize = demo.summarize
+
+    def fail(*a, **k):
+        raise RuntimeError("injected failure before the summary")
+
+    monkeypatch.setattr(demo, "summarize", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_demo(out, SMALL)
+    with pytest.raises(RunError, match="incomplete"):
+        RunStore.open(out, require_complete=True)
+    assert RunStore.open(out).has("ablations.parquet") and not (out / SUMMARY_FILE).exists()
+
+    # the demo has no --resume: its own unfinished run is replaced (staged beside it, swapped in when complete)
+    monkeypatch.setattr(demo, "summarize", real_summarize)
+    res = run_demo(out, SMALL)
+    assert not res.reused
+    run = RunStore.open(out, require_complete=True)
+    assert run.read_json(SUMMARY_FILE) == json.loads(json.dumps(res.summary.to_dict()))
+    for r in res.figures.rendered:  # the report names the files where they are after the swap
+        assert all(Path(f).parent == out / "figures" and Path(f).is_file() for f in r.files)
+    assert _hidden(tmp_path) == []
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_different_demo_config_replaces_the_earlier_demo_run(demo_run, tmp_path, monkeypatch):
+    out = _copy(demo_run[0], tmp_path / "demo")
+    _fake_probes(monkeypatch, out)
+    res = run_demo(out, dataclasses.replace(SMALL, traces=5))
+    run = RunStore.open(out, require_complete=True)
+    assert run.manifest.config["traces"] == 5 and res.summary.n_traces == 5
+    assert {f"figures/{n}.csv" for n in res.summary.figures["written"]} <= set(run.manifest.files)
+    assert _hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_demo_refuses_a_directory_that_is_not_a_run(tmp_path, overwrite):
+    from memento_lens.runtime.store import RunError
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(RunError) as exc:
+        run_demo(out, SMALL, overwrite=overwrite)
+    assert str(out) in str(exc.value) and "not a memento-lens run" in str(exc.value)
+    assert "--overwrite" not in str(exc.value)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
+    assert _hidden(tmp_path) == []
+
+
+def test_demo_refuses_another_memento_lens_run_without_overwrite(tmp_path):
+    from memento_lens.runtime.store import RunError
+
+    out = tmp_path / "run"
+    other = RunStore.create(out, "replay", {"seed": 3})
+    other.write_table("notes.parquet", pd.DataFrame({"x": [1, 2]}))
+    other.mark_complete()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(RunError) as exc:
+        run_demo(out, SMALL)
+    msg = str(exc.value)
+    assert str(out) in msg and "first difference: kind" in msg and "--overwrite" in msg and "--resume" not in msg
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -282,6 +282,39 @@ def test_different_config_is_refused_naming_the_first_differing_field(tmp_path):
     assert_old_run_intact(run)
 
 
+def test_replace_predicate_replaces_the_callers_own_runs_by_the_overwrite_rules(tmp_path, monkeypatch):
+    """``replace`` (the demo replacing an earlier demo): this same complete run is reused; a different or
+    unfinished run it accepts is staged beside it and swapped in only when complete; one it does not accept
+    is refused as without it; a directory that is not a run, or the current directory, is never replaced."""
+    run = old_run(tmp_path / "run")
+    ours = lambda m: m.kind == "replay"  # noqa: E731
+    assert RunStore.create(run, "replay", OLD, replace=ours).reused
+    with pytest.raises(RunDirError, match="first difference"):
+        RunStore.create(run, "replay", NEW, replace=lambda m: False)
+    new = RunStore.create(run, "replay", NEW, replace=ours)
+    assert new.path != run and new.path.parent == run.absolute().parent
+    new.write_table("notes.parquet", pd.DataFrame({"x": [9]}))
+    assert_old_run_intact(run)  # until it is complete
+    new.mark_complete()
+    assert RunStore.open(run, require_complete=True).manifest.config == NEW
+    assert siblings(run) == ["run"]
+
+    unfinished = RunStore.create(tmp_path / "u", "replay", OLD)
+    unfinished.write_table("notes.parquet", pd.DataFrame({"x": [1]}))
+    assert RunStore.create(tmp_path / "u", "replay", OLD, replace=ours).path != tmp_path / "u"  # staged
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    with pytest.raises(RunDirError, match="not a memento-lens run"):
+        RunStore.create(mine, "replay", OLD, replace=lambda m: True)
+    old_run(tmp_path / "cwd")
+    monkeypatch.chdir(tmp_path / "cwd")
+    with pytest.raises(RunDirError, match="current directory"):
+        RunStore.create(Path("."), "replay", NEW, replace=lambda m: True)
+    assert_old_run_intact(tmp_path / "cwd")
+
+
 def test_ablate_on_its_own_complete_run_prints_the_results_and_exits_0(tmp_path, monkeypatch):
     """`ablate restart` twice: the second finds its run, says so, prints the same table, recomputes nothing."""
     from memento_lens.probes import ablation

@@ -339,6 +339,7 @@ class RunStore:
         resume: bool = False,
         info: Mapping[str, Any] | None = None,
         can_resume: bool = True,
+        replace: Callable[["Manifest"], bool] | None = None,
     ) -> "RunStore":
         """Start, resume or reuse a run in ``path``.
 
@@ -350,6 +351,10 @@ class RunStore:
 
         Args:
             can_resume: whether the calling command has a resume option (only options it has are advised).
+            replace: the caller's own earlier runs it replaces without ``overwrite`` (the demo replaces an earlier
+                demo): a run for which ``replace(manifest)`` holds is replaced as with ``overwrite`` (the same
+                rules: staged beside it, swapped in when complete), unless it is this same command's complete
+                run, which is reused.
         """
         path = Path(path)
         config = json.loads(dumps(dict(config)))
@@ -372,6 +377,9 @@ class RunStore:
             diff = first_difference(existing.config, config)
             if existing.kind != kind:
                 diff = f"kind (existing run: {existing.kind!r}; this command: {kind!r})"
+            if replace is not None and (diff is not None or existing.status != STATUS_COMPLETE) and replace(existing):
+                _refuse_dangerous(path)
+                return cls._staged(path, kind, config, info)
             if diff is not None:
                 raise RunError(
                     f"{path}: holds a different {existing.kind!r} run; first difference: {diff}. "
