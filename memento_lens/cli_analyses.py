@@ -238,6 +238,9 @@ def figures_cmd(
             if len(runs) != 1:
                 raise ConfigError("--out is required unless exactly one --run is given")
             out = runs[0] / "figures"
+        from memento_lens.runtime.validate import check_output_dir
+
+        check_output_dir(out, "--out")
         rep = render_figures(
             names or ["all"],
             runs=runs,

@@ -88,6 +88,12 @@ def demo_cmd(
 
     console = Console(stderr=True)
     with user_errors():
+        from memento_lens.runtime.validate import check_int, check_output_dir, check_port
+
+        check_int(traces, "--traces", min=1)
+        check_port(port, "--port")
+        check_int(threads, "--threads", min=0)
+        check_output_dir(out, "--out")
         t0 = time.perf_counter()
         config = DemoConfig(model=model, traces=traces, seed=seed, device=device, threads=threads, png=not no_png)
         result = run_demo(out, config, overwrite=overwrite, step=lambda name: _status(console, name))

@@ -349,6 +349,18 @@ def _read_traces(path: Path):
     return traces, None
 
 
+def _check_queries(attention_queries: Optional[str], traces) -> None:
+    """--attention-queries must lie inside the longest trace (else nothing would be captured, silently)."""
+    from memento_lens.runtime.errors import OptionError
+    from memento_lens.runtime.validate import parse_int_list
+
+    queries = parse_int_list(attention_queries, "--attention-queries") or []
+    longest = max((len(t) for t in traces), default=0)
+    bad = [q for q in queries if q >= longest]
+    if bad:
+        raise OptionError(f"--attention-queries: position {bad[0]} is beyond the longest trace ({longest} tokens)")
+
+
 def _check_run_tokenizer(source: Path, tokenizer: object, model_name: str) -> None:
     """A run ingested with --tokenizer approx holds counting ids, not any model's vocabulary: say so plainly."""
     from memento_lens.runtime.errors import ModelError
@@ -424,6 +436,7 @@ def replay_cmd(
         _check_captures(lm.model, layers if capture else None, attention_layers if capture else None)
         if traces_path is not None:
             _check_run_tokenizer(traces_path, run_tokenizer, lm.name)
+        _check_queries(attention_queries if capture and attention_layers else None, traces)
         store = replay_to_run(
             lm.model,
             traces,

@@ -40,6 +40,7 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Train the toy model from scratch (defaults reproduce the shipped weights)."""
+    from memento_lens.runtime.errors import OptionError
     from memento_lens.runtime.toy.train import train
     from memento_lens.runtime.toy.variants import variant as named_variant
 
@@ -66,6 +67,15 @@ def train_cmd(
                 raise typer.BadParameter(f"--checkpoints: expected comma-separated integers, got {checkpoints!r}")
         if cfg.steps < 1:
             raise typer.BadParameter("--steps must be >= 1")
+        from memento_lens.runtime.validate import check_device, check_float, check_int
+
+        check_int(cfg.batch_size, "--batch-size", min=1)
+        if check_float(cfg.lr, "--lr") <= 0:
+            raise OptionError(f"--lr must be > 0, got {cfg.lr:g}")
+        check_float(cfg.stage1_fraction, "--stage1-fraction", min=0, max=1)
+        if cfg.threads is not None:
+            check_int(cfg.threads, "--threads", min=0)
+        check_device(device, "--device")
         command = (
             "memento-lens toy " + " ".join(shlex.quote(a) for a in sys.argv[sys.argv.index("train") :])
             if "train" in sys.argv
@@ -103,6 +113,9 @@ def eval_cmd(
     with user_errors():
         if n < 1:
             raise typer.BadParameter("-n must be >= 1")
+        from memento_lens.runtime.validate import check_device
+
+        check_device(device, "--device")
         m, _ = load_toy(model, device=device, dtype=torch.float32)
         modes = MODES + (CONTROL_MODES if foreign else ())
         if foreign and n < 2:

@@ -252,3 +252,33 @@ def test_ablate_rejects_before_writing(cli, workdir, args, cls, culprits):
 def test_generate_prompt_the_tokenizer_cannot_read(cli, workdir):
     args = ["generate", "--model", "toy", "-p", "What is the derivative of x squared?", "--threads", "1"]
     run_case(cli, workdir, args, InputFileError, "--prompt 0", "<unk>", "'toy'", "--allow-unk")
+
+
+MORE = [
+    (["toy", "train", "--steps", "1", "--batch-size", "0"], OptionError, "--batch-size"),
+    (["toy", "train", "--steps", "1", "--lr", "-1"], OptionError, "--lr"),
+    (["toy", "train", "--steps", "1", "--stage1-fraction", "2"], OptionError, "--stage1-fraction"),
+    (["toy", "train", "--steps", "1", "--device", "bogus"], OptionError, "--device"),
+    (["toy", "eval", "-n", "4", "--device", "bogus"], OptionError, "--device"),
+    (["demo", "--no-app", "--traces", "0"], OptionError, "--traces"),
+    (["demo", "--no-app", "--traces", "2", "--port", "99999"], OptionError, "--port"),
+    (["replay", "--toy", "2", "--attention-layers", "0", "--attention-queries", "999"], OptionError, "999"),
+]
+
+
+@pytest.mark.parametrize("extra,cls,culprits", cases(MORE))
+def test_more_commands_reject(cli, workdir, extra, cls, culprits):
+    run_case(
+        cli,
+        workdir,
+        [*extra, "--out", workdir / "o"] if extra[0] != "toy" or extra[1] == "train" else extra,
+        cls,
+        *culprits,
+    )
+
+
+@pytest.mark.parametrize("cmd", ["figures", "demo"])
+def test_out_existing_file_for_figures_and_demo(cli, workdir, good_run, cmd):
+    (workdir / "o").write_text("mine")
+    args = ["figures", "--run", good_run, "--no-png"] if cmd == "figures" else ["demo", "--no-app", "--traces", "2"]
+    run_case(cli, workdir, [*args, "--out", workdir / "o"], OutputError, "--out", "existing file")
