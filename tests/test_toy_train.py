@@ -86,3 +86,23 @@ def test_same_training_run_again_is_reused_not_retrained(run, monkeypatch):
     again = train(cfg, result.out, progress=False, command="test")
     assert again.reused and again.checkpoints == json.loads(json.dumps(result.checkpoints))
     assert (result.out / "manifest.json").read_bytes() == before
+
+
+def test_failed_overwrite_leaves_the_old_run_and_no_hidden_folder(run, tmp_path):
+    """`toy train --overwrite` failing midway: the old run is untouched and nothing staged is left beside it."""
+    import dataclasses
+    import shutil
+
+    cfg, result = run
+    out = tmp_path / "run"
+    shutil.copytree(result.out, out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def fail(entry):
+        raise RuntimeError(f"injected failure at {entry['name']}")
+
+    with pytest.raises(RuntimeError, match="injected failure at step-000003"):
+        train(dataclasses.replace(cfg, seed=1), out, overwrite=True, progress=False, on_checkpoint=fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no .run.overwrite-* folder
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert RunStore.open(out, require_complete=True).read_json("train_config.json")["seed"] == cfg.seed

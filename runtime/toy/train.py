@@ -162,6 +162,12 @@ def train(
             n_parameters=int(log["n_parameters"]),
             reused=True,
         )
+    with store:  # a failure removes an overwrite's new run (no hidden .<name>.overwrite-* left); the old is untouched
+        return _train_into(store, cfg, out, progress, command, device, on_checkpoint)
+
+
+def _train_into(store: RunStore, cfg: TrainConfig, out, progress, command, device, on_checkpoint) -> TrainResult:
+    """The training itself, into ``store`` (marked complete last; an overwrite's new run is swapped in then)."""
     store.write_json("train_config.json", cfg.to_dict())
     layout = cfg.layout
     model = build_model(cfg.model, seed=cfg.seed, device=device, layout=layout)
