@@ -48,7 +48,7 @@ def train_cmd(
         try:
             cfg = named_variant(variant)
         except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--variant") from None
+            raise OptionError(f"--variant: {exc}") from None
         overrides = {
             "steps": steps,
             "batch_size": batch_size,
@@ -64,9 +64,9 @@ def train_cmd(
             try:
                 cfg.checkpoints = tuple(int(s) for s in checkpoints.split(",") if s.strip())
             except ValueError:
-                raise typer.BadParameter(f"--checkpoints: expected comma-separated integers, got {checkpoints!r}")
+                raise OptionError(f"--checkpoints: expected comma-separated integers, got {checkpoints!r}") from None
         if cfg.steps < 1:
-            raise typer.BadParameter("--steps must be >= 1")
+            raise OptionError("--steps must be >= 1")
         from memento_lens.runtime.validate import check_device, check_float, check_int
 
         check_int(cfg.batch_size, "--batch-size", min=1)
@@ -107,19 +107,20 @@ def eval_cmd(
     """Teacher-forced task accuracy under vanilla, memento and restart attention (and the foreign control)."""
     import torch
 
+    from memento_lens.runtime.errors import OptionError
     from memento_lens.runtime.toy.evaluate import CONTROL_MODES, EVAL_SEED, MODES, evaluate_all
     from memento_lens.runtime.toy.shipped import load_toy
 
     with user_errors():
         if n < 1:
-            raise typer.BadParameter("-n must be >= 1")
+            raise OptionError("-n must be >= 1")
         from memento_lens.runtime.validate import check_device
 
         check_device(device, "--device")
         m, _ = load_toy(model, device=device, dtype=torch.float32)
         modes = MODES + (CONTROL_MODES if foreign else ())
         if foreign and n < 2:
-            raise typer.BadParameter("--foreign needs -n >= 2 (foreign blocks come from another sequence)")
+            raise OptionError("--foreign needs -n >= 2 (foreign blocks come from another sequence)")
         acc = evaluate_all(m, n, seed=EVAL_SEED if seed is None else seed, device=device, modes=modes)
         if as_json:
             print(json.dumps({**{k: v.to_dict() for k, v in acc.items()}, "n": n}))

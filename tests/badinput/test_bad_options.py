@@ -282,3 +282,17 @@ def test_out_existing_file_for_figures_and_demo(cli, workdir, good_run, cmd):
     (workdir / "o").write_text("mine")
     args = ["figures", "--run", good_run, "--no-png"] if cmd == "figures" else ["demo", "--no-app", "--traces", "2"]
     run_case(cli, workdir, [*args, "--out", workdir / "o"], OutputError, "--out", "existing file")
+
+
+TOY = [
+    (["toy", "train", "--steps", "0"], OptionError, "--steps"),
+    (["toy", "train", "--steps", "1", "--checkpoints", "a,b"], OptionError, "--checkpoints"),
+    (["toy", "train", "--variant", "no-such-recipe"], OptionError, "--variant"),
+    (["toy", "eval", "-n", "0"], OptionError, "-n"),
+    (["toy", "eval", "-n", "1", "--foreign"], OptionError, "--foreign"),
+]
+
+
+@pytest.mark.parametrize("extra,cls,culprits", cases(TOY))
+def test_toy_commands_reject_on_one_line(cli, workdir, extra, cls, culprits):
+    run_case(cli, workdir, [*extra, "--out", workdir / "o"] if extra[1] == "train" else extra, cls, *culprits)
