@@ -103,14 +103,14 @@ def passcode_cmd(
     batch_size: int = typer.Option(
         256, "--batch-size", min=1, help="Sequences per feature-extraction forward (lower it for real models)."
     ),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Probe seeds per fit (default 3; --quick 2)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Probe seeds per fit (default 3; --quick 1)."),
     max_epochs: Optional[int] = typer.Option(
-        None, "--max-epochs", help="Epoch cap (default 200; --quick 40); rows record hit_cap."
+        None, "--max-epochs", help="Epoch cap (default 200; --quick 30); rows record hit_cap."
     ),
     out: Path = opt.out(Path("runs/passcode")),
     overwrite: bool = opt.overwrite(),
     quick: bool = typer.Option(
-        False, "--quick", help="Demo preset: 2000 samples, layers 0,-1 (+ both), distances 1,2, 2 seeds, 40-epoch cap."
+        False, "--quick", help="Demo preset: 2000 samples, layers 0,-1, distances 1,2, 1 seed, 30-epoch cap."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result rows as a JSON list."),
 ) -> None:
