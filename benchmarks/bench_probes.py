@@ -57,7 +57,9 @@ def run(quick: bool = False) -> list[BenchRow]:
         nonlocal res
         res = run_passcode(cfg, from_objects(model, None, name="toy"), task=task)
 
+    cpu0 = time.process_time()
     t_quick = _time(quick_run)
+    cpu_quick = time.process_time() - cpu0
     mlp_curves = res.curves[res.curves.probe == "mlp"]
     epochs_seen = float(mlp_curves.groupby(["condition", "distance", "layer", "world", "seed"]).epoch.max().mean())
     rows.append(
@@ -69,7 +71,8 @@ def run(quick: bool = False) -> list[BenchRow]:
             t_quick < 60,
             f"{cfg.samples} samples, layers 0,-1, direct/masked +1,+2/control, normal + restart worlds + text "
             f"probe + control task, MLP+linear, {cfg.train.seeds} seed: {res.info['n_fits']} probes; features "
-            f"{res.info['feature_seconds']:.1f}s, probes {res.info['probe_seconds']:.1f}s; {which}",
+            f"{res.info['feature_seconds']:.1f}s, probes {res.info['probe_seconds']:.1f}s; CPU time {cpu_quick:.0f}s "
+            f"(wall time depends on the shared box's load); {which}",
         )
     )
 
