@@ -117,10 +117,10 @@ def eval_cmd(
         from memento_lens.runtime.validate import check_device
 
         check_device(device, "--device")
-        m, _ = load_toy(model, device=device, dtype=torch.float32)
-        modes = MODES + (CONTROL_MODES if foreign else ())
         if foreign and n < 2:
             raise OptionError("--foreign needs -n >= 2 (foreign blocks come from another sequence)")
+        m, _ = load_toy(model, device=device, dtype=torch.float32)
+        modes = MODES + (CONTROL_MODES if foreign else ())
         acc = evaluate_all(m, n, seed=EVAL_SEED if seed is None else seed, device=device, modes=modes)
         if as_json:
             print(json.dumps({**{k: v.to_dict() for k, v in acc.items()}, "n": n}))
