@@ -39,16 +39,19 @@ def print_summary(summary: dict[str, Any], out: Path, console: Any) -> None:
         "accuracy_teacher_forced": "memento digits, teacher-forced",
         "memento_exact_generated": "whole mementos, generated",
     }
-    for key, value in summary["task_accuracy"].items():
+    # a fixed row order: a stored summary (reused run) comes back with its keys sorted
+    task = summary["task_accuracy"]
+    for key in sorted(task, key=lambda k: (list(labels).index(k.split("/", 1)[1]), k.split("/", 1)[0] != "normal")):
         variant, metric = key.split("/", 1)
-        t.add_row(f"task accuracy ({labels[metric]}), {variant} KV", f"{value:.1%}")
-    for cond, value in summary["probe_accuracy_last_layer"].items():
-        label = {
-            "direct": "direct (M2)",
-            "masked": "masked (M3, block erased)",
-            "causal_control": "causal control (M1)",
-        }[cond]
-        t.add_row(f"passcode probe, last layer, {label}", f"{value:.1%}  (chance 10%)")
+        t.add_row(f"task accuracy ({labels[metric]}), {variant} KV", f"{task[key]:.1%}")
+    conditions = {
+        "direct": "direct (M2)",
+        "masked": "masked (M3, block erased)",
+        "causal_control": "causal control (M1)",
+    }
+    probes = summary["probe_accuracy_last_layer"]
+    for cond in (c for c in conditions if c in probes):
+        t.add_row(f"passcode probe, last layer, {conditions[cond]}", f"{probes[cond]:.1%}  (chance 10%)")
     peak = summary["peak_kv_tokens"]
     t.add_row(
         "peak KV per trace, vanilla → memento (tokens)",

@@ -307,3 +307,37 @@ def test_demo_refuses_another_memento_lens_run_without_overwrite(tmp_path):
     msg = str(exc.value)
     assert str(out) in msg and "first difference: kind" in msg and "--overwrite" in msg and "--resume" not in msg
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_summary_table_rows_do_not_depend_on_key_order(tmp_path):
+    """A reused run's summary comes back from JSON with sorted keys; the table reads the same as the first run's."""
+    import io
+
+    from rich.console import Console
+
+    from memento_lens.cli_demo import print_summary
+
+    task = {"normal/accuracy_teacher_forced": 0.99, "restart/accuracy_teacher_forced": 0.6}
+    task |= {"normal/memento_exact_generated": 0.9, "restart/memento_exact_generated": 0.1}
+    probes = {"direct": 0.3, "masked": 0.2, "causal_control": 0.11}
+    summary = {"task_accuracy": task, "probe_accuracy_last_layer": probes}
+    summary["peak_kv_tokens"] = {"vanilla": 122.0, "memento": 75.0}
+
+    def table(s) -> str:
+        buf = io.StringIO()
+        print_summary(s, tmp_path, Console(file=buf, width=200))
+        return buf.getvalue()
+
+    stored = json.loads(json.dumps(summary, sort_keys=True))
+    assert list(stored["task_accuracy"]) != list(task)  # the stored order differs ...
+    assert table(stored) == table(summary)  # ... the table does not
+    rows = [line for line in table(summary).splitlines() if "task accuracy" in line or "passcode probe" in line]
+    assert [r.split("│")[1].strip() for r in rows] == [
+        "task accuracy (memento digits, teacher-forced), normal KV",
+        "task accuracy (memento digits, teacher-forced), restart KV",
+        "task accuracy (whole mementos, generated), normal KV",
+        "task accuracy (whole mementos, generated), restart KV",
+        "passcode probe, last layer, direct (M2)",
+        "passcode probe, last layer, masked (M3, block erased)",
+        "passcode probe, last layer, causal control (M1)",
+    ]
