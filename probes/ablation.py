@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.masks import visibility_mask
+from memento_lens.runtime.progress import ProgressFn  # the one (stage, done, total) callback type
 from memento_lens.runtime.rundir.schema import ABLATIONS
 from memento_lens.runtime.schedule import EventKind, Schedule
 
@@ -435,7 +436,6 @@ def patch_rows(
 
 
 # -- runs: inputs, experiments, run directories (what `memento-lens ablate` and the demo call) ---------------
-ProgressFn = Callable[[str, int, int], None]
 
 
 @dataclass
