@@ -159,7 +159,8 @@ def output_error(exc: OSError) -> OutputError | None:
     if exc.errno not in WRITE_ERRNOS:
         return None
     where = exc.filename or "output"
-    return OutputError(f"cannot write {where}: {exc.strerror or os.strerror(exc.errno)}")
+    verb = "cannot access" if exc.errno in (errno.EACCES, errno.EPERM) else "cannot write"  # reads are refused too
+    return OutputError(f"{verb} {where}: {exc.strerror or os.strerror(exc.errno)}")
 
 
 def utf8_error(path: Any, exc: UnicodeDecodeError, offset: int = 0) -> InputFileError:
