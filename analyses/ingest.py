@@ -656,7 +656,7 @@ def read_run_traces(path: str | Path):
 
 
 def trace_tables(
-    traces: Sequence[Trace], tokenizer: TextTokenizer, config: BlockMaskingConfig
+    traces: Sequence[Trace], tokenizer: TextTokenizer, config: BlockMaskingConfig, on_trace: Any = None
 ) -> dict[str, pd.DataFrame]:
     """``traces``, ``tokens`` and ``events`` tables (run-directory contract) under ``config``, built by the
     runtime's one contract builder (occupancy comes from :func:`account_trace`, vanilla included)."""
@@ -664,6 +664,8 @@ def trace_tables(
 
     parts = []
     for t in traces:
+        if on_trace is not None:  # progress: the tables are most of an ingest's time
+            on_trace(1)
         ids = np.asarray(t.token_ids, dtype=np.int64)
         sched = fast_schedule(ids, config, tokenizer.ids, prompt_len=t.prompt_len)
         source = str(t.meta.get("source_file", t.meta.get("format", "")))
@@ -723,6 +725,7 @@ def write_run(
     spec: KVSpec | str | None = None,
     report: IngestReport | None = None,
     overwrite: bool = False,
+    progress: Any = False,
 ):
     """Write ingested traces as a run directory (kind ``ingest``): traces, tokens, events (under ``config``,
     default memento keep 0) and occupancy (vanilla + that config) tables, plus the ingest report."""
@@ -745,13 +748,20 @@ def write_run(
     )
     if store.reused:
         return store
+    from memento_lens.runtime.progress import bar_for
+
+    bar = bar_for(progress, 2 * len(traces), "write run", "trace")  # tables, then KV accounting
     with store:  # a failed overwrite leaves the old run as it was
-        tables = trace_tables(traces, tok, config)
+        tables = trace_tables(traces, tok, config, on_trace=bar.update)
         store.write_table("traces.parquet", tables["traces"])
         store.write_table("tokens.parquet", tables["tokens"])
         store.write_table("events.parquet", tables["events"])
         configs = {"vanilla": BlockMaskingConfig.vanilla(config.mask_delimiters), config.mode: config}
-        curves = [c for t in traces for c in account_trace(t, tok.ids, configs, spec).values()]
+        curves = []
+        for t in traces:
+            curves += account_trace(t, tok.ids, configs, spec).values()
+            bar.update(1)
+        bar.close()
         store.write_table("occupancy.parquet", occupancy_table(curves))
         store.write_json("ingest_report.json", (report or IngestReport()).to_dict())
         store.write_json(

@@ -112,6 +112,7 @@ def ingest_cmd(
             spec=model,
             report=res.report,
             overwrite=overwrite,
+            progress=opt.show_progress(),
         )
         for line in store.notes():
             print(line, file=sys.stderr)

@@ -42,9 +42,12 @@ class JobBar:
     """
 
     def __init__(self, total: int | None, desc: str, unit: str = "it", enabled: bool = True):
+        import shutil
+
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+        cols = shutil.get_terminal_size((100, 20)).columns  # a pty reporting 0 columns would hide the bar
+        self._bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, ncols=cols)
 
     @property
     def n(self) -> int:
