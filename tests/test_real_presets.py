@@ -144,3 +144,21 @@ def test_smollm2_preset_mementified_loads_everywhere(smollm2_memento_dir):
     # the preset cache entry carries checksums and is reused
     conv = presets.resolve_model("smollm2-135m")
     assert presets.verify_converted(conv)["source_sha256"] == presets.sha256_file(presets.model_source("smollm2-135m"))
+
+
+def test_mementify_and_presets_cli(tmp_path):
+    from memento_lens.cli import app
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["mementify", "--model", "random:llama-tiny", "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert set(rep["added_tokens"]) == {THINK_START, THINK_END}  # the random vocabulary has the memento tokens
+    assert rep["chat_template"] == "chatml (added)"
+    lm = load_model(tmp_path / "m")
+    assert lm.tokens is not None and lm.tokenizer.chat_template and lm.model.config.vocab_size == 66
+    again = runner.invoke(app, ["mementify", "--model", "random:llama-tiny", "--out", str(tmp_path / "m")])
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    res = runner.invoke(app, ["presets"])
+    assert res.exit_code == 0 and set(json.loads(res.stdout)["models"]) == {"smollm2-135m"}
