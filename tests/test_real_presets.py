@@ -147,8 +147,9 @@ def test_smollm2_preset_mementified_loads_everywhere(smollm2_memento_dir):
 
 
 def test_mementify_and_presets_cli(tmp_path):
-    from memento_lens.cli import app
     from typer.testing import CliRunner
+
+    from memento_lens.cli import app
 
     runner = CliRunner()
     res = runner.invoke(app, ["mementify", "--model", "random:llama-tiny", "--out", str(tmp_path / "m")])
