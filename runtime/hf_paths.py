@@ -27,6 +27,10 @@ V_PROJ_ATTR = "v_proj"
 # The cache holds keys after norm (if any) and RoPE in both, which is what capture reads; K/V patching edits
 # K_PROJ/V_PROJ outputs, which exist in both. A model_type outside this table may work but is untested.
 TESTED_MODEL_TYPES = ("qwen3", "llama")
+# RMSNorm modules (Qwen3 / Llama): class-name suffix and epsilon attribute. Their forward casts the input to
+# float32 whatever its dtype, so a float64 model is not float64 there (see rms_norms and verify's reference).
+RMS_NORM_CLASS_SUFFIX = "RMSNorm"
+RMS_NORM_EPS_ATTR = "variance_epsilon"
 # Config attribute used to select the attention kernel.
 ATTN_IMPLEMENTATION_ATTR = "_attn_implementation"
 
@@ -49,6 +53,15 @@ def decoder_layers(model: Any) -> list[Any]:
     for part in DECODER_LAYERS_PATH.split("."):
         obj = getattr(obj, part)
     return list(obj)
+
+
+def rms_norms(model: Any) -> list[Any]:
+    """Every RMSNorm module of ``model`` (input, post-attention, final and per-head q/k norms)."""
+    return [
+        m
+        for m in model.modules()
+        if type(m).__name__.endswith(RMS_NORM_CLASS_SUFFIX) and hasattr(m, RMS_NORM_EPS_ATTR) and hasattr(m, "weight")
+    ]
 
 
 def attention_module(model: Any, layer: int) -> Any:

@@ -157,3 +157,25 @@ def test_cli_replay_writes_run_and_refuses_other_run(tmp_path):
     assert res.exit_code == 2 and "--overwrite" in res.stderr
     res = runner.invoke(app, [*args, "--resume"])  # same config, complete: nothing to do
     assert res.exit_code == 0
+
+
+def test_float64_rms_norms_make_the_reference_float64_end_to_end():
+    """HF's RMSNorm rounds a float64 input to float32; inside the context every norm (including Qwen3's per-head
+    q/k norms) computes in float64, and the hooks are gone afterwards."""
+    from memento_lens.runtime.hf_paths import rms_norms
+    from memento_lens.runtime.model import load_model
+    from memento_lens.runtime.verify import float64_rms_norms
+
+    model = load_model("random:tiny", dtype="float64").model
+    norms = rms_norms(model)
+    assert len(norms) == 2 * model.config.num_hidden_layers * 2 + 1  # input/post + q/k per layer, final
+    norm = norms[0]
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, norm.weight.shape[0], dtype=torch.float64) * 100
+    exact = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon))
+    plain = norm(x)
+    assert plain.dtype == torch.float64 and (plain - exact).abs().max() > 1e-9  # float32-rounded inside
+    with float64_rms_norms(model) as n:
+        assert n == len(norms)
+        assert (norm(x) - exact).abs().max() < 1e-12
+    assert torch.equal(norm(x), plain)  # hooks removed
