@@ -586,11 +586,39 @@ def ingest_files(
     progress: Any = False,
 ) -> IngestResult:
     """Ingest several files with one tokenizer; trace ids are prefixed by the file stem when they collide."""
+    report = IngestReport()
+    traces = list(
+        iter_ingest_files(
+            paths,
+            tokenizer,
+            report,
+            fmt=fmt,
+            strict=strict,
+            keep_text=keep_text,
+            arrays=arrays,
+            max_unk_share=max_unk_share,
+            progress=progress,
+        )
+    )
+    return IngestResult(traces, report)
+
+
+def iter_ingest_files(
+    paths: Iterable[str | Path],
+    tokenizer: TextTokenizer | str | None,
+    report: IngestReport,
+    *,
+    fmt: str | None = None,
+    strict: bool = False,
+    keep_text: bool = False,
+    arrays: bool = False,
+    max_unk_share: float = MAX_UNK_SHARE,
+    progress: Any = False,
+) -> Iterator[Trace]:
+    """:func:`ingest_files` as a stream (one trace in memory at a time); skipped rows go into ``report``."""
     from memento_lens.runtime.progress import bar_for
 
     tok = load_tokenizer(tokenizer)
-    report = IngestReport()
-    traces: list[Trace] = []
     ids: set[str] = set()
     paths = [Path(p) for p in paths]
     total = 0
@@ -613,9 +641,8 @@ def ingest_files(
             if t.trace_id in ids:
                 t = Trace(f"{Path(p).stem}/{t.trace_id}", t.token_ids, t.prompt_len, t.meta)
             ids.add(t.trace_id)
-            traces.append(t)
+            yield t
     bar.close()
-    return IngestResult(traces, report)
 
 
 def _format_or_none(path: Path) -> str | None:
@@ -660,36 +687,36 @@ def trace_tables(
 ) -> dict[str, pd.DataFrame]:
     """``traces``, ``tokens`` and ``events`` tables (run-directory contract) under ``config``, built by the
     runtime's one contract builder (occupancy comes from :func:`account_trace`, vanilla included)."""
-    from memento_lens.runtime.rundir.writer import trace_tables as contract_tables
+    from memento_lens.runtime.rundir.writer import frame_columns
 
     parts = []
     for t in traces:
         if on_trace is not None:  # progress: the tables are most of an ingest's time
             on_trace(1)
-        ids = np.asarray(t.token_ids, dtype=np.int64)
-        sched = fast_schedule(ids, config, tokenizer.ids, prompt_len=t.prompt_len)
-        source = str(t.meta.get("source_file", t.meta.get("format", "")))
-        parts.append(
-            contract_tables(
-                t,
-                sched,
-                tokenizer.ids,
-                config.mode,
-                source,
-                0,
-                token_strings=_token_strings(t, ids, tokenizer),
-                trace_columns={"domain": str(t.meta.get("domain", ""))},
-            )
-        )
+        parts.append(_trace_columns(t, tokenizer, config))
+    out = frame_columns(parts, ("traces", "tokens", "events"))
     if not parts:
-        from memento_lens.runtime.rundir import schema
+        out["traces"] = out["traces"].assign(domain=pd.Series(dtype=object))
+    return out
 
-        return {
-            "traces": schema.TRACES.empty().assign(domain=pd.Series(dtype=object)),
-            "tokens": schema.TOKENS.empty(),
-            "events": schema.EVENTS.empty(),
-        }
-    return {name: pd.concat([p[name] for p in parts], ignore_index=True) for name in ("traces", "tokens", "events")}
+
+def _trace_columns(t: Trace, tokenizer: TextTokenizer, config: BlockMaskingConfig) -> dict[str, Any]:
+    """One trace's contract columns (arrays, not frames: many traces are framed at once)."""
+    from memento_lens.runtime.rundir.writer import trace_table_columns
+
+    ids = np.asarray(t.token_ids, dtype=np.int64)
+    sched = fast_schedule(ids, config, tokenizer.ids, prompt_len=t.prompt_len)
+    source = str(t.meta.get("source_file", t.meta.get("format", "")))
+    return trace_table_columns(
+        t,
+        sched,
+        tokenizer.ids,
+        config.mode,
+        source,
+        0,
+        token_strings=_token_strings(t, ids, tokenizer),
+        trace_columns={"domain": str(t.meta.get("domain", ""))},
+    )
 
 
 def _token_strings(t: Trace, ids: np.ndarray, tok: TextTokenizer) -> list[str]:
@@ -705,20 +732,31 @@ def _token_strings(t: Trace, ids: np.ndarray, tok: TextTokenizer) -> list[str]:
     return [APPROX_SPECIALS[i] if i < len(APPROX_SPECIALS) else "·" for i in ids.tolist()]
 
 
-def _traces_fingerprint(traces: Sequence[Trace]) -> dict[str, Any]:
-    """What identifies the ingested input in a run's config: trace count and a sha256 of ids and tokens."""
+def _traces_fingerprint(traces: Iterable[Trace]) -> dict[str, Any]:
+    """What identifies the ingested input in a run's config: trace count and a sha256 of ids and tokens.
+
+    One streaming pass (a caller with a file to stream computes it first, then streams again into
+    :func:`write_run`)."""
     import hashlib
 
     h = hashlib.sha256()
+    n = 0
     for t in traces:
         h.update(f"{t.trace_id}\0{t.prompt_len}\0".encode())
         h.update(np.asarray(t.token_ids, dtype=np.int64).tobytes())
-    return {"n": len(traces), "sha256": h.hexdigest()}
+        n += 1
+    return {"n": n, "sha256": h.hexdigest()}
+
+
+traces_fingerprint = _traces_fingerprint
+
+# Rows of the per-token tables (tokens, occupancy x2 modes) held before a chunk is written as a row group.
+WRITE_CHUNK_TOKENS = 1 << 20
 
 
 def write_run(
     path: str | Path,
-    traces: Sequence[Trace],
+    traces: Iterable[Trace],
     tokenizer: TextTokenizer | str | None = None,
     *,
     config: BlockMaskingConfig | None = None,
@@ -726,14 +764,26 @@ def write_run(
     report: IngestReport | None = None,
     overwrite: bool = False,
     progress: Any = False,
+    fingerprint: dict[str, Any] | None = None,
+    chunk_tokens: int = WRITE_CHUNK_TOKENS,
 ):
     """Write ingested traces as a run directory (kind ``ingest``): traces, tokens, events (under ``config``,
-    default memento keep 0) and occupancy (vanilla + that config) tables, plus the ingest report."""
+    default memento keep 0) and occupancy (vanilla + that config) tables, plus the ingest report.
+
+    Streams: the per-token tables are written in row groups of about ``chunk_tokens`` tokens as traces
+    arrive, so memory stays bounded. ``traces`` may be a one-pass iterable when ``fingerprint`` (from
+    :func:`traces_fingerprint` over the same traces) is given; otherwise it must be a sequence.
+    """
+    from memento_lens.runtime.rundir import schema
     from memento_lens.runtime.rundir.store import RunStore
+    from memento_lens.runtime.rundir.writer import frame_columns
 
     tok = load_tokenizer(tokenizer)
     spec = resolve_spec(spec)
     config = config or default_configs()["memento"]
+    if fingerprint is None:
+        traces = traces if isinstance(traces, Sequence) else list(traces)
+        fingerprint = _traces_fingerprint(traces)
     store = RunStore.create(
         path,
         "ingest",
@@ -741,7 +791,7 @@ def write_run(
             "masking": config.to_dict(),
             "tokenizer": tok.describe(),
             "kv_spec": asdict(spec),
-            "traces": _traces_fingerprint(traces),
+            "traces": fingerprint,
         },
         overwrite=overwrite,
         can_resume=False,
@@ -750,30 +800,51 @@ def write_run(
         return store
     from memento_lens.runtime.progress import bar_for
 
-    bar = bar_for(progress, 2 * len(traces), "write run", "trace")  # tables, then KV accounting
+    bar = bar_for(progress, 2 * fingerprint["n"], "write run", "trace")  # tables, then KV accounting
+    configs = {"vanilla": BlockMaskingConfig.vanilla(config.mask_delimiters), config.mode: config}
+    trace_rows: list[dict[str, Any]] = []
+    event_rows: list[dict[str, Any]] = []
+    metas: dict[str, Any] = {}
+    n_written = 0
     with store:  # a failed overwrite leaves the old run as it was
-        tables = trace_tables(traces, tok, config, on_trace=bar.update)
-        store.write_table("traces.parquet", tables["traces"])
-        store.write_table("tokens.parquet", tables["tokens"])
-        store.write_table("events.parquet", tables["events"])
-        configs = {"vanilla": BlockMaskingConfig.vanilla(config.mask_delimiters), config.mode: config}
-        curves = []
-        for t in traces:
-            curves += account_trace(t, tok.ids, configs, spec).values()
-            bar.update(1)
+        with store.table_stream(schema.TOKENS) as tokens_out, store.table_stream(schema.OCCUPANCY) as occ_out:
+            pending: list[dict[str, Any]] = []
+            curves: list[Any] = []
+            n_pending = 0
+
+            def flush() -> None:
+                tokens_out(frame_columns(pending, ("tokens",))["tokens"])
+                occ_out(occupancy_table(curves))
+                pending.clear()
+                curves.clear()
+
+            for t in traces:
+                cols = _trace_columns(t, tok, config)
+                bar.update(1)
+                trace_rows += cols["traces"]
+                event_rows += cols["events"]
+                pending.append({"tokens": cols["tokens"]})
+                curves += account_trace(t, tok.ids, configs, spec).values()
+                bar.update(1)
+                metas[t.trace_id] = {k: v for k, v in t.meta.items() if k not in ("prompt_text", "response_text")}
+                n_pending += len(t.token_ids)
+                n_written += 1
+                if n_pending >= chunk_tokens:
+                    flush()
+                    n_pending = 0
+            if pending:
+                flush()
         bar.close()
-        store.write_table("occupancy.parquet", occupancy_table(curves))
+        rows = frame_columns([{"traces": trace_rows, "events": event_rows}], ("traces", "events"))
+        if not trace_rows:
+            rows["traces"] = rows["traces"].assign(domain=pd.Series(dtype=object))
+        store.write_table("traces.parquet", rows["traces"])
+        store.write_table("events.parquet", rows["events"])
         store.write_json("ingest_report.json", (report or IngestReport()).to_dict())
-        store.write_json(
-            "traces_meta.json",
-            {
-                t.trace_id: {k: v for k, v in t.meta.items() if k not in ("prompt_text", "response_text")}
-                for t in traces
-            },
-        )
-        sources = sorted({str(t.meta.get("source_file", "")) for t in traces} - {""})
+        store.write_json("traces_meta.json", metas)
+        sources = sorted({str(m.get("source_file", "")) for m in metas.values()} - {""})
         store.mark_complete(
-            n_traces=len(traces),
+            n_traces=n_written,
             token_ids=tok.ids.to_dict(),
             sources=sources,
             model=f"ingested traces (KV accounted as {spec.name})",

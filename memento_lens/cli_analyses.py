@@ -89,34 +89,52 @@ def ingest_cmd(
     overwrite: bool = opt.overwrite(),
 ) -> None:
     """Ingest trace files into a run directory (traces, tokens, events, occupancy tables) the app can show."""
-    from memento_lens.analyses.ingest import MAX_UNK_SHARE, ingest_files, write_run
+    from memento_lens.analyses.ingest import (
+        MAX_UNK_SHARE,
+        IngestReport,
+        iter_ingest_files,
+        traces_fingerprint,
+        write_run,
+    )
+    from memento_lens.analyses.tokenization import load_tokenizer
     from memento_lens.runtime.validate import check_output_dir
 
     with user_errors():
         check_output_dir(out, "--out")
-        res = ingest_files(
-            files,
-            tokenizer,
-            fmt=fmt,
-            strict=strict,
-            keep_text=True,
-            max_unk_share=1.0 if allow_unk else MAX_UNK_SHARE,
-            progress=opt.show_progress(),
-        )
-        _print_report(res.report)
+        max_unk = 1.0 if allow_unk else MAX_UNK_SHARE
+        tok = load_tokenizer(tokenizer)  # once for both passes
+
+        def stream(report: IngestReport, progress: bool, keep_text: bool):
+            return iter_ingest_files(
+                files,
+                tok,
+                report,
+                fmt=fmt,
+                strict=strict,
+                keep_text=keep_text,
+                max_unk_share=max_unk,
+                progress=progress,
+            )
+
+        # Two streaming passes, one trace in memory at a time: the input's fingerprint (part of the run's
+        # config, needed before the run is created), then the tables.
+        report = IngestReport()
+        fingerprint = traces_fingerprint(stream(report, opt.show_progress(), keep_text=False))
+        _print_report(report)
         store = write_run(
             out,
-            res.traces,
-            tokenizer,
+            stream(IngestReport(), False, keep_text=True),
+            tok,
             config=_masking(keep_last_n, mask_delimiters),
             spec=model,
-            report=res.report,
+            report=report,
             overwrite=overwrite,
             progress=opt.show_progress(),
+            fingerprint=fingerprint,
         )
         for line in store.notes():
             print(line, file=sys.stderr)
-        print(f"{'found' if store.reused else 'wrote'} {store.path} ({len(res.traces)} traces)")
+        print(f"{'found' if store.reused else 'wrote'} {store.path} ({fingerprint['n']} traces)")
 
 
 def kv_cmd(

@@ -29,9 +29,10 @@ import os
 import re
 import secrets
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import pandas as pd
 
@@ -526,6 +527,54 @@ class RunStore:
         if table is not None:
             df = table.frame(df)
         return self._record(rel, lambda tmp: df.to_parquet(tmp, index=False))
+
+    @contextmanager
+    def table_stream(self, rel: str | schema.Table) -> Iterator[Callable[[pd.DataFrame], None]]:
+        """Write a Parquet table in row groups as its rows arrive (bounded memory): ``with
+        store.table_stream(t) as append: append(df)...``. Atomic and checksummed like :meth:`write_table` (the
+        file appears only when the block ends without error); every chunk must have the first chunk's schema."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = rel if isinstance(rel, schema.Table) else _table_of(rel)
+        if isinstance(rel, schema.Table):
+            rel = rel.path
+        state: dict[str, Any] = {}
+
+        def append(df: pd.DataFrame) -> None:
+            if table is not None:
+                df = table.frame(df)
+            t = pa.Table.from_pandas(df, preserve_index=False)
+            if "writer" not in state:
+                state["schema"], state["writer"] = t.schema, pq.ParquetWriter(state["tmp"], t.schema)
+            elif not t.schema.equals(state["schema"], check_metadata=False):
+                raise ValueError(f"{rel}: chunk schema {t.schema} differs from the first chunk's {state['schema']}")
+            state["writer"].write_table(t.replace_schema_metadata(state["schema"].metadata))
+
+        full = self.file(rel)
+        full.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_tmp(full)
+        state["tmp"] = str(tmp)
+        try:
+            yield append
+            if "writer" in state:
+                state["writer"].close()
+                state.pop("writer")
+            else:  # no rows: an empty table with the schema's columns
+                (table.empty() if table is not None else pd.DataFrame()).to_parquet(tmp, index=False)
+            os.chmod(tmp, 0o666 & ~_umask())
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, full)
+        except BaseException as exc:
+            if "writer" in state:
+                state["writer"].close()
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+                raise _output_error(full, exc) from None
+            raise
+        self.manifest.files[rel] = {"sha256": _sha256(full), "bytes": full.stat().st_size}
+        self._save_manifest()
 
     def read_table(
         self, rel: str | schema.Table, columns: list[str] | None = None, filters: Any = None

@@ -38,6 +38,28 @@ def trace_tables(
         token_strings: ``[n_tokens]`` display strings (default: the tokenizer's, else the ids).
         trace_columns: extra columns for the ``traces`` row (e.g. ``domain`` of ingested traces).
     """
+    return frame_columns(
+        [
+            trace_table_columns(
+                trace, schedule, tokens, mode, source, bytes_per_token, tokenizer, token_strings, trace_columns
+            )
+        ]
+    )
+
+
+def trace_table_columns(
+    trace: Any,
+    schedule: Any,
+    tokens: Any,
+    mode: str,
+    source: str,
+    bytes_per_token: int,
+    tokenizer: Any = None,
+    token_strings: Sequence[str] | None = None,
+    trace_columns: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The columns of :func:`trace_tables` as plain arrays/lists (no DataFrame): many traces' columns are
+    concatenated and framed once by :func:`frame_columns` (per-trace frames cost most of a bulk write)."""
     from ..occupancy import schedule_occupancy
     from ..trace import assign_roles
 
@@ -49,59 +71,75 @@ def trace_tables(
         names = tokenizer.convert_ids_to_tokens(list(trace.token_ids))
     else:
         names = [str(t) for t in trace.token_ids]
-    tok = schema.TOKENS.frame(
-        pd.DataFrame(
-            {
-                "trace": [trace.trace_id] * n,
-                "pos": np.arange(n, dtype=np.int64),
-                "token_id": np.asarray(trace.token_ids, dtype=np.int64),
-                "token": [str(x) for x in names],
-                "role": [str(r) for r in roles.role],
-                "block": roles.block.astype(np.int64),
-            }
-        )
-    )
-    ev = schema.EVENTS.frame(
-        [
-            {
-                "trace": trace.trace_id,
-                "kind": e.kind.value,
-                "position": e.position,
-                "start": e.start,
-                "end": e.end,
-                "block": e.block if e.block is not None else -1,
-                "rewind_to": e.rewind_to,
-                "message": e.message,
-            }
-            for e in schedule.events
-        ]
-    )
-    occ = schedule_occupancy(schedule)
-    oc = schema.OCCUPANCY.frame(
-        pd.DataFrame(
-            {
-                "trace": trace.trace_id,
-                "mode": mode,
-                "step": np.arange(n, dtype=np.int64),
-                "tokens": occ,
-                "bytes": occ * bytes_per_token,
-            }
-        )
-    )
-    tr = schema.TRACES.frame(
-        [
-            {
-                "trace": trace.trace_id,
-                "n_tokens": n,
-                "prompt_len": trace.prompt_len,
-                "n_blocks": len(schedule.blocks),
-                "mode": mode,
-                "source": source,
-                **(trace_columns or {}),
-            }
-        ]
-    )
+    tid = trace.trace_id
+    tok = {
+        "trace": [tid] * n,
+        "pos": np.arange(n, dtype=np.int64),
+        "token_id": np.asarray(trace.token_ids, dtype=np.int64),
+        "token": [str(x) for x in names],
+        "role": [str(r) for r in roles.role],
+        "block": roles.block.astype(np.int64),
+    }
+    ev = [
+        {
+            "trace": tid,
+            "kind": e.kind.value,
+            "position": e.position,
+            "start": e.start,
+            "end": e.end,
+            "block": e.block if e.block is not None else -1,
+            "rewind_to": e.rewind_to,
+            "message": e.message,
+        }
+        for e in schedule.events
+    ]
+    occ = np.asarray(schedule_occupancy(schedule))
+    oc = {
+        "trace": np.full(n, tid, dtype=object),
+        "mode": np.full(n, mode, dtype=object),
+        "step": np.arange(n, dtype=np.int64),
+        "tokens": occ,
+        "bytes": occ * bytes_per_token,
+    }
+    tr = [
+        {
+            "trace": tid,
+            "n_tokens": n,
+            "prompt_len": trace.prompt_len,
+            "n_blocks": len(schedule.blocks),
+            "mode": mode,
+            "source": source,
+            **(trace_columns or {}),
+        }
+    ]
     return {"traces": tr, "tokens": tok, "events": ev, "occupancy": oc}
+
+
+def frame_columns(
+    parts: Sequence[dict[str, Any]], names: Sequence[str] = ("traces", "tokens", "events", "occupancy")
+) -> dict[str, pd.DataFrame]:
+    """Several traces' :func:`trace_table_columns` as one DataFrame per table (schema order and dtypes).
+
+    Row tables (traces, events) are lists of dicts; per-token tables (tokens, occupancy) dicts of arrays.
+    """
+    out = {}
+    for name in names:
+        table = schema.TABLES[name]
+        cols = [p[name] for p in parts]
+        if name in ("traces", "events"):
+            out[name] = table.frame([row for rows in cols for row in rows])
+        elif not cols or not sum(len(c["trace"]) for c in cols):
+            out[name] = table.empty()
+        else:
+            out[name] = table.frame(pd.DataFrame({k: _concat([c[k] for c in cols]) for k in cols[0]}))
+    return out
+
+
+def _concat(pieces: Sequence[Any]) -> Any:
+    """Lists stay one list (pandas infers their string dtype as for one trace); arrays concatenate."""
+    if isinstance(pieces[0], list):
+        return [x for piece in pieces for x in piece]
+    return np.concatenate(pieces)
 
 
 def write_capture_part(store: RunStore, part: int, sink: CaptureSink) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -207,4 +245,4 @@ class RunWriter:
         self.store.mark_complete(**info)
 
 
-__all__ = ["RUN_TABLES", "trace_tables", "write_capture_part", "RunWriter"]
+__all__ = ["RUN_TABLES", "trace_tables", "trace_table_columns", "frame_columns", "write_capture_part", "RunWriter"]
