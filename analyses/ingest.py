@@ -751,7 +751,7 @@ def _traces_fingerprint(traces: Iterable[Trace]) -> dict[str, Any]:
 traces_fingerprint = _traces_fingerprint
 
 # Rows of the per-token tables (tokens, occupancy x2 modes) held before a chunk is written as a row group.
-WRITE_CHUNK_TOKENS = 1 << 20
+WRITE_CHUNK_TOKENS = 1 << 17
 
 
 def write_run(
