@@ -7,6 +7,7 @@ demo-sized run in under 60 s. The baseline is the runtime's per-token ``compute_
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -165,6 +166,102 @@ def bench_ingest_kv(quick: bool) -> list[BenchRow]:
     ]
 
 
+def synth_memento_jsonl(path: Path, megabytes: float, seed: int = 0) -> int:
+    """Memento JSON lines (~14 KB each, 3-8 blocks) up to ``megabytes``; returns the number of lines."""
+    rng = np.random.default_rng(seed)
+    size, i = 0, 0
+    with open(path, "w") as f:
+        while size < megabytes * 1e6:
+            segs = []
+            for b in range(1, int(rng.integers(3, 9)) + 1):
+                segs.append({"type": "block", "block_idx": b, "text": f"step {b}, so x = {i} + 1 " * 60})
+                segs.append({"type": "summary", "block_idx": b, "text": f"x = {i} after step {b} " * 8})
+            segs.append({"type": "answer", "text": f"the answer is {i}"})
+            line = json.dumps({"id": f"t{i}", "problem": f"find x {i}", "domain": "math", "segments": segs}) + "\n"
+            f.write(line)
+            size, i = size + len(line), i + 1
+    return i
+
+
+# One child process per measurement so each reports its own peak RSS (ru_maxrss, KiB on Linux).
+_WRITE_RUN_CHILD = """
+import json, resource, sys, time
+import numpy as np, pandas as pd
+from memento_lens.analyses.ingest import (IngestReport, _trace_columns, default_configs, iter_ingest_files,
+    traces_fingerprint, write_run)
+from memento_lens.analyses.kv import account_trace, resolve_spec
+from memento_lens.analyses.tokenization import load_tokenizer
+from memento_lens.runtime.config import BlockMaskingConfig
+from memento_lens.runtime.rundir import schema
+from memento_lens.runtime.rundir.store import RunStore
+from memento_lens.runtime.rundir.writer import frame_columns
+src, out, mode = sys.argv[1:4]
+tok, spec, config = load_tokenizer("approx"), resolve_spec("qwen3-8b"), default_configs()["memento"]
+t0 = time.perf_counter()
+if mode == "streamed":
+    fp = traces_fingerprint(iter_ingest_files([src], tok, IngestReport()))
+    write_run(out, iter_ingest_files([src], tok, IngestReport(), keep_text=True), tok, spec=spec, fingerprint=fp)
+else:  # the former write_run: every trace in memory, a frame per trace and table, whole tables at the end
+    traces = list(iter_ingest_files([src], tok, IngestReport(), keep_text=True))
+    store = RunStore.create(out, "ingest", {})
+    parts = [frame_columns([_trace_columns(t, tok, config)]) for t in traces]
+    for name in ("traces", "tokens", "events"):
+        store.write_table(schema.TABLES[name], pd.concat([p[name] for p in parts], ignore_index=True))
+    configs = {"vanilla": BlockMaskingConfig.vanilla(False), "memento": config}
+    occ = [pd.DataFrame({"trace": np.full(len(o.tokens), o.trace, dtype=object),
+                         "mode": np.full(len(o.tokens), o.mode, dtype=object),
+                         "step": np.arange(len(o.tokens)), "tokens": o.tokens, "bytes": o.bytes})
+           for t in traces for o in account_trace(t, tok.ids, configs, spec).values()]
+    store.write_table(schema.OCCUPANCY, pd.concat(occ, ignore_index=True))
+    store.mark_complete()
+print(json.dumps({"s": time.perf_counter() - t0, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_ingest_write(quick: bool) -> list[BenchRow]:
+    """``write_run`` streamed (row groups as traces arrive) vs the former whole-table build, on one input."""
+    import subprocess
+    import sys
+
+    mb = 2 if quick else 8
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "traces.jsonl"
+        n = synth_memento_jsonl(src, mb)
+        res = {}
+        for mode in ("streamed", "former"):
+            out = subprocess.run(
+                [sys.executable, "-c", _WRITE_RUN_CHILD, str(src), str(Path(d) / mode), mode],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    new, old = res["streamed"], res["former"]
+    note = (
+        f"{mb} MB Memento JSONL, {n} traces, approx tokens; read + tokenize + tables + occupancy + Parquet; "
+        f"former {old['s']:.1f}s / {old['rss_mb']:.0f} MB peak RSS vs streamed {new['s']:.1f}s / "
+        f"{new['rss_mb']:.0f} MB (imports excluded from time, included in RSS)"
+    )
+    return [
+        BenchRow(
+            "ingest write_run streamed vs former (time)",
+            "speed ratio",
+            old["s"] / new["s"],
+            ">= 1.0x",
+            old["s"] >= new["s"],
+            note,
+        ),
+        BenchRow(
+            "ingest write_run streamed vs former (peak RSS)",
+            "memory ratio",
+            old["rss_mb"] / new["rss_mb"],
+            ">= 1.0x",
+            old["rss_mb"] >= new["rss_mb"],
+            "same run as the row above",
+        ),
+    ]
+
+
 def bench_figures(quick: bool) -> list[BenchRow]:
 
     from memento_lens.analyses.figures import REGISTRY, chromium_path, render_figures
@@ -296,7 +393,7 @@ def _demo_ablations():
 
 
 def run(quick: bool = False) -> list[BenchRow]:
-    return bench_ingest_kv(quick) + bench_figures(quick)
+    return bench_ingest_kv(quick) + bench_ingest_write(quick) + bench_figures(quick)
 
 
 if __name__ == "__main__":
