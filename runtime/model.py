@@ -243,7 +243,7 @@ def load_model(
         return LoadedModel(model, tok, RANDOM_TOKENS, name)
     from .presets import MODEL_PRESETS, resolve_model
 
-    if name.partition("@")[0] in ("toy", "toy-channel"):  # the shipped toys (runtime.toy.shipped.SHIPPED)
+    if _is_shipped_toy(name):
         path = _toy_dir(name)
     elif name in MODEL_PRESETS:
         path = resolve_model(name, cache, log=_stderr_line)
@@ -276,7 +276,7 @@ def load_model(
     model = model.to(device).eval()
     tokenizer = _load_tokenizer(path, name)
     lm = from_objects(model, tokenizer, name=name)
-    return _with_toy_masking(lm) if name.partition("@")[0] in ("toy", "toy-channel") else lm
+    return _with_toy_masking(lm) if _is_shipped_toy(name) else lm
 
 
 def _with_toy_masking(lm: LoadedModel) -> LoadedModel:
@@ -290,6 +290,15 @@ def _stderr_line(msg: str) -> None:
     import sys
 
     print(msg, file=sys.stderr, flush=True)
+
+
+def _is_shipped_toy(name: str) -> bool:
+    """``toy`` / ``toy@<checkpoint>`` and any other toy the package ships (runtime.toy.shipped.SHIPPED)."""
+    try:
+        from memento_lens.runtime.toy.shipped import is_toy_spec
+    except ImportError:
+        return name == "toy" or name.startswith("toy@")
+    return is_toy_spec(name)
 
 
 def _toy_dir(spec: str) -> Path:
@@ -312,7 +321,7 @@ def _load_tokenizer(path: Path, name: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError):
-        if name.partition("@")[0] in ("toy", "toy-channel"):
+        if _is_shipped_toy(name):
             from .toy.task import VOCAB
 
             return _word_level_tokenizer(list(VOCAB), bos="<bos>", eos="<eos>", pad="<pad>")

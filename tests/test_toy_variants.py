@@ -176,3 +176,30 @@ def test_same_sum_donors_keep_every_running_sum_and_change_blocks():
     rest = np.setdiff1d(np.arange(lay.length), np.concatenate([block_token_positions(b, lay) for b in range(10)]))
     np.testing.assert_array_equal(donors[:, rest], batch.token_ids[:, rest])
     assert changed > 0.9 * 64 * lay.n_blocks
+
+
+def test_a_named_shipped_variant_resolves_like_toy(tmp_path, monkeypatch):
+    """A SHIPPED entry (name -> weights folder) is loadable as NAME and NAME@<checkpoint> everywhere."""
+    from memento_lens.runtime.model import load_model
+    from memento_lens.runtime.toy import shipped
+
+    cfg = TrainConfig(
+        steps=2,
+        batch_size=4,
+        warmup_steps=1,
+        checkpoints=(0,),
+        eval_sequences=4,
+        log_every=1,
+        threads=0,
+        layout=ToyLayout(n_blocks=2, block_digits=1, memento_digits=2, passcode_digits=2),
+        model=ToyModelConfig(num_hidden_layers=1),
+    )
+    train(cfg, tmp_path / "w", progress=False, command="test")
+    monkeypatch.setitem(shipped.SHIPPED, "toy-test", (tmp_path / "w", "toy"))
+    assert shipped.is_toy_spec("toy-test@step-000000") and not shipped.is_toy_spec("toy-tests")
+    assert shipped.list_checkpoints(model="toy-test") == ["final", "step-000000"]
+    assert shipped.toy_model_dir("toy-test@step-000000") == tmp_path / "w" / "step-000000"
+    with pytest.raises(shipped.ToyModelError, match="available: toy-test@final, toy-test@step-000000"):
+        shipped.toy_model_dir("toy-test@step-9")
+    loaded = load_model("toy-test@step-000000", dtype="float32")
+    assert layout_of(loaded.model) == cfg.layout and loaded.masking is not None
