@@ -203,3 +203,16 @@ def test_a_named_shipped_variant_resolves_like_toy(tmp_path, monkeypatch):
         shipped.toy_model_dir("toy-test@step-9")
     loaded = load_model("toy-test@step-000000", dtype="float32")
     assert layout_of(loaded.model) == cfg.layout and loaded.masking is not None
+
+
+def test_toy_eval_foreign_flag_adds_the_controls():
+    from typer.testing import CliRunner
+
+    from memento_lens.cli import app
+
+    res = CliRunner().invoke(app, ["toy", "eval", "--model", "toy", "--json", "-n", "8", "--foreign"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert set(data) == {"vanilla", "memento", "restart", "foreign", "samesum", "n"}
+    # same-sum blocks keep every running sum: the trained toy scores them like its own blocks
+    assert data["samesum"]["digit"] >= data["memento"]["digit"] - 0.05 > data["restart"]["digit"]
