@@ -216,3 +216,29 @@ def test_toy_eval_foreign_flag_adds_the_controls():
     assert set(data) == {"vanilla", "memento", "restart", "foreign", "samesum", "n"}
     # same-sum blocks keep every running sum: the trained toy scores them like its own blocks
     assert data["samesum"]["digit"] >= data["memento"]["digit"] - 0.05 > data["restart"]["digit"]
+
+
+def test_toy_channel_is_shipped_with_its_layout_and_checkpoints():
+    from memento_lens.runtime.model import load_model
+    from memento_lens.runtime.toy import shipped
+
+    folder = shipped.SHIPPED["toy-channel"][0]
+    if not (folder / "manifest.json").exists():
+        pytest.skip("toy-channel weights not in this checkout")
+    names = shipped.list_checkpoints(model="toy-channel")
+    assert names[0] == "final" and "step-000000" in names
+    info = shipped.checkpoint_info("toy-channel")
+    assert info["step_name"] == "step-001024" and 0.3 < info["memento_exact"] < info["memento_digit"]
+    total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert total < 10 * 2**20
+    loaded = load_model("toy-channel", dtype="float32")
+    assert layout_of(loaded.model) == SEG and loaded.model.config.model_type == "llama"
+    init = load_model("toy-channel@step-000000", dtype="float32").model
+    assert not torch.equal(
+        init.model.layers[0].self_attn.k_proj.weight, loaded.model.model.layers[0].self_attn.k_proj.weight
+    )
+    # the trained model does the task on its own layout: held-out digits well above the init's
+    from memento_lens.runtime.toy.evaluate import task_accuracy
+
+    batch = sample(32, 5, SEG)
+    assert task_accuracy(loaded.model, batch, "memento").digit > 0.6 > task_accuracy(init, batch, "memento").digit

@@ -22,6 +22,8 @@ FINAL = "final"
 # name -> (weights folder, variant recipe); the demo and the tests use `toy`
 SHIPPED: dict[str, tuple[Path, str]] = {
     TOY: (WEIGHTS_DIR, "toy"),
+    # passcode segment (text floor at chance), Llama MHA, fixed set over epochs; small channel, see docs/RESULTS.md
+    "toy-channel": (WEIGHTS_DIR.parent / "weights-channel", "segment-llama-mha-epochs"),
 }
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 REBUILD_HINT = (
