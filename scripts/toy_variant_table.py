@@ -1,6 +1,6 @@
 """Markdown table of `probe passcode --json` outputs: variant x checkpoint x task accuracy x channel decomposition.
 
-    python scripts/toy_variant_table.py runs/pp/*.json
+python scripts/toy_variant_table.py runs/pp/*.json
 """
 
 from __future__ import annotations
