@@ -138,6 +138,9 @@ class RawTrace:
     problem: str | None = None
 
 
+_END = object()  # end of a stream (a reader's lookahead)
+
+
 class _RowError(Exception):
     def __init__(self, trace: str, message: str, position: int | None = None):
         super().__init__(message)
@@ -293,13 +296,62 @@ def _json_objects(path: Path) -> list[Any]:
         return out
 
 
+def _iter_json_objects(path: Path) -> Iterator[Any]:
+    """:func:`_json_objects` as a stream for JSON-lines files (one line in memory at a time).
+
+    The same items in the same order, lines split as ``str.splitlines`` does, the same UTF-8 error (file and
+    byte offset). A file whose first non-blank line is not a JSON value on its own, or is a list (one JSON
+    document: pretty-printed, or a list of objects), is read whole by :func:`_json_objects`.
+    """
+    from memento_lens.runtime.validate import utf8_error
+
+    try:
+        f = open(path, "rb")
+    except OSError:
+        yield from _json_objects(path)  # names the file and the reason
+        return
+    with f:
+        started, i, offset = False, -1, 0
+        for raw in f:
+            try:
+                chunk = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise utf8_error(path, exc, offset) from None
+            offset += len(raw)
+            for line in chunk.splitlines():
+                i += 1
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    if not started:
+                        break
+                    yield _RowError(f"{path.stem}:{i}", f"line {i + 1}: invalid JSON ({exc.msg})")
+                    continue
+                if not started and isinstance(obj, list):
+                    break
+                started = True
+                yield obj
+            else:
+                continue
+            break  # the first value did not stand alone on its line: one JSON document
+        else:
+            return
+    yield from _json_objects(path)
+
+
 def _read_memento_json(path: Path) -> Iterator[RawTrace | _RowError]:
-    objs = _json_objects(path)
-    for i, obj in enumerate(objs):
+    items = _iter_json_objects(path)
+    ahead = next(items, _END)
+    i = -1
+    while ahead is not _END:
+        obj, ahead = ahead, next(items, _END)
+        i += 1
         if isinstance(obj, _RowError):
             yield obj
             continue
-        tid = f"{path.stem}" if len(objs) == 1 else f"{path.stem}:{i}"
+        tid = f"{path.stem}" if i == 0 and ahead is _END else f"{path.stem}:{i}"  # a lone object: the file's name
         if isinstance(obj, dict) and obj.get("id"):
             tid = str(obj["id"])
         try:

@@ -130,3 +130,39 @@ def test_a_failed_stream_leaves_no_table_and_no_run(tmp_path):
         write_run(tmp_path / "run", broken(), "approx", fingerprint=fp, chunk_tokens=1)
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
     assert not list(tmp_path.glob("**/*.ml-tmp"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1}\n\n{"b": 2}\n{not json\r\n  \n[1, 2]\n3\n',  # JSON lines: blank, CRLF, bad, a list, a scalar
+        '{"a": 1}\n',  # one object: the trace is named after the file
+        '{\n  "a": 1\n}\n',  # pretty-printed: one document
+        '[{"a": 1}, {"b": 2}]',  # a list on one line
+        '[\n {"a": 1},\n {"b": 2}\n]\n',
+        '{not json\n{"a": 1}\n',  # bad first line: read whole, as before
+        "",
+        "\n \n",
+        '{"a": "x\u2028y"}\n{"b": 2}',  # a raw line separator inside a string splits the line, as splitlines does
+    ],
+)
+def test_json_lines_stream_reads_what_the_whole_file_reader_read(tmp_path, text):
+    from memento_lens.analyses.ingest import _iter_json_objects, _json_objects, _RowError
+
+    path = tmp_path / "t.jsonl"
+    path.write_text(text, encoding="utf-8")
+
+    def plain(items):
+        return [("error", x.trace, x.message) if isinstance(x, _RowError) else x for x in items]
+
+    assert plain(_iter_json_objects(path)) == plain(_json_objects(path))
+
+
+def test_json_lines_stream_names_the_byte_offset_of_bad_utf8(tmp_path):
+    from memento_lens.analyses.ingest import _iter_json_objects
+    from memento_lens.runtime.errors import InputFileError
+
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": "\xff"}\n')
+    with pytest.raises(InputFileError, match=r"byte 0xff at byte offset 16"):
+        list(_iter_json_objects(path))
