@@ -768,6 +768,7 @@ def _trace_columns(t: Trace, tokenizer: TextTokenizer, config: BlockMaskingConfi
         0,
         token_strings=_token_strings(t, ids, tokenizer),
         trace_columns={"domain": str(t.meta.get("domain", ""))},
+        occupancy=False,
     )
 
 

@@ -204,7 +204,7 @@ if mode == "streamed":
 else:  # the former write_run: every trace in memory, a frame per trace and table, whole tables at the end
     traces = list(iter_ingest_files([src], tok, IngestReport(), keep_text=True))
     store = RunStore.create(out, "ingest", {})
-    parts = [frame_columns([_trace_columns(t, tok, config)]) for t in traces]
+    parts = [frame_columns([_trace_columns(t, tok, config)], ("traces", "tokens", "events")) for t in traces]
     for name in ("traces", "tokens", "events"):
         store.write_table(schema.TABLES[name], pd.concat([p[name] for p in parts], ignore_index=True))
     configs = {"vanilla": BlockMaskingConfig.vanilla(False), "memento": config}

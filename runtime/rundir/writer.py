@@ -8,6 +8,7 @@ All files go through :class:`~.store.RunStore` (atomic, checksummed); all tables
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -57,6 +58,7 @@ def trace_table_columns(
     tokenizer: Any = None,
     token_strings: Sequence[str] | None = None,
     trace_columns: dict[str, Any] | None = None,
+    occupancy: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """The columns of :func:`trace_tables` as plain arrays/lists (no DataFrame): many traces' columns are
     concatenated and framed once by :func:`frame_columns` (per-trace frames cost most of a bulk write)."""
@@ -77,7 +79,7 @@ def trace_table_columns(
         "pos": np.arange(n, dtype=np.int64),
         "token_id": np.asarray(trace.token_ids, dtype=np.int64),
         "token": [str(x) for x in names],
-        "role": [str(r) for r in roles.role],
+        "role": roles.role,  # Role values (str), an object array
         "block": roles.block.astype(np.int64),
     }
     ev = [
@@ -93,14 +95,6 @@ def trace_table_columns(
         }
         for e in schedule.events
     ]
-    occ = np.asarray(schedule_occupancy(schedule))
-    oc = {
-        "trace": np.full(n, tid, dtype=object),
-        "mode": np.full(n, mode, dtype=object),
-        "step": np.arange(n, dtype=np.int64),
-        "tokens": occ,
-        "bytes": occ * bytes_per_token,
-    }
     tr = [
         {
             "trace": tid,
@@ -112,6 +106,16 @@ def trace_table_columns(
             **(trace_columns or {}),
         }
     ]
+    if not occupancy:  # a caller that accounts occupancy itself (ingest: vanilla + its config)
+        return {"traces": tr, "tokens": tok, "events": ev}
+    occ = np.asarray(schedule_occupancy(schedule))
+    oc = {
+        "trace": np.full(n, tid, dtype=object),
+        "mode": np.full(n, mode, dtype=object),
+        "step": np.arange(n, dtype=np.int64),
+        "tokens": occ,
+        "bytes": occ * bytes_per_token,
+    }
     return {"traces": tr, "tokens": tok, "events": ev, "occupancy": oc}
 
 
@@ -138,7 +142,7 @@ def frame_columns(
 def _concat(pieces: Sequence[Any]) -> Any:
     """Lists stay one list (pandas infers their string dtype as for one trace); arrays concatenate."""
     if isinstance(pieces[0], list):
-        return [x for piece in pieces for x in piece]
+        return list(itertools.chain.from_iterable(pieces))
     return np.concatenate(pieces)
 
 
