@@ -785,20 +785,32 @@ def _token_strings(t: Trace, ids: np.ndarray, tok: TextTokenizer) -> list[str]:
     return [APPROX_SPECIALS[i] if i < len(APPROX_SPECIALS) else "·" for i in ids.tolist()]
 
 
+class _Fingerprint:
+    """Trace count and a sha256 of ids and tokens, fed one trace at a time."""
+
+    def __init__(self) -> None:
+        import hashlib
+
+        self.h, self.n = hashlib.sha256(), 0
+
+    def add(self, t: Trace) -> None:
+        self.h.update(f"{t.trace_id}\0{t.prompt_len}\0".encode())
+        self.h.update(np.asarray(t.token_ids, dtype=np.int64).tobytes())
+        self.n += 1
+
+    def result(self) -> dict[str, Any]:
+        return {"n": self.n, "sha256": self.h.hexdigest()}
+
+
 def _traces_fingerprint(traces: Iterable[Trace]) -> dict[str, Any]:
     """What identifies the ingested input in a run's config: trace count and a sha256 of ids and tokens.
 
     One streaming pass (a caller with a file to stream computes it first, then streams again into
-    :func:`write_run`)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    n = 0
+    :func:`write_run`, which checks the second pass saw the same traces)."""
+    fp = _Fingerprint()
     for t in traces:
-        h.update(f"{t.trace_id}\0{t.prompt_len}\0".encode())
-        h.update(np.asarray(t.token_ids, dtype=np.int64).tobytes())
-        n += 1
-    return {"n": n, "sha256": h.hexdigest()}
+        fp.add(t)
+    return fp.result()
 
 
 traces_fingerprint = _traces_fingerprint
@@ -871,7 +883,9 @@ def write_run(
                 pending.clear()
                 curves.clear()
 
+            seen = _Fingerprint()
             for t in traces:
+                seen.add(t)
                 cols = _trace_columns(t, tok, config)
                 bar.update(1)
                 trace_rows += cols["traces"]
@@ -887,6 +901,12 @@ def write_run(
                     n_pending = 0
             if pending:
                 flush()
+            if seen.result() != fingerprint:  # a streamed input changed between the two passes
+                raise InputFileError(
+                    f"{', '.join(sorted({str(m.get('source_file', '')) for m in metas.values()} - {''})) or 'input'}: "
+                    f"traces changed while being ingested ({fingerprint['n']} traces when first read, "
+                    f"{seen.n} when written); nothing was written"
+                )
         bar.close()
         rows = frame_columns([{"traces": trace_rows, "events": event_rows}], ("traces", "events"))
         if not trace_rows:

@@ -166,3 +166,15 @@ def test_json_lines_stream_names_the_byte_offset_of_bad_utf8(tmp_path):
     path.write_bytes(b'{"a": 1}\n{"b": "\xff"}\n')
     with pytest.raises(InputFileError, match=r"byte 0xff at byte offset 16"):
         list(_iter_json_objects(path))
+
+
+def test_an_input_that_changes_between_the_passes_is_refused_and_nothing_is_written(tmp_path):
+    from memento_lens.analyses.ingest import IngestReport, iter_ingest_files, traces_fingerprint
+    from memento_lens.runtime.errors import InputFileError
+
+    src = _traces_file(tmp_path / "traces.jsonl")
+    fp = traces_fingerprint(iter_ingest_files([src], "approx", IngestReport()))
+    _traces_file(src, n=11)  # rewritten between the fingerprint pass and the table pass
+    with pytest.raises(InputFileError, match=r"traces\.jsonl: traces changed while being ingested \(12 .* 11 "):
+        write_run(tmp_path / "run", iter_ingest_files([src], "approx", IngestReport()), "approx", fingerprint=fp)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
