@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -30,21 +29,6 @@ def _ints(text: Optional[str], option: str) -> tuple[int, ...]:
         from memento_lens.probes.features import ProbeInputError
 
         raise ProbeInputError(f"{option}: expected comma-separated integers, got {text!r}") from None
-
-
-def _clean(rows: list[dict]) -> list[dict]:
-    """JSON-safe rows (NaN -> null, numpy scalars -> Python)."""
-    out = []
-    for r in rows:
-        d = {}
-        for k, v in r.items():
-            if hasattr(v, "item"):
-                v = v.item()
-            if isinstance(v, float) and math.isnan(v):
-                v = None
-            d[k] = v
-        out.append(d)
-    return out
 
 
 def _Progress(enabled: bool):
@@ -124,6 +108,7 @@ def passcode_cmd(
         from memento_lens.probes.models import make_probe
         from memento_lens.probes.passcode import QUICK, PasscodeConfig
         from memento_lens.probes.sweep import resolve_checkpoints, run_sweep
+        from memento_lens.runtime.rundir.store import json_rows
         from memento_lens.runtime.store import RunStore
 
         _setup(threads, seed)
@@ -175,7 +160,7 @@ def passcode_cmd(
         df = run.rows
         _report_skips(run.skips)
         if as_json:
-            print(json.dumps(_clean(df.to_dict("records"))))
+            print(json.dumps(json_rows(df.to_dict("records"))))
         else:
             cols = [
                 "condition",
@@ -243,7 +228,8 @@ def restart_cmd(
 ) -> None:
     """Restart ablation: normal memento KV vs restart (recomputed without the block), same weights and sequences."""
     with user_errors():
-        from memento_lens.probes.ablation import json_rows, run_restart
+        from memento_lens.probes.ablation import run_restart
+        from memento_lens.runtime.rundir.store import json_rows
 
         _setup(threads, seed)
         n = samples if samples is not None else (256 if quick else 2000)
@@ -293,7 +279,8 @@ def patch_cmd(
 ) -> None:
     """Causal KV patching: swap earlier mementos' K/V between normal and restart runs at one layer (or head)."""
     with user_errors():
-        from memento_lens.probes.ablation import json_rows, run_patch
+        from memento_lens.probes.ablation import run_patch
+        from memento_lens.runtime.rundir.store import json_rows
 
         _setup(threads, seed)
         n = samples if samples is not None else (128 if quick else 1000)

@@ -30,6 +30,7 @@ from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.masks import visibility_mask
 from memento_lens.runtime.progress import ProgressFn  # the one (stage, done, total) callback type
 from memento_lens.runtime.rundir.schema import ABLATIONS
+from memento_lens.runtime.rundir.store import json_rows
 from memento_lens.runtime.schedule import EventKind, Schedule
 
 from .patching import KVProj, capture_kv_proj, patch_kv_proj, surgery_patches
@@ -516,21 +517,6 @@ def ablation_inputs(
 def checkpoint_of(model: str) -> str:
     """``toy@step-000750`` -> ``step-000750``; ``""`` for a spec without a checkpoint."""
     return model.split("@", 1)[1] if "@" in model else ""
-
-
-def json_rows(rows: list[dict]) -> list[dict]:
-    """JSON-safe copies of table rows (numpy scalars -> Python, NaN -> None)."""
-    out = []
-    for r in rows:
-        d = {}
-        for k, v in r.items():
-            if hasattr(v, "item"):
-                v = v.item()
-            if isinstance(v, float) and np.isnan(v):
-                v = None
-            d[k] = v
-        out.append(d)
-    return out
 
 
 @dataclass

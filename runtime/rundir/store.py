@@ -184,6 +184,21 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=_json_default)
 
 
+def json_rows(rows: list[dict]) -> list[dict]:
+    """JSON-safe copies of table rows (``df.to_dict("records")``): numpy scalars -> Python, NaN -> None."""
+    out = []
+    for r in rows:
+        d = {}
+        for k, v in r.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            if isinstance(v, float) and v != v:  # NaN
+                v = None
+            d[k] = v
+        out.append(d)
+    return out
+
+
 def first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
     """The first field (dotted path, sorted keys) where two JSON-like configs differ, with both values."""
     if isinstance(old, dict) and isinstance(new, dict):
