@@ -105,5 +105,29 @@ def layers(what: str = "Layers to capture") -> Any:
     return typer.Option(None, "--layers", help=f"{what}, comma-separated 0-based indices, e.g. 0,3 (default all).")
 
 
+def capture() -> Any:
+    return flag(
+        "--capture/--no-capture",
+        "Store memento K/V (and the other captures) in the run; on by default for generate and replay.",
+        default=True,
+    )
+
+
+def evicted_block() -> Any:
+    return flag("--evicted-block", "Also store each evicted block's K/V (restart variant).")
+
+
+def attention_layers() -> Any:
+    return typer.Option(
+        None, "--attention-layers", help="Also store attention weights of these layers (comma-separated)."
+    )
+
+
+def attention_queries() -> Any:
+    return typer.Option(
+        None, "--attention-queries", help="Query positions for --attention-layers (default: every position)."
+    )
+
+
 def port(default: int = 8501) -> Any:
     return typer.Option(default, "--port", help="Port to serve on (1-65535).")

@@ -175,7 +175,6 @@ def _load(model: str, device: str, dtype: Optional[str]):
 
 _MODE_HELP = "vanilla (no eviction) | memento (evict each finished block) | restart (evict, then recompute mementos)."
 _MASK_DEFAULT = "Default: what the model was trained with when it records it (the toy keeps them); else required."
-_CAPTURE_HELP = "Store memento K/V (and the other captures) in the run; on by default for generate and replay."
 
 
 def generate_cmd(
@@ -205,15 +204,11 @@ def generate_cmd(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="Generated tokens per trace at most (>= 1)."),
     batch_size: int = opt.batch_size(16, "prompts"),
     allow_unk: bool = opt.allow_unk(),
-    capture: bool = opt.flag("--capture/--no-capture", _CAPTURE_HELP, default=True),
+    capture: bool = opt.capture(),
     layers: Optional[str] = opt.layers(),
-    evicted_block: bool = opt.flag("--evicted-block", "Also store each evicted block's K/V (restart variant)."),
-    attention_layers: Optional[str] = typer.Option(
-        None, "--attention-layers", help="Also store attention weights of these layers (comma-separated)."
-    ),
-    attention_queries: Optional[str] = typer.Option(
-        None, "--attention-queries", help="Query positions for --attention-layers (default: every position)."
-    ),
+    evicted_block: bool = opt.evicted_block(),
+    attention_layers: Optional[str] = opt.attention_layers(),
+    attention_queries: Optional[str] = opt.attention_queries(),
     out: Path = opt.out(Path("runs/generate")),
     overwrite: bool = opt.overwrite(),
     resume: bool = opt.resume(),
@@ -386,14 +381,10 @@ def replay_cmd(
         None, "--config", help="BlockMaskingConfig as JSON (overrides --mode/--keep/--mask-delimiters)."
     ),
     layers: Optional[str] = opt.layers(),
-    evicted_block: bool = opt.flag("--evicted-block", "Also store each evicted block's K/V (restart variant)."),
-    attention_layers: Optional[str] = typer.Option(
-        None, "--attention-layers", help="Also store attention weights of these layers (comma-separated)."
-    ),
-    attention_queries: Optional[str] = typer.Option(
-        None, "--attention-queries", help="Query positions for --attention-layers (default: every position)."
-    ),
-    capture: bool = opt.flag("--capture/--no-capture", _CAPTURE_HELP, default=True),
+    evicted_block: bool = opt.evicted_block(),
+    attention_layers: Optional[str] = opt.attention_layers(),
+    attention_queries: Optional[str] = opt.attention_queries(),
+    capture: bool = opt.capture(),
     allow_truncated: bool = opt.flag(
         "--allow-truncated", "Accept traces whose last block is still open (generations cut by their length limit)."
     ),
