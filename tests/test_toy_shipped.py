@@ -46,6 +46,8 @@ def test_resolution():
         toy_model_dir("toy@step-7")
     with pytest.raises(ToyModelError, match="not a toy spec"):
         toy_model_dir("toys")
+    with pytest.raises(ToyModelError, match=r"'toy@': empty checkpoint after '@'"):
+        toy_model_dir("toy@")
 
 
 def test_load_offline(monkeypatch):

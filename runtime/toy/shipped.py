@@ -79,8 +79,11 @@ def _name(spec: str) -> str:
 
 
 def _split(spec: str) -> str:
+    name, at, checkpoint = str(spec).partition("@")
     _name(spec)
-    return str(spec).partition("@")[2] or FINAL
+    if at and not checkpoint:  # "toy@" is a typo, not a request for the final model
+        raise ToyModelError(f"model {spec!r}: empty checkpoint after '@'; use {name!r} or {name}@<checkpoint>")
+    return checkpoint or FINAL
 
 
 def toy_model_dir(spec: str = TOY, weights_dir: str | Path | None = None) -> Path:
