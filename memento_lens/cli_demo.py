@@ -50,8 +50,16 @@ def print_summary(summary: dict[str, Any], out: Path, console: Any) -> None:
         "causal_control": "causal control (M1)",
     }
     probes = summary["probe_accuracy_last_layer"]
+    channels = summary.get("probe_channels_last_layer") or {}
     for cond in (c for c in conditions if c in probes):
-        t.add_row(f"passcode probe, last layer, {conditions[cond]}", f"{probes[cond]:.1%}  (chance 10%)")
+        value = f"{probes[cond]:.1%}  (chance 10%)"
+        ch = channels.get(cond)
+        if ch:  # the channel decomposition: is it the memento text, or K/V beyond it?
+            value = (
+                f"normal {ch['normal']:.1%} · restart {ch['restart']:.1%} · text {ch['text']:.1%} · "
+                f"excess {100 * ch['excess']:+.1f} [{100 * ch['excess_ci_low']:+.1f}, {100 * ch['excess_ci_high']:+.1f}] pts"
+            )
+        t.add_row(f"passcode probe, last layer, {conditions[cond]}", value)
     peak = summary["peak_kv_tokens"]
     t.add_row(
         "peak KV per trace, vanilla → memento (tokens)",

@@ -54,6 +54,9 @@ class DemoSummary:
         task_accuracy: ``{"<variant>/<metric>": value}`` for the teacher-forced memento digits and the generated
             whole mementos, normal and restart KV.
         probe_accuracy_last_layer: MLP passcode probe accuracy at the last layer per condition (masked at +1).
+        probe_channels_last_layer: the channel decomposition of the same rows, per condition: ``normal``,
+            ``restart`` (memento K/V recomputed without the block), ``text`` (probe on the memento tokens) and
+            ``excess`` = normal - restart with its paired CI (``excess_ci_low``, ``excess_ci_high``).
         peak_kv_tokens: mean over traces of the peak KV occupancy, ``vanilla`` and ``memento``.
         kv_bytes_per_token: from the occupancy table.
         n_traces: traces generated.
@@ -68,6 +71,7 @@ class DemoSummary:
     n_traces: int
     figures: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    probe_channels_last_layer: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -262,16 +266,29 @@ def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> Dem
         if r.metric in ("accuracy_teacher_forced", "memento_exact_generated")
     }
     last = probe_rows[(probe_rows["layer"] == n_layers - 1) & (probe_rows["probe"] == "mlp")]
-    probes = {}
+    probes: dict[str, float] = {}
+    channels: dict[str, dict[str, float]] = {}
+    decomposition = {
+        "normal": "accuracy",
+        "restart": "restart_accuracy",
+        "text": "text_accuracy",
+        "excess": "implicit_excess",
+        "excess_ci_low": "excess_ci_low",
+        "excess_ci_high": "excess_ci_high",
+    }
     for cond in ("direct", "masked", "causal_control"):
         sub = last[last["condition"] == cond]
         if cond == "masked":
             sub = sub[sub["distance"] == 1]
         if len(sub):
-            probes[cond] = float(sub["accuracy"].iloc[0])
+            row = sub.iloc[0]
+            probes[cond] = float(row["accuracy"])
+            if all(c in sub.columns for c in decomposition.values()):
+                channels[cond] = {k: float(row[c]) for k, c in decomposition.items()}
     return DemoSummary(
         task_accuracy=task,
         probe_accuracy_last_layer=probes,
+        probe_channels_last_layer=channels,
         peak_kv_tokens={
             "vanilla": float(np.mean([o.peak_tokens for o in vanilla])) if vanilla else float("nan"),
             "memento": float(np.mean([o.peak_tokens for o in occs])) if occs else float("nan"),

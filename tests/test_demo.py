@@ -72,6 +72,19 @@ def test_summarize_reads_the_headline_numbers_from_the_tables():
         "normal/memento_exact_generated": 0.9,
     }
     assert s.probe_accuracy_last_layer == {"direct": 0.30, "masked": 0.20, "causal_control": 0.11}
+    assert s.probe_channels_last_layer == {}  # rows without the decomposition columns
+    decomposed = probes.assign(
+        restart_accuracy=probes["accuracy"] - 0.05,
+        text_accuracy=0.12,
+        implicit_excess=0.05,
+        excess_ci_low=0.01,
+        excess_ci_high=0.09,
+    )
+    s2 = summarize(_Tables(occ), decomposed, ablations, n_layers=2)
+    assert s2.probe_channels_last_layer["masked"] == pytest.approx(
+        {"normal": 0.20, "restart": 0.15, "text": 0.12, "excess": 0.05, "excess_ci_low": 0.01, "excess_ci_high": 0.09}
+    )
+    assert set(s2.probe_channels_last_layer) == {"direct", "masked", "causal_control"}
     # vanilla peak = trace length (4 and 6); memento peak = max held (3 and 4)
     assert s.peak_kv_tokens == {"vanilla": 5.0, "memento": 3.5}
     assert s.kv_bytes_per_token == 96.0 and s.n_traces == 2
@@ -341,3 +354,8 @@ def test_summary_table_rows_do_not_depend_on_key_order(tmp_path):
         "passcode probe, last layer, masked (M3, block erased)",
         "passcode probe, last layer, causal control (M1)",
     ]
+    ch = {"normal": 0.2, "restart": 0.15, "text": 0.12, "excess": 0.05, "excess_ci_low": 0.01, "excess_ci_high": 0.09}
+    masked = [
+        line for line in table(summary | {"probe_channels_last_layer": {"masked": ch}}).splitlines() if "(M3" in line
+    ]
+    assert "normal 20.0% · restart 15.0% · text 12.0% · excess +5.0 [+1.0, +9.0] pts" in masked[0]
