@@ -229,7 +229,6 @@ def restart_cmd(
     """Restart ablation: normal memento KV vs restart (recomputed without the block), same weights and sequences."""
     with user_errors():
         from memento_lens.probes.ablation import run_restart
-        from memento_lens.runtime.rundir.store import json_rows
 
         _setup(threads, seed)
         n = samples if samples is not None else (256 if quick else 2000)
@@ -246,14 +245,7 @@ def restart_cmd(
                 overwrite=overwrite,
                 progress=bar,
             )
-        for note in res.run.notes():  # e.g. the identical command's complete run was found and is shown
-            print(note, file=sys.stderr)
-        if as_json:
-            print(json.dumps(json_rows(res.rows.to_dict("records"))))
-        else:
-            _print_table(
-                res.rows[["variant", "metric", "value", "ci_low", "ci_high", "n"]], f"wrote {out}/ablations.parquet"
-            )
+        _report_ablation(res, out, as_json, res.rows[["variant", "metric", "value", "ci_low", "ci_high", "n"]])
 
 
 @ablate_app.command("patch")
@@ -280,7 +272,6 @@ def patch_cmd(
     """Causal KV patching: swap earlier mementos' K/V between normal and restart runs at one layer (or head)."""
     with user_errors():
         from memento_lens.probes.ablation import run_patch
-        from memento_lens.runtime.rundir.store import json_rows
 
         _setup(threads, seed)
         n = samples if samples is not None else (128 if quick else 1000)
@@ -299,18 +290,23 @@ def patch_cmd(
                 overwrite=overwrite,
                 progress=bar,
             )
-        for note in res.run.notes():  # e.g. the identical command's complete run was found and is shown
-            print(note, file=sys.stderr)
-        if as_json:
-            print(json.dumps(json_rows(res.rows.to_dict("records"))))
-        else:
-            df = res.rows
-            _print_table(
-                df[df["metric"].isin(["accuracy", "delta_accuracy", "nll", "kl"])][
-                    ["variant", "direction", "layer", "head", "metric", "value", "ci_low", "ci_high"]
-                ],
-                f"wrote {out}/ablations.parquet",
-            )
+        df = res.rows
+        shown = df[df["metric"].isin(["accuracy", "delta_accuracy", "nll", "kl"])][
+            ["variant", "direction", "layer", "head", "metric", "value", "ci_low", "ci_high"]
+        ]
+        _report_ablation(res, out, as_json, shown)
+
+
+def _report_ablation(res, out: Path, as_json: bool, shown) -> None:
+    """Print an ablation result: the store's notes, then all rows as JSON or the ``shown`` columns as a table."""
+    from memento_lens.runtime.rundir.store import json_rows
+
+    for note in res.run.notes():  # e.g. the identical command's complete run was found and is shown
+        print(note, file=sys.stderr)
+    if as_json:
+        print(json.dumps(json_rows(res.rows.to_dict("records"))))
+    else:
+        _print_table(shown, f"wrote {out}/ablations.parquet")
 
 
 def register(app: typer.Typer) -> None:
