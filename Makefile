@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[interp,app,real,dev,probes]"
+	$(PY) -m pip install -q -e ".[interp,app,real,dev,probes,ray]"
 	touch $@
 
 # Debian's chromium: plotly's static PNG export (kaleido) and the browser test need it.
