@@ -2,16 +2,19 @@
 goes by role (prompt, mementos, current block, other blocks, delimiters, answer, evicted, future). Pure
 functions on hand-built arrays (no streamlit, no I/O): the app's trace and attention pages draw these.
 
-Conventions: positions are 0-based logical positions; an eviction event at ``position`` p removes
-``[start, end)`` for every generation step ``>= p`` (the token at p is already computed without it).
+Conventions: positions are 0-based logical positions; visibility is the runtime's one rule
+(:mod:`memento_lens.runtime.masks`: an event hides ``[start, end)`` from its ``effective_from`` on, the
+firing position or, for restart events, the memento's ``<|summary_start|>``).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+from memento_lens.runtime.masks import events_from_table, evicted_at, visible_at
+from memento_lens.runtime.schedule import EventKind, EvictionEvent
 
 # Attention-mass categories (display order).
 MASS_CATEGORIES: tuple[str, ...] = (
@@ -26,33 +29,55 @@ MASS_CATEGORIES: tuple[str, ...] = (
 )
 
 
+def _events(
+    starts: Sequence[int], ends: Sequence[int], positions: Sequence[int], rewind_to: Sequence[Any] | None
+) -> tuple[EvictionEvent, ...]:
+    """Column lists -> events, through the one table reader (kind is irrelevant to visibility)."""
+    n = len(positions)
+    cols = {"kind": [EventKind.COMPACT.value] * n, "position": positions, "start": starts, "end": ends}
+    cols["block"] = [-1] * n
+    if rewind_to is not None:
+        cols["rewind_to"] = rewind_to
+    return events_from_table(cols)
+
+
 def evicted_at_step(
-    n_tokens: int, starts: Sequence[int], ends: Sequence[int], positions: Sequence[int], step: int
+    n_tokens: int,
+    starts: Sequence[int],
+    ends: Sequence[int],
+    positions: Sequence[int],
+    step: int,
+    rewind_to: Sequence[Any] | None = None,
 ) -> np.ndarray:
-    """Which positions are evicted from the cache once token ``step`` has been processed.
+    """Which positions are hidden from the query at ``step``: :func:`runtime.masks.evicted_at` on column lists.
+
+    Prefer ``masks.evicted_at(masks.events_from_table(events_df), step, n_tokens)``; this keeps the
+    column-list form working.
 
     Args:
         n_tokens: length of the trace.
         starts, ends, positions: per event, the evicted ``[start, end)`` and the position that fired it
             (the ``events.parquet`` columns).
         step: generation step (= position of the token being processed).
+        rewind_to: per event, the ``rewind_to`` column (restart events hide their range from the
+            memento's ``<|summary_start|>`` on); None = no restart events.
 
     Returns:
-        ``[n_tokens]`` bool, True where a range fired at ``position <= step`` covers the position.
+        ``[n_tokens]`` bool.
     """
-    gone = np.zeros(n_tokens, dtype=bool)
-    for s, e, p in zip(starts, ends, positions):
-        if p <= step and e > s:
-            gone[max(0, int(s)) : min(n_tokens, int(e))] = True
-    return gone
+    return evicted_at(_events(starts, ends, positions, rewind_to), step, n_tokens)
 
 
 def visible_at_step(
-    n_tokens: int, starts: Sequence[int], ends: Sequence[int], positions: Sequence[int], step: int
+    n_tokens: int,
+    starts: Sequence[int],
+    ends: Sequence[int],
+    positions: Sequence[int],
+    step: int,
+    rewind_to: Sequence[Any] | None = None,
 ) -> np.ndarray:
-    """``[n_tokens]`` bool: positions ``<= step`` that are still in the cache at ``step``."""
-    vis = np.arange(n_tokens) <= step
-    return vis & ~evicted_at_step(n_tokens, starts, ends, positions, step)
+    """``[n_tokens]`` bool: positions ``<= step`` still visible at ``step`` (:func:`runtime.masks.visible_at`)."""
+    return visible_at(_events(starts, ends, positions, rewind_to), step, n_tokens)
 
 
 def mass_categories(roles: Sequence[str], blocks: Sequence[int], query_pos: int, visible: np.ndarray) -> np.ndarray:
