@@ -10,11 +10,27 @@ Contract for an implementation (the real-trace one lives in :mod:`.real`, see :c
   has the same layout and length ``T``: only the passcode's own tokens differ, or for the toy the block digits)
   and ``labels [n, n_digits]`` int64, the passcode digits, most significant first. Deterministic in ``seed``.
   Samples that cannot be built are dropped and counted in ``skipped`` / ``skip_reasons``, never changed.
-* ``visibility(world) -> [T, T] bool`` (query row attends to key column) for ``world`` in :data:`WORLDS`:
+* ``worlds -> tuple[str, ...]``: the worlds this task supports, always ``normal`` and ``restart`` first, then
+  any of :data:`REFERENCE_WORLDS` it can build. A *world* is a (tokens, visibility) pair over the *same samples
+  and labels*; the probe reads memento K/V of the world's replay and predicts the normal sample's passcode.
+* ``world_tokens(samples, world, seed) -> [n, T] int64``: the token ids replayed in ``world`` (default: the
+  samples' own tokens). Deterministic in ``seed`` (its own random stream, never the samples' or the split's).
+* ``visibility(world, device) -> [T, T] bool`` (query row attends to key column) for every ``world`` in
+  ``worlds``:
+
   ``"normal"``: the block-masking schedule the model runs under (keep 0: a memento sees its own block while
   it is written, later tokens do not). ``"restart"``: the paper's restart mode, every memento recomputed
   without its block, so memento K/V carry only what the memento *text* (and earlier memento text) says.
   Both come from :func:`memento_lens.runtime.schedule.compute_schedule`, never hand-built.
+
+  On-distribution references (:data:`REFERENCE_WORLDS`; the normal mask unless said otherwise):
+  ``"same_sum"``: the target block replaced by another block with the same memento text (toy: same digit
+  sum; a passcode segment, which no memento summarises, redrawn), so only what the text says survives.
+  ``"foreign"``: another passcode (uniform, independent of the label) in the target block, everything else
+  the same. ``"delimiter_hidden"``: normal tokens and memento attention, but the target block's kept
+  delimiters (visible after eviction in Qwen3-style masking) hidden from every token after the target's
+  memento (:func:`hide_delimiters` from the first position after its ``<|summary_end|>``), so a later memento
+  can learn about the block only through the target memento's K/V.
 * ``memento_positions(memento_block) -> [n_positions]``: the positions whose K/V are the probe's features.
 * ``text_positions(memento_block) -> [n_text]``: positions whose token *identities* make up the text channel
   of that memento: every non-block token it can see in the restart world that can vary with the sample
@@ -45,8 +61,33 @@ import torch
 
 from .features import CONDITIONS, Condition, ProbeInputError, Skip, passcode_conditions
 
-WORLDS = ("normal", "restart")
+WORLDS = ("normal", "restart")  # every task supports these
+REFERENCE_WORLDS = ("same_sum", "foreign", "delimiter_hidden")  # on-distribution references, where a task can
+ALL_WORLDS = WORLDS + REFERENCE_WORLDS
 N_CLASSES = 10
+
+
+def hide_delimiters(
+    visible: torch.Tensor, delimiter_positions: Sequence[int] | np.ndarray, from_position: int
+) -> torch.Tensor:
+    """``visible [T, T]`` (or ``[..., T, T]``) with key columns ``delimiter_positions`` hidden from query rows
+    ``>= from_position``; a new tensor (the input is not modified).
+
+    The delimiter-hidden world: the target block's kept delimiters (``<|block_start|>``/``<|block_end|>`` stay
+    visible after eviction when ``mask_delimiters=False``) are taken away from every later token, so whatever a
+    later memento knows about the block reaches it through the target memento's K/V alone.
+    """
+    pos = torch.as_tensor(np.asarray(delimiter_positions, dtype=np.int64), device=visible.device)
+    t = visible.shape[-1]
+    if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= t):
+        raise ValueError(f"delimiter positions {pos.tolist()} outside a {t}-token mask")
+    if not 0 <= from_position <= t:
+        raise ValueError(f"from_position {from_position} outside a {t}-token mask")
+    if pos.numel() and int(pos.max()) >= from_position:
+        raise ValueError(f"delimiters {pos.tolist()} must precede from_position {from_position}")
+    out = visible.clone()
+    out[..., from_position:, pos] = False
+    return out
 
 
 @dataclass
@@ -79,8 +120,19 @@ class PasscodeTask(ABC):
     @abstractmethod
     def samples(self, n: int, seed: int) -> PasscodeSamples: ...
 
+    @property
+    def worlds(self) -> tuple[str, ...]:
+        """Worlds this task supports (``normal``, ``restart``, then any of :data:`REFERENCE_WORLDS`)."""
+        return WORLDS
+
+    def world_tokens(self, samples: PasscodeSamples, world: str, seed: int) -> np.ndarray:
+        """``[n, T]`` token ids replayed in ``world`` (default: the samples' own tokens)."""
+        self.check_world(world)
+        return np.asarray(samples.token_ids)
+
     @abstractmethod
-    def visibility(self, world: str, device: torch.device | str | None = None) -> torch.Tensor: ...
+    def visibility(self, world: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """``[T, T]`` bool for every world in :attr:`worlds` (see the module docstring)."""
 
     @abstractmethod
     def memento_positions(self, memento_block: int) -> np.ndarray: ...
@@ -105,8 +157,9 @@ class PasscodeTask(ABC):
         return passcode_conditions(self.target_block, self.n_blocks, distances, conditions)
 
     def check_world(self, world: str) -> None:
-        if world not in WORLDS:
-            raise ProbeInputError(f"world {world!r}: choose from {', '.join(WORLDS)}")
+        if world not in self.worlds:
+            extra = f" (this task cannot build {world!r})" if world in ALL_WORLDS else ""
+            raise ProbeInputError(f"world {world!r}{extra}: choose from {', '.join(self.worlds)}")
 
 
 # -- exact text-channel ceiling for digit sums ------------------------------------------------------------------
@@ -131,6 +184,38 @@ def digit_sum_ceiling(n_digits: int, n_classes: int = N_CLASSES) -> float:
     for v in range(n_classes):
         count[v : v + len(rest), v] += rest
     return float(count.max(axis=1).sum() / n_classes**n_digits)
+
+
+@lru_cache(maxsize=4)
+def _tuples_by_sum(width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every ``width``-digit tuple sorted by digit sum: ``(tuples [10**width, width], start [S+1], count [S+1])``."""
+    all_t = (np.arange(N_CLASSES**width)[:, None] // N_CLASSES ** np.arange(width - 1, -1, -1)) % N_CLASSES
+    sums = all_t.sum(1)
+    order = np.argsort(sums, kind="stable")
+    count = np.bincount(sums, minlength=(N_CLASSES - 1) * width + 1)
+    start = np.concatenate([[0], np.cumsum(count)[:-1]])
+    return all_t[order], start, count
+
+
+def same_sum_tuples(digits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``[n, width]`` digits -> digits drawn uniformly among the *other* tuples with the same digit sum (the tuple
+    itself only when it is the only one: sums 0 and 9 * width)."""
+    digits = np.asarray(digits, dtype=np.int64)
+    width = digits.shape[1]
+    if width > 6:
+        raise ValueError(f"same-sum resampling enumerates 10**width tuples; width {width} is too large")
+    tuples, start, count = _tuples_by_sum(width)
+    s = digits.sum(1)
+    c = count[s]
+    # rank of the sample's own tuple within its sum group, then a uniform draw among the c - 1 others
+    keys = digits @ (N_CLASSES ** np.arange(width - 1, -1, -1))
+    tuple_keys = tuples @ (N_CLASSES ** np.arange(width - 1, -1, -1))
+    rank = np.empty(len(tuple_keys), dtype=np.int64)
+    rank[tuple_keys] = np.arange(len(tuple_keys)) - start[tuples.sum(1)]
+    own_rank = rank[keys]
+    draw = np.floor(rng.random(len(s)) * np.maximum(c - 1, 1)).astype(np.int64)
+    draw = np.where(c > 1, draw + (draw >= own_rank), own_rank)  # skip the own tuple
+    return tuples[start[s] + draw]
 
 
 # -- the toy -------------------------------------------------------------------------------------------------
@@ -174,16 +259,57 @@ class ToyPasscodeTask(PasscodeTask):
         batch = sample(n, np.random.default_rng(seed), self.layout)
         return PasscodeSamples(batch.token_ids, passcode_labels(batch, self.target))
 
+    @property
+    def worlds(self) -> tuple[str, ...]:
+        return ALL_WORLDS
+
+    def _passcode_positions(self) -> np.ndarray:
+        lay = self.layout
+        return lay.passcode(self.target) if lay.passcode_digits else lay.block_content(self.target)
+
+    def world_tokens(self, samples: PasscodeSamples, world: str, seed: int) -> np.ndarray:
+        """``same_sum``: the target block's summed digits redrawn uniformly among the tuples with the same digit
+        sum (the exact conditional given the memento text; another tuple whenever one exists) and its passcode
+        segment, if any, redrawn uniformly. ``foreign``: the passcode positions (the segment, or for the plain toy
+        the block digits) redrawn uniformly; every memento keeps its text. Other worlds: the samples' tokens."""
+        from memento_lens.runtime.toy.task import DIGIT0
+
+        self.check_world(world)
+        ids = np.array(samples.token_ids, dtype=np.int64, copy=True)
+        if world not in ("same_sum", "foreign"):
+            return ids
+        lay, n = self.layout, len(ids)
+        rng = np.random.default_rng([int(seed), ALL_WORLDS.index(world), 0x5A5E])  # the world's own stream
+        if world == "foreign":
+            pos = self._passcode_positions()
+            ids[:, pos] = DIGIT0 + rng.integers(0, N_CLASSES, size=(n, len(pos)))
+            return ids
+        content = lay.block_content(self.target)
+        digits = ids[:, content] - DIGIT0
+        ids[:, content] = DIGIT0 + same_sum_tuples(digits, rng)
+        if lay.passcode_digits:
+            seg = lay.passcode(self.target)
+            ids[:, seg] = DIGIT0 + rng.integers(0, N_CLASSES, size=(n, len(seg)))
+        return ids
+
     def visibility(self, world: str, device: torch.device | str | None = None) -> torch.Tensor:
         self.check_world(world)
         if world not in self._vis:
-            from memento_lens.runtime.masks import visibility_mask
-            from memento_lens.runtime.schedule import compute_schedule
-            from memento_lens.runtime.toy.task import TOY_MASKING, TOY_TOKENS, sample
+            if world == "delimiter_hidden":
+                lay = self.layout
+                delims = [lay.block_start(self.target), lay.block_end(self.target)]
+                self._vis[world] = hide_delimiters(self.visibility("normal"), delims, lay.summary_end(self.target) + 1)
+            elif world != "restart" and world != "normal":
+                self._vis[world] = self.visibility("normal")
+            else:
+                from memento_lens.runtime.masks import visibility_mask
+                from memento_lens.runtime.schedule import compute_schedule
+                from memento_lens.runtime.toy.task import TOY_MASKING, TOY_TOKENS, sample
 
-            config = TOY_TOKENS.resolve_config(dataclasses.replace(TOY_MASKING, restart_mode=world == "restart"))
-            ids = sample(1, 0, self.layout).token_ids[0]
-            self._vis[world] = visibility_mask(compute_schedule(ids.tolist(), config, TOY_TOKENS, prompt_len=1))
+                restart = dataclasses.replace(TOY_MASKING, restart_mode=world == "restart")
+                config = TOY_TOKENS.resolve_config(restart)
+                ids = sample(1, 0, self.layout).token_ids[0]
+                self._vis[world] = visibility_mask(compute_schedule(ids.tolist(), config, TOY_TOKENS, prompt_len=1))
         return self._vis[world].to(device) if device is not None else self._vis[world]
 
     def memento_positions(self, memento_block: int) -> np.ndarray:
