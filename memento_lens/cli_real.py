@@ -19,13 +19,20 @@ def mementify_cmd(
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (weights as saved)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the N(0, 0.01) noise on the new embeddings."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier mementified checkpoint at --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole report (also saved as mementify.json)."),
 ) -> None:
     """Add the memento tokens (paper's initialisation) and a chat template; save a checkpoint directory."""
     with user_errors():
-        from memento_lens.runtime.mementify import mementify
+        from memento_lens.runtime.mementify import MEMENTIFY_FILE, mementify
 
         report = mementify(model, out, seed=seed, dtype=dtype, overwrite=overwrite)
-        print(json.dumps(report.to_dict(), indent=2))
+        if as_json:
+            print(json.dumps(report.to_dict(), indent=2))
+            return
+        added = ", ".join(f"{t}={i}" for t, i in report.added_tokens.items()) or "none (the vocabulary had them)"
+        print(f"mementified {report.source} -> {report.out} ({report.seconds:.1f} s, {report.dtype})")
+        print(f"added tokens: {added}; vocabulary {report.vocab_before} -> {report.vocab_after}")
+        print(f"chat template: {report.chat_template}; full report: {Path(report.out) / MEMENTIFY_FILE}")
 
 
 def presets_cmd(

@@ -245,6 +245,8 @@ def generate_cmd(
                 raise OptionError("give at least one --prompt (the model's tokenizer has no BOS to start from)")
             texts = [[bos]]
         ids = [p for p in encode_prompts(lm.tokenizer, texts) for _ in range(n)]
+        for cap in caps:  # e.g. --attention-queries beyond prompt + --max-new-tokens: refused, not silently empty
+            cap.check_length(max(len(p) for p in ids) + max_new_tokens)
         if not allow_unk:  # real text through a word-level toy tokenizer is almost all <unk>
             from memento_lens.runtime.validate import MAX_UNK_SHARE, check_unk_share
 

@@ -67,6 +67,9 @@ class Capture:
     def after_chunk(self, view: Any, start: int, end: int) -> None:
         """Called after tokens ``[start, end)`` were fed (before any compaction)."""
 
+    def check_length(self, longest: int) -> None:
+        """Refuse, before any work, a request no trace of up to ``longest`` tokens can satisfy (default: none)."""
+
     def describe(self) -> dict[str, Any]:
         return {
             "capture": type(self).__name__,
@@ -154,19 +157,110 @@ class EvictedBlockKV(KVCapture):
                 )
 
 
+# Storage precision of captured attention: float16 keeps 11 significant bits, so each stored weight w is
+# within 2**-11 * w of the float32 value (a row's sum within 5e-4 of 1) and weights below 6e-8 read as 0.
+ATTENTION_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "float32": torch.float32}
+ATTENTION_KEYS = ("visible", "all")
+ATTENTION_REL_PRECISION = 2.0**-11
+
+
+def attention_bytes(heads: int, keys: int, dtype: str = "float16") -> int:
+    """Bytes one captured query of one layer costs: ``heads x keys x dtype size`` (plus ~60 B of index).
+
+    ``keys`` is how many positions the query sees (``keys="visible"``) or the trace length (``"all"``).
+    All queries of a trace of n tokens with every position visible: ``heads * n * (n + 1) / 2 * 2`` bytes
+    in float16 (1 MB per head per layer for 1K tokens); evictions shrink it to the cache's occupancy.
+    """
+    return int(heads) * int(keys) * ATTENTION_DTYPES[dtype].itemsize
+
+
+def expand_attention(weights: Any, visible: Any) -> Any:
+    """A stored attention tensor as ``[heads, n_tokens]`` float32 over every position (0 where not stored).
+
+    Args:
+        weights: the stored tensor, ``[1, heads, L]`` (or ``[heads, L]``): either over every position
+            (``L == n_tokens``: ``keys="all"`` and runs written before compact storage, float32) or over the
+            positions visible to the query, in position order (``L == visible.sum()``, ``keys="visible"``).
+        visible: ``[n_tokens]`` bool, the query's visible positions by the runtime's one rule
+            (:func:`memento_lens.runtime.masks.visible_at`).
+
+    Returns:
+        ``numpy.ndarray [heads, n_tokens]`` float32.
+
+    Raises:
+        ValueError: when ``L`` fits neither layout (the caller names the file and tensor).
+    """
+    import numpy as np
+
+    vis = np.asarray(visible, dtype=bool)
+    w = torch.as_tensor(weights).detach().to(torch.float32).cpu().numpy()
+    w = w.reshape(-1, w.shape[-1])
+    n, n_vis = len(vis), int(vis.sum())
+    if w.shape[-1] == n:
+        return np.ascontiguousarray(w)
+    if w.shape[-1] == n_vis:
+        out = np.zeros((w.shape[0], n), dtype=np.float32)
+        out[:, vis] = w
+        return out
+    raise ValueError(
+        f"holds {w.shape[-1]} keys; expected {n} (every position) or {n_vis} (the positions visible to the query)"
+    )
+
+
 @dataclass
 class AttentionWeights(Capture):
-    """Attention weights ``[1, heads, n_tokens]`` (over all positions; evicted and future = 0) of chosen queries.
+    """Attention weights of chosen queries in chosen layers, stored compactly.
+
+    Each captured query of each layer is one tensor ``[1, heads, n_keys]`` (decode it with
+    :func:`expand_attention`): with ``keys="visible"`` (default) ``n_keys`` is the number of positions the
+    query sees by the runtime's one visibility rule, in position order (the rest are 0 by construction, so
+    nothing is lost); ``keys="all"`` keeps every position of the trace (evicted and future = 0). Should a row
+    put weight on a position the rule hides (a masking leak), that row is stored over every position so the
+    leak stays visible. Cost: :func:`attention_bytes`.
 
     Attributes:
-        layers: which layers.
-        queries: query positions (None = every position; small traces only).
+        layers: which layers (at least one).
+        queries: query positions (None = every position).
+        dtype: ``float16`` (default; relative precision 2**-11, see ``ATTENTION_REL_PRECISION``) or ``float32``.
+        keys: ``visible`` (default) or ``all``.
     """
 
     layers: tuple[int, ...] = (0,)
     queries: tuple[int, ...] | None = None
+    dtype: str = "float16"
+    keys: str = "visible"
     order = -1
     _last: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        from .errors import OptionError
+
+        self.layers = tuple(int(x) for x in self.layers)
+        if not self.layers:
+            raise OptionError("--attention-layers: give at least one layer to capture attention weights of")
+        if any(x < 0 for x in self.layers):
+            raise OptionError(f"--attention-layers: layer {min(self.layers)} is negative")
+        if self.queries is not None:
+            self.queries = tuple(int(q) for q in self.queries)
+            if not self.queries:
+                raise OptionError("--attention-queries: empty list (leave it out to capture every query)")
+            if min(self.queries) < 0:
+                raise OptionError(f"--attention-queries: position {min(self.queries)} is negative")
+        if self.dtype not in ATTENTION_DTYPES:
+            raise OptionError(f"attention dtype {self.dtype!r}: expected one of {', '.join(ATTENTION_DTYPES)}")
+        if self.keys not in ATTENTION_KEYS:
+            raise OptionError(f"attention keys {self.keys!r}: expected one of {', '.join(ATTENTION_KEYS)}")
+
+    def check_length(self, longest: int) -> None:
+        """Refuse queries no trace reaches (``longest`` = the longest trace, or prompt + max new tokens)."""
+        from .errors import OptionError
+
+        bad = [q for q in self.queries or () if q >= longest]
+        if bad:
+            raise OptionError(
+                f"--attention-queries: position {bad[0]} is beyond the longest possible trace ({longest} tokens); "
+                "no attention would be stored"
+            )
 
     @contextlib.contextmanager
     def attach(self, model: Any) -> Iterator[None]:
@@ -174,6 +268,11 @@ class AttentionWeights(Capture):
         before = getattr(cfg, ATTN_IMPLEMENTATION_ATTR)
         handles = []
         layers = decoder_layers(model)
+        bad = [li for li in self.layers if li >= len(layers)]
+        if bad:
+            from .errors import OptionError
+
+            raise OptionError(f"--attention-layers: layer {bad[0]} does not exist (the model has {len(layers)})")
         try:
             setattr(cfg, ATTN_IMPLEMENTATION_ATTR, "eager")
             for li in self.layers:
@@ -194,12 +293,26 @@ class AttentionWeights(Capture):
 
         return hook
 
+    def _stored(self, full: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """``full`` ``[1, heads, n]`` float32 -> the tensor to store (visible keys only unless a leak)."""
+        dtype = ATTENTION_DTYPES[self.dtype]
+        if self.keys == "all" or bool((full[..., ~visible] != 0).any()):
+            return full.to(dtype)
+        return full[..., visible].to(dtype).contiguous()
+
     def after_chunk(self, view: Any, start: int, end: int) -> None:
+        from .masks import visible_at
+
         n = view.schedule.n_tokens
         wanted = [q for q in (self.queries if self.queries is not None else range(n)) if start <= q < end]
         if not wanted:
             return
         pos = view.cache.pos  # [batch, slots] after this forward
+        visible = {
+            (r, q): torch.from_numpy(visible_at(view.schedules[r], q, n))
+            for r in range(len(view.traces))
+            for q in wanted
+        }
         for li in self.layers:
             w = self._last.get(li)
             if w is None:
@@ -210,7 +323,8 @@ class AttentionWeights(Capture):
                     full = torch.zeros(1, row.shape[1], n, dtype=torch.float32)
                     alive = pos[r] >= 0
                     full[0, :, pos[r][alive]] = row[r][:, alive.to(row.device)].float().cpu()
-                    self.sink.add_attention(AttnItem(trace.trace_id, view.variant, li, q, full))
+                    stored = self._stored(full, visible[(r, q)])
+                    self.sink.add_attention(AttnItem(trace.trace_id, view.variant, li, q, stored))
         self._last.clear()
 
 
@@ -220,6 +334,16 @@ def default_captures(
     attention_layers: Sequence[int] = (),
     attention_queries: Sequence[int] | None = None,
 ) -> list[Capture]:
+    """The captures a ``generate``/``replay`` command asks for (memento K/V always).
+
+    Raises OptionError when ``attention_queries`` is given without ``attention_layers`` (it would be ignored).
+    """
+    if attention_queries is not None and not attention_layers:
+        from .errors import OptionError
+
+        raise OptionError(
+            "--attention-queries: needs --attention-layers (which layers' attention to store at those queries)"
+        )
     caps: list[Capture] = [MementoKV(layers=tuple(layers) if layers is not None else None)]
     if evicted_block:
         caps.append(EvictedBlockKV(layers=tuple(layers) if layers is not None else None))
@@ -239,5 +363,9 @@ __all__ = [
     "MementoKV",
     "EvictedBlockKV",
     "AttentionWeights",
+    "ATTENTION_DTYPES",
+    "ATTENTION_REL_PRECISION",
+    "attention_bytes",
+    "expand_attention",
     "default_captures",
 ]

@@ -74,7 +74,7 @@ def mementify(
     if out.exists() and not (out / MEMENTIFY_FILE).exists():
         raise OutputError(f"--out {out} exists and is not a mementified checkpoint; refusing to replace it")
     t0 = time.perf_counter()
-    lm = load_model(spec, dtype=dtype, cache=cache)
+    lm = load_model(spec, dtype=dtype, cache=cache, add_memento=False)
     if lm.tokenizer is None:
         raise ModelError(f"--model {spec}: has no tokenizer, so there is no vocabulary to mementify")
     tok = lm.tokenizer

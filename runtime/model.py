@@ -198,6 +198,7 @@ def load_model(
     attn_implementation: str = "sdpa",
     seed: int = 0,
     cache: str | Path | None = None,
+    add_memento: bool = True,
 ) -> LoadedModel:
     """Load a model from a spec.
 
@@ -210,6 +211,10 @@ def load_model(
         device, dtype: where and in what precision (``None``/``auto``: the checkpoint's dtype).
         attn_implementation: ``sdpa`` (default) or ``eager``.
         cache: preset cache root (default ``$MEMENTO_LENS_CACHE`` or ``~/.cache/memento-lens``).
+        add_memento: a real preset's vocabulary lacks the memento tokens; they are added on load with the paper's
+            initialisation (seed 0, from the float32 weights, so the model equals ``mementify(preset, seed=0)``
+            bit for bit) so that ``--model smollm2-135m`` works in every command. ``False`` gives the raw
+            conversion (what ``mementify`` starts from).
 
     Raises:
         ModelLoadError: one line naming the missing path or unknown spec.
@@ -247,6 +252,11 @@ def load_model(
         path = _toy_dir(name)
     elif name in MODEL_PRESETS:
         path = resolve_model(name, cache, log=_stderr_line)
+        if add_memento:  # the paper's initialisation is computed from the float32 weights, then cast
+            lm = load_model(path, device=device, dtype=torch.float32, attn_implementation=attn_implementation)
+            add_memento_tokens(lm.model, lm.tokenizer, seed=0, think=True)
+            model = lm.model.to(dtype=tdtype) if tdtype not in (None, torch.float32) else lm.model
+            return from_objects(model.eval(), lm.tokenizer, name=name)
     else:
         path = Path(name).expanduser()
         if not path.exists():

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from memento_lens.runtime.capture import expand_attention
+from memento_lens.runtime.masks import events_from_table, visible_at
 from memento_lens.runtime.rundir import schema
 from memento_lens.runtime.rundir.kv import KVKey
 from memento_lens.runtime.rundir.reader import RunReader
@@ -88,10 +90,12 @@ def test_captured_kv_and_attention_by_key(runs, name):
         assert entry.keys.shape[0] == 1 and entry.keys.shape[2] == r.end - r.start
     n_tokens = dict(zip(*[run.table(schema.TRACES)[c] for c in ("trace", "n_tokens")]))
     att = run.attention_index()
+    events = run.table(schema.EVENTS)
     assert len(att)
     for r in att.head(20).itertuples(index=False):
-        w = run.attention(r.trace, r.variant, int(r.layer), int(r.query_pos))
-        assert w.shape[0] == 1 and w.shape[-1] == n_tokens[r.trace]
+        w = run.attention(r.trace, r.variant, int(r.layer), int(r.query_pos))  # compact: the visible keys
+        vis = visible_at(events_from_table(events, trace=r.trace), int(r.query_pos), n_tokens[r.trace])
+        assert w.shape[0] == 1 and expand_attention(w, vis).shape[-1] == n_tokens[r.trace]
 
 
 def test_generate_and_replay_agree_on_the_same_trace(runs):

@@ -146,13 +146,28 @@ def test_smollm2_preset_mementified_loads_everywhere(smollm2_memento_dir):
     assert presets.verify_converted(conv)["source_sha256"] == presets.sha256_file(presets.model_source("smollm2-135m"))
 
 
+@pytest.mark.slow
+def test_smollm2_preset_name_is_mementified_like_mementify(smollm2_memento_dir):
+    """`--model smollm2-135m` works in every command (verify included): the preset loads with the memento tokens
+    added by the paper's initialisation, identical to `mementify smollm2-135m --seed 0`; `add_memento=False` is the
+    raw conversion mementify starts from."""
+    by_name = load_model("smollm2-135m")
+    saved = load_model(smollm2_memento_dir)
+    assert by_name.require_tokens() == saved.require_tokens()
+    a = by_name.model.get_input_embeddings().weight
+    b = saved.model.get_input_embeddings().weight
+    assert a.shape == b.shape and torch.equal(a, b)
+    raw = load_model("smollm2-135m", add_memento=False)
+    assert raw.tokens is None and len(raw.tokenizer) == 49152
+
+
 def test_mementify_and_presets_cli(tmp_path):
     from typer.testing import CliRunner
 
     from memento_lens.cli import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["mementify", "--model", "random:llama-tiny", "--out", str(tmp_path / "m")])
+    res = runner.invoke(app, ["mementify", "--model", "random:llama-tiny", "--out", str(tmp_path / "m"), "--json"])
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert set(rep["added_tokens"]) == {THINK_START, THINK_END}  # the random vocabulary has the memento tokens
@@ -161,5 +176,11 @@ def test_mementify_and_presets_cli(tmp_path):
     assert lm.tokens is not None and lm.tokenizer.chat_template and lm.model.config.vocab_size == 66
     again = runner.invoke(app, ["mementify", "--model", "random:llama-tiny", "--out", str(tmp_path / "m")])
     assert again.exit_code == 2 and "--overwrite" in again.stderr
+    short = runner.invoke(
+        app, ["mementify", "--model", "random:llama-tiny", "--out", str(tmp_path / "m2")]
+    )  # the default output is a few lines a person reads, not the whole JSON report
+    assert short.exit_code == 0, short.output
+    lines = short.stdout.strip().splitlines()
+    assert len(lines) <= 4 and str(tmp_path / "m2") in short.stdout and THINK_START in short.stdout
     res = runner.invoke(app, ["presets"])
     assert res.exit_code == 0 and set(json.loads(res.stdout)["models"]) == {"smollm2-135m"}

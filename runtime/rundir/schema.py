@@ -235,7 +235,12 @@ ATTN_INDEX = Table(
         Column("layer", I),
         Column("query_pos", I),
         Column("shard", S, "run-relative safetensors path"),
-        Column("tensor", S, "tensor name of weights [1, heads, n_keys]"),
+        Column(
+            "tensor",
+            S,
+            "tensor name of weights [1, heads, n_keys]: float16 over the keys visible to the query (in position "
+            "order; runtime.capture.expand_attention), or over every position (float32 in older runs)",
+        ),
     ),
     part="attn_index",
 )
