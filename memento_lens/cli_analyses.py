@@ -243,6 +243,9 @@ def figures_cmd(
     png: bool = typer.Option(
         True, "--png/--no-png", help="Static PNGs (need chromium; skipped with a message if absent)."
     ),
+    overwrite: bool = opt.flag(
+        "--overwrite", "Replace files in the output folder that memento-lens did not write (refused without it)."
+    ),
     as_json: bool = opt.as_json(),
 ) -> None:
     """Render the paper figures (PNG + HTML + CSV + Markdown) from run directories and/or trace files."""
@@ -269,6 +272,7 @@ def figures_cmd(
             spec=model,
             trace_id=trace_id,
             png=png,
+            overwrite=overwrite,
         )
         if as_json:
             print(json.dumps(rep.to_dict()))

@@ -10,6 +10,8 @@ missing. Rendering is idempotent: the same inputs give byte-identical CSV, Markd
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -17,7 +19,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from memento_lens.runtime.config import ConfigError, MementoTokenIds
-from memento_lens.runtime.store import MANIFEST, RunStore, atomic_write_bytes
+from memento_lens.runtime.errors import OutputError
+from memento_lens.runtime.rundir import schema
+from memento_lens.runtime.rundir.store import MANIFEST, RunStore, atomic_write_bytes
 from memento_lens.runtime.trace import Trace
 
 from ..kv import KVSpec, resolve_spec
@@ -132,25 +136,58 @@ def png_exporter(enabled: bool = True) -> Iterator[tuple[Any, str | None]]:
                 kaleido.stop_sync_server()
 
 
-def _writer_for(out_dir: Path, stores: Sequence[RunStore] = ()):
-    """Plain atomic writes, or through the run's store (recorded in its manifest) when ``out_dir`` is a
-    run directory's ``figures/``. A store the caller already holds for that run is reused, so its in-memory
-    manifest stays the one that is saved."""
-    if out_dir.name == "figures" and (out_dir.parent / MANIFEST).exists():
-        same = [s for s in stores if Path(s.path).resolve() == out_dir.parent.resolve()]
-        store = same[0] if same else RunStore.open(out_dir.parent, verify=False)
+class _FigureFiles:
+    """Where figure files go, and the rule that keeps the user's files: a file is replaced only when
+    memento-lens wrote it and it is unchanged since (or with ``overwrite``).
 
-        def write(name: str, data: bytes) -> str:
-            store.add_file(f"figures/{name}", lambda tmp: Path(tmp).write_bytes(data))
-            return str(out_dir / name)
+    Into a run directory's ``figures/``: through the run's store (recorded in its manifest; a store the caller
+    already holds for that run is reused, so its in-memory manifest stays the one that is saved). Into any
+    other folder: plain atomic writes, each recorded (sha256) in that folder's ``schema.FIGURES_RECORD``.
+    """
 
-        return write
+    def __init__(self, out_dir: Path, stores: Sequence[RunStore] = (), overwrite: bool = False):
+        self.out_dir, self.overwrite, self.store = out_dir, overwrite, None
+        if out_dir.name == schema.FIGURES_DIR.rstrip("/") and (out_dir.parent / MANIFEST).exists():
+            same = [s for s in stores if Path(s.path).resolve() == out_dir.parent.resolve()]
+            self.store = same[0] if same else RunStore.open(out_dir.parent, verify=False)
+        self._record_path = out_dir / schema.FIGURES_RECORD
+        self._record: dict[str, str] = {}
+        if self.store is None and self._record_path.is_file():
+            try:
+                self._record = dict(json.loads(self._record_path.read_text()))
+            except (ValueError, TypeError, UnicodeDecodeError):
+                self._record = {}  # a damaged record: every existing file counts as the user's
 
-    def write_plain(name: str, data: bytes) -> str:
-        atomic_write_bytes(out_dir / name, data)
-        return str(out_dir / name)
+    def _ours(self, name: str, full: Path) -> bool:
+        if self.store is not None:
+            entry = self.store.manifest.files.get(f"{schema.FIGURES_DIR}{name}")
+            return entry is not None and _sha256(full) == entry["sha256"]
+        return self._record.get(name) == _sha256(full)
 
-    return write_plain
+    def check(self, names: Iterable[str]) -> None:
+        """Refuse (OutputError naming the files) to replace any existing file memento-lens did not write."""
+        if self.overwrite:
+            return
+        theirs = [n for n in names if (self.out_dir / n).exists() and not self._ours(n, self.out_dir / n)]
+        if theirs:
+            raise OutputError(
+                f"{self.out_dir}: {', '.join(theirs)} "
+                f"{'was' if len(theirs) == 1 else 'were'} not written by memento-lens (or changed since); "
+                "refusing to replace them: pass --overwrite to replace them, or choose another --out folder"
+            )
+
+    def write(self, name: str, data: bytes) -> str:
+        if self.store is not None:
+            self.store.add_file(f"{schema.FIGURES_DIR}{name}", lambda tmp: Path(tmp).write_bytes(data))
+        else:
+            atomic_write_bytes(self.out_dir / name, data)
+            self._record[name] = hashlib.sha256(data).hexdigest()
+            atomic_write_bytes(self._record_path, (json.dumps(self._record, indent=1, sort_keys=True) + "\n").encode())
+        return str(self.out_dir / name)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def render_figures(
@@ -164,6 +201,7 @@ def render_figures(
     trace_id: str | None = None,
     png: bool = True,
     token_ids: MementoTokenIds | None = None,
+    overwrite: bool = False,
 ) -> FigureReport:
     """Render figures (``None``/``["all"]`` = every one) from run directories and/or trace files.
 
@@ -176,6 +214,8 @@ def render_figures(
             a run's occupancy keeps its own ``bytes`` (the model that produced it) unless ``spec`` is given.
         trace_id: the trace kv-sawtooth shows (default: the first).
         png: also write PNGs (needs chromium).
+        overwrite: replace files in ``out_dir`` that memento-lens did not write (or that changed since it wrote
+            them); without it such a file is refused (OutputError naming it) before anything is written.
     """
     from ..ingest import ingest_files
     from ..tokenization import load_tokenizer
@@ -202,7 +242,8 @@ def render_figures(
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write = _writer_for(out, stores)
+    files_out = _FigureFiles(out, stores, overwrite)
+    write = files_out.write
     report = FigureReport(out_dir=str(out))
     prepared = []
     for name in wanted:
@@ -215,6 +256,8 @@ def render_figures(
         prepared.append((fig, df, fig.plot(df)))
     with png_exporter(png and bool(prepared)) as (to_png, reason):
         report.png_skipped = reason if prepared else None
+        exts = schema.FIGURE_FORMATS if reason is None else tuple(e for e in schema.FIGURE_FORMATS if e != "png")
+        files_out.check(f"{fig.name}.{ext}" for fig, _, _ in prepared for ext in exts)
         for fig, df, pfig in prepared:
             files = [
                 write(f"{fig.name}.csv", df.to_csv(index=False, lineterminator="\n").encode()),

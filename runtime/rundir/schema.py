@@ -331,6 +331,10 @@ PART_TABLES: tuple[Table, ...] = (TOKENS, EVENTS, OCCUPANCY, KV_INDEX, ATTN_INDE
 BY_PATH: dict[str, Table] = {t.path: t for t in TABLES.values()}
 
 FIGURES_DIR = "figures/"
+FIGURE_FORMATS = ("csv", "md", "html", "png")  # figures/<name>.<format>
+# In a folder that is not a run (``figures -o DIR``): the sha256 of every figure file memento-lens wrote there,
+# so a later render replaces only those (a user's own file of the same name is refused).
+FIGURES_RECORD = ".memento-lens-figures.json"
 PARTS_DIR = "parts/"
 
 

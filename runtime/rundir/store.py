@@ -10,7 +10,9 @@ Safety rules (what a user expects from git or HF datasets):
 * ``overwrite`` replaces only an empty directory or a memento-lens run (a valid manifest), never the current
   directory, one of its parents or ``/``. The new run is written beside the old one (same parent, a hidden
   name) and swapped in by rename when complete; the old run is deleted only after that. A failure at any
-  point leaves the old run intact and nothing half-written under the target name.
+  point leaves the old run intact and nothing half-written under the target name. Files and folders the user
+  added to the old run (anything its manifest does not list and that is not ours) are carried into the new run
+  and listed (``carried``), never deleted.
 * ``resume`` never deletes a file it did not write: unknown files are left and listed (``unrecorded``).
 * Every path read from a manifest or an index resolves inside the run directory: absolute paths, ``..`` and
   symbolic links are refused with an error naming the file.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -36,7 +39,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import pandas as pd
 
-from ..errors import OutputError, RunDirError
+from ..errors import OptionError, OutputError, RunDirError
 from . import schema
 from .schema import SCHEMA_VERSION
 
@@ -50,6 +53,8 @@ _PART_RE = re.compile(r"^parts/\d{5}/([a-z_]+)\.parquet$")
 # Files our writers create under these names; one found unrecorded on resume was cut off before the
 # manifest listed it, and is rewritten under the same name (not reported as a stranger).
 _OUR_LAYOUT = re.compile(r"^(parts/\d{5}/[a-z_]+\.parquet|(kv|attention)/shard-\d{5}\.safetensors)$")
+# Directories our writers create; one left empty (a write cut off before its file) is ours, not the user's.
+_OUR_DIRS = re.compile(r"^(parts(/\d{5})?|kv|attention|figures|features(/[^/]+){0,2})$")
 
 # Manifest migrations: ``MIGRATIONS[v]`` turns a version-v manifest dict into a version-(v+1) one (and may
 # rewrite files through the store it gets). None yet: version 1 is the first.
@@ -200,7 +205,11 @@ def json_rows(rows: list[dict]) -> list[dict]:
 
 
 def first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
-    """The first field (dotted path, sorted keys) where two JSON-like configs differ, with both values."""
+    """The first field (dotted path, sorted keys) where two JSON-like configs differ, with both values.
+
+    Lists are compared item by item: the message names the first differing index (and both lengths when they
+    differ), so two long lists never read as two identical truncated values.
+    """
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new), key=str):
             name = f"{prefix}.{k}" if prefix else str(k)
@@ -212,20 +221,43 @@ def first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
             if d is not None:
                 return d
         return None
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+    if isinstance(old, list) and isinstance(new, list):
         for i, (a, b) in enumerate(zip(old, new)):
             d = first_difference(a, b, f"{prefix}[{i}]")
             if d is not None:
+                if len(old) != len(new):
+                    d += f"; {prefix or 'config'} has {len(old)} items in the existing run, {len(new)} in this command"
                 return d
+        if len(old) != len(new):
+            i = min(len(old), len(new))
+            extra = (
+                f"existing run's [{i}]: {_short(old[i])}" if len(old) > i else f"this command's [{i}]: {_short(new[i])}"
+            )
+            return (
+                f"{prefix or 'config'} (existing run: {len(old)} items; this command: {len(new)} items; "
+                f"the first {i} are equal, then {extra})"
+            )
         return None
     if old != new:
-        return f"{prefix or 'config'} (existing run: {_short(old)}; this command: {_short(new)})"
+        a, b = _short(old), _short(new)
+        if a == b or (a.endswith("...") and a[:57] == b[:57]):  # long values equal in their first characters
+            a, b = _around_difference(old, new)
+        return f"{prefix or 'config'} (existing run: {a}; this command: {b})"
     return None
 
 
 def _short(v: Any) -> str:
     s = json.dumps(v, sort_keys=True, default=str)
     return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _around_difference(old: Any, new: Any) -> tuple[str, str]:
+    """Both values shown around their first differing character (with its offset): long values that start
+    alike are told apart."""
+    a, b = json.dumps(old, sort_keys=True, default=str), json.dumps(new, sort_keys=True, default=str)
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    lo = max(0, i - 20)
+    return tuple(f"...{s[lo : i + 30]}{'...' if len(s) > i + 30 else ''} (differs at character {i})" for s in (a, b))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -333,6 +365,9 @@ class RunStore:
             until :meth:`mark_complete` swaps it in).
         reused: ``create`` found this same command's complete run; nothing needs to be written.
         unrecorded: on resume, files in the directory this run did not write (left in place).
+        carried: on overwrite, the files and folders (``name/``) the user had added to the replaced run; they
+            are moved into the new run when it is swapped in (until then: what will be carried).
+        carried_as: ``{old name: new name}`` for a carried file whose name the new run had taken itself.
     """
 
     def __init__(self, path: Path, manifest: Manifest):
@@ -340,7 +375,11 @@ class RunStore:
         self.manifest = manifest
         self.reused = False
         self.unrecorded: list[str] = []
+        self.carried: list[str] = []
+        self.carried_as: dict[str, str] = {}
+        self.left_in: Path | None = None  # a carry that failed: the old run's folder still holding user files
         self._target: Path | None = None  # an overwrite's final location
+        self._replaced: set[str] = set()  # the replaced run's recorded files (ours: not carried)
         self._fresh: str | None = None  # "new"/"empty": created by this command in place (abort may remove it)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -373,6 +412,11 @@ class RunStore:
                 run, which is reused.
         """
         path = Path(path)
+        if overwrite and resume:
+            raise OptionError(
+                f"{path}: --resume and --overwrite cannot be used together (--resume continues the run there, "
+                "--overwrite replaces it); pass one of them"
+            )
         config = json.loads(dumps(dict(config)))
         if path.exists() and not path.is_dir():
             raise RunError(f"{path}: exists and is not a directory; choose another output directory")
@@ -389,13 +433,13 @@ class RunStore:
                     ) from None
                 raise RunError(f"{exc}; refusing to replace it; choose another output directory") from None
             if overwrite:
-                return cls._staged(path, kind, config, info)
+                return cls._staged(path, kind, config, info, existing)
             diff = first_difference(existing.config, config)
             if existing.kind != kind:
                 diff = f"kind (existing run: {existing.kind!r}; this command: {kind!r})"
             if replace is not None and (diff is not None or existing.status != STATUS_COMPLETE) and replace(existing):
                 _refuse_dangerous(path)
-                return cls._staged(path, kind, config, info)
+                return cls._staged(path, kind, config, info, existing)
             if diff is not None:
                 raise RunError(
                     f"{path}: holds a different {existing.kind!r} run; first difference: {diff}. "
@@ -425,8 +469,11 @@ class RunStore:
         return store
 
     @classmethod
-    def _staged(cls, target: Path, kind: str, config: dict, info: Mapping[str, Any] | None) -> "RunStore":
-        """A new run written beside ``target`` under a hidden name, swapped in by :meth:`mark_complete`."""
+    def _staged(
+        cls, target: Path, kind: str, config: dict, info: Mapping[str, Any] | None, existing: Manifest
+    ) -> "RunStore":
+        """A new run written beside ``target`` under a hidden name, swapped in by :meth:`mark_complete`; the
+        user's files in the replaced run (``existing``) are carried into it then."""
         parent = target.absolute().parent  # beside the target as named (a symlinked target: beside the link)
         prefix = _STAGING.format(name=target.name)
         for stale in parent.glob(prefix + "*"):  # an earlier overwrite that failed without cleaning up
@@ -439,6 +486,9 @@ class RunStore:
             raise _output_error(staging, exc) from None
         store = cls(staging, Manifest(kind=kind, config=config, info=dict(info or {})))
         store._target = target
+        store._replaced = set(existing.files)
+        if not target.is_symlink():  # a linked run: the link is replaced, the folder it points to stays as it is
+            store.carried = user_entries(target, store._replaced)
         try:
             store._save_manifest()
         except BaseException:
@@ -506,8 +556,29 @@ class RunStore:
         self.path, self._target = target, None
         if old.is_symlink():  # the target was a link: drop the link, never what it pointed to
             old.unlink()
-        else:
+        elif old.exists():
+            self._carry_from(old)
+
+    def _carry_from(self, old: Path) -> None:
+        """Move the user's files from the replaced run (now at ``old``) into this one, then delete what is left
+        of the replaced run, which is only ours. A move that fails leaves ``old`` in place (``left_in``)."""
+        self.carried = user_entries(old, self._replaced)
+        taken = set(self.manifest.files) | {MANIFEST}
+        try:
+            for rel in self.carried:
+                name = rel.rstrip("/")
+                dest = _free_name(self.path, name, taken)
+                if dest != name:
+                    self.carried_as[rel] = dest + ("/" if rel.endswith("/") else "")
+                (self.path / dest).parent.mkdir(parents=True, exist_ok=True)
+                os.rename(old / name, self.path / dest)
+        except OSError:
+            self.left_in = old  # the user's files not yet moved stay there; nothing of theirs is deleted
+            return
+        if not user_entries(old, self._replaced):  # only our files remain
             shutil.rmtree(old, ignore_errors=True)
+        else:
+            self.left_in = old
 
     @property
     def complete(self) -> bool:
@@ -523,6 +594,18 @@ class RunStore:
                 f" and {len(self.unrecorded) - 10} more" if len(self.unrecorded) > 10 else ""
             )
             out.append(f"{self.path}: left {len(self.unrecorded)} file(s) this run did not write: {shown}")
+        if self.carried:
+            verb = "will keep" if self._target is not None else "kept"
+            names = [f"{r} (as {self.carried_as[r]})" if r in self.carried_as else r for r in self.carried]
+            out.append(
+                f"{self._target or self.path}: {verb} {len(names)} file(s)/folder(s) you added to the replaced run "
+                f"(carried into the new run): {', '.join(names)}"
+            )
+        if self.left_in is not None:
+            out.append(
+                f"{self.left_in}: the replaced run's folder was kept because it still holds files you added to it; "
+                "move them out and delete it"
+            )
         return out
 
     # -- files ---------------------------------------------------------------------------------
@@ -681,6 +764,56 @@ class RunStore:
         return unknown
 
 
+def is_ours(rel: str, recorded: set[str] | frozenset[str] = frozenset()) -> bool:
+    """Whether run-relative file ``rel`` is a memento-lens file: recorded in the manifest, the manifest
+    itself, one of our temporaries, or a file of our layout cut off before the manifest listed it."""
+    name = rel.rsplit("/", 1)[-1]
+    return (
+        rel in recorded
+        or rel == MANIFEST
+        or (name.startswith(".") and name.endswith(TMP_SUFFIX))
+        or bool(_OUR_LAYOUT.match(rel))
+    )
+
+
+def user_entries(root: Path, recorded: set[str] | frozenset[str]) -> list[str]:
+    """What a user added to run directory ``root`` (``recorded``: its manifest's files), sorted: files, and
+    folders (``name/``) that hold nothing of ours, as single entries. Symbolic links are entries of their own
+    (never followed). Empty folders of our layout (``kv/``, ``parts/NNNNN/``) are ours."""
+
+    def walk(d: Path, rel: str) -> tuple[bool, list[str]]:  # (holds something of ours, the user's entries)
+        ours, entries = False, []
+        for p in sorted(d.iterdir(), key=lambda q: q.name):
+            r = rel + p.name
+            if p.is_dir() and not p.is_symlink():
+                inner, sub = walk(p, r + "/")
+                if inner or _OUR_DIRS.match(r):  # one of our folders: the user's files in it one by one
+                    ours = True
+                    entries += sub
+                else:  # a folder of the user's: carried whole
+                    entries.append(r + "/")
+            elif is_ours(r, recorded):
+                ours = True
+            else:
+                entries.append(r)
+        return ours, entries
+
+    return sorted(walk(root, "")[1])
+
+
+def _free_name(root: Path, rel: str, taken: set[str]) -> str:
+    """``rel``, or ``stem.kept-N.suffix`` when the new run wrote a file of that name itself."""
+    if rel not in taken and not (root / rel).exists() and not any(t.startswith(rel + "/") for t in taken):
+        return rel
+    head, _, name = rel.rpartition("/")
+    stem, dot, suffix = name.partition(".")
+    for n in itertools.count(1):
+        cand = f"{head + '/' if head else ''}{stem}.kept-{n}{dot}{suffix}"
+        if cand not in taken and not (root / cand).exists():
+            return cand
+    raise AssertionError("unreachable")
+
+
 def _table_of(rel: str) -> schema.Table | None:
     t = schema.BY_PATH.get(rel)
     if t is not None:
@@ -709,4 +842,7 @@ __all__ = [
     "read_manifest",
     "first_difference",
     "dumps",
+    "json_rows",
+    "is_ours",
+    "user_entries",
 ]
