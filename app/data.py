@@ -289,14 +289,33 @@ class RunData:
     def attention_index(self, trace: str | None = None) -> pd.DataFrame:
         return self.reader.table(ATTENTION_INDEX, trace=trace, what="captured attention (attention/index.parquet)")
 
+    def visible(self, trace: str, query_pos: int, n_tokens: int | None = None) -> np.ndarray:
+        """``[n_tokens]`` bool: the positions query ``query_pos`` sees, by the runtime's one visibility rule
+        applied to this run's events (:func:`memento_lens.runtime.masks.visible_at`)."""
+        from memento_lens.runtime.masks import events_from_table, visible_at
+
+        n = len(self.tokens(trace)) if n_tokens is None else n_tokens
+        return visible_at(events_from_table(self.events(trace)), int(query_pos), n)
+
     def attention(self, trace: str, variant: str, layer: int, query_pos: int) -> np.ndarray | None:
-        """``[heads, n_keys]`` float32 attention row of one query, or None when not captured."""
+        """``[heads, n_tokens]`` float32 attention row of one query over every position (0 where not
+        visible), or None when not captured. Decodes compact (visible keys, float16) and older full-length
+        float32 tensors alike (:func:`memento_lens.runtime.capture.expand_attention`)."""
+        from memento_lens.runtime.capture import expand_attention
+
         idx = self.attention_index(trace)
         row = idx[(idx["variant"] == variant) & (idx["layer"] == layer) & (idx["query_pos"] == query_pos)]
         if row.empty:
             return None
-        t = self.reader.tensor(row.iloc[0]["shard"], row.iloc[0]["tensor"], schema.ATTN_INDEX)
-        return t.reshape(-1, t.shape[-1]).float().numpy()
+        r = row.iloc[0]
+        t = self.reader.tensor(r["shard"], r["tensor"], schema.ATTN_INDEX)
+        try:
+            return expand_attention(t, self.visible(trace, query_pos))
+        except ValueError as exc:
+            raise RunError(
+                f"{self.path / r['shard']}: tensor {r['tensor']!r} (trace {trace!r}, {variant} layer "
+                f"{layer}, query {query_pos}) {exc}"
+            ) from None
 
     # -- downstream tables ---------------------------------------------------------------------
     def probe_results(self) -> pd.DataFrame:
