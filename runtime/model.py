@@ -199,6 +199,7 @@ def load_model(
     seed: int = 0,
     cache: str | Path | None = None,
     add_memento: bool = True,
+    device_map: Any = None,
 ) -> LoadedModel:
     """Load a model from a spec.
 
@@ -215,6 +216,9 @@ def load_model(
             initialisation (seed 0, from the float32 weights, so the model equals ``mementify(preset, seed=0)``
             bit for bit) so that ``--model smollm2-135m`` works in every command. ``False`` gives the raw
             conversion (what ``mementify`` starts from).
+        device_map: for a model larger than one device (accelerate): ``"auto"`` spreads the layers over the
+            visible GPUs (then CPU), or a ``{module name: device}`` dict (``"cpu"``, ``0``, ``"cuda:1"``,
+            ``"disk"``); ``device`` is then ignored. A local checkpoint is loaded straight into place.
 
     Raises:
         ModelLoadError: one line naming the missing path or unknown spec.
@@ -224,6 +228,16 @@ def load_model(
     name = str(spec)
     tdtype = parse_dtype(dtype)
     device = check_device(device, "--device")  # a bogus or absent device fails before any loading
+    if device_map is not None:
+        return _dispatched(
+            spec,
+            device_map,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            seed=seed,
+            cache=cache,
+            add_memento=add_memento,
+        )
     if name == "random:toy":  # the toy's architecture and tokenizer, random weights (before/without training)
         from .toy.model import build_model
         from .toy.tokenizer import build_tokenizer
@@ -287,6 +301,40 @@ def load_model(
     tokenizer = _load_tokenizer(path, name)
     lm = from_objects(model, tokenizer, name=name)
     return _with_toy_masking(lm) if _is_shipped_toy(name) else lm
+
+
+def _dispatched(spec: str | Path, device_map: Any, **kw: Any) -> LoadedModel:
+    """``load_model`` with a device map (accelerate): a local checkpoint is loaded straight into place by
+    ``from_pretrained(device_map=...)``; a built model (toy, random, preset) is built on CPU and dispatched."""
+    import tempfile
+
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    from .errors import OptionError
+
+    if not (device_map == "auto" or isinstance(device_map, dict)):
+        raise OptionError(f"--device-map {device_map!r}: give 'auto' (or a dict of module name -> device)")
+    path = Path(str(spec)).expanduser()
+    if path.is_dir() and not _is_shipped_toy(str(spec)):
+        from transformers import AutoModelForCausalLM
+
+        tdtype = parse_dtype(kw.get("dtype"))
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=tdtype if tdtype is not None else "auto",
+            attn_implementation=kw.get("attn_implementation", "sdpa"),
+            local_files_only=True,
+            device_map=device_map,
+            offload_folder=tempfile.mkdtemp(prefix="memento-lens-offload-"),
+        ).eval()
+        return from_objects(model, _load_tokenizer(path, str(spec)), name=str(spec))
+    lm = load_model(spec, device="cpu", **kw)
+    model = lm.model
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    dmap = infer_auto_device_map(model, no_split_module_classes=no_split) if device_map == "auto" else dict(device_map)
+    offload = tempfile.mkdtemp(prefix="memento-lens-offload-") if "disk" in dmap.values() else None
+    lm.model = dispatch_model(model, device_map=dmap, offload_dir=offload)
+    return lm
 
 
 def _with_toy_masking(lm: LoadedModel) -> LoadedModel:

@@ -6,12 +6,16 @@ the replay/generator with the writer, so ``capture`` and ``replay`` do not impor
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .capture import Capture
+from .cluster import ModelSpec, ReplayJob, Unit, UnitResult, UnitWorker
 from .config import BlockMaskingConfig, MementoTokenIds
-from .errors import InputFileError, OptionError
+from .errors import ConfigError, InputFileError, OptionError
 from .progress import bar_for
 from .rundir.kv import CaptureSink
 from .rundir.store import Manifest, RunStore
@@ -191,4 +195,324 @@ def generate_to_run(
     return store
 
 
-__all__ = ["replay_to_run", "generate_to_run"]
+# ---------------------------------------------------------------------------------------------------------
+# run_replay: the library entry of `replay` (one process, or work units sharded over a Ray cluster)
+# ---------------------------------------------------------------------------------------------------------
+# Traces per work unit. A unit is the grain of scheduling, of failure and of resume, and one run part
+# (parts/NNNNN/ + one K/V shard). benchmarks/bench_cluster.py measured Ray's cost per unit at a few ms on this
+# machine against ~0.3 s of toy replay for 16 traces, so 16 keeps the overhead near 1% while a killed worker
+# loses little (BENCHMARKS.md, "Cluster").
+DEFAULT_UNIT_SIZE = 16
+
+
+@dataclass
+class ReplayConfig:
+    """Everything :func:`run_replay` needs; validates itself (the same errors from Python as from the CLI).
+
+    Attributes:
+        traces: the traces to replay, in the order the run's tables keep (unique ids).
+        model: a :func:`~.model.load_model` spec; each worker loads its own copy.
+        masking: the :class:`BlockMaskingConfig`; None: the one the model was trained with (the toy), else an
+            error (other models need it explicit).
+        captures: capture specs (copied for each worker).
+        unit_size: traces per work unit (the grain of scheduling, failure, resume; one run part each).
+        workers: 0 or 1: one process, no Ray; N > 1: a local Ray cluster with N model actors (or, with
+            ``ray_address``, N actors on that cluster; 0 there: as many as its resources allow).
+        ray_address: join an existing Ray cluster (``auto``, ``ray://host:10001``, ``host:6379``).
+        gpus_per_worker, cpus_per_worker: Ray resources per model actor.
+        device, dtype, device_map: where each process puts the model (``device_map="auto"``: accelerate spreads
+            the layers over the devices it sees, for a model larger than one device).
+        threads: torch CPU threads per process (0: torch's default in one process, ``cpus_per_worker`` per actor).
+        check_first: validate every trace before writing anything (default: in one process; a sharded run
+            validates each unit on its worker instead, and a bad trace fails only its unit).
+        max_retries: times a unit is retried on another actor after its actor died.
+    """
+
+    traces: Sequence[Trace]
+    model: str = "toy"
+    masking: BlockMaskingConfig | None = None
+    captures: Sequence[Capture] = ()
+    source: str = "replay"
+    run_config: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 64
+    unit_size: int = DEFAULT_UNIT_SIZE
+    allow_unclosed: bool = False
+    overwrite: bool = False
+    resume: bool = False
+    progress: bool = False
+    device: str = "cpu"
+    dtype: str | None = None
+    device_map: Any = None
+    workers: int = 0
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    threads: int = 0
+    seed: int = 0
+    check_first: bool | None = None
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        from .validate import check_float, check_int
+
+        check_int(self.batch_size, "--batch-size", min=1)
+        check_int(self.unit_size, "--unit-size", min=1)
+        check_int(self.workers, "--workers", min=0)
+        check_int(self.threads, "--threads", min=0)
+        check_int(self.max_retries, "max_retries", min=0)
+        check_float(self.gpus_per_worker, "--gpus-per-worker", min=0)
+        check_float(self.cpus_per_worker, "cpus_per_worker", min=0)
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise OptionError(
+                f"--ray-address {self.ray_address!r}: give a Ray address (auto, host:6379, ray://host:10001)"
+            )
+        if self.gpus_per_worker and not self.sharded:
+            raise OptionError("--gpus-per-worker needs --workers N (N > 1) or --ray-address")
+        if self.device_map is not None:
+            if not (self.device_map == "auto" or isinstance(self.device_map, Mapping)):
+                raise OptionError(f"--device-map {self.device_map!r}: only 'auto' (or a dict from Python)")
+            if str(self.device) != "cpu":
+                raise OptionError("--device-map places the model itself; leave --device at its default")
+        self.traces = list(self.traces)
+        if not self.traces:
+            raise OptionError("no traces to replay")
+        seen: set[str] = set()
+        dup = next((t.trace_id for t in self.traces if t.trace_id in seen or seen.add(t.trace_id)), None)
+        if dup is not None:
+            raise InputFileError(f"trace ids must be unique within a run; {dup!r} appears more than once")
+
+    @property
+    def sharded(self) -> bool:
+        """Runs on Ray actors (``workers > 1`` or a cluster address)."""
+        return self.workers > 1 or self.ray_address is not None
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        return ModelSpec(str(self.model), str(self.device), self.dtype, self.device_map)
+
+    def units(self) -> list["Unit"]:
+        """The work units: consecutive slices of ``unit_size`` traces (unit k is run part k)."""
+        n = self.unit_size
+        return [Unit(k, self.traces[i : i + n]) for k, i in enumerate(range(0, len(self.traces), n))]
+
+
+@dataclass
+class UnitFailure:
+    """A unit that failed: its index, its traces, the trace at fault (when one is) and the error."""
+
+    unit: int
+    traces: list[str]
+    trace: str | None
+    error: str
+
+
+@dataclass
+class ReplayAccounting:
+    """What :func:`run_replay` did.
+
+    Attributes:
+        units: work units in the run; ``units_run`` replayed by this call, ``units_kept`` found committed (resume).
+        traces, tokens: traces in the run; tokens replayed by this call.
+        seconds: wall time of the replay (model loading and cluster start-up included).
+        retries: units re-run after their worker died; ``failures``: units that failed (trace named).
+        workers: model processes used (1: this process).
+    """
+
+    units: int
+    units_run: int = 0
+    units_kept: int = 0
+    traces: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    retries: int = 0
+    failures: list[UnitFailure] = field(default_factory=list)
+    workers: int = 1
+    reused: bool = False
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "tokens_per_s": round(self.tokens_per_s, 1)}
+
+
+class UnitsFailed(InputFileError):  # noqa: N818 - reads as what happened
+    """Some units failed (their traces named); the others are written and the run is left incomplete."""
+
+    def __init__(self, message: str, run: RunStore, accounting: ReplayAccounting):
+        super().__init__(message)
+        self.run = run
+        self.accounting = accounting
+
+
+def run_replay(
+    out: str | Path,
+    cfg: ReplayConfig,
+    *,
+    loaded: Any = None,
+    pool: Any = None,
+    on_unit: Callable[[UnitResult, ReplayAccounting], None] | None = None,
+) -> tuple[RunStore, ReplayAccounting]:
+    """Replay ``cfg.traces`` with captures into the run directory ``out``, unit by unit (resumable).
+
+    One process (``workers`` 0/1) or Ray actors (``workers > 1`` / ``ray_address``) run the same
+    :class:`UnitWorker` code, and the run directory is the same whatever the layout: unit ``k`` is run part
+    ``k`` (its tables and K/V shard), committed by this process, so the tables read back in input order and
+    the K/V are those of the single-process run bit for bit (same device and dtype).
+
+    Args:
+        loaded: an already loaded model (a :class:`~.model.LoadedModel`) for ``cfg.model``, reused here.
+        pool: a started :class:`~.cluster.ReplayPool` to run on (kept open; tests and notebooks reuse one).
+        on_unit: called after each unit is committed (or failed) with its result and the accounting so far.
+
+    Returns:
+        The run (a :class:`RunStore`) and a :class:`ReplayAccounting`.
+
+    Raises:
+        UnitsFailed: after every other unit finished, naming the traces of the units that failed (the run is
+            left incomplete, its manifest's ``info.failed`` lists them); bad options and (in one process) bad
+            traces fail before anything is written.
+    """
+    from .model import model_info
+    from .replay import validate_all
+    from .rundir.parts import adopt
+    from .validate import check_run_request
+
+    t0 = time.perf_counter()
+    lm = loaded if loaded is not None else cfg.model_spec.load()
+    masking = cfg.masking if cfg.masking is not None else lm.masking
+    if masking is None:
+        raise ConfigError(
+            f"model {lm.name!r} does not record its delimiter masking: give a BlockMaskingConfig "
+            "(CLI: --keep-delimiters for Qwen3/OLMo3 style, --mask-delimiters for Phi-4 style)"
+        )
+    tokens = lm.require_tokens()
+    check_run_request(lm.model, batch_size=cfg.batch_size, captures=cfg.captures, out=out)
+    check_first = (not cfg.sharded) if cfg.check_first is None else cfg.check_first
+    if check_first:
+        validate_all(lm.model, cfg.traces, masking, tokens, cfg.allow_unclosed)  # before anything is written
+    run_cfg = {
+        "masking": masking.to_dict(),
+        "tokens": tokens.to_dict(),
+        "captures": [c.describe() for c in cfg.captures],
+        "model_info": model_info(lm.model),
+        "unit_size": cfg.unit_size,  # fixes the parts layout (unit k = part k), so resume keeps it
+        **dict(cfg.run_config),
+    }
+    units = cfg.units()
+    acct = ReplayAccounting(units=len(units), traces=len(cfg.traces))
+    store = RunStore.create(out, "replay", run_cfg, overwrite=cfg.overwrite, resume=cfg.resume)
+    if store.complete:
+        acct.reused, acct.units_kept, acct.seconds = True, len(units), time.perf_counter() - t0
+        return store, acct
+    with store:  # on failure an overwrite's new run is removed; the old run was never touched
+        writer = RunWriter(store)
+        done = writer.done_traces()
+        todo = [u for u in units if not all(t.trace_id in done for t in u.traces)]
+        acct.units_kept = len(units) - len(todo)
+        job = ReplayJob(
+            str(store.path.absolute()),
+            cfg.model_spec,
+            masking,
+            tokens,
+            list(cfg.captures),
+            cfg.batch_size,
+            cfg.allow_unclosed,
+            cfg.source,
+        )
+        by_index = {u.index: u for u in units}
+        bar = bar_for(cfg.progress, sum(u.n_tokens for u in todo), "replay", "tok")  # one bar over all workers
+
+        def commit(res: UnitResult) -> None:
+            if res.ok:
+                adopt(store, res.records)  # the part's files, one manifest write: committed whole or not at all
+                acct.units_run += 1
+                acct.tokens += res.n_tokens
+                bar.update(res.n_tokens)
+            else:
+                u = by_index[res.index]
+                acct.failures.append(UnitFailure(res.index, [t.trace_id for t in u.traces], res.trace, res.error or ""))
+            bar.set_description(f"replay {acct.units_kept + acct.units_run}/{acct.units} units")
+            acct.seconds = time.perf_counter() - t0
+            if on_unit is not None:
+                on_unit(res, acct)
+
+        production: dict[str, Any] = {
+            "workers": 1,
+            "ray_address": cfg.ray_address,
+            "gpus_per_worker": cfg.gpus_per_worker,
+            "device": cfg.device,
+            "device_map": cfg.device_map if not isinstance(cfg.device_map, Mapping) else dict(cfg.device_map),
+            "unit_size": cfg.unit_size,
+            "units_kept": acct.units_kept,
+        }
+        if not cfg.sharded:
+            worker = UnitWorker(cfg.threads)
+            worker.use(cfg.model_spec, lm)
+            for u in todo:
+                commit(worker.run_unit(job, u))
+        else:
+            from .cluster import ReplayPool
+
+            own = pool is None
+            if own:
+                pool = ReplayPool(
+                    cfg.workers,
+                    ray_address=cfg.ray_address,
+                    gpus_per_worker=cfg.gpus_per_worker,
+                    cpus_per_worker=cfg.cpus_per_worker,
+                    threads=cfg.threads,
+                )
+            try:
+                production["workers"] = pool.size
+                pool.check_sees(job.run_path)
+                for res in pool.run(job, todo, max_retries=cfg.max_retries):
+                    commit(res)
+                acct.retries = pool.retries
+            finally:
+                if own:
+                    pool.close()
+        bar.close()
+        acct.workers = production["workers"]
+        acct.seconds = time.perf_counter() - t0
+        production.update(retries=acct.retries, units_run=acct.units_run, seconds=round(acct.seconds, 3))
+        store.manifest.info.setdefault("production", []).append(production)  # how the run was produced
+        store.manifest.info["failed"] = [dataclasses.asdict(f) for f in acct.failures]
+        if not acct.failures:
+            writer.finish(n_traces=len(cfg.traces))
+            return store, acct
+        store._save_manifest()
+        first = acct.failures[0]
+        names = ", ".join(repr(f.trace) for f in acct.failures if f.trace)
+        failed = UnitsFailed(
+            f"{len(acct.failures)} of {len(units)} work unit(s) failed"
+            + (f" (trace(s) {names})" if names else "")
+            + f"; first: unit {first.unit}: {first.error}. ",
+            store,
+            acct,
+        )
+        if not acct.units_run and not acct.units_kept:
+            raise failed  # nothing written: the new run is removed (with store: abort)
+    failed.args = (
+        failed.args[0] + f"The other units are written to {store.path} (incomplete; its manifest's info.failed "
+        "names the traces): fix or drop those traces and rerun with --resume",
+    )
+    raise failed
+
+
+__all__ = [
+    "replay_to_run",
+    "generate_to_run",
+    "run_replay",
+    "ReplayConfig",
+    "ReplayAccounting",
+    "ReplayJob",
+    "ModelSpec",
+    "Unit",
+    "UnitResult",
+    "UnitFailure",
+    "UnitWorker",
+    "UnitsFailed",
+    "DEFAULT_UNIT_SIZE",
+]

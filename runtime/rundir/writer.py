@@ -218,8 +218,12 @@ class RunWriter:
         nums += [int(Path(r).stem.split("-")[1]) for r in self.store.manifest.files if "/shard-" in r]
         return max(nums, default=-1) + 1
 
-    def write_part(self, tables: Sequence[dict[str, pd.DataFrame]], sink: CaptureSink | None) -> int:
-        part = self.next_part()
+    def write_part(
+        self, tables: Sequence[dict[str, pd.DataFrame]], sink: CaptureSink | None, part: int | None = None
+    ) -> int:
+        """Write one part (``part``: its number, default the next free one; a sharded run numbers parts by
+        work unit so the merged tables keep the input's trace order whatever finishes first)."""
+        part = self.next_part() if part is None else part
         kv_idx, attn_idx = write_capture_part(self.store, part, sink) if sink is not None else (None, None)
         base = f"parts/{part:05d}"
         for t in schema.PART_TABLES:  # traces last: the part's commit marker

@@ -1,0 +1,329 @@
+"""Replay sharded over a Ray cluster: a pool of model actors with a work queue (optional: ``pip install ray``).
+
+Each actor is a :class:`~.runs.UnitWorker` (the code the single-process path runs) in its own process: it
+loads the model once (on the GPU Ray gives it, or spread by ``device_map``), replays the units it is handed
+and writes each as a part of the one run directory through :mod:`.rundir.parts`; the driver
+(:func:`~.runs.run_replay`) commits each part into the manifest, the run's only writer.
+
+Why plain actors and a queue here rather than Ray Data ``map_batches``: a unit is already a batch that writes
+its own part, so the driver never needs the rows back; and the scheduling rules the run format relies on are
+explicit in a few lines: a unit whose actor dies is retried on another actor (counted), a unit whose trace is
+bad fails alone with the trace named while the others go on (Ray Data would fail the dataset, or drop blocks
+past ``max_errored_blocks`` without saying which trace), units are numbered before they start (unit k = part
+k, whatever finishes first) and a resumed run skips committed units. Ray Data's streaming would matter for
+data larger than the driver's memory; traces are token ids, and 228K traces of 32K tokens fit a driver.
+
+Nothing here is imported unless a sharded run is asked for, and ``import ray`` happens inside the functions:
+without ``ray`` the single-process path works and a sharded request fails with the install command.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+from .capture import Capture
+from .config import BlockMaskingConfig, MementoTokenIds
+from .errors import MementoLensError, OptionError
+from .rundir.kv import CaptureSink
+from .rundir.writer import RunWriter, trace_tables
+from .trace import Trace
+
+INSTALL = 'pip install "memento-lens[ray]"  (or: pip install ray==2.60.0)'
+
+
+# -- units: the code every worker runs (one process or a Ray actor) ---------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a process loads the model (a worker loads its own copy): :func:`~.model.load_model`'s arguments."""
+
+    spec: str
+    device: str = "cpu"
+    dtype: str | None = None
+    device_map: Any = None  # None | "auto" | {module name: device}
+
+    def load(self) -> Any:
+        from .model import load_model
+
+        return load_model(self.spec, device=self.device, dtype=self.dtype, device_map=self.device_map)
+
+
+@dataclass
+class Unit:
+    """One work unit: run part ``index``, these traces."""
+
+    index: int
+    traces: Sequence[Trace]
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(t) for t in self.traces)
+
+
+@dataclass
+class ReplayJob:
+    """What every unit of a run needs besides its traces (sent once to each worker)."""
+
+    run_path: str  # where parts are written (an overwrite's staging directory until the swap)
+    model: ModelSpec
+    masking: BlockMaskingConfig
+    tokens: MementoTokenIds
+    captures: Sequence[Capture]
+    batch_size: int
+    allow_unclosed: bool
+    source: str
+
+
+@dataclass
+class UnitResult:
+    """What a unit did: the files it wrote (for the driver to commit), or why it failed."""
+
+    index: int
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    n_tokens: int = 0
+    seconds: float = 0.0
+    worker: str = ""
+    error: str | None = None
+    trace: str | None = None  # the trace at fault, when one is
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class UnitWorker:
+    """Replays units in one process with one model: the single-process path and each Ray actor run this same
+    code (schedule, :func:`~.replay.replay`, captures, :class:`~.rundir.writer.RunWriter` parts)."""
+
+    def __init__(self, threads: int = 0):
+        self.threads = threads
+        self._model: tuple[ModelSpec, Any] | None = None
+
+    def use(self, spec: ModelSpec, loaded: Any) -> None:
+        """Use an already loaded model for ``spec`` (the single-process path loads it once for validation)."""
+        self._model = (spec, loaded)
+
+    def loaded(self, spec: ModelSpec) -> Any:
+        if self._model is None or self._model[0] != spec:
+            self._model = None  # free the old model before loading the next
+            if self.threads > 0:
+                import torch
+
+                torch.set_num_threads(self.threads)
+            self._model = (spec, spec.load())
+        return self._model[1]
+
+    def run_unit(self, job: ReplayJob, unit: Unit, worker: str = "local") -> UnitResult:
+        """Replay one unit and write it as run part ``unit.index``; failures come back named, not raised."""
+        from .model import kv_bytes_per_token
+        from .replay import replay, validate
+        from .rundir.parts import PartStore
+        from .schedule import compute_schedule
+
+        t0 = time.perf_counter()
+        lm = self.loaded(job.model)
+        vocab = getattr(lm.model.config, "vocab_size", None)
+        for t in unit.traces:  # each trace checked alone, so a failure names it
+            try:
+                s = compute_schedule(t.token_ids, job.masking, job.tokens, prompt_len=t.prompt_len)
+                validate(t, s, vocab, job.allow_unclosed)
+            except Exception as exc:  # noqa: BLE001 - reported per unit; the run goes on
+                return UnitResult(unit.index, worker=worker, error=_one_line(exc), trace=t.trace_id)
+        captures = copy.deepcopy(list(job.captures))  # fresh sinks; the job's specs stay untouched
+        sink = CaptureSink()
+        for c in captures:
+            c.sink = sink
+        try:
+            results = replay(
+                lm.model,
+                unit.traces,
+                job.masking,
+                job.tokens,
+                batch_size=job.batch_size,
+                captures=captures,
+                allow_unclosed=job.allow_unclosed,
+            )
+            bpt = kv_bytes_per_token(lm.model)
+            tables = [
+                trace_tables(r.trace, r.schedule, job.tokens, job.masking.mode, job.source, bpt, lm.tokenizer)
+                for r in results
+            ]
+            part = PartStore(job.run_path)
+            RunWriter(part).write_part(tables, sink if captures else None, part=unit.index)
+        except Exception as exc:  # noqa: BLE001
+            return UnitResult(unit.index, worker=worker, error=_one_line(exc))
+        return UnitResult(unit.index, part.take_records(), unit.n_tokens, time.perf_counter() - t0, worker)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (str(exc).splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, MementoLensError) else text
+
+
+# -- the Ray pool ------------------------------------------------------------------------------------------
+def require_ray() -> Any:
+    """The ``ray`` module, or an :class:`OptionError` with the install command."""
+    try:
+        import ray
+    except ImportError:
+        raise OptionError(
+            f"--workers / --ray-address run on a Ray cluster, and ray is not installed here; install it: {INSTALL}"
+        ) from None
+    return ray
+
+
+class _Actor(UnitWorker):
+    """The Ray actor: a :class:`UnitWorker` that can say who it is."""
+
+    def whoami(self) -> dict[str, Any]:
+        import socket
+
+        return {"pid": os.getpid(), "host": socket.gethostname()}
+
+    def sees(self, path: str) -> bool:
+        return os.path.isfile(os.path.join(path, "manifest.json"))
+
+    def run(self, job: ReplayJob, unit: Unit) -> UnitResult:
+        return self.run_unit(job, unit, worker=f"{self.whoami()['host']}:{os.getpid()}")
+
+
+class ReplayPool:
+    """``size`` model actors on a Ray cluster (a local one started here, or the one at ``ray_address``).
+
+    Args:
+        size: actors (0 with ``ray_address``: as many as the cluster's GPUs / CPUs allow).
+        gpus_per_worker, cpus_per_worker: Ray resources per actor.
+        threads: torch threads per actor (0: ``max(1, int(cpus_per_worker))``).
+
+    Attributes:
+        retries: units re-run because their actor died (over this pool's life).
+        on_dispatch: optional ``f(pool, actor, unit)`` called after a unit is handed to an actor (tests kill
+            the actor's process there).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        ray_address: str | None = None,
+        gpus_per_worker: float = 0.0,
+        cpus_per_worker: float = 1.0,
+        threads: int = 0,
+    ):
+        ray = require_ray()
+        self._ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            if ray_address is not None:
+                ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+            else:  # a local cluster just big enough for the actors
+                need = max(1, int(round(size * cpus_per_worker)))
+                ray.init(num_cpus=need, include_dashboard=False, log_to_driver=False)
+            self._started = True
+        if size <= 0:
+            res = ray.cluster_resources()
+            size = (
+                int(res.get("GPU", 0) // gpus_per_worker)
+                if gpus_per_worker
+                else int(res.get("CPU", 1) // max(cpus_per_worker, 1e-9))
+            )
+            if size < 1:
+                raise OptionError(f"--ray-address: the cluster has no room for one worker ({res})")
+        self._options = {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker, "max_restarts": 0}
+        self._threads = threads or max(1, int(cpus_per_worker))
+        self._remote = ray.remote(_Actor)
+        self.actors = [self._spawn() for _ in range(size)]
+        self.retries = 0
+        self.on_dispatch: Any = None
+
+    @property
+    def size(self) -> int:
+        return len(self.actors)
+
+    def _spawn(self) -> Any:
+        return self._remote.options(**self._options).remote(self._threads)
+
+    def pids(self) -> list[int]:
+        return [w["pid"] for w in self._ray.get([a.whoami.remote() for a in self.actors])]
+
+    def check_sees(self, run_path: str) -> None:
+        """Every actor must see the run directory (one filesystem on every node), or the parts would be lost."""
+        seen = self._ray.get([a.sees.remote(run_path) for a in self.actors])
+        if not all(seen):
+            raise OptionError(
+                f"{run_path}: {seen.count(False)} of {len(seen)} Ray workers cannot see this run directory; "
+                "--out must be on a filesystem every node mounts at the same path (NFS, a shared volume)"
+            )
+
+    def run(self, job: ReplayJob, units: Sequence[Unit], *, max_retries: int = 2) -> Iterator[UnitResult]:
+        """Hand ``units`` to free actors one at a time; yield each result as it arrives (any order).
+
+        An actor that dies is replaced and its unit goes back to the front of the queue, for the next free
+        actor, at most ``max_retries`` times (then it is yielded as failed). A fresh actor gets work only once it
+        answers, so a replacement that cannot be placed never holds a unit.
+        """
+        from ray.exceptions import RayActorError, WorkerCrashedError
+
+        ray = self._ray
+        job_ref = ray.put(job)
+        queue = deque(units)
+        attempts: dict[int, int] = {}
+        idle = list(self.actors)
+        running: dict[Any, tuple[Any, Unit]] = {}
+        starting: dict[Any, Any] = {}
+        while queue or running:
+            while queue and idle:
+                actor, unit = idle.pop(0), queue.popleft()
+                running[actor.run.remote(job_ref, unit)] = (actor, unit)
+                if self.on_dispatch is not None:
+                    self.on_dispatch(self, actor, unit)
+            if not running and not starting:
+                raise OptionError("no Ray worker is left to run the remaining units")
+            ready, _ = ray.wait([*running, *starting], num_returns=1)
+            ref = ready[0]
+            if ref in starting:
+                actor = starting.pop(ref)
+                try:
+                    ray.get(ref)
+                    idle.append(actor)
+                except (RayActorError, WorkerCrashedError):
+                    self.actors.remove(actor)
+                continue
+            actor, unit = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except (RayActorError, WorkerCrashedError) as exc:
+                self.actors.remove(actor)
+                fresh = self._spawn()
+                self.actors.append(fresh)
+                starting[fresh.whoami.remote()] = fresh
+                attempts[unit.index] = attempts.get(unit.index, 0) + 1
+                if attempts[unit.index] > max_retries:
+                    yield UnitResult(unit.index, error=f"its Ray worker died {attempts[unit.index]} times ({exc})")
+                else:
+                    self.retries += 1
+                    queue.appendleft(unit)
+                continue
+            idle.append(actor)
+            yield result
+
+    def close(self) -> None:
+        """Stop the actors (and the local cluster, when this pool started it)."""
+        for a in self.actors:
+            self._ray.kill(a)
+        self.actors = []
+        if self._started:
+            self._ray.shutdown()
+
+    def __enter__(self) -> "ReplayPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+__all__ = ["ModelSpec", "Unit", "ReplayJob", "UnitResult", "UnitWorker", "ReplayPool", "require_ray", "INSTALL"]
