@@ -9,11 +9,13 @@ firing position or, for restart events, the memento's ``<|summary_start|>``).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
-from memento_lens.runtime.masks import events_from_table, evicted_at, visible_at
+from memento_lens.runtime.masks import events_from_table, evicted_at, hides, visible_at
 from memento_lens.runtime.schedule import EventKind, EvictionEvent
 
 # Attention-mass categories (display order).
@@ -136,4 +138,208 @@ def attention_mass_by_role(
     return {c: float(row[cat == c].sum()) for c in MASS_CATEGORIES}
 
 
-__all__ = ["MASS_CATEGORIES", "evicted_at_step", "visible_at_step", "mass_categories", "attention_mass_by_role"]
+# ---------------------------------------------------------------------------------------------------------
+# Query x key patterns over a window of a captured trace
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pattern:
+    """Attention of a window of queries over a window of keys, per head, with what was not visible kept apart.
+
+    Attributes:
+        weights: ``[heads, n_rows, n_cols]`` float32. Row i covers query positions ``[q_edges[i],
+            q_edges[i+1])``, column j key positions ``[k_edges[j], k_edges[j+1])``; a cell is the attention
+            mass the row's captured queries put on the column's keys, averaged over those queries (for
+            single positions: the weight itself). ``NaN`` where no key of the cell is visible to any of the
+            row's queries (not visible, as opposed to a visible key given 0 attention), and for rows with no
+            captured query.
+        q_edges, k_edges: ``[n_rows + 1]`` / ``[n_cols + 1]`` int64 position edges.
+        n_queries: ``[n_rows]`` captured queries per row.
+    """
+
+    weights: np.ndarray
+    q_edges: np.ndarray
+    k_edges: np.ndarray
+    n_queries: np.ndarray
+
+    @property
+    def binned(self) -> bool:
+        return bool((np.diff(self.q_edges) > 1).any() or (np.diff(self.k_edges) > 1).any())
+
+    @property
+    def rows(self) -> np.ndarray:
+        """First query position of each row."""
+        return self.q_edges[:-1]
+
+    @property
+    def cols(self) -> np.ndarray:
+        """First key position of each column."""
+        return self.k_edges[:-1]
+
+    def head(self, head: int | None) -> np.ndarray:
+        """``[n_rows, n_cols]`` of one head, or the mean over heads (``None``); NaN kept."""
+        if head is None:
+            with np.errstate(invalid="ignore"):
+                return self.weights.mean(axis=0)
+        return self.weights[int(head)]
+
+
+def edges(lo: int, hi: int, max_bins: int | None = None) -> np.ndarray:
+    """Position edges covering ``[lo, hi)``: one per position, or ``max_bins`` equal-width bins when wider."""
+    n = max(0, int(hi) - int(lo))
+    if max_bins is None or n <= max_bins:
+        return np.arange(int(lo), int(lo) + n + 1, dtype=np.int64)
+    return np.unique(np.linspace(int(lo), int(hi), int(max_bins) + 1).round().astype(np.int64))
+
+
+def query_key_pattern(
+    rows: Mapping[int, np.ndarray],
+    visible: Callable[[int], np.ndarray] | Mapping[int, np.ndarray],
+    q_edges: np.ndarray,
+    k_edges: np.ndarray,
+) -> Pattern:
+    """The query x key pattern of captured attention rows over a window (see :class:`Pattern`).
+
+    Args:
+        rows: ``{query position: [heads, n_tokens] weights over every position}`` (decoded captures; positions
+            not visible hold 0). Queries outside ``q_edges`` are ignored.
+        visible: ``visible(q) -> [n_tokens] bool`` (or a mapping), the query's visible positions by the
+            runtime's one rule (:func:`memento_lens.runtime.masks.visible_at`); attention on positions it
+            hides is left out of every cell (they are the not-visible part).
+        q_edges, k_edges: position edges (:func:`edges`), every position or bins.
+
+    Returns:
+        :class:`Pattern`.
+    """
+    q_edges = np.asarray(q_edges, dtype=np.int64)
+    k_edges = np.asarray(k_edges, dtype=np.int64)
+    vis_of = visible.__getitem__ if isinstance(visible, Mapping) else visible
+    n_rows, n_cols = len(q_edges) - 1, len(k_edges) - 1
+    lo, hi = int(k_edges[0]), int(k_edges[-1])
+    starts = k_edges[:-1] - lo
+    heads = next((np.asarray(r).reshape(-1, np.shape(r)[-1]).shape[0] for r in rows.values()), 1)
+    total = np.zeros((heads, max(n_rows, 0), max(n_cols, 0)), dtype=np.float64)
+    seen = np.zeros((max(n_rows, 0), max(n_cols, 0)), dtype=bool)
+    count = np.zeros(max(n_rows, 0), dtype=np.int64)
+    if n_rows > 0 and n_cols > 0:
+        for q in sorted(rows):
+            i = int(np.searchsorted(q_edges, q, side="right")) - 1
+            if not 0 <= i < n_rows or q >= q_edges[-1]:
+                continue
+            w = np.asarray(rows[q], dtype=np.float64).reshape(heads, -1)
+            vis = np.asarray(vis_of(q), dtype=bool)
+            wk = np.zeros((heads, hi - lo))
+            vk = np.zeros(hi - lo, dtype=bool)
+            m = min(hi, w.shape[-1], len(vis)) - lo
+            if m > 0:
+                vk[:m] = vis[lo : lo + m]
+                wk[:, :m] = np.where(vk[:m], w[:, lo : lo + m], 0.0)
+            total[:, i] += np.add.reduceat(wk, starts, axis=1)
+            seen[i] |= np.add.reduceat(vk.astype(np.int64), starts) > 0
+            count[i] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (total / np.maximum(count, 1)[None, :, None]).astype(np.float32)
+    out[:, ~seen] = np.nan
+    return Pattern(out, q_edges, k_edges, count)
+
+
+def pattern_difference(a: Pattern, b: Pattern) -> Pattern:
+    """``a - b`` cell by cell (e.g. normal - restart): NaN where either is not visible or not captured.
+
+    Raises ValueError when the two patterns cover different windows or bins.
+    """
+    if not (np.array_equal(a.q_edges, b.q_edges) and np.array_equal(a.k_edges, b.k_edges)):
+        raise ValueError("the two patterns cover different query/key windows")
+    if a.weights.shape != b.weights.shape:
+        raise ValueError(f"the two patterns have different heads ({a.weights.shape[0]} vs {b.weights.shape[0]})")
+    return Pattern(a.weights - b.weights, a.q_edges, a.k_edges, np.minimum(a.n_queries, b.n_queries))
+
+
+@dataclass(frozen=True)
+class EvictedSpan:
+    """An evicted key range ``[start, end)``, hidden from every query at or after ``from_step``."""
+
+    start: int
+    end: int
+    from_step: int
+    block: int | None
+
+
+def evicted_spans(events: Any, k_lo: int, k_hi: int, q_lo: int, q_hi: int) -> list[EvictedSpan]:
+    """The eviction events that hide keys of ``[k_lo, k_hi)`` from queries of ``[q_lo, q_hi)``, clipped to it.
+
+    ``from_step`` is the first query the runtime's rule (:func:`memento_lens.runtime.masks.hides`) hides the
+    range from: the firing position, or for a restart event the memento's ``<|summary_start|>``. ``events``
+    is a Schedule or EvictionEvents (``masks.events_from_table`` rebuilds them from a run's events table).
+    """
+    out = []
+    for ev in events.events if hasattr(events, "events") else events:
+        if ev.end <= ev.start:
+            continue
+        s, e = max(ev.start, k_lo), min(ev.end, k_hi)
+        first = ev.effective_from  # hides(ev, q) <=> q >= effective_from
+        if s < e and first < q_hi and hides(ev, max(first, q_lo)):
+            out.append(EvictedSpan(int(s), int(e), int(max(first, q_lo)), ev.block))
+    return out
+
+
+def head_mass_summary(
+    rows: Mapping[tuple[int, int], np.ndarray],
+    roles: Sequence[str],
+    blocks: Sequence[int],
+    visible: Callable[[int], np.ndarray] | Mapping[int, np.ndarray],
+    queries: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """Per (layer, head), the attention mass on each :data:`MASS_CATEGORIES` category, averaged over queries.
+
+    Args:
+        rows: ``{(layer, query position): [heads, n_tokens] weights}``.
+        roles, blocks: per position (``tokens.parquet``).
+        visible: the query's visible positions (as for :func:`query_key_pattern`).
+        queries: which captured queries to average over (None: all in ``rows``).
+
+    Returns:
+        one row per (layer, head): ``layer``, ``head``, ``n_queries``, then one column per category (mean mass;
+        ``evicted`` / ``future`` ~0 unless a leak).
+    """
+    vis_of = visible.__getitem__ if isinstance(visible, Mapping) else visible
+    want = None if queries is None else set(int(q) for q in queries)
+    code = {c: i for i, c in enumerate(MASS_CATEGORIES)}
+    n = len(roles)
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    cats_of: dict[int, np.ndarray] = {}
+    for (layer, q), w in sorted(rows.items()):
+        if want is not None and q not in want:
+            continue
+        if q not in cats_of:
+            cat = mass_categories(roles, blocks, q, vis_of(q))
+            onehot = np.zeros((n, len(MASS_CATEGORIES)))
+            onehot[np.arange(n), [code[c] for c in cat]] = 1.0
+            cats_of[q] = onehot
+        w = np.asarray(w, dtype=np.float64).reshape(-1, np.shape(w)[-1])
+        row = np.zeros((w.shape[0], n))
+        row[:, : min(n, w.shape[1])] = w[:, :n]
+        sums[layer] = sums.get(layer, 0.0) + row @ cats_of[q]
+        counts[layer] = counts.get(layer, 0) + 1
+    out = []
+    for layer in sorted(sums):
+        mean = sums[layer] / counts[layer]
+        for h in range(mean.shape[0]):
+            out.append({"layer": layer, "head": h, "n_queries": counts[layer], **dict(zip(MASS_CATEGORIES, mean[h]))})
+    return pd.DataFrame(out, columns=["layer", "head", "n_queries", *MASS_CATEGORIES])
+
+
+__all__ = [
+    "MASS_CATEGORIES",
+    "evicted_at_step",
+    "visible_at_step",
+    "mass_categories",
+    "attention_mass_by_role",
+    "Pattern",
+    "edges",
+    "query_key_pattern",
+    "pattern_difference",
+    "EvictedSpan",
+    "evicted_spans",
+    "head_mass_summary",
+]
