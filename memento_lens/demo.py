@@ -254,7 +254,8 @@ def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> Dem
     """The demo's headline numbers, read back from the run's occupancy table and the result tables."""
     import numpy as np
 
-    from memento_lens.runtime.occupancy import Occupancy, occupancies_from_table
+    from memento_lens.runtime.occupancy import Occupancy
+    from memento_lens.runtime.rundir.tables import occupancies_from_table
 
     occs = [o for o in occupancies_from_table(store.read_table("occupancy.parquet"), {}) if o.mode != "vanilla"]
     # vanilla attention keeps every token of the same trace

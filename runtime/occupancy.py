@@ -2,7 +2,8 @@
 
 Every producer of occupancy (the generation loop, replay, model-free accounting in ``analyses.kv``, the run
 tables) builds an :class:`Occupancy`; every byte count comes from :class:`KVSpec` (``kv_bytes_per_token`` of a
-loaded model is ``KVSpec.from_model(model).bytes_per_token``).
+loaded model is ``KVSpec.from_model(model).bytes_per_token``). The run table ``occupancy.parquet`` is converted
+in :mod:`.rundir.tables`: this module imports nothing of the run directory (no import cycle).
 
 Units: KB = 1024 bytes (the paper's "144 KB/token" for Qwen3-8B is 147,456 bytes), GB = 2**30 bytes,
 ktok = 1,000 tokens. Peak is the maximum occupancy over the whole stream (prompt included); AUC is the area
@@ -15,15 +16,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from .config import ConfigError
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from .schedule import Schedule
 
 KB = 1024
@@ -211,44 +210,6 @@ class Occupancy:
         return self.auc_bytes / GB / KTOK
 
 
-def occupancy_table(occupancies: Iterable[Occupancy]) -> "pd.DataFrame":
-    """The run directory's ``occupancy.parquet`` rows (trace, mode, step, tokens, bytes) of each occupancy."""
-    import pandas as pd
-
-    from .rundir import schema
-
-    occs = list(occupancies)
-    if not occs:
-        return schema.OCCUPANCY.frame(None)
-    lens = [len(o.tokens) for o in occs]
-    # one frame from concatenated columns: a frame per occupancy cost most of a bulk ingest's time
-    df = pd.DataFrame(
-        {
-            "trace": np.repeat(np.array([o.trace for o in occs], dtype=object), lens),
-            "mode": np.repeat(np.array([o.mode for o in occs], dtype=object), lens),
-            "step": np.concatenate([np.arange(n, dtype=np.int64) for n in lens]),
-            "tokens": np.concatenate([o.tokens.astype(np.int64) for o in occs]),
-            "bytes": np.concatenate([o.bytes for o in occs]),
-        }
-    )
-    return schema.OCCUPANCY.frame(df)
-
-
-def occupancies_from_table(
-    table: "pd.DataFrame", prompt_lens: Mapping[str, int], bytes_per_token: int | None = None
-) -> list[Occupancy]:
-    """Occupancies back from an ``occupancy.parquet`` table (bytes/token from its ``bytes`` column unless given)."""
-    out = []
-    for (trace, mode), g in table.sort_values("step").groupby(["trace", "mode"], sort=False):
-        toks = g["tokens"].to_numpy(np.int64)
-        bpt = bytes_per_token
-        if bpt is None:
-            nz = toks > 0
-            bpt = int(g["bytes"].to_numpy()[nz][0] // toks[nz][0]) if nz.any() else 0
-        out.append(Occupancy(toks, bpt, int(prompt_lens.get(trace, 0)), str(trace), str(mode)))
-    return out
-
-
 __all__ = [
     "KB",
     "GB",
@@ -258,6 +219,4 @@ __all__ = [
     "kv_bytes_per_token",
     "schedule_occupancy",
     "Occupancy",
-    "occupancy_table",
-    "occupancies_from_table",
 ]

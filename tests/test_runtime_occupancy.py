@@ -9,14 +9,9 @@ from memento_lens.analyses.kv import account_trace
 from memento_lens.runtime.config import BlockMaskingConfig
 from memento_lens.runtime.generate import generate
 from memento_lens.runtime.model import kv_bytes_per_token
-from memento_lens.runtime.occupancy import (
-    KVSpec,
-    Occupancy,
-    occupancies_from_table,
-    occupancy_table,
-    schedule_occupancy,
-)
+from memento_lens.runtime.occupancy import KVSpec, Occupancy, schedule_occupancy
 from memento_lens.runtime.replay import replay
+from memento_lens.runtime.rundir.tables import occupancies_from_table, occupancy_table
 from memento_lens.runtime.schedule import compute_schedule
 from memento_lens.runtime.trace import Trace
 

@@ -5,6 +5,7 @@
 * :mod:`.writer`: the per-trace contract tables and :class:`RunWriter` (resumable parts).
 * :mod:`.reader`: :class:`RunReader` (whole run, one trace, unfinished parts, K/V by :class:`KVKey`).
 * :mod:`.kv`: :class:`KVKey` and the items captures collect.
+* :mod:`.tables`: domain objects as run tables and back (occupancy).
 
 Everything that writes or reads a run goes through these; nothing else spells out the layout.
 """
@@ -29,6 +30,7 @@ from .schema import (
     table,
 )
 from .store import MANIFEST, CorruptFile, RunError, RunStore, UnsafePath
+from .tables import occupancies_from_table, occupancy_table
 from .writer import RunWriter, trace_tables
 
 __all__ = [
@@ -60,4 +62,6 @@ __all__ = [
     "open_run",
     "RunWriter",
     "trace_tables",
+    "occupancy_table",
+    "occupancies_from_table",
 ]
