@@ -40,7 +40,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .hf_paths import ATTN_IMPLEMENTATION_ATTR, ATTN_WEIGHTS_OUTPUT_INDEX, SELF_ATTN_ATTR, decoder_layers
+from .hf_paths import ATTN_IMPLEMENTATION_ATTR, ATTN_WEIGHTS_OUTPUT_INDEX, decoder_layers, self_attn_attr
 from .rundir.kv import AttnItem, CaptureSink, KVItem, KVKey
 from .schedule import EvictionEvent
 
@@ -276,7 +276,7 @@ class AttentionWeights(Capture):
         try:
             setattr(cfg, ATTN_IMPLEMENTATION_ATTR, "eager")
             for li in self.layers:
-                attn = getattr(layers[li], SELF_ATTN_ATTR)
+                attn = getattr(layers[li], self_attn_attr(model))
                 handles.append(attn.register_forward_hook(self._hook(li)))
             yield
         finally:

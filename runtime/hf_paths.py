@@ -26,13 +26,32 @@ V_PROJ_ATTR = "v_proj"
 # * llama: no q/k norm; tied embeddings in SmolLM2 (random:llama-tiny too); no `layer_types` in older configs.
 # The cache holds keys after norm (if any) and RoPE in both, which is what capture reads; K/V patching edits
 # K_PROJ/V_PROJ outputs, which exist in both. A model_type outside this table may work but is untested.
-TESTED_MODEL_TYPES = ("qwen3", "llama")
+# * gpt2 (the toy's GPT-2-style variants): LayerNorm with biases (not RMSNorm, so verify's float64 reference needs no
+#   hook), learned absolute position embeddings (wpe) looked up from the explicit position_ids the slot cache feeds
+#   (no RoPE: the cache holds keys exactly as projected), MHA; decoder layers at `transformer.h`, attention module
+#   `attn` (below). Its q/k/v come from one fused Conv1D `c_attn` ([batch, pos, 3 * hidden]): there are no K_PROJ /
+#   V_PROJ modules, so K/V-projection patching (probes.patching, interop's nnsight surgery) does not apply to it.
+#   Its config.json says n_layer / n_head / n_embd (CONFIG_KEY_ALIASES).
+TESTED_MODEL_TYPES = ("qwen3", "llama", "gpt2")
+# Where the decoder layers and their attention module sit when a model_type does not use DECODER_LAYERS_PATH /
+# SELF_ATTN_ATTR (decoder_layers, attention_module).
+DECODER_LAYERS_PATH_BY_TYPE = {"gpt2": "transformer.h"}
+SELF_ATTN_ATTR_BY_TYPE = {"gpt2": "attn"}
 # RMSNorm modules (Qwen3 / Llama): class-name suffix and epsilon attribute. Their forward casts the input to
 # float32 whatever its dtype, so a float64 model is not float64 there (see rms_norms and verify's reference).
 RMS_NORM_CLASS_SUFFIX = "RMSNorm"
 RMS_NORM_EPS_ATTR = "variance_epsilon"
+# Config keys some architectures use instead of the standard names (GPT-2: n_layer / n_head / n_embd). A loaded
+# config answers the standard names through its attribute_map, but its to_dict() and config.json do not.
+CONFIG_KEY_ALIASES = {"n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size"}
 # Config attribute used to select the attention kernel.
 ATTN_IMPLEMENTATION_ATTR = "_attn_implementation"
+
+
+def standard_config_keys(data: dict) -> dict:
+    """A config dict with :data:`CONFIG_KEY_ALIASES` also under their standard names (existing keys win)."""
+    extra = {std: data[alias] for alias, std in CONFIG_KEY_ALIASES.items() if alias in data and std not in data}
+    return {**data, **extra} if extra else data
 
 
 def output_cache(output: Any) -> Any:
@@ -48,9 +67,23 @@ def cache_layers(cache: Any) -> list[Any]:
     return list(getattr(cache, CACHE_LAYERS_ATTR))
 
 
+def _model_type(model: Any) -> str:
+    return str(getattr(getattr(model, "config", None), "model_type", ""))
+
+
+def decoder_layers_path(model: Any) -> str:
+    """Dotted path of ``model``'s decoder layers (``model.layers``; ``transformer.h`` for GPT-2)."""
+    return DECODER_LAYERS_PATH_BY_TYPE.get(_model_type(model), DECODER_LAYERS_PATH)
+
+
+def self_attn_attr(model: Any) -> str:
+    """Name of the self-attention module inside one of ``model``'s decoder layers (``self_attn``; ``attn``)."""
+    return SELF_ATTN_ATTR_BY_TYPE.get(_model_type(model), SELF_ATTN_ATTR)
+
+
 def decoder_layers(model: Any) -> list[Any]:
     obj = model
-    for part in DECODER_LAYERS_PATH.split("."):
+    for part in decoder_layers_path(model).split("."):
         obj = getattr(obj, part)
     return list(obj)
 
@@ -66,7 +99,7 @@ def rms_norms(model: Any) -> list[Any]:
 
 def attention_module(model: Any, layer: int) -> Any:
     """The self-attention module of decoder layer ``layer``."""
-    return getattr(decoder_layers(model)[layer], SELF_ATTN_ATTR)
+    return getattr(decoder_layers(model)[layer], self_attn_attr(model))
 
 
 # --- used by the runtime (generate / replay / capture) ---------------------------------------------------

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from .config import ConfigError
+from .hf_paths import standard_config_keys
 
 if TYPE_CHECKING:
     from .schedule import Schedule
@@ -92,6 +93,7 @@ class KVSpec:
             data = dict(config)
         else:
             data = config.to_dict()
+        data = standard_config_keys(data)  # GPT-2's n_layer / n_head / n_embd (runtime/hf_paths.py)
         data = (
             dict(data.get("text_config") or {}, **{k: v for k, v in data.items() if k != "text_config"})
             if "num_hidden_layers" not in data

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 from memento_lens.runtime.toy.evaluate import block_token_positions, foreign_block_inputs, predicted_mementos
-from memento_lens.runtime.toy.model import ToyModelConfig, build_model, hf_config
+from memento_lens.runtime.toy.model import ToyModelConfig, build_model, count_parameters, hf_config
 from memento_lens.runtime.toy.task import (
     DIGIT0,
     ToyLayout,
@@ -242,3 +243,52 @@ def test_toy_channel_is_shipped_with_its_layout_and_checkpoints():
 
     batch = sample(32, 5, SEG)
     assert task_accuracy(loaded.model, batch, "memento").digit > 0.6 > task_accuracy(init, batch, "memento").digit
+
+
+def _tiny_gpt2():
+    cfg = ToyModelConfig(architecture="gpt2", num_key_value_heads=2, num_attention_heads=2, hidden_size=16, head_dim=8)
+    return build_model(dataclasses.replace(cfg, intermediate_size=32, num_hidden_layers=2), seed=1)
+
+
+def test_gpt2_block_layernorm_learned_positions_mha_and_wrong_shapes_refused():
+    from memento_lens.runtime.hf_paths import attention_module, decoder_layers, rms_norms
+
+    m = build_model(variant("sum-gpt2-mha-fresh").model)
+    assert type(m).__name__ == "GPT2LMHeadModel" and m.config.model_type == "gpt2"
+    assert 800_000 < count_parameters(m) < 850_000  # the paper's toy: 810K
+    assert m.transformer.wpe.weight.shape == (256, 128) and not rms_norms(m)  # learned positions, LayerNorm
+    assert all(isinstance(b.ln_1, torch.nn.LayerNorm) for b in decoder_layers(m))
+    assert attention_module(m, 3) is m.transformer.h[3].attn and m.config.n_head == 4
+    ids = torch.tensor([[1, 3, 8, 9]])
+    with torch.no_grad():  # absolute positions: the same tokens at other positions give other logits
+        a = m(input_ids=ids).logits
+        b = m(input_ids=ids, position_ids=torch.arange(10, 14)[None]).logits
+    assert not torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="multi-head attention only"):
+        hf_config(ToyModelConfig(architecture="gpt2"))  # 2 KV heads: GQA does not exist in GPT-2
+    with pytest.raises(ValueError, match="head_dim"):
+        hf_config(ToyModelConfig(architecture="gpt2", num_key_value_heads=4, head_dim=16))
+
+
+def test_gpt2_toy_passes_verify_physical_eviction_equals_dense_mask():
+    from memento_lens.runtime.toy.task import EOS, TOY_TOKENS
+    from memento_lens.runtime.verify import verify
+
+    report = verify(_tiny_gpt2(), TOY_TOKENS, n_blocks=2, exclude_ids=[EOS])
+    assert report.passed and len(report.checks) > 10
+    assert {c.dtype for c in report.checks} >= {"float32", "float64"}
+
+
+def test_gpt2_config_geometry_and_attention_capture():
+    from memento_lens.runtime.capture import AttentionWeights
+    from memento_lens.runtime.occupancy import KVSpec
+
+    m = _tiny_gpt2()
+    spec = KVSpec.from_hf_config(m.config.to_dict(), dtype_bytes=2)  # n_layer / n_head / n_embd in the dict
+    assert (spec.layers, spec.kv_heads, spec.head_dim) == (2, 2, 8)
+    cap = AttentionWeights(layers=(1,))
+    with cap.attach(m), torch.no_grad():
+        m(input_ids=torch.tensor([[1, 3, 8, 9, 4]]))
+        w = cap._last[1]
+    assert w.shape == (1, 2, 5, 5) and torch.allclose(w.sum(-1), torch.ones(1, 2, 5))
+    assert m.config._attn_implementation == "sdpa"  # restored after the capture

@@ -7,7 +7,9 @@ variants that ship with the package are listed in :mod:`.shipped`. The knobs exp
 * passcode placement: ``sum`` (the passcode is a block's summed digits, so the running-sum mementos spell out
   its digit sum: text floor 16.0%) or ``segment`` (an unsummed 5-digit passcode segment in every block:
   text floor = chance, 10%);
-* attention shape: Qwen3 (QK-norm) with GQA (4 query / 2 KV heads) or Llama (no QK-norm) with MHA (4 / 4);
+* attention shape: Qwen3 (QK-norm) with GQA (4 query / 2 KV heads), Llama (no QK-norm) with MHA (4 / 4), or a
+  GPT-2 block (HF ``GPT2LMHeadModel``: LayerNorm, learned absolute positions, MHA 4 / 4, no QK-norm, 4x GELU MLP:
+  828K parameters; the paper's toy has 810K and does not say which block it used);
 * recipe: fresh samples with two stages (15% full causal attention, then memento attention) or a fixed
   training set over epochs with memento attention from the first step, stopped at the first checkpoint
   with >= 95% held-out memento exact-match (the paper's range is 77-95%).
@@ -26,6 +28,7 @@ QWEN3_GQA = ToyModelConfig()
 LLAMA_MHA = ToyModelConfig(architecture="llama", num_key_value_heads=4)
 QWEN3_MHA = ToyModelConfig(num_key_value_heads=4)
 LLAMA_GQA = ToyModelConfig(architecture="llama")
+GPT2_MHA = ToyModelConfig(architecture="gpt2", num_key_value_heads=4, intermediate_size=512)
 
 # A fixed training set over epochs, memento attention from the start, stop once inside the paper's range.
 EPOCHS = dict(
@@ -50,6 +53,27 @@ VARIANTS: dict[str, TrainConfig] = {
         layout=SEGMENT,
         steps=1280,
         checkpoints=tuple(range(0, 1280, 128)),
+        stop_exact=0.95,
+        checkpoint_dtype="float16",
+        final_dtype="float16",
+        threads=1,
+    ),
+    # the shipped toy's recipe (fresh samples, two stages) with a GPT-2 block; a checkpoint every 100 steps from
+    # the initialisation, stop at the first with >= 95% held-out memento exact-match
+    "sum-gpt2-mha-fresh": TrainConfig(
+        model=GPT2_MHA,
+        steps=1500,
+        checkpoints=tuple(range(0, 1500, 100)),
+        stop_exact=0.95,
+        checkpoint_dtype="float16",
+        final_dtype="float16",
+        threads=1,
+    ),
+    "segment-gpt2-mha-fresh": TrainConfig(
+        model=GPT2_MHA,
+        layout=SEGMENT,
+        steps=2500,
+        checkpoints=tuple(range(0, 2500, 100)),
         stop_exact=0.95,
         checkpoint_dtype="float16",
         final_dtype="float16",
