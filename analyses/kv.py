@@ -29,6 +29,7 @@ from memento_lens.runtime.occupancy import (  # noqa: F401  (re-exported: analys
     Occupancy,
     schedule_occupancy,
 )
+from memento_lens.runtime.policies import EvictionPolicy
 from memento_lens.runtime.rundir.tables import occupancies_from_table, occupancy_table  # noqa: F401  (re-exported)
 from memento_lens.runtime.schedule import BlockTracker, Schedule, compute_schedule
 from memento_lens.runtime.trace import Trace
@@ -56,13 +57,6 @@ def resolve_spec(spec: str | os.PathLike | KVSpec | None) -> KVSpec:
 # -- the schedule, fast ------------------------------------------------------------------------------
 
 
-def _interesting_ids(tokens: MementoTokenIds, config: BlockMaskingConfig) -> np.ndarray:
-    ids = [tokens.block_start, tokens.block_end, tokens.summary_start, tokens.summary_end]
-    if config.require_assistant_section:
-        ids += [t for t in (tokens.im_start, tokens.assistant) if t is not None]
-    return np.asarray(sorted(set(ids)), dtype=np.int64)
-
-
 def _member(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     """``np.isin(ids, wanted)`` through a lookup table (ids are small non-negative vocabulary indices)."""
     if len(ids) == 0:
@@ -76,27 +70,31 @@ def _member(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 
 def fast_schedule(
-    token_ids: Sequence[int] | np.ndarray, config: BlockMaskingConfig, tokens: MementoTokenIds, prompt_len: int = 0
+    token_ids: Sequence[int] | np.ndarray,
+    config: BlockMaskingConfig,
+    tokens: MementoTokenIds,
+    prompt_len: int = 0,
+    policy: EvictionPolicy | None = None,
 ) -> Schedule:
     """Exactly :func:`runtime.schedule.compute_schedule`, feeding the tracker only the tokens that can change
-    its state (delimiters, and ChatML markers when the assistant section is required).
-
-    Ordinary tokens only advance the position in :class:`BlockTracker` unless ``max_block_tokens`` counts
-    them, so with a cap the full per-token loop is used. Delimiter positions are found with numpy.
+    its state: the tracker's :attr:`~memento_lens.runtime.schedule.BlockTracker.relevant_tokens` (its
+    bookkeeping tokens and what the eviction policy reacts to), found with numpy; every other token only
+    advances the position (``BlockTracker.skip_to``). Under ``max_block_tokens`` every token counts, and the
+    full per-token loop is used.
     """
-    if config.max_block_tokens > 0:
-        return compute_schedule(token_ids, config, tokens, prompt_len=prompt_len)
+    tracker = BlockTracker(config, tokens, prompt_len=prompt_len, policy=policy)
+    relevant = tracker.relevant_tokens
+    if relevant is None:
+        return compute_schedule(token_ids, config, tokens, prompt_len=prompt_len, policy=tracker.policy)
     ids = np.asarray(token_ids, dtype=np.int64)
-    tracker = BlockTracker(config, tokens, prompt_len=prompt_len)
-    interesting = _interesting_ids(tokens, tracker.config)
     events = []
-    positions = np.flatnonzero(_member(ids, interesting))
+    positions = np.flatnonzero(_member(ids, np.asarray(sorted(relevant), dtype=np.int64)))
     for pos, tok in zip(positions.tolist(), ids[positions].tolist()):
-        tracker.n_seen = pos
+        tracker.skip_to(pos)
         events.extend(tracker.step(tok))
-    tracker.n_seen = len(ids)
+    tracker.skip_to(len(ids))
     events.extend(tracker.finish())
-    return Schedule(tuple(events), tuple(tracker.blocks), tracker.n_seen, prompt_len, tracker.config)
+    return tracker.schedule(events)
 
 
 # -- accounting --------------------------------------------------------------------------------------

@@ -7,107 +7,44 @@ One stateful :class:`BlockTracker` holds the block state machine. Generation fee
 * a block opens on ``<|block_start|>`` (a stack: nested blocks are tracked, with a warning),
   closes on ``<|block_end|>``; ``<|summary_start|>`` attaches to the most recently closed block that
   has no memento yet; ``<|summary_end|>`` completes it and queues it for eviction (FIFO);
-* on ``<|summary_end|>`` (``compact_on_summary_end``) the oldest queued block is evicted while more
-  than ``keep_last_n_blocks`` are queued;
-* evicted range: ``[block_start+1, block_end)`` (delimiters stay) or ``[block_start, block_end+1)``
-  (``mask_delimiters``); restart mode always evicts ``[block_start, block_end+1)`` and rewinds to the
-  memento's ``<|summary_start|>`` so the memento KV is recomputed without the block;
-* ``keep_last_block_for_answer`` (keep 0 only) defers the eviction to the next ``<|block_start|>``;
+* what is evicted, and when, is the tracker's *eviction policy* (``runtime/policies/``, one small dataclass
+  per file; :func:`~memento_lens.runtime.policies.policy_for` reads the config's flags): ``Memento``
+  evicts the oldest queued block on ``<|summary_end|>`` while more than ``keep_last_n_blocks`` are queued,
+  range ``[block_start+1, block_end)`` (delimiters stay) or ``[block_start, block_end+1)``
+  (``mask_delimiters``); ``Restart`` always evicts ``[block_start, block_end+1)`` and rewinds to the
+  memento's ``<|summary_start|>`` so the memento KV is recomputed without the block; ``DeferredFlush``
+  (``keep_last_block_for_answer``, keep 0) defers the eviction to the next ``<|block_start|>``;
+  ``Vanilla`` never evicts;
 * prompt tokens set up block state but never fire events.
 
 An event at ``position`` p takes effect for the token at p itself: that token's KV and logits are
 computed with the range already gone (the engine evicts before it feeds the sampled token back).
+Visibility from events: ``runtime/masks.py`` (the one rule).
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from .config import BlockMaskingConfig, MementoTokenIds
-
-
-class EventKind(str, enum.Enum):
-    COMPACT = "compact"  # block content evicted on <|summary_end|>
-    RESTART = "restart"  # block + delimiters evicted, memento KV recomputed
-    DEFERRED_FLUSH = "deferred_flush"  # keep_last_block_for_answer: evicted on next <|block_start|>
-    FORCED_BLOCK_END = "forced_block_end"  # max_block_tokens reached: <|block_end|> forced here
-    WARNING = "warning"  # malformed stream; nothing evicted
-
-
-@dataclass(frozen=True)
-class EvictionEvent:
-    """One schedule event.
-
-    Attributes:
-        kind: what happened.
-        position: index (in prompt + generated) of the token whose processing fired the event.
-        start, end: logical ``[start, end)`` range evicted (empty for forced block ends and warnings).
-        block: 0-based block index the event concerns (None for some warnings).
-        rewind_to: restart only: first position whose KV is recomputed (the memento's summary_start).
-        message: warnings only: what is malformed.
-    """
-
-    kind: EventKind
-    position: int
-    start: int
-    end: int
-    block: int | None
-    rewind_to: int | None = None
-    message: str | None = None
-
-    @property
-    def n_evicted(self) -> int:
-        return self.end - self.start
-
-    @property
-    def effective_from(self) -> int:
-        """First position whose (final) KV is computed without the evicted range."""
-        return self.rewind_to if self.rewind_to is not None else self.position
-
-    def to_json(self) -> dict:
-        """The cross-engine form: kind, position, start, end, block (+ message for warnings)."""
-        out = {
-            "kind": self.kind.value,
-            "position": self.position,
-            "start": self.start,
-            "end": self.end,
-            "block": self.block,
-        }
-        if self.message is not None:
-            out["message"] = self.message
-        return out
-
-
-@dataclass
-class BlockSpan:
-    """Positions of one block and its memento (None until seen)."""
-
-    block: int
-    start: int  # <|block_start|>
-    end: int | None = None  # <|block_end|>
-    summary_start: int | None = None
-    summary_end: int | None = None
-
-    @property
-    def complete(self) -> bool:
-        return self.end is not None and self.summary_end is not None
-
-    def eviction_range(self, config: BlockMaskingConfig) -> tuple[int, int]:
-        assert self.end is not None
-        if config.restart_mode or config.mask_delimiters:
-            return self.start, self.end + 1
-        return self.start + 1, self.end
+from .events import BlockSpan, EventKind, EvictionEvent
+from .policies import EvictionPolicy, policy_for
 
 
 @dataclass
 class BlockTracker:
-    """Incremental block state for one sequence. Feed every token, in order, through :meth:`step`."""
+    """Incremental block state for one sequence. Feed every token, in order, through :meth:`step`.
+
+    The tracker keeps the block bookkeeping; eviction decisions are its ``policy``'s (default: the one
+    ``config`` describes, :func:`~memento_lens.runtime.policies.policy_for`). It implements the
+    :class:`~memento_lens.runtime.policies.TrackerView` a policy sees.
+    """
 
     config: BlockMaskingConfig
     tokens: MementoTokenIds
     prompt_len: int = 0
+    policy: EvictionPolicy | None = None
     blocks: list[BlockSpan] = field(default_factory=list)
     open_blocks: list[int] = field(default_factory=list)  # stack of block indices
     pending: list[int] = field(default_factory=list)  # completed, not yet evicted (FIFO)
@@ -118,9 +55,13 @@ class BlockTracker:
     cap_in_block: bool = False
     cap_count: int = 0
     n_seen: int = 0
+    _closed: BlockSpan | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.config = self.tokens.resolve_config(self.config)
+        if self.policy is None:
+            self.policy = policy_for(self.config)
+        self._reacts = frozenset(self.policy.reacts_to(self.tokens))
 
     # -- queries used by generation ---------------------------------------------------------
     @property
@@ -133,11 +74,61 @@ class BlockTracker:
     def in_block(self) -> bool:
         return bool(self.open_blocks)
 
+    @property
+    def relevant_tokens(self) -> frozenset[int] | None:
+        """The token ids that can change this tracker's state or fire events (None: every token can).
+
+        The four delimiters, the ChatML markers while the assistant section is required, and what the policy
+        :meth:`~memento_lens.runtime.policies.EvictionPolicy.reacts_to`; None under ``max_block_tokens``,
+        which counts every token. Any other token only advances the position (:meth:`skip_to`).
+        """
+        if self.config.max_block_tokens > 0:
+            return None
+        ids = set(self.tokens.delimiters) | self._reacts
+        if self.config.require_assistant_section:
+            ids |= {t for t in (self.tokens.im_start, self.tokens.assistant) if t is not None}
+        return frozenset(ids)
+
+    # -- what a policy sees (TrackerView) ------------------------------------------------------
+    @property
+    def pending_blocks(self) -> tuple[BlockSpan, ...]:
+        """Completed blocks not yet evicted, oldest first."""
+        return tuple(self.blocks[b] for b in self.pending)
+
+    @property
+    def memento_closed(self) -> BlockSpan | None:
+        """The block whose memento the token being processed completed (its ``<|summary_end|>``), else None."""
+        return self._closed
+
+    def evict_oldest(
+        self, pos: int, kind: EventKind, *, with_delimiters: bool, rewind_to: int | None = None
+    ) -> EvictionEvent:
+        """Pop the oldest pending block; its eviction event fired at ``pos`` (range: :meth:`BlockSpan.span`)."""
+        if not self.pending:
+            raise ValueError(f"policy {self.policy!r} evicts at position {pos} but no completed block is queued")
+        block = self.blocks[self.pending.pop(0)]
+        self.evicted.append(block.block)
+        start, end = block.span(with_delimiters)
+        return EvictionEvent(kind, pos, start, end, block.block, rewind_to=rewind_to)
+
     # -- the state machine ---------------------------------------------------------------------
+    def skip_to(self, pos: int) -> None:
+        """Advance to position ``pos`` over tokens not in :attr:`relevant_tokens` (they change nothing)."""
+        if self.relevant_tokens is None:
+            raise ValueError("max_block_tokens counts every token: feed each one through step()")
+        if pos < self.n_seen:
+            raise ValueError(f"skip_to({pos}): already at position {self.n_seen}")
+        self.n_seen = pos
+
     def step(self, token_id: int) -> list[EvictionEvent]:
-        """Process the next token; return the events its processing fires (empty for prompt tokens)."""
+        """Process the next token; return the events its processing fires (empty for prompt tokens).
+
+        Order within one token: the forced block end (or its warning), the policy's events, then warnings
+        about malformed structure.
+        """
         pos = self.n_seen
         self.n_seen += 1
+        self._closed = None
         fires = pos >= self.prompt_len
         cfg, ids = self.config, self.tokens
         events: list[EvictionEvent] = []
@@ -174,54 +165,11 @@ class BlockTracker:
         if cfg.require_assistant_section and (self.assistant_start is None or pos <= self.assistant_start):
             return events
 
-        if token_id == ids.block_start:
-            if fires and cfg.keep_last_block_for_answer and cfg.keep_last_n_blocks == 0 and self.pending:
-                ev = self._evict_oldest(pos, EventKind.DEFERRED_FLUSH, rewind_block=None)
-                if ev is not None:
-                    events.append(ev)
-            if self.open_blocks and fires:
-                events.append(
-                    self._warn(
-                        pos,
-                        f"<|block_start|> inside open block {self.open_blocks[-1]} (nested block)",
-                        block=self.open_blocks[-1],
-                    )
-                )
-            self.blocks.append(BlockSpan(block=len(self.blocks), start=pos))
-            self.open_blocks.append(len(self.blocks) - 1)
-        elif token_id == ids.block_end:
-            if not self.open_blocks:
-                if fires:
-                    events.append(self._warn(pos, "<|block_end|> with no open block"))
-            else:
-                self.blocks[self.open_blocks.pop()].end = pos
-        elif token_id == ids.summary_start:
-            target = next((b for b in reversed(self.blocks) if b.end is not None and b.summary_start is None), None)
-            if target is None:
-                if fires:
-                    events.append(self._warn(pos, "<|summary_start|> with no closed block awaiting a memento"))
-            else:
-                target.summary_start = pos
-                self.current_summary = target.block
-        elif token_id == ids.summary_end:
-            if self.current_summary is None:
-                if fires:
-                    events.append(self._warn(pos, "<|summary_end|> with no open memento"))
-            else:
-                block = self.blocks[self.current_summary]
-                block.summary_end = pos
-                self.current_summary = None
-                self.pending.append(block.block)
-                # Prompt tokens only queue blocks; evictions fire from generated tokens.
-                if (
-                    fires
-                    and cfg.compact_on_summary_end
-                    and not (cfg.keep_last_block_for_answer and cfg.keep_last_n_blocks == 0)
-                ):
-                    kind = EventKind.RESTART if cfg.restart_mode else EventKind.COMPACT
-                    ev = self._evict_oldest(pos, kind, rewind_block=block.block)
-                    if ev is not None:
-                        events.append(ev)
+        malformed = self._track_blocks(pos, token_id)
+        if fires:
+            if token_id in self._reacts:
+                events.extend(self.policy.on_token(self, pos, token_id))
+            events.extend(malformed)
         return events
 
     def finish(self) -> list[EvictionEvent]:
@@ -234,20 +182,43 @@ class BlockTracker:
             for b in self.open_blocks
         ]
 
+    def schedule(self, events: Sequence[EvictionEvent]) -> "Schedule":
+        """The :class:`Schedule` of the stream fed so far, with the events it fired."""
+        return Schedule(tuple(events), tuple(self.blocks), self.n_seen, self.prompt_len, self.config)
+
     # -- helpers -----------------------------------------------------------------------------
-    def _evict_oldest(self, pos: int, kind: EventKind, rewind_block: int | None) -> EvictionEvent | None:
-        cfg = self.config
-        if cfg.keep_last_n_blocks < 0 or len(self.pending) <= cfg.keep_last_n_blocks:
-            return None
-        block = self.blocks[self.pending.pop(0)]
-        self.evicted.append(block.block)
-        start, end = block.eviction_range(cfg)
-        rewind = None
-        if cfg.restart_mode:
-            # The reference rewinds to the memento that just ended (the flushed one for deferred flushes).
-            rewind_src = self.blocks[rewind_block] if rewind_block is not None else block
-            rewind = rewind_src.summary_start
-        return EvictionEvent(kind, pos, start, end, block.block, rewind_to=rewind)
+    def _track_blocks(self, pos: int, token_id: int) -> list[EvictionEvent]:
+        """Block bookkeeping for one token; returns the warnings about malformed structure it finds."""
+        ids = self.tokens
+        warnings: list[EvictionEvent] = []
+        if token_id == ids.block_start:
+            if self.open_blocks:
+                msg = f"<|block_start|> inside open block {self.open_blocks[-1]} (nested block)"
+                warnings.append(self._warn(pos, msg, block=self.open_blocks[-1]))
+            self.blocks.append(BlockSpan(block=len(self.blocks), start=pos))
+            self.open_blocks.append(len(self.blocks) - 1)
+        elif token_id == ids.block_end:
+            if not self.open_blocks:
+                warnings.append(self._warn(pos, "<|block_end|> with no open block"))
+            else:
+                self.blocks[self.open_blocks.pop()].end = pos
+        elif token_id == ids.summary_start:
+            target = next((b for b in reversed(self.blocks) if b.end is not None and b.summary_start is None), None)
+            if target is None:
+                warnings.append(self._warn(pos, "<|summary_start|> with no closed block awaiting a memento"))
+            else:
+                target.summary_start = pos
+                self.current_summary = target.block
+        elif token_id == ids.summary_end:
+            if self.current_summary is None:
+                warnings.append(self._warn(pos, "<|summary_end|> with no open memento"))
+            else:
+                block = self.blocks[self.current_summary]
+                block.summary_end = pos
+                self.current_summary = None
+                self.pending.append(block.block)  # prompt blocks queue too; only generated tokens evict
+                self._closed = block
+        return warnings
 
     def _count_for_cap(self, token_id: int) -> None:
         ids = self.tokens
@@ -295,7 +266,11 @@ class Schedule:
 
 
 def compute_schedule(
-    token_ids: Sequence[int] | Iterable[int], config: BlockMaskingConfig, tokens: MementoTokenIds, prompt_len: int = 0
+    token_ids: Sequence[int] | Iterable[int],
+    config: BlockMaskingConfig,
+    tokens: MementoTokenIds,
+    prompt_len: int = 0,
+    policy: EvictionPolicy | None = None,
 ) -> Schedule:
     """The eviction schedule of a whole token stream (prompt + generated).
 
@@ -304,10 +279,23 @@ def compute_schedule(
         config: the masking config.
         tokens: the memento token ids of the vocabulary.
         prompt_len: number of leading prompt tokens (they set up state but never fire events).
+        policy: the eviction policy (default: the one ``config`` describes, ``policies.policy_for``).
     """
-    tracker = BlockTracker(config, tokens, prompt_len=prompt_len)
+    tracker = BlockTracker(config, tokens, prompt_len=prompt_len, policy=policy)
     events: list[EvictionEvent] = []
     for tok in token_ids:
         events.extend(tracker.step(int(tok)))
     events.extend(tracker.finish())
-    return Schedule(tuple(events), tuple(tracker.blocks), tracker.n_seen, prompt_len, tracker.config)
+    return tracker.schedule(events)
+
+
+__all__ = [
+    "BlockSpan",
+    "BlockTracker",
+    "EventKind",
+    "EvictionEvent",
+    "EvictionPolicy",
+    "Schedule",
+    "compute_schedule",
+    "policy_for",
+]
