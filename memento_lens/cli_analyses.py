@@ -37,10 +37,12 @@ def _masking(keep_last_n: int, mask_delimiters: Optional[bool]):
 
 
 def _inputs(paths, tokenizer: str, fmt, strict: bool, allow_unk: bool):
-    """Traces from trace files or from run directories (not both), their memento ids and an ingest report."""
-    from memento_lens.analyses.ingest import MAX_UNK_SHARE, IngestReport, ingest_files, read_run_traces
+    """Traces from trace files or from run directories (not both), their memento ids and a read report; every
+    input is read through the trace layer (``runtime.traces.load_traces``)."""
+    from memento_lens.analyses.ingest import MAX_UNK_SHARE, IngestReport, ingest_files, no_traces_error
     from memento_lens.analyses.tokenization import load_tokenizer
     from memento_lens.runtime.errors import OptionError
+    from memento_lens.runtime.traces import load_traces
 
     runs = [p for p in paths if Path(p).is_dir()]
     if runs and len(runs) != len(paths):
@@ -51,15 +53,18 @@ def _inputs(paths, tokenizer: str, fmt, strict: bool, allow_unk: bool):
         res = ingest_files(
             paths, tok, fmt=fmt, strict=strict, arrays=True, max_unk_share=unk, progress=opt.show_progress()
         )
+        if not res.traces:
+            raise no_traces_error(res.report)
         return res.traces, tok.ids, res.report
     traces, ids = [], None
     for run in runs:
-        got, run_ids = read_run_traces(run)
+        source = load_traces(run, format="run", arrays=True)
+        run_ids = source.tokens
         if ids is not None and run_ids != ids:
             raise OptionError(f"{run}: its memento token ids {run_ids.to_dict()} differ from {runs[0]}'s")
         ids = run_ids
-        traces += got
-    if strict and not traces:
+        traces += source.list()
+    if not traces:
         raise OptionError(f"{', '.join(map(str, runs))}: no traces")
     return traces, ids, IngestReport([str(r) for r in runs], len(traces), len(traces))
 
@@ -89,52 +94,27 @@ def ingest_cmd(
     overwrite: bool = opt.overwrite(),
 ) -> None:
     """Ingest trace files into a run directory (traces, tokens, events, occupancy tables) the app can show."""
-    from memento_lens.analyses.ingest import (
-        MAX_UNK_SHARE,
-        IngestReport,
-        iter_ingest_files,
-        traces_fingerprint,
-        write_run,
-    )
-    from memento_lens.analyses.tokenization import load_tokenizer
+    from memento_lens.analyses.ingest import MAX_UNK_SHARE, ingest_to_run
     from memento_lens.runtime.validate import check_output_dir
 
     with user_errors():
         check_output_dir(out, "--out")
-        max_unk = 1.0 if allow_unk else MAX_UNK_SHARE
-        tok = load_tokenizer(tokenizer)  # once for both passes
-
-        def stream(report: IngestReport, progress: bool, keep_text: bool):
-            return iter_ingest_files(
-                files,
-                tok,
-                report,
-                fmt=fmt,
-                strict=strict,
-                keep_text=keep_text,
-                max_unk_share=max_unk,
-                progress=progress,
-            )
-
-        # Two streaming passes, one trace in memory at a time: the input's fingerprint (part of the run's
-        # config, needed before the run is created), then the tables.
-        report = IngestReport()
-        fingerprint = traces_fingerprint(stream(report, opt.show_progress(), keep_text=False))
-        _print_report(report)
-        store = write_run(
+        store, report = ingest_to_run(
+            files,
             out,
-            stream(IngestReport(), False, keep_text=True),
-            tok,
+            tokenizer,
+            fmt=fmt,
+            strict=strict,
+            max_unk_share=1.0 if allow_unk else MAX_UNK_SHARE,
             config=_masking(keep_last_n, mask_delimiters),
             spec=model,
-            report=report,
             overwrite=overwrite,
             progress=opt.show_progress(),
-            fingerprint=fingerprint,
+            on_report=_print_report,
         )
         for line in store.notes():
             print(line, file=sys.stderr)
-        print(f"{'found' if store.reused else 'wrote'} {store.path} ({fingerprint['n']} traces)")
+        print(f"{'found' if store.reused else 'wrote'} {store.path} ({report.n_ingested} traces)")
 
 
 def kv_cmd(

@@ -283,8 +283,13 @@ def _read_prompts(path: Path) -> list:
     try:
         loaded = json.loads(raw)
     except json.JSONDecodeError:
-        return [line for line in raw.splitlines() if line.strip()]
+        lines = [line for line in raw.splitlines() if line.strip()]
+        if not lines:  # else generate would start one trace from BOS, as if no file were given
+            raise InputFileError(f"--prompts-file {path}: no prompts (the file is empty or blank)")
+        return lines
     items = loaded if isinstance(loaded, list) else [loaded]
+    if not items:
+        raise InputFileError(f"--prompts-file {path}: no prompts (an empty JSON list)")
     out: list = []
     for i, p in enumerate(items):
         if isinstance(p, str):
@@ -296,54 +301,32 @@ def _read_prompts(path: Path) -> list:
     return out
 
 
-def _read_traces(path: Path):
-    """Traces from a run directory (traces.parquet + tokens.parquet) or a JSONL file of
-    {"trace", "token_ids", "prompt_len"} objects. Returns (traces, the run's tokenizer description or None)."""
+def _read_traces(path: Path, tokenizer=None):
+    """The traces of ``--traces PATH`` through the trace layer (``runtime.traces.load_traces``): a run directory,
+    a JSONL of {"trace", "token_ids", "prompt_len"} objects, or any text trace format (Memento JSON, OpenMementos,
+    vLLM JSONL: tokenized with ``tokenizer``, the model's). Strict: a bad row is an error naming file and row.
+    Returns (traces, the run's tokenizer description or None)."""
     from memento_lens.runtime.errors import InputFileError
-    from memento_lens.runtime.store import RunStore
-    from memento_lens.runtime.trace import Trace
-    from memento_lens.runtime.validate import check_int, check_token_ids, utf8_error
+    from memento_lens.runtime.traces import load_traces
 
-    if path.is_dir():
-        store = RunStore.open(path, require_complete=True)
-        meta = store.read_table("traces.parquet")
-        toks = store.read_table("tokens.parquet", columns=["trace", "pos", "token_id"]).sort_values(["trace", "pos"])
-        grouped = {k: g["token_id"].tolist() for k, g in toks.groupby("trace", sort=False)}
-        traces = [
-            Trace(str(r.trace), grouped.get(r.trace, []), int(r.prompt_len)) for r in meta.itertuples(index=False)
-        ]
-        return traces, store.manifest.config.get("tokenizer")
     if not path.exists():
         raise InputFileError(f"--traces {path}: no such file or directory")
-    traces = []
-    seen: set[str] = set()
-    offset = 0
-    with open(path, "rb") as f:
-        for i, raw in enumerate(f):
-            where = f"{path}: line {i + 1}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise utf8_error(path, exc, offset) from None
-            offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputFileError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict) or "token_ids" not in obj:
-                raise InputFileError(f"{where}: expected an object with a `token_ids` list")
-            tid = str(obj.get("trace", f"trace-{i:05d}"))
-            if tid in seen:
-                raise InputFileError(f"{where}: trace id {tid!r} appears twice")
-            seen.add(tid)
-            ids = check_token_ids(obj["token_ids"], f"{where}: field token_ids")
-            pl = check_int(obj.get("prompt_len", 0), f"{where}: field prompt_len", min=0, max=len(ids))
-            traces.append(Trace(tid, ids, pl))
+    source = load_traces(path, tokenizer, strict=True)
+    traces = source.list()
     if not traces:
         raise InputFileError(f"--traces {path}: no traces in the file")
-    return traces, None
+    return traces, source.recorded_tokenizer
+
+
+def _traces_need_model_tokenizer(path: Path) -> bool:
+    """Whether ``--traces PATH`` is text to tokenize with the model's tokenizer (read once the model is loaded);
+    a missing path, a raw chain-of-thought file or an unknown type is refused now, before any model loads."""
+    from memento_lens.runtime.errors import InputFileError
+    from memento_lens.runtime.traces import needs_tokenizer
+
+    if not path.exists():
+        raise InputFileError(f"--traces {path}: no such file or directory")
+    return needs_tokenizer(path)
 
 
 def _check_queries(attention_queries: Optional[str], traces) -> None:
@@ -372,7 +355,10 @@ def _check_run_tokenizer(source: Path, tokenizer: object, model_name: str) -> No
 
 def replay_cmd(
     traces_path: Optional[Path] = typer.Option(
-        None, "--traces", help="Run directory, or JSONL of {trace, token_ids, prompt_len} (integer ids)."
+        None,
+        "--traces",
+        help="Run directory, JSONL of {trace, token_ids, prompt_len} (integer ids), or a trace file (Memento .json, "
+        "OpenMementos .parquet, vLLM .jsonl: tokenized with the model's tokenizer).",
     ),
     toy: int = typer.Option(0, "--toy", help="Instead of --traces: sample this many toy-task sequences."),
     model: str = opt.model(),
@@ -413,9 +399,10 @@ def replay_cmd(
         caps = _captures(capture, layers, evicted_block, attention_layers, attention_queries)
         if (traces_path is None) == (toy <= 0):
             raise OptionError("give exactly one of --traces PATH or --toy N")
-        run_tokenizer = None
+        run_tokenizer, text_traces = None, False
         if traces_path is not None:
-            traces, run_tokenizer = _read_traces(traces_path)
+            text_traces = _traces_need_model_tokenizer(traces_path)
+            traces, run_tokenizer = ([], None) if text_traces else _read_traces(traces_path)
             source = str(traces_path)
         else:
             from memento_lens.runtime.toy.task import sample
@@ -427,6 +414,8 @@ def replay_cmd(
         tokens = lm.require_tokens()
         cfg = _masking(mode, keep, mask_delimiters, from_file, 0, lm)
         _check_captures(lm.model, layers if capture else None, attention_layers if capture else None)
+        if text_traces:  # text trace files: tokenized with this model's tokenizer (its chat template)
+            traces, run_tokenizer = _read_traces(traces_path, lm.tokenizer)
         if traces_path is not None:
             _check_run_tokenizer(traces_path, run_tokenizer, lm.name)
         _check_queries(attention_queries if capture and attention_layers else None, traces)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.masks import visibility_mask
 from memento_lens.runtime.progress import ProgressFn  # the one (stage, done, total) callback type
+from memento_lens.runtime.rundir import schema as run_schema
 from memento_lens.runtime.rundir.schema import ABLATIONS
 from memento_lens.runtime.rundir.store import json_rows
 from memento_lens.runtime.schedule import EventKind, Schedule
@@ -541,7 +542,7 @@ class AblationResult:
     def read(cls, run: Any, summary: str, blocks: str | None = None) -> "AblationResult":
         """The results a complete ablation run holds (``summary``: its ``*_summary.json``)."""
         return cls(
-            run.read_table("ablations.parquet"),
+            run.read_table(ABLATIONS),
             run.read_table(blocks) if blocks and run.has(blocks) else None,
             dict(run.read_json(summary).get("info", {})),
             run,
@@ -589,9 +590,9 @@ def restart_experiment(
     )
 
 
-RESTART_SUMMARY = "restart_summary.json"
-RESTART_BLOCKS = "ablation_blocks.parquet"  # per-segment detail of the restart ablation
-PATCH_SUMMARY = "patch_summary.json"
+RESTART_SUMMARY = run_schema.RESTART_SUMMARY.path
+RESTART_BLOCKS = run_schema.ABLATION_BLOCKS.path  # per-segment detail of the restart ablation
+PATCH_SUMMARY = run_schema.PATCH_SUMMARY.path
 PATCH_METHOD = (
     "forward hooks on self_attn.k_proj/v_proj splice the donor run's projections at earlier "
     "memento positions at one layer; every other layer pinned to the base run's own values"
@@ -676,7 +677,7 @@ def run_restart(
     with store:  # a failure removes an overwrite's new run; the old one is untouched
         inputs = ablation_inputs(model, trace=trace, samples=samples, seed=seed, device=device, dtype=dtype)
         res = restart_experiment(inputs, model, generated=generated, device=device, progress=progress)
-        store.write_table("ablations.parquet", res.rows)
+        store.write_table(ABLATIONS, res.rows)
         store.write_table(RESTART_BLOCKS, res.blocks)
         store.write_json(RESTART_SUMMARY, {"rows": json_rows(res.rows.to_dict("records")), "info": res.info})
         store.mark_complete(rows=len(res.rows))
@@ -723,7 +724,7 @@ def run_patch(
         res = patch_experiment(
             inputs, model, layers=layers, heads=heads, directions=directions, device=device, progress=progress
         )
-        store.write_table("ablations.parquet", res.rows)
+        store.write_table(ABLATIONS, res.rows)
         store.write_json(
             PATCH_SUMMARY,
             {"rows": json_rows(res.rows.to_dict("records")), "info": res.info, "method": PATCH_METHOD},

@@ -24,7 +24,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from memento_lens.runtime.rundir.schema import PROBE_CURVES, PROBE_RESULTS
+from memento_lens.runtime.rundir.schema import (
+    FEATURE_TEXT,
+    FEATURE_TEXT_TOKENS,
+    PASSCODE_CHANCE,
+    PROBE_CURVES,
+    PROBE_RESULTS,
+)
 
 from .features import (
     CONDITIONS,
@@ -155,16 +161,19 @@ class PasscodeFeatures:
     def save(self, store, prefix: str = "features") -> None:
         for world, feats in self.worlds.items():
             feats.save(store, f"{prefix}/{world}")
-        store.write_tensors(f"{prefix}/text.safetensors", {f"memento{mb}": t for mb, t in self.text_tokens.items()})
+        store.write_tensors(
+            FEATURE_TEXT_TOKENS.at(prefix=prefix), {f"memento{mb}": t for mb, t in self.text_tokens.items()}
+        )
         store.write_json(
-            f"{prefix}/text.json", {"task": self.task, "ceilings": {str(k): v for k, v in self.ceilings.items()}}
+            FEATURE_TEXT.at(prefix=prefix),
+            {"task": self.task, "ceilings": {str(k): v for k, v in self.ceilings.items()}},
         )
 
     @classmethod
     def load(cls, store, prefix: str = "features") -> "PasscodeFeatures":
         worlds = {w: MementoFeatures.load(store, f"{prefix}/{w}") for w in WORLDS}
-        text = store.read_tensors(f"{prefix}/text.safetensors")
-        meta = store.read_json(f"{prefix}/text.json")
+        text = store.read_tensors(FEATURE_TEXT_TOKENS.at(prefix=prefix))
+        meta = store.read_json(FEATURE_TEXT.at(prefix=prefix))
         return cls(
             worlds=worlds,
             text_tokens={int(k.removeprefix("memento")): v for k, v in text.items()},
@@ -540,7 +549,7 @@ def run_passcode(
 
 def summarize(df: pd.DataFrame) -> dict[str, Any]:
     """A small JSON summary per condition/probe: normal, restart, text and implicit excess by layer and distance."""
-    out: dict[str, Any] = {"chance": 0.1}
+    out: dict[str, Any] = {"chance": PASSCODE_CHANCE}
     cols = ["accuracy", "restart_accuracy", "text_accuracy", "implicit_excess", "excess_ci_low", "excess_ci_high"]
     for (cond, probe), g in df[df["head"] == -1].groupby(["condition", "probe"]):
         last = g[g["layer"] >= 0]["layer"].max()

@@ -90,13 +90,14 @@ def run_sweep(
         features_from: a run directory whose cached features are re-probed (no model is loaded).
         cache_features: save each model's features (both worlds and the text) under ``features/<checkpoint>``.
     """
-    from memento_lens.runtime.store import RunStore
+    from memento_lens.runtime.rundir import schema
+    from memento_lens.runtime.rundir.store import RunStore
 
     if store.reused:  # this same sweep's complete run (RunStore.create found it): its results, nothing recomputed
-        summary = store.read_json("passcode_summary.json")
+        summary = store.read_json(schema.PASSCODE_SUMMARY.path)
         return SweepRun(
-            rows=store.read_table("probe_results.parquet"),
-            curves=store.read_table("probe_curves.parquet"),
+            rows=store.read_table(schema.PROBE_RESULTS),
+            curves=store.read_table(schema.PROBE_CURVES),
             skips=summary.get("skipped", []),
             info=summary.get("info", {}),
             summary=summary,
@@ -108,20 +109,19 @@ def run_sweep(
         feats, loaded, ckpt, task_acc = None, None, "", float("nan")
         if features_from is not None:
             src = RunStore.open(features_from)
-            prefix = "features"
-            if not (Path(features_from) / prefix / "text.json").exists():
-                found = sorted(p.parent.name for p in Path(features_from).glob("features/*/text.json"))
-                if not found:
-                    raise ProbeInputError(
-                        f"--features-from {features_from}: no cached passcode features (features/**/text.json); "
-                        "run `probe passcode` with --cache-features first"
-                    )
-                prefix = f"features/{found[-1]}"
-                ckpt = found[-1]
+            found = schema.feature_sets(src.manifest.files)  # features, features/<checkpoint>, ...
+            if not found:
+                raise ProbeInputError(
+                    f"--features-from {features_from}: no cached passcode features "
+                    f"({schema.FEATURE_TEXT.at(prefix=schema.features_prefix('<checkpoint>'))}); "
+                    "run `probe passcode` with --cache-features first"
+                )
+            prefix = schema.features_prefix() if schema.features_prefix() in found else found[-1]
+            ckpt = prefix.partition("/")[2]
             feats = PasscodeFeatures.load(src, prefix)
         else:
             loaded, ckpt, task_acc = _load(spec, cfg)
-        prefix = f"features/{ckpt}" if ckpt else "features"
+        prefix = schema.features_prefix(ckpt)
         on_feat = (lambda f, p=prefix: f.save(store, p)) if cache_features and feats is None else None
         res = run_passcode(
             run_cfg,
@@ -138,9 +138,9 @@ def run_sweep(
         infos[spec] = res.info
     df = pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]
     cv = pd.concat(curves, ignore_index=True)[CURVE_COLUMNS]
-    store.write_table("probe_results.parquet", df)
-    store.write_table("probe_curves.parquet", cv)
+    store.write_table(schema.PROBE_RESULTS, df)
+    store.write_table(schema.PROBE_CURVES, cv)
     summary = {"summary": summarize(df), "skipped": skips, "info": infos}
-    store.write_json("passcode_summary.json", summary)
-    store.mark_complete(rows=len(df))
+    store.write_json(schema.PASSCODE_SUMMARY.path, summary)
+    store.mark_complete(rows=len(df), chance=schema.PASSCODE_CHANCE)
     return SweepRun(rows=df, curves=cv, skips=skips, info=infos, summary=summary)

@@ -32,6 +32,7 @@ from .sampling import SamplingConfig, sample_next
 from .schedule import BlockTracker, EventKind, EvictionEvent, Schedule
 from .slot_cache import DEAD, SlotCache, check_runtime_model
 from .trace import Trace
+from .traces.chat import chat_prompt
 
 
 def _logits_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -73,7 +74,8 @@ class _Row:
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[int]], chat: bool | None = None) -> list[list[int]]:
-    """Token ids of each prompt: the chat template (with the generation prompt) when the tokenizer has one."""
+    """Token ids of each prompt: the chat template (with the generation prompt; :func:`runtime.traces.chat_prompt`)
+    when the tokenizer has one, else the text with the tokenizer's special tokens (BOS)."""
     out = []
     for p in prompts:
         if not isinstance(p, str):
@@ -81,11 +83,10 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str | Sequence[int]], chat:
             continue
         if tokenizer is None:
             raise ConfigError("string prompts need a tokenizer; pass token ids instead")
-        use_chat = getattr(tokenizer, "chat_template", None) is not None if chat is None else chat
-        if use_chat:
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-            )
+        text = chat_prompt(tokenizer, p) if chat is not False else None  # the one chat-template rule
+        if chat and text is None:
+            raise ConfigError("chat=True: the tokenizer has no chat template")
+        if text is not None:
             out.append(tokenizer.encode(text, add_special_tokens=False))
         else:
             out.append(tokenizer.encode(p, add_special_tokens=True))

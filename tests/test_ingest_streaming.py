@@ -133,39 +133,55 @@ def test_a_failed_stream_leaves_no_table_and_no_run(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text",
+    "text,expected",
     [
-        '{"a": 1}\n\n{"b": 2}\n{not json\r\n  \n[1, 2]\n3\n',  # JSON lines: blank, CRLF, bad, a list, a scalar
-        '{"a": 1}\n',  # one object: the trace is named after the file
-        '{\n  "a": 1\n}\n',  # pretty-printed: one document
-        '[{"a": 1}, {"b": 2}]',  # a list on one line
-        '[\n {"a": 1},\n {"b": 2}\n]\n',
-        '{not json\n{"a": 1}\n',  # bad first line: read whole, as before
-        "",
-        "\n \n",
-        '{"a": "x\u2028y"}\n{"b": 2}',  # a raw line separator inside a string splits the line, as splitlines does
+        # JSON lines: blank, CRLF, a bad line (one row error), a list, a scalar
+        ('{"a": 1}\n\n{"b": 2}\n{not json\r\n  \n[1, 2]\n3\n', [{"a": 1}, {"b": 2}, ("error", "t:3"), [1, 2], 3]),
+        ('{"a": 1}\n', [{"a": 1}]),
+        ('{\n  "a": 1\n}\n', [{"a": 1}]),  # pretty-printed: one document
+        ('[{"a": 1}, {"b": 2}]', [{"a": 1}, {"b": 2}]),  # a list on one line: its items
+        ('[\n {"a": 1},\n {"b": 2}\n]\n', [{"a": 1}, {"b": 2}]),
+        ("", []),
+        ("\n \n", []),
+        ('{"a": "x\u2028y"}\n{"b": 2}', [{"a": "x\u2028y"}, {"b": 2}]),  # lines end at \n only
     ],
 )
-def test_json_lines_stream_reads_what_the_whole_file_reader_read(tmp_path, text):
-    from memento_lens.analyses.ingest import _iter_json_objects, _json_objects, _RowError
+def test_json_values_reads_json_lines_and_documents(tmp_path, text, expected):
+    from memento_lens.runtime.traces.base import RowError, json_values
 
     path = tmp_path / "t.jsonl"
     path.write_text(text, encoding="utf-8")
-
-    def plain(items):
-        return [("error", x.trace, x.message) if isinstance(x, _RowError) else x for x in items]
-
-    assert plain(_iter_json_objects(path)) == plain(_json_objects(path))
+    got = [("error", x.trace) if isinstance(x, RowError) else x for x in json_values(path)]
+    assert got == expected
 
 
-def test_json_lines_stream_names_the_byte_offset_of_bad_utf8(tmp_path):
-    from memento_lens.analyses.ingest import _iter_json_objects
+@pytest.mark.parametrize(
+    "text,culprits",
+    [
+        ('{not json\n{"a": 1}\n', ["line 1", "column 2"]),  # neither JSON lines nor one document
+        ('{\n  "segments": [\n    {"type": "block",', ["line 3", "truncated"]),  # a document cut short
+    ],
+)
+def test_a_file_neither_json_lines_nor_a_document_is_one_error_naming_where(tmp_path, text, culprits):
+    from memento_lens.runtime.traces import IngestError
+    from memento_lens.runtime.traces.base import json_values
+
+    path = tmp_path / "t.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(IngestError) as err:
+        list(json_values(path))
+    for c in ["t.json", "byte offset", *culprits]:
+        assert c in str(err.value)
+
+
+def test_json_values_names_the_byte_offset_of_bad_utf8(tmp_path):
     from memento_lens.runtime.errors import InputFileError
+    from memento_lens.runtime.traces.base import json_values
 
     path = tmp_path / "t.jsonl"
     path.write_bytes(b'{"a": 1}\n{"b": "\xff"}\n')
     with pytest.raises(InputFileError, match=r"byte 0xff at byte offset 16"):
-        list(_iter_json_objects(path))
+        list(json_values(path))
 
 
 def test_an_input_that_changes_between_the_passes_is_refused_and_nothing_is_written(tmp_path):
