@@ -17,11 +17,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[interp,app,real,dev,probes,ray]"
 	touch $@
 
-# Debian's chromium: plotly's static PNG export (kaleido) and the browser test need it.
+# Debian's chromium: plotly's static PNG export (kaleido) and the browser test need it; tmux: the test that
+# checks progress bars in a real terminal.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium; PNG export and browser tests will be skipped"; \
 	  else echo "warning: chromium missing (sudo apt-get install chromium); PNG export and browser tests will be skipped"; fi; }
+	@command -v tmux >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get install -y -qq tmux >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq tmux >/dev/null)) || echo "warning: could not install tmux; the terminal progress test will be skipped"; \
+	  else echo "warning: tmux missing (sudo apt-get install tmux); the terminal progress test will be skipped"; fi; }
 
 # Lint and format gate: `make format` applies the formatter, `make lint` checks (and `make test` runs it).
 lint: setup

@@ -451,6 +451,12 @@ def verify_cmd(
         "Also run every check on a float64 copy of the model (the exactness proof, ~1e-10 of the logits' scale).",
         default=True,
     ),
+    full: bool = opt.flag(
+        "--full",
+        "Run the whole matrix in both precisions even on a large model (above 50M parameters verify is "
+        "proportionate by default: per-token generation on one stream, float64 reference on 3 of 8 configs; "
+        "the report's 'scope' says what ran).",
+    ),
     out: Optional[Path] = opt.out(None, "Also write the JSON report to this file."),
     overwrite: bool = opt.overwrite(),
     threads: int = opt.threads(),
@@ -464,7 +470,16 @@ def verify_cmd(
             check_output_file(out, "--out", overwrite=overwrite)
         check_int(blocks, "--blocks", min=1)
         _setup(threads, seed)
-        report = verify_model(model, device=device, dtype=dtype, seed=seed, n_blocks=blocks, reference=reference)
+        report = verify_model(
+            model,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+            n_blocks=blocks,
+            reference=reference,
+            full=True if full else None,
+            progress=opt.show_progress(),
+        )
         text = json.dumps(report.to_dict(), indent=2)
         if out is not None:
             from memento_lens.runtime.store import atomic_write_bytes

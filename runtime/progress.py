@@ -3,7 +3,8 @@
 Library functions take ``progress``: False/None (silent), True (their own bar), or a :class:`JobBar` made by a
 caller that runs several of them as one job (``generate_to_run`` over its batches, ``replay_to_run`` over its
 parts), which they advance without closing. Staged work (probe sweeps, ablations) reports through the one
-callback type :data:`ProgressFn` = ``(stage, done, total)``; :class:`StageBars` renders it with an ETA.
+callback type :data:`ProgressFn` = ``(stage, done, total)``; :class:`StageBars` renders it with an ETA. One
+library (tqdm) draws every bar.
 
 Bars go to stderr and never to stdout, so ``--json`` output stays clean.
 """
@@ -41,13 +42,23 @@ class JobBar:
         unit: the unit's name, shown in the rate (``tok/s``, ``row/s``).
     """
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", enabled: bool = True):
+    def __init__(self, total: int | None, desc: str, unit: str = "it", enabled: bool = True, position: int = 0):
         import shutil
 
         from tqdm.auto import tqdm
 
-        cols = shutil.get_terminal_size((100, 20)).columns  # a pty reporting 0 columns would hide the bar
-        self._bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr, ncols=cols)
+        cols = shutil.get_terminal_size((100, 20)).columns or 100  # a pty reporting 0 columns would hide the bar
+        self._bar = tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            disable=not enabled,
+            file=sys.stderr,
+            ncols=cols,
+            position=position,
+            mininterval=0.5,
+            dynamic_ncols=False,
+        )
 
     @property
     def n(self) -> int:
@@ -63,6 +74,11 @@ class JobBar:
 
     def set_description(self, text: str) -> None:
         self._bar.set_description_str(text, refresh=False)
+
+    def set_total(self, total: int | None) -> None:
+        """Change the job's size (a stage learns its real size late); the ETA follows."""
+        self._bar.total = total
+        self._bar.refresh()
 
     def close(self) -> None:
         self._bar.close()
@@ -103,48 +119,32 @@ def bar_for(progress: Any, total: int, desc: str, unit: str = "it") -> Any:
 
 
 class StageBars:
-    """Renders :data:`ProgressFn` calls: one rich row per stage with done/total, elapsed and ETA (stderr)."""
+    """Renders :data:`ProgressFn` calls: one bar per stage with done/total, rate, elapsed and ETA (stderr).
+
+    The same library (tqdm) and layout as :class:`JobBar`, so every command's progress reads alike.
+    """
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
-        self._progress: Any = None
-        self._tasks: dict[str, int] = {}
+        self._bars: dict[str, Any] = {}
 
     def __enter__(self) -> "StageBars":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self._progress.__enter__()
         return self
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        if self._progress is None:
+        if not self.enabled:
             return
-        if stage not in self._tasks:
-            self._tasks[stage] = self._progress.add_task(stage, total=total)
-        self._progress.update(self._tasks[stage], completed=done, total=total)
+        bar = self._bars.get(stage)
+        if bar is None:
+            bar = self._bars[stage] = JobBar(total, stage, "it", position=len(self._bars))
+        if bar.total != total:
+            bar.set_total(total)
+        bar.update(done - bar.n)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
 
 
 __all__ = ["ProgressFn", "JobBar", "NullBar", "StageBars", "bar_for", "Progress"]

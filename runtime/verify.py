@@ -49,6 +49,10 @@ RELATIVE_TOLERANCE = {
     torch.bfloat16: 0.25,
 }
 REFERENCE_DTYPE = torch.float64
+# Above this many parameters verify is proportionate unless asked for the full run: the float64 reference runs
+# REFERENCE_SUBSET (compact, FIFO keep-N with masked delimiters, restart) and the per-token generation check uses
+# the first stream only. A 135M-parameter model otherwise spends ~10 CPU-minutes in float64 per-token loops.
+FULL_MATRIX_MAX_PARAMS = 50_000_000
 
 
 def tolerance_for(dtype: torch.dtype, scale: float, relative: float | None = None) -> float:
@@ -83,6 +87,9 @@ class VerifyReport:
     relative_tolerance: dict[str, float]
     n_tokens: int
     checks: list[Check] = field(default_factory=list)
+    n_params: int = 0
+    scope: str = "full"  # "full", or what a proportionate run left out (large models; `--full` runs everything)
+    seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -96,6 +103,9 @@ class VerifyReport:
             "dtypes": list(self.relative_tolerance),
             "relative_tolerance": self.relative_tolerance,
             "n_tokens": self.n_tokens,
+            "n_params": self.n_params,
+            "scope": self.scope,
+            "seconds": self.seconds,
             "n_checks": len(self.checks),
             "n_failed": sum(not c.passed for c in self.checks),
             "checks": [asdict(c) for c in self.checks],
@@ -152,6 +162,15 @@ def matrix() -> list[BlockMaskingConfig]:
     return cfgs
 
 
+def reference_subset() -> list[BlockMaskingConfig]:
+    """The configs the float64 reference checks on a large model: compact (keep 0, delimiters kept), FIFO keep 1
+    with masked delimiters, and restart (keep 0) -- one of each eviction path."""
+    return [c for c in matrix() if (c.keep_last_n_blocks, c.mask_delimiters, c.restart_mode) in REFERENCE_KEYS]
+
+
+REFERENCE_KEYS = {(0, False, False), (1, True, False), (0, False, True)}
+
+
 @dataclass
 class FinalCacheKV(Capture):
     """Records the K/V of every token held in the cache after the last token (all layers)."""
@@ -191,17 +210,30 @@ def verify(
     exclude_ids: Sequence[int | None] = (),
     check_generate: bool = True,
     reference: bool = True,
+    full: bool | None = None,
+    progress: Any = None,
 ) -> VerifyReport:
     """Run the verification matrix on ``model``; see the module docstring.
 
     Args:
+        full: run the whole matrix in both precisions. ``None`` (default): full up to
+            :data:`FULL_MATRIX_MAX_PARAMS` parameters; above it the float64 reference runs :func:`reference_subset`
+            and the per-token generation check uses the first stream only (``report.scope`` says so).
+        progress: False/None, True (a bar on stderr) or a caller's bar; advances per check step with an ETA.
         relative_tolerance: for the working dtype (default :data:`RELATIVE_TOLERANCE`); the float64 run always
             uses ``RELATIVE_TOLERANCE[float64]``.
         reference: also run the whole matrix on a float64 copy of the model (skipped when the model already is
             float64). That run is the exactness proof; the working-dtype run shows the runtime in the
             precision it is used in.
     """
+    import time
+
+    from .progress import bar_for
+
+    t0 = time.perf_counter()
     dtype = next(model.parameters()).dtype
+    n_params = sum(p.numel() for p in model.parameters())
+    full = n_params <= FULL_MATRIX_MAX_PARAMS if full is None else full
     rng = random.Random(seed)
     if streams is None:
         ordinary = _ordinary_ids(model.config.vocab_size, tokens, exclude_ids)
@@ -212,17 +244,35 @@ def verify(
     traces = [Trace(f"verify-{i}", list(s), pl) for i, (s, pl) in enumerate(streams)]
     cfgs = list(configs) if configs is not None else matrix()
     rel = relative_tolerance if relative_tolerance is not None else RELATIVE_TOLERANCE.get(dtype, 1e-4)
-    report = VerifyReport(name, _name(dtype), {_name(dtype): rel}, max(len(t) for t in traces))
-    report.checks += _matrix_checks(model, tokens, traces, cfgs, rel, check_generate)
-    if reference and dtype != REFERENCE_DTYPE:
-        ref_rel = RELATIVE_TOLERANCE[REFERENCE_DTYPE]
-        report.relative_tolerance[_name(REFERENCE_DTYPE)] = ref_rel
-        ref_model = copy.deepcopy(model).to(REFERENCE_DTYPE)
-        try:
-            with float64_rms_norms(ref_model):
-                report.checks += _matrix_checks(ref_model, tokens, traces, cfgs, ref_rel, check_generate)
-        finally:
-            del ref_model
+    ref_cfgs = cfgs if full or configs is not None else reference_subset()
+    gen_traces = None if full else 1
+    report = VerifyReport(name, _name(dtype), {_name(dtype): rel}, max(len(t) for t in traces), n_params=n_params)
+    if not full:
+        report.scope = (
+            f"proportionate ({n_params / 1e6:.0f}M parameters > {FULL_MATRIX_MAX_PARAMS / 1e6:.0f}M): per-token "
+            f"generation on stream 0 only; float64 reference on {len(ref_cfgs)} of {len(cfgs)} configs "
+            "(compact, keep-1 with masked delimiters, restart); --full runs everything"
+        )
+    run_ref = reference and dtype != REFERENCE_DTYPE
+    steps_per_cfg = 2 if check_generate else 1
+    bar = bar_for(progress, steps_per_cfg * (len(cfgs) + (len(ref_cfgs) if run_ref else 0)), "verify", "check")
+    try:
+        report.checks += _matrix_checks(model, tokens, traces, cfgs, rel, check_generate, gen_traces, bar)
+        if run_ref:
+            ref_rel = RELATIVE_TOLERANCE[REFERENCE_DTYPE]
+            report.relative_tolerance[_name(REFERENCE_DTYPE)] = ref_rel
+            bar.set_description("verify (float64 reference)")
+            ref_model = copy.deepcopy(model).to(REFERENCE_DTYPE)
+            try:
+                with float64_rms_norms(ref_model):
+                    report.checks += _matrix_checks(
+                        ref_model, tokens, traces, ref_cfgs, ref_rel, check_generate, gen_traces, bar
+                    )
+            finally:
+                del ref_model
+    finally:
+        bar.close()
+    report.seconds = round(time.perf_counter() - t0, 1)
     return report
 
 
@@ -258,11 +308,16 @@ def _matrix_checks(
     configs: Sequence[BlockMaskingConfig],
     rel: float,
     check_generate: bool,
+    gen_traces: int | None = None,
+    bar: Any = None,
 ) -> list[Check]:
-    """Every check of the matrix with ``model`` in its own dtype; tolerances are ``rel`` x the compared scale."""
+    """Every check of the matrix with ``model`` in its own dtype; tolerances are ``rel`` x the compared scale.
+    ``gen_traces``: how many streams the per-token generation check runs (None: all); ``bar`` advances per step."""
     from .generate import generate
+    from .progress import NullBar
     from .replay import replay
 
+    bar = bar if bar is not None else NullBar()
     dtype = next(model.parameters()).dtype
     dt = _name(dtype)
     dev = next(model.parameters()).device
@@ -283,7 +338,9 @@ def _matrix_checks(
             rep += replay(model, traces[1:], cfg, tokens, keep_logits=True)
         except AssertionError as exc:  # the replay's own occupancy accounting disagreed with the schedule
             checks.append(Check("replay_vs_dense_logits", cd, None, tol, False, f"replay failed: {exc}", dt, scale))
+            bar.update(2 if check_generate else 1)
             continue
+        bar.update(1)
         d_rep = max(float((d - r.logits.to(d.dtype)).abs().max()) for d, r in zip(ref, rep))
         checks.append(
             Check(
@@ -298,14 +355,16 @@ def _matrix_checks(
             )
         )
         if check_generate:
+            gen = list(traces[:gen_traces]) if gen_traces is not None else list(traces)
             gens = generate(
                 model,
-                [t.token_ids[: t.prompt_len] for t in traces],
+                [t.token_ids[: t.prompt_len] for t in gen],
                 cfg,
                 tokens,
-                forced=[t.token_ids[t.prompt_len :] for t in traces],
+                forced=[t.token_ids[t.prompt_len :] for t in gen],
                 keep_logits=True,
             )
+            bar.update(1)
             d_gen = max(float((d - g.logits.to(d.dtype)).abs().max()) for d, g in zip(ref, gens))
             checks.append(
                 Check(
@@ -314,7 +373,7 @@ def _matrix_checks(
                     d_gen,
                     tol,
                     d_gen <= tol,
-                    "teacher-forced through the per-token sampling loop",
+                    f"teacher-forced through the per-token sampling loop ({len(gen)} of {len(traces)} streams)",
                     dt,
                     scale,
                 )
@@ -372,9 +431,12 @@ def verify_model(
     seed: int = 0,
     n_blocks: int = 3,
     reference: bool = True,
+    full: bool | None = None,
+    progress: Any = None,
 ) -> VerifyReport:
     """``memento-lens verify``: default a tiny random Qwen3 built from a config; else a loaded model spec.
-    ``dtype`` is the working precision (default float32); ``reference`` adds the float64 run."""
+    ``dtype`` is the working precision (default float32); ``reference`` adds the float64 run; ``full`` and
+    ``progress`` as in :func:`verify`."""
     from .model import load_model
 
     lm = load_model(spec or "random:tiny", device=device, dtype=dtype or "float32", seed=seed)
@@ -387,6 +449,8 @@ def verify_model(
         n_blocks=n_blocks,
         exclude_ids=[lm.eos_token_id],
         reference=reference,
+        full=full,
+        progress=progress,
     )
 
 
@@ -397,6 +461,8 @@ __all__ = [
     "Check",
     "structured_stream",
     "matrix",
+    "reference_subset",
+    "FULL_MATRIX_MAX_PARAMS",
     "RELATIVE_TOLERANCE",
     "REFERENCE_DTYPE",
     "tolerance_for",

@@ -179,3 +179,45 @@ def test_float64_rms_norms_make_the_reference_float64_end_to_end():
         assert n == len(norms)
         assert (norm(x) - exact).abs().max() < 1e-12
     assert torch.equal(norm(x), plain)  # hooks removed
+
+
+def test_verify_is_proportionate_on_a_large_model_and_says_so(monkeypatch):
+    """Above FULL_MATRIX_MAX_PARAMS the float64 reference runs one config per eviction path and per-token
+    generation one stream; the report's scope names what was left out, and --full (full=True) runs everything."""
+    from memento_lens.runtime import verify as V
+
+    monkeypatch.setattr(V, "FULL_MATRIX_MAX_PARAMS", 10)  # the tiny random model counts as large
+    small = verify_model(seed=1)
+    assert small.passed, [c for c in small.checks if not c.passed]
+    assert small.scope.startswith("proportionate") and "--full" in small.scope
+    ref = [c for c in small.checks if c.dtype == "float64"]
+    ref_keys = {(c.config["keep_last_n_blocks"], c.config["mask_delimiters"], c.config["restart_mode"]) for c in ref}
+    assert ref_keys == V.REFERENCE_KEYS  # compact, keep-1 masked delimiters, restart
+    work = [c for c in small.checks if c.dtype == "float32"]
+    assert len({tuple(sorted(c.config.items())) for c in work}) == len(matrix())  # working dtype: every config
+    assert all("1 of 3 streams" in c.note for c in small.checks if c.name == "generate_vs_dense_logits")
+    full = verify_model(seed=1, full=True)
+    assert full.scope == "full" and len(full.checks) > len(small.checks)
+    assert {c.dtype for c in full.checks if c.config["keep_last_n_blocks"] == 2} == {"float32", "float64"}
+
+
+def test_verify_progress_advances_once_per_check_step():
+    """The bar a caller passes moves through every step (replay and generation per config, both precisions)."""
+
+    class Bar:
+        def __init__(self):
+            self.n, self.descs = 0, []
+
+        def update(self, n=1):
+            self.n += n
+
+        def set_description(self, text):
+            self.descs.append(text)
+
+        def close(self):
+            pass
+
+    bar = Bar()
+    report = verify_model(seed=2, progress=bar)
+    assert report.passed and bar.n == 2 * 2 * len(matrix())  # 2 steps x 8 configs x (float32 + float64)
+    assert any("float64" in d for d in bar.descs)
