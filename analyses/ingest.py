@@ -448,8 +448,8 @@ def write_run(
             rows["traces"] = rows["traces"].assign(domain=pd.Series(dtype=object))
         store.write_table("traces.parquet", rows["traces"])
         store.write_table("events.parquet", rows["events"])
-        store.write_json("ingest_report.json", (report or IngestReport()).to_dict())
-        store.write_json("traces_meta.json", metas)
+        store.write_json(schema.INGEST_REPORT.path, (report or IngestReport()).to_dict())
+        store.write_json(schema.TRACES_META.path, metas)
         sources = sorted({str(m.get("source_file", "")) for m in metas.values()} - {""})
         store.mark_complete(
             n_traces=n_written,

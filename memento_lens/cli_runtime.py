@@ -482,7 +482,7 @@ def verify_cmd(
         )
         text = json.dumps(report.to_dict(), indent=2)
         if out is not None:
-            from memento_lens.runtime.store import atomic_write_bytes
+            from memento_lens.runtime.rundir.store import atomic_write_bytes
 
             atomic_write_bytes(out, text.encode())
         print(text)
@@ -493,9 +493,11 @@ def verify_cmd(
 def _summary(store) -> None:
     from rich.console import Console
 
+    from memento_lens.runtime.rundir.schema import is_shard
+
     info = store.manifest.info
     files = store.manifest.files
-    kv = sum(1 for f in files if f.startswith("kv/shard-"))
+    kv = sum(1 for f in files if is_shard(f))
     for line in store.notes():  # found its own complete run / files it did not write
         Console(stderr=True).print(line, markup=False)
     Console(stderr=True).print(

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.errors import OptionError
+from memento_lens.runtime.rundir import schema as run_schema
 
 CONDITIONS = ("direct", "masked", "causal_control")
 
@@ -164,9 +165,8 @@ class MementoFeatures:
 
     # -- cache in a run directory (safetensors through RunStore) --------------------------------------------
     def save(self, store, prefix: str = "features") -> None:
-        """Write ``<prefix>/layer-XX.safetensors`` + ``<prefix>/labels.safetensors`` and a typed index."""
-        import pandas as pd
-
+        """Write ``<prefix>/layer-XX.safetensors`` + ``<prefix>/labels.safetensors`` and a typed index
+        (``schema.FEATURE_INDEX``; the paths are the schema's feature-cache artifacts)."""
         rows = []
         for layer in self.layers():
             tensors = {}
@@ -178,19 +178,19 @@ class MementoFeatures:
                         {
                             "memento_block": mb,
                             "layer": layer,
-                            "file": f"{prefix}/layer-{layer:02d}.safetensors",
+                            "file": _layer_file(prefix, layer),
                             "tensor": name,
                             "positions": [int(p) for p in self.positions.get(mb, [])],
                         }
                     )
-            store.write_tensors(f"{prefix}/layer-{layer:02d}.safetensors", tensors)
-        store.write_tensors(f"{prefix}/labels.safetensors", {"labels": self.labels})
-        store.write_table(f"{prefix}/index.parquet", pd.DataFrame(rows))
+            store.write_tensors(_layer_file(prefix, layer), tensors)
+        store.write_tensors(_labels_file(prefix), {"labels": self.labels})
+        store.write_table(_index_file(prefix), run_schema.FEATURE_INDEX.frame(rows))
 
     @classmethod
     def load(cls, store, prefix: str = "features") -> "MementoFeatures":
-        index = store.read_table(f"{prefix}/index.parquet")
-        labels = store.read_tensors(f"{prefix}/labels.safetensors")["labels"]
+        index = store.read_table(_index_file(prefix))
+        labels = store.read_tensors(_labels_file(prefix))["labels"]
         kv: dict[tuple[int, int], torch.Tensor] = {}
         positions: dict[int, np.ndarray] = {}
         files: dict[str, dict[str, torch.Tensor]] = {}
@@ -200,6 +200,24 @@ class MementoFeatures:
             kv[(int(row.memento_block), int(row.layer))] = files[row.file][row.tensor]
             positions[int(row.memento_block)] = np.asarray(row.positions, dtype=np.int64)
         return cls(kv=kv, labels=labels, positions=positions)
+
+
+def _split(prefix: str) -> tuple[str, str]:
+    """A world's feature prefix (``features/<checkpoint>/<world>``) as (feature set prefix, world)."""
+    head, _, world = prefix.rpartition("/")
+    return head, world
+
+
+def _layer_file(prefix: str, layer: int) -> str:
+    return run_schema.FEATURE_LAYER.at(prefix=_split(prefix)[0], world=_split(prefix)[1], layer=layer).lstrip("/")
+
+
+def _labels_file(prefix: str) -> str:
+    return run_schema.FEATURE_LABELS.at(prefix=_split(prefix)[0], world=_split(prefix)[1]).lstrip("/")
+
+
+def _index_file(prefix: str) -> str:
+    return run_schema.features_index_path(*_split(prefix)).lstrip("/")
 
 
 def extract_memento_kv(

@@ -26,7 +26,8 @@ import pandas as pd
 from . import schema
 from .kv import KVKey
 from .schema import ATTN_INDEX, KV_INDEX, Table
-from .store import STATUS_COMPLETE, CorruptFile, RunError, RunStore, check_relative
+from .store import STATUS_COMPLETE, CorruptFile, RunError, RunStore, check_relative, committed_parts, read_table
+from .tables import table_bytes_per_token
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,46 @@ class RunReader:
     def complete(self) -> bool:
         return self.store.manifest.status == STATUS_COMPLETE
 
+    @property
+    def model(self) -> dict[str, Any] | None:
+        """The model that produced the run's numbers (``manifest.model``; runs written before it: the config's
+        ``model_info`` plus ``model`` name), or None when the run records none (e.g. an ingest)."""
+        m = self.store.manifest
+        if m.model is not None:
+            return dict(m.model)
+        info = m.config.get("model_info")
+        if isinstance(info, dict):
+            return {"name": m.config.get("model"), **info}
+        return None
+
+    @property
+    def chance(self) -> float | None:
+        """Chance accuracy of the probed label (``manifest.chance``; runs written before it: the passcode
+        summary's ``chance``), or None when the run records none."""
+        if self.store.manifest.chance is not None:
+            return self.store.manifest.chance
+        if schema.PASSCODE_SUMMARY.path in self.store.manifest.files:
+            c = self.json(schema.PASSCODE_SUMMARY.path).get("summary", {}).get("chance")
+            return float(c) if c is not None else None
+        return None
+
+    def bytes_per_token(self) -> tuple[int, str] | None:
+        """The run's own bytes per cached token and where it comes from: the manifest's model, else the
+        ``occupancy.parquet`` it wrote (bytes / tokens); None when it records neither. The one rule every
+        KV figure and command applies to a run unless the user names another model."""
+        model = self.model
+        if model and model.get("bytes_per_token"):
+            return int(model["bytes_per_token"]), f"the run's model ({model.get('name') or 'manifest'})"
+        if self.has(schema.OCCUPANCY):
+            bpt = table_bytes_per_token(self.table(schema.OCCUPANCY, columns=["tokens", "bytes"]))
+            if bpt:
+                return bpt, "the run's occupancy.parquet"
+        return None
+
+    def feature_sets(self) -> list[str]:
+        """Prefixes of the cached passcode feature sets in the run (``features``, ``features/<checkpoint>``)."""
+        return schema.feature_sets(self.store.manifest.files)
+
     def files(self, prefix: str = "") -> list[str]:
         """Recorded files (run-relative paths) under ``prefix``."""
         return sorted(r for r in self.store.manifest.files if r.startswith(prefix))
@@ -89,12 +130,7 @@ class RunReader:
     def parts(self, table: Table | str) -> list[str]:
         """The committed parts (``parts/NNNNN/<part>.parquet``) holding ``table``'s rows in an unfinished run;
         empty for a complete run (its parts were merged) or a table never written in parts."""
-        t = schema.table(table) if isinstance(table, str) else table
-        if t.part is None or self.complete:
-            return []
-        files = self.store.manifest.files
-        marks = sorted(r for r in files if r.startswith(schema.PARTS_DIR) and r.endswith("/" + schema.TRACES.part_path))
-        return [p for p in (m.rsplit("/", 1)[0] + "/" + t.part_path for m in marks) if p in files]
+        return committed_parts(self.store, schema.table(table) if isinstance(table, str) else table)
 
     def has(self, table: Table | str) -> bool:
         """Whether the run holds ``table`` (a Table, its name or any recorded path), merged or in parts."""
@@ -112,34 +148,12 @@ class RunReader:
         columns: Sequence[str] | None = None,
         what: str | None = None,
     ) -> pd.DataFrame:
-        """Rows of ``table`` (all, one ``trace``, or several ``traces``), checked against its schema.
+        """Rows of ``table`` (all, one ``trace``, or several ``traces``), checked against its schema; ``table`` may
+        also be any recorded Parquet path (e.g. a feature index). An unfinished run's committed parts are read.
 
         Raises RunError naming the file when the run lacks the table (``what`` says what it holds).
         """
-        import pyarrow.parquet as pq
-
-        t = schema.table(table) if isinstance(table, str) else table
-        files = self.store.manifest.files
-        rels = [t.path] if t.path in files else self.parts(t)
-        if not rels:
-            hint = " (the run is incomplete)" if not self.complete else ""
-            raise RunError(f"{self.path / t.path}: missing{hint}; this run has no {what or t.name + ' table'}")
-        filters = None
-        if trace is not None:
-            filters = [("trace", "==", trace)]
-        elif traces is not None:
-            filters = [("trace", "in", sorted(set(traces)))]
-        frames = []
-        for rel in rels:
-            full = self.verify(rel)
-            try:
-                frames.append(
-                    pq.read_table(full, columns=list(columns) if columns else None, filters=filters).to_pandas()
-                )
-            except Exception as exc:  # pyarrow raises several types for damaged files
-                raise CorruptFile(f"{full}: unreadable Parquet ({exc})") from None
-        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-        return t.check(df, self.path / t.path, columns)
+        return read_table(self.store, table, trace=trace, traces=traces, columns=columns, what=what, verify=self.verify)
 
     def json(self, rel: str) -> Any:
         return self.store.read_json(rel)

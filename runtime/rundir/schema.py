@@ -5,11 +5,17 @@ them with :meth:`Table.check`; no other module spells out a run table's columns.
 add one ``Column(...)`` line to its definition below (``required=False`` so runs written before it still
 read: readers fill it with nulls).
 
-Dtypes: ``str`` (Python strings, object), ``int64``, ``Int64`` (nullable integer), ``float64``, ``bool``.
+Dtypes: ``str`` (Python strings, object), ``int64``, ``Int64`` (nullable integer), ``float64``, ``bool``,
+``list[int]`` (a list of integers per row).
+
+Every other file of a run (JSON summaries, the feature cache, figures, K/V and attention shards) is declared below
+as an :class:`Artifact` (its path template, format and writer) or a path helper; the chance level of the passcode
+label is :data:`PASSCODE_CHANCE`. Nothing else spells out a run's file names.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -129,6 +135,7 @@ def _pandas_dtype(dtype: str) -> Any:
         "float64": "float64",
         "bool": "bool",
         "boolean": "boolean",
+        "list[int]": object,
     }[dtype]
 
 
@@ -140,7 +147,14 @@ def _optional(s: pd.Series, dtype: str) -> str:
 
 
 def _nullable(dtype: str) -> Any:
-    return {"str": object, "int64": "Int64", "Int64": "Int64", "float64": "float64", "bool": "boolean"}[dtype]
+    return {
+        "str": object,
+        "int64": "Int64",
+        "Int64": "Int64",
+        "float64": "float64",
+        "bool": "boolean",
+        "list[int]": object,
+    }[dtype]
 
 
 def _cast(s: pd.Series, dtype: str) -> pd.Series:
@@ -148,6 +162,8 @@ def _cast(s: pd.Series, dtype: str) -> pd.Series:
         if pd.api.types.is_string_dtype(s) and pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
             return s  # already strings (the common case; a C-speed check)
         return s.map(lambda v: v if v is None or isinstance(v, str) or v is pd.NA else str(v)).astype(object)
+    if dtype == "list[int]":
+        return s.map(lambda v: v if v is None else [int(x) for x in v]).astype(object)
     if dtype == "int64" and s.isna().any():
         raise ValueError("holds nulls")
     return s.astype(_pandas_dtype(dtype))
@@ -282,6 +298,33 @@ PROBE_RESULTS = Table(
         Column("epochs", NI, "most epochs any of the row's probes ran", required=False),
         Column("max_epochs", NI, "the epoch cap", required=False),
         Column("hit_cap", "bool", "a probe of the row stopped at the cap (not at its plateau)", required=False),
+        # issue 18: how each fit stopped, power over data seeds, the corrected causal-control check, references
+        Column("best_epoch", NI, "latest best epoch among the row's fits (ridge: 1)", required=False),
+        Column("stopped_by", S, "plateau / patience / cap: the worst over the row's fits", required=False),
+        Column("still_improving", "bool", "some fit's stop curve still rising when it stopped", required=False),
+        Column("n_data_seeds", NI, "independent data replicates pooled (own samples and split each)", required=False),
+        Column("data_seed_sd", F, "sd over data seeds of the implicit excess", required=False),
+        Column("check", S, "causal control: pass / fail against chance (Bonferroni over check rows)", required=False),
+        Column("check_alpha", F, "per-row level of the check (0.05 / number of check rows)", required=False),
+        Column("check_bound", F, "one-sided lower bound at check_alpha compared with chance", required=False),
+        Column("same_sum_accuracy", F, "reference world: target block replaced by another with the same memento text (toy: digit sum)", required=False),
+        Column("same_sum_ci_low", F, required=False),
+        Column("same_sum_ci_high", F, required=False),
+        Column("excess_same_sum", F, "accuracy - same_sum_accuracy (paired, hierarchical bootstrap)", required=False),
+        Column("excess_same_sum_ci_low", F, required=False),
+        Column("excess_same_sum_ci_high", F, required=False),
+        Column("foreign_accuracy", F, "reference world: another passcode in the target block, everything else the same", required=False),
+        Column("foreign_ci_low", F, required=False),
+        Column("foreign_ci_high", F, required=False),
+        Column("excess_foreign", F, "accuracy - foreign_accuracy (paired, hierarchical bootstrap)", required=False),
+        Column("excess_foreign_ci_low", F, required=False),
+        Column("excess_foreign_ci_high", F, required=False),
+        Column("delimiter_hidden_accuracy", F, "reference world: normal world with the target block's kept delimiters hidden after its memento", required=False),
+        Column("delimiter_hidden_ci_low", F, required=False),
+        Column("delimiter_hidden_ci_high", F, required=False),
+        Column("excess_delimiter_hidden", F, "accuracy - delimiter_hidden_accuracy (paired, hierarchical bootstrap)", required=False),
+        Column("excess_delimiter_hidden_ci_low", F, required=False),
+        Column("excess_delimiter_hidden_ci_high", F, required=False),
     ),
 )
 PROBE_CURVES = Table(
@@ -300,6 +343,10 @@ PROBE_CURVES = Table(
         Column("epoch", I),
         Column("train_loss", F),
         Column("stop_accuracy", F, "accuracy on the early-stopping slice"),
+        Column("data_seed", NI, "which data replicate (issue 18)", required=False),
+        Column("best_epoch", NI, "this fit's best epoch", required=False),
+        Column("stopped_by", S, "plateau / patience / cap", required=False),
+        Column("still_improving", "bool", "the stop curve still rising at the stop", required=False),
     ),
 )
 ABLATIONS = Table(
@@ -321,14 +368,58 @@ ABLATIONS = Table(
     ),
 )
 
+ABLATION_BLOCKS = Table(
+    "ablation_blocks",
+    "ablation_blocks.parquet",
+    (
+        Column("experiment", S, "restart"),
+        Column("model", S),
+        Column("segment", I, "the block whose memento is scored (1-based segment of the layout)"),
+        Column("variant", S, "normal / restart"),
+        Column("metric", S, "accuracy / nll / kl"),
+        Column("value", F),
+        Column("ci_low", F),
+        Column("ci_high", F),
+        Column("n", I),
+    ),
+    doc="per-segment detail of the restart ablation",
+)
+# The passcode feature cache (``probe passcode --cache-features``): one index per world under a feature set's
+# prefix (:func:`features_prefix`), naming the safetensors file and tensor of each (memento block, layer).
+FEATURE_INDEX = Table(
+    "feature_index",
+    "features/<checkpoint>/<world>/index.parquet",
+    (
+        Column("memento_block", I, "0-based block whose memento supplies the features"),
+        Column("layer", I),
+        Column("file", S, "run-relative safetensors path (features/<checkpoint>/<world>/layer-XX.safetensors)"),
+        Column("tensor", S, "tensor name: [n, kv_heads, n_positions, 2 * d_head] (K and V concatenated)"),
+        Column("positions", "list[int]", "the memento positions the features were taken at"),
+    ),
+    doc="one per feature set and world; found by features_index_path(prefix, world)",
+)
+
 TABLES: dict[str, Table] = {
-    t.name: t for t in (TRACES, TOKENS, EVENTS, OCCUPANCY, KV_INDEX, ATTN_INDEX, PROBE_RESULTS, PROBE_CURVES, ABLATIONS)
+    t.name: t
+    for t in (
+        TRACES,
+        TOKENS,
+        EVENTS,
+        OCCUPANCY,
+        KV_INDEX,
+        ATTN_INDEX,
+        PROBE_RESULTS,
+        PROBE_CURVES,
+        ABLATIONS,
+        ABLATION_BLOCKS,
+        FEATURE_INDEX,
+    )
 }
 # The per-trace tables every trace-producing run (generate, replay, ingest) writes.
 TRACE_TABLES: tuple[Table, ...] = (TRACES, TOKENS, EVENTS, OCCUPANCY)
 # Tables a capture writes in parts/NNNNN/ and merges on finish (traces last: the commit marker).
 PART_TABLES: tuple[Table, ...] = (TOKENS, EVENTS, OCCUPANCY, KV_INDEX, ATTN_INDEX, TRACES)
-BY_PATH: dict[str, Table] = {t.path: t for t in TABLES.values()}
+BY_PATH: dict[str, Table] = {t.path: t for t in TABLES.values() if "<" not in t.path}
 
 FIGURES_DIR = "figures/"
 FIGURE_FORMATS = ("csv", "md", "html", "png")  # figures/<name>.<format>
@@ -336,6 +427,153 @@ FIGURE_FORMATS = ("csv", "md", "html", "png")  # figures/<name>.<format>
 # so a later render replaces only those (a user's own file of the same name is refused).
 FIGURES_RECORD = ".memento-lens-figures.json"
 PARTS_DIR = "parts/"
+
+
+PASSCODE_CHANCE = 0.1  # the passcode label is one of 10 digits per position (the paper's chance line, toy and real)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A run file that is not one of the tables: its run-relative path (a ``str.format`` template), format,
+    the command that writes it, and what it holds."""
+
+    name: str
+    path: str
+    format: str
+    writer: str
+    doc: str = ""
+
+    def at(self, **fields: Any) -> str:
+        """The path with its template fields filled (``KV_SHARD.at(part=3)`` -> ``kv/shard-00003.safetensors``)."""
+        return self.path.format(**fields)
+
+    def pattern(self) -> "re.Pattern[str]":
+        """A regex matching every path of this artifact (template fields as wildcards)."""
+        out, pos = "", 0
+        for m in re.finditer(r"\{[^}]*\}", self.path):
+            out += re.escape(self.path[pos : m.start()]) + ("\\d+" if ":0" in m.group() else "[^/]+")
+            pos = m.end()
+        return re.compile("^" + out + re.escape(self.path[pos:]) + "$")
+
+
+PASSCODE_SUMMARY = Artifact(
+    "passcode_summary",
+    "passcode_summary.json",
+    "json",
+    "probe passcode",
+    "summary (chance, per condition and probe: accuracy, restart, text, implicit excess by layer and distance), "
+    "skipped requests, info per model",
+)
+RESTART_SUMMARY = Artifact(
+    "restart_summary", "restart_summary.json", "json", "ablate restart", "rows (ablations.parquet) and info"
+)
+PATCH_SUMMARY = Artifact(
+    "patch_summary", "patch_summary.json", "json", "ablate patch", "rows (ablations.parquet), info and method"
+)
+INGEST_REPORT = Artifact(
+    "ingest_report", "ingest_report.json", "json", "ingest", "what was read, kept and skipped, and why"
+)
+TRACES_META = Artifact("traces_meta", "traces_meta.json", "json", "ingest", "per-trace metadata of the source files")
+KV_SHARD = Artifact(
+    "kv_shard", "kv/shard-{part:05d}.safetensors", "safetensors", "capture", "K/V tensors named by kv/index.parquet"
+)
+ATTN_SHARD = Artifact(
+    "attn_shard",
+    "attention/shard-{part:05d}.safetensors",
+    "safetensors",
+    "capture",
+    "attention weights named by attention/index.parquet",
+)
+FIGURE = Artifact(
+    "figure",
+    "figures/{name}.{format}",
+    "csv / md / html / png",
+    "figures",
+    "a paper figure: the plotted numbers (csv), tables (md), interactive (html), static (png)",
+)
+FEATURE_TEXT = Artifact(
+    "feature_text", "{prefix}/text.json", "json", "probe passcode --cache-features", "task and text ceilings"
+)
+FEATURE_TEXT_TOKENS = Artifact(
+    "feature_text_tokens",
+    "{prefix}/text.safetensors",
+    "safetensors",
+    "probe passcode --cache-features",
+    "memento<block>: [n, n_text] int64 token ids of the memento text",
+)
+FEATURE_LABELS = Artifact(
+    "feature_labels", "{prefix}/{world}/labels.safetensors", "safetensors", "probe passcode --cache-features"
+)
+FEATURE_LAYER = Artifact(
+    "feature_layer",
+    "{prefix}/{world}/layer-{layer:02d}.safetensors",
+    "safetensors",
+    "probe passcode --cache-features",
+    "memento<block>: the features of one layer (FEATURE_INDEX names them)",
+)
+FEATURES_DIR = "features"
+FEATURE_WORLDS = ("normal", "restart")
+ARTIFACTS: dict[str, Artifact] = {
+    a.name: a
+    for a in (
+        PASSCODE_SUMMARY,
+        RESTART_SUMMARY,
+        PATCH_SUMMARY,
+        INGEST_REPORT,
+        TRACES_META,
+        KV_SHARD,
+        ATTN_SHARD,
+        FIGURE,
+        FEATURE_TEXT,
+        FEATURE_TEXT_TOKENS,
+        FEATURE_LABELS,
+        FEATURE_LAYER,
+    )
+}
+
+
+def features_prefix(checkpoint: str = "") -> str:
+    """Where one model's cached passcode features live: ``features/<checkpoint>`` (``features`` without one)."""
+    return f"{FEATURES_DIR}/{checkpoint}" if checkpoint else FEATURES_DIR
+
+
+def features_index_path(prefix: str, world: str) -> str:
+    """``<prefix>/<world>/index.parquet``: the :data:`FEATURE_INDEX` of one world of a feature set."""
+    return f"{prefix}/{world}/index.parquet"
+
+
+def feature_sets(files: Iterable[str]) -> list[str]:
+    """The feature-set prefixes (``features``, ``features/<checkpoint>``) among a run's recorded files, sorted."""
+    suffix = "/" + FEATURE_TEXT.at(prefix="").lstrip("/")
+    return sorted(
+        f[: -len(suffix)]
+        for f in files
+        if f.endswith(suffix) and f.split("/", 1)[0] == FEATURES_DIR and f.count("/") <= 2
+    )
+
+
+def figure_path(name: str, fmt: str) -> str:
+    """``figures/<name>.<fmt>`` (fmt one of :data:`FIGURE_FORMATS`)."""
+    return FIGURE.at(name=name, format=fmt)
+
+
+def is_shard(rel: str) -> bool:
+    """Whether ``rel`` is a K/V shard (``kv/shard-NNNNN.safetensors``)."""
+    return bool(KV_SHARD.pattern().match(rel))
+
+
+_FEATURE_INDEX_RE = re.compile(r"^features(/[^/]+)?/(normal|restart)/index\.parquet$")
+
+
+def table_at(rel: str) -> Table | None:
+    """The table a run-relative path holds: a top-level table, a part of one, or a feature index; else None."""
+    t = BY_PATH.get(rel)
+    if t is not None:
+        return t
+    m = re.match(r"^parts/\d{5}/([a-z_]+)\.parquet$", rel)
+    if m:
+        return next((t for t in PART_TABLES if t.part == m.group(1)), None)
+    return FEATURE_INDEX if _FEATURE_INDEX_RE.match(rel) else None
 
 
 def table(name_or_path: str) -> Table:
@@ -363,8 +601,35 @@ __all__ = [
     "PROBE_RESULTS",
     "PROBE_CURVES",
     "ABLATIONS",
+    "ABLATION_BLOCKS",
+    "FEATURE_INDEX",
     "FIGURES_DIR",
+    "FIGURE_FORMATS",
+    "FIGURES_RECORD",
     "PARTS_DIR",
+    "PASSCODE_CHANCE",
+    "Artifact",
+    "ARTIFACTS",
+    "PASSCODE_SUMMARY",
+    "RESTART_SUMMARY",
+    "PATCH_SUMMARY",
+    "INGEST_REPORT",
+    "TRACES_META",
+    "KV_SHARD",
+    "ATTN_SHARD",
+    "FIGURE",
+    "FEATURE_TEXT",
+    "FEATURE_TEXT_TOKENS",
+    "FEATURE_LABELS",
+    "FEATURE_LAYER",
+    "FEATURES_DIR",
+    "FEATURE_WORLDS",
+    "features_prefix",
+    "features_index_path",
+    "feature_sets",
+    "figure_path",
+    "is_shard",
+    "table_at",
     "table",
 ]
 
@@ -381,4 +646,7 @@ def describe() -> str:
             "| --- | --- | --- |",
         ]
         lines += [f"| `{c.name}` | {c.dtype}{'' if c.required else ', optional'} | {c.doc} |" for c in t.columns]
+    lines += ["", "# Other run files", "", "| path | format | written by | |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{a.path}` | {a.format} | {a.writer} | {a.doc} |" for a in ARTIFACTS.values()]
+    lines += [f"\nPasscode chance level: {PASSCODE_CHANCE}"]
     return "\n".join(lines)

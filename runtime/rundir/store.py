@@ -49,7 +49,6 @@ STATUS_COMPLETE = "complete"
 TMP_SUFFIX = ".ml-tmp"  # our temporary files (the only files resume may delete)
 _STAGING = ".{name}.overwrite-"  # an overwrite's new run, beside the old one
 _REPLACED = ".{name}.replaced-"  # the old run between the swap and its deletion
-_PART_RE = re.compile(r"^parts/\d{5}/([a-z_]+)\.parquet$")
 # Files our writers create under these names; one found unrecorded on resume was cut off before the
 # manifest listed it, and is rewritten under the same name (not reported as a stranger).
 _OUR_LAYOUT = re.compile(r"^(parts/\d{5}/[a-z_]+\.parquet|(kv|attention)/shard-\d{5}\.safetensors)$")
@@ -265,7 +264,14 @@ def _around_difference(old: Any, new: Any) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------------------
 @dataclass
 class Manifest:
-    """What a run is. ``config`` is the full config that produced it (compared on resume)."""
+    """What a run is. ``config`` is the full config that produced it (compared on resume).
+
+    Typed facts (None when the producer did not record them; older runs: see ``RunReader.model`` /
+    ``RunReader.chance`` for the fallbacks):
+        model: the model that produced the run's numbers: ``{"name", "checkpoint", "bytes_per_token", ...}``
+            (``bytes_per_token``: what one cached token costs in that model; the run's KV byte counts use it).
+        chance: chance accuracy of the probed label (``schema.PASSCODE_CHANCE`` for the passcode task).
+    """
 
     kind: str
     config: dict[str, Any]
@@ -274,9 +280,11 @@ class Manifest:
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    model: dict[str, Any] | None = None
+    chance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "schema_version": self.schema_version,
             "kind": self.kind,
             "status": self.status,
@@ -285,6 +293,11 @@ class Manifest:
             "files": self.files,
             "info": self.info,
         }
+        if self.model is not None:
+            d["model"] = self.model
+        if self.chance is not None:
+            d["chance"] = self.chance
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: Path) -> "Manifest":
@@ -297,6 +310,8 @@ class Manifest:
                 created=d.get("created", ""),
                 files=dict(d.get("files", {})),
                 info=dict(d.get("info", {})),
+                model=dict(d["model"]) if d.get("model") is not None else None,
+                chance=float(d["chance"]) if d.get("chance") is not None else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RunError(f"{where}: not a memento-lens manifest ({exc})") from None
@@ -510,8 +525,17 @@ class RunStore:
                 store.verify_file(rel)
         return store
 
-    def mark_complete(self, **info: Any) -> None:
-        """Record the run as complete; an overwrite's new run is swapped in here (the old one deleted after)."""
+    def mark_complete(
+        self, *, model: Mapping[str, Any] | None = None, chance: float | None = None, **info: Any
+    ) -> None:
+        """Record the run as complete; an overwrite's new run is swapped in here (the old one deleted after).
+
+        ``model`` / ``chance``: the manifest's typed facts (see :class:`Manifest`); other keywords go to ``info``.
+        """
+        if model is not None:
+            self.manifest.model = dict(model)
+        if chance is not None:
+            self.manifest.chance = float(chance)
         self.manifest.info.update(info)
         self.manifest.status = STATUS_COMPLETE
         self._save_manifest()
@@ -677,18 +701,9 @@ class RunStore:
     def read_table(
         self, rel: str | schema.Table, columns: list[str] | None = None, filters: Any = None
     ) -> pd.DataFrame:
-        """A recorded Parquet table (checksum verified; run tables checked against their schema)."""
-        import pyarrow.parquet as pq
-
-        table = rel if isinstance(rel, schema.Table) else _table_of(rel)
-        if isinstance(rel, schema.Table):
-            rel = rel.path
-        full = self.verify_file(rel)
-        try:
-            df = pq.read_table(full, columns=columns, filters=filters).to_pandas()
-        except Exception as exc:  # pyarrow raises several types for damaged files
-            raise CorruptFile(f"{full}: unreadable Parquet ({exc})") from None
-        return table.check(df, full, columns) if table is not None else df
+        """A table of this run: the same read as :meth:`RunReader.table <.reader.RunReader.table>` (the one read
+        path: merged or an unfinished run's committed parts, checksum verified, checked against its schema)."""
+        return read_table(self, rel, columns=columns, filters=filters)
 
     def write_json(self, rel: str, obj: Any) -> Path:
         data = dumps(obj).encode()
@@ -814,14 +829,69 @@ def _free_name(root: Path, rel: str, taken: set[str]) -> str:
     raise AssertionError("unreachable")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Reading tables: the one implementation behind RunReader.table (and RunStore.read_table)
+# ---------------------------------------------------------------------------------------------------------
+def committed_parts(store: RunStore, t: schema.Table) -> list[str]:
+    """The committed parts (``parts/NNNNN/<part>.parquet``) holding ``t``'s rows in an unfinished run; empty for
+    a complete run (its parts were merged) or a table never written in parts."""
+    if t.part is None or store.manifest.status == STATUS_COMPLETE:
+        return []
+    files = store.manifest.files
+    marks = sorted(r for r in files if r.startswith(schema.PARTS_DIR) and r.endswith("/" + schema.TRACES.part_path))
+    return [p for p in (m.rsplit("/", 1)[0] + "/" + t.part_path for m in marks) if p in files]
+
+
+def read_table(
+    store: RunStore,
+    table: str | schema.Table,
+    *,
+    trace: str | None = None,
+    traces: Any = None,
+    columns: Any = None,
+    filters: Any = None,
+    what: str | None = None,
+    verify: Callable[[str], Path] | None = None,
+) -> pd.DataFrame:
+    """Rows of a run table (a :class:`~.schema.Table`, its name, or any recorded Parquet path): the merged file,
+    else an unfinished run's committed parts; all rows, one ``trace`` or several ``traces`` (Parquet row
+    filters); checked against the table's schema. RunError naming the file when the run lacks it.
+
+    ``verify``: the checksum check (RunReader passes its once-per-file cache; default: every read)."""
+    import pyarrow.parquet as pq
+
+    verify = verify or store.verify_file
+    if isinstance(table, schema.Table):
+        t, rel = table, table.path
+    elif table in schema.TABLES:
+        t = schema.TABLES[table]
+        rel = t.path
+    else:
+        t, rel = _table_of(table), table
+    files = store.manifest.files
+    rels = [rel] if rel in files else (committed_parts(store, t) if t is not None and rel == t.path else [])
+    if not rels:
+        if t is None or rel != t.path:
+            verify(rel)  # raises RunError naming the file
+        hint = " (the run is incomplete)" if store.manifest.status != STATUS_COMPLETE else ""
+        raise RunError(f"{store.path / rel}: missing{hint}; this run has no {what or t.name + ' table'}")
+    if trace is not None:
+        filters = [("trace", "==", trace)]
+    elif traces is not None:
+        filters = [("trace", "in", sorted(set(traces)))]
+    frames = []
+    for r in rels:
+        full = verify(r)
+        try:
+            frames.append(pq.read_table(full, columns=list(columns) if columns else None, filters=filters).to_pandas())
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise CorruptFile(f"{full}: unreadable Parquet ({exc})") from None
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return t.check(df, store.path / rel, columns) if t is not None else df
+
+
 def _table_of(rel: str) -> schema.Table | None:
-    t = schema.BY_PATH.get(rel)
-    if t is not None:
-        return t
-    m = _PART_RE.match(rel)
-    if m:
-        return next((t for t in schema.PART_TABLES if t.part == m.group(1)), None)
-    return None
+    return schema.table_at(rel)
 
 
 __all__ = [
@@ -843,6 +913,8 @@ __all__ = [
     "first_difference",
     "dumps",
     "json_rows",
+    "read_table",
+    "committed_parts",
     "is_ours",
     "user_entries",
 ]
