@@ -8,7 +8,7 @@ when a page needs it). Per-trace reads use Parquet row filters and single-tensor
 cost of one interaction does not grow with the number of traces; unfinished captures are read from their
 committed parts. This module adds only what the pages need on top: discovery, the summary, the figures list.
 
-Errors are :class:`~memento_lens.runtime.store.RunError` (or its subclass ``CorruptFile``) with one
+Errors are :class:`~memento_lens.runtime.rundir.store.RunError` (or its subclass ``CorruptFile``) with one
 line naming the file at fault; the UI shows them, never a traceback.
 """
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from memento_lens.analyses import residue
-from memento_lens.runtime.store import RunError
+from memento_lens.runtime.rundir.store import RunError
 
 from .data import ENV_RUNS, KVKey, RunData, RunRef, discover_runs, manifest_fingerprint
 

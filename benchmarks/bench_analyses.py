@@ -266,7 +266,7 @@ def bench_figures(quick: bool) -> list[BenchRow]:
 
     from memento_lens.analyses.figures import REGISTRY, chromium_path, render_figures
     from memento_lens.analyses.ingest import ingest_files, write_run
-    from memento_lens.runtime.store import RunStore
+    from memento_lens.runtime.rundir.store import RunStore
 
     data = Path(__file__).resolve().parents[2] / "shared" / "data"
     examples = sorted(data.glob("memento_example_*.json")) if data.exists() else []

@@ -186,7 +186,7 @@ def stats_cmd(
     """Trace statistics: blocks per trace, block/memento sizes, compression ratio, by domain."""
     from memento_lens.analyses.figures.base import md_table
     from memento_lens.analyses.stats import block_stats, domain_stats
-    from memento_lens.runtime.store import atomic_write_bytes
+    from memento_lens.runtime.rundir.store import atomic_write_bytes
     from memento_lens.runtime.validate import check_output_file
 
     with user_errors():

@@ -82,7 +82,7 @@ class DemoResult:
     """What :func:`run_demo` produced.
 
     Attributes:
-        run: the run directory (a :class:`~memento_lens.runtime.store.RunStore`).
+        run: the run directory (a :class:`~memento_lens.runtime.rundir.store.RunStore`).
         summary: the headline numbers (``demo_summary.json``).
         figures: the :class:`~memento_lens.analyses.figures.FigureReport`; None when ``reused`` (the summary's
             ``figures`` names what was rendered).

@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from memento_lens.runtime.store import RunStore
+from memento_lens.runtime.rundir.store import RunStore
 from memento_lens.runtime.toy.train import RUN_KIND
 
 

@@ -14,7 +14,7 @@ from memento_lens.analyses.kv import account_trace, default_configs
 from memento_lens.analyses.stats import block_stats
 from memento_lens.analyses.tokenization import ApproxTokenizer
 from memento_lens.runtime.config import ConfigError
-from memento_lens.runtime.store import RunStore
+from memento_lens.runtime.rundir.store import RunStore
 
 DATA = Path("/work/shared/data")
 if not DATA.exists():  # a checkout next to shared/

@@ -19,7 +19,7 @@ from memento_lens.analyses.ingest import (
 from memento_lens.analyses.stats import block_stats, blocks_from_tokens_table, domain_stats, trace_stats
 from memento_lens.analyses.tokenization import ApproxTokenizer, HFTextTokenizer, load_tokenizer
 from memento_lens.runtime.config import MEMENTO_TOKEN_STRINGS, THINK_END, THINK_START
-from memento_lens.runtime.store import RunStore
+from memento_lens.runtime.rundir.store import RunStore
 
 DATA = Path("/work/shared/data")
 if not DATA.exists():

@@ -13,7 +13,7 @@ from memento_lens.analyses.residue import (
     residue_positions,
     residue_table,
 )
-from memento_lens.runtime.kvstore import KVKey
+from memento_lens.runtime.rundir import KVKey
 
 
 def test_residue_relative_l2_and_cosine_per_head():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from memento_lens.app.data import ENV_RUNS, KVKey, RunData, discover_runs, manifest_fingerprint
 from memento_lens.app.fixtures import FixtureSpec, write_fixture_run
-from memento_lens.runtime.store import CorruptFile, RunError
+from memento_lens.runtime.rundir.store import CorruptFile, RunError
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -154,7 +154,7 @@ def test_residue_traces_need_both_variants(run_dir, tmp_path):
     import shutil
 
     import pandas as pd
-    from memento_lens.runtime.store import RunStore
+    from memento_lens.runtime.rundir.store import RunStore
 
     assert RunData(run_dir).residue_traces() == ["t0000", "t0001", "t0002"]
     dst = tmp_path / "copy"

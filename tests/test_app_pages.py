@@ -304,7 +304,7 @@ def test_only_named_runs_are_listed(run_dir, tmp_path):
 
 
 def test_vanilla_overlay_derived_when_only_memento_occupancy_recorded(broken_copy):
-    from memento_lens.runtime.store import RunStore
+    from memento_lens.runtime.rundir.store import RunStore
 
     store = RunStore.open(broken_copy)
     occ = pd.read_parquet(broken_copy / "occupancy.parquet")

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("streamlit")
 from memento_lens.app.fixtures import FixtureSpec, write_fixture_run  # noqa: E402
 from memento_lens.runtime.rundir.schema import PROBE_RESULTS  # noqa: E402
-from memento_lens.runtime.store import RunStore  # noqa: E402
+from memento_lens.runtime.rundir.store import RunStore  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 MAIN = str(Path(__file__).resolve().parent.parent / "app" / "main.py")

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from memento_lens.runtime.store import RunStore
+from memento_lens.runtime.rundir.store import RunStore
 
 from memento_lens.demo import SUMMARY_FILE, DemoConfig, DemoSummary, run_demo, summarize
 
@@ -251,7 +251,7 @@ def test_failed_demo_replacing_a_demo_run_leaves_the_old_run(demo_run, tmp_path,
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_interrupted_demo_is_not_a_complete_run_and_the_next_demo_replaces_it(demo_run, tmp_path, monkeypatch):
-    from memento_lens.runtime.store import RunError
+    from memento_lens.runtime.rundir.store import RunError
 
     from memento_lens import demo
 
@@ -294,7 +294,7 @@ def test_different_demo_config_replaces_the_earlier_demo_run(demo_run, tmp_path,
 
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_demo_refuses_a_directory_that_is_not_a_run(tmp_path, overwrite):
-    from memento_lens.runtime.store import RunError
+    from memento_lens.runtime.rundir.store import RunError
 
     out = tmp_path / "mine"
     out.mkdir()
@@ -308,7 +308,7 @@ def test_demo_refuses_a_directory_that_is_not_a_run(tmp_path, overwrite):
 
 
 def test_demo_refuses_another_memento_lens_run_without_overwrite(tmp_path):
-    from memento_lens.runtime.store import RunError
+    from memento_lens.runtime.rundir.store import RunError
 
     out = tmp_path / "run"
     other = RunStore.create(out, "replay", {"seed": 3})

@@ -17,7 +17,7 @@ from memento_lens.analyses.tokenization import load_tokenizer
 from memento_lens.runtime.config import BlockMaskingConfig
 from memento_lens.runtime.rundir import schema
 from memento_lens.runtime.rundir.writer import trace_tables
-from memento_lens.runtime.store import RunStore
+from memento_lens.runtime.rundir.store import RunStore
 from typer.testing import CliRunner
 
 from memento_lens.cli import app

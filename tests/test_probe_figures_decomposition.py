@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from memento_lens.analyses.figures import render_figures
 from memento_lens.runtime.rundir.schema import PROBE_RESULTS
-from memento_lens.runtime.store import RunStore
+from memento_lens.runtime.rundir.store import RunStore
 
 
 def _rows() -> pd.DataFrame:

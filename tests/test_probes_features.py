@@ -72,7 +72,7 @@ def test_extracted_features_equal_the_dense_replay_kv():
 
 
 def test_feature_cache_roundtrip(tmp_path):
-    from memento_lens.runtime.store import RunStore
+    from memento_lens.runtime.rundir.store import RunStore
 
     model = small_toy_model()
     layout = ToyLayout()

@@ -87,7 +87,7 @@ def test_ingest_uses_the_models_chat_template(replay_run, smollm2_memento_dir):
 
 
 def test_replay_captures_normal_and_restart_memento_kv_and_attention(replay_run):
-    from memento_lens.runtime.kvstore import KVKey, KVReader
+    from memento_lens.runtime.rundir import KVKey, KVReader
 
     _, run, lm = replay_run
     kv = KVReader(run)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from memento_lens.runtime.kvstore import KVReader
-from memento_lens.runtime.store import CorruptFile, RunStore
+from memento_lens.runtime.rundir import KVReader
+from memento_lens.runtime.rundir.store import CorruptFile, RunStore
 
 CLI = [sys.executable, "-m", "memento_lens.cli"]
 TABLES = ["traces.parquet", "tokens.parquet", "events.parquet", "occupancy.parquet"]

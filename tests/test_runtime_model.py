@@ -86,7 +86,7 @@ def test_add_memento_tokens_initialised_from_related_words():
 
 def test_toy_spec_loads_or_fails_cleanly():
     from memento_lens.runtime.config import ConfigError
-    from memento_lens.runtime.store import RunError
+    from memento_lens.runtime.rundir.store import RunError
 
     try:
         lm = load_model("toy")

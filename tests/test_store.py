@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from memento_lens.runtime.store import CorruptFile, RunError, RunStore
+from memento_lens.runtime.rundir.store import CorruptFile, RunError, RunStore
 
 
 def make(tmp_path, **kw):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from memento_lens.runtime.store import RunStore
+from memento_lens.runtime.rundir.store import RunStore
 from memento_lens.runtime.toy.shipped import ToyModelError, list_checkpoints, load_toy, toy_model_dir
 from memento_lens.runtime.toy.train import TrainConfig, train
 

@@ -149,7 +149,7 @@ def test_cli_replay_writes_run_and_refuses_other_run(tmp_path):
     ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    from memento_lens.runtime.kvstore import KVKey, KVReader
+    from memento_lens.runtime.rundir import KVKey, KVReader
 
     kv = KVReader(tmp_path / "r")
     assert KVKey("t2", 1, "restart", 0) in kv and KVKey("t0", 0, "evicted_block", 0) in kv

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 from memento_lens.runtime.config import MementoTokenIds
-from memento_lens.runtime.store import RunStore
+from memento_lens.runtime.rundir.store import RunStore
 from memento_lens.runtime.trace import Trace
 
 from ..kv import KVSpec

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 from memento_lens.app import charts, state
 from memento_lens.app.data import manifest_fingerprint
-from memento_lens.runtime.store import RunError
+from memento_lens.runtime.rundir.store import RunError
 
 st.title("Runs")
 refs = state.run_refs()

@@ -3,7 +3,7 @@ variants, e.g. ``toy-channel`` / ``toy-channel@<checkpoint>``) and load them off
 
 ``SHIPPED`` maps each name to its weights folder and the recipe in :mod:`.variants` that produced it.
 Each weights folder (``runtime/toy/weights/`` for ``toy``) is the run directory written by
-``memento-lens toy train --out DIR`` (a :class:`~memento_lens.runtime.store.RunStore` with sha256 checksums):
+``memento-lens toy train --out DIR`` (a :class:`~memento_lens.runtime.rundir.store.RunStore` with sha256 checksums):
 ``final/`` (float32) plus ``step-NNNNNN/`` checkpoints (float16), each a HF directory (config.json,
 model.safetensors, tokenizer files), and ``training_log.json`` with task accuracy per checkpoint.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..store import CorruptFile, RunError, RunStore
+from ..rundir.store import CorruptFile, RunError, RunStore
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TOY = "toy"

@@ -9,7 +9,7 @@ x axis is "training epoch"). ``stop_exact`` ends training at the first checkpoin
 exact-match reaches it (to stop inside the paper's 77-95% task-accuracy range); ``stage1_fraction = 0``
 trains with memento attention from the first step. Named recipes: :mod:`.variants`.
 
-The output directory is a :class:`~memento_lens.runtime.store.RunStore` (kind ``toy_train``)::
+The output directory is a :class:`~memento_lens.runtime.rundir.store.RunStore` (kind ``toy_train``)::
 
     train_config.json          TrainConfig (the full recipe)
     training_log.json          loss per logged step + task accuracy per checkpoint
@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..store import RunStore
+from ..rundir.store import RunStore
 from .evaluate import EVAL_SEED, evaluate_all, toy_visibility
 from .model import ToyModelConfig, build_model, count_parameters
 from .task import ToyLayout, sample
