@@ -35,8 +35,8 @@ def run(quick: bool = False) -> list[BenchRow]:
     from memento_lens.runtime.capture import default_captures
     from memento_lens.runtime.dense import dense_forward
     from memento_lens.runtime.generate import SamplingConfig
-    from memento_lens.runtime.runs import generate_to_run
     from memento_lens.runtime.rundir.store import RunStore
+    from memento_lens.runtime.runs import generate_to_run
     from memento_lens.runtime.toy.evaluate import toy_visibility
     from memento_lens.runtime.toy.task import BOS, EOS, TOY_MASKING, TOY_TOKENS, ToyLayout
 

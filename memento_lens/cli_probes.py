@@ -108,8 +108,7 @@ def passcode_cmd(
         from memento_lens.probes.models import make_probe
         from memento_lens.probes.passcode import QUICK, PasscodeConfig
         from memento_lens.probes.sweep import resolve_checkpoints, run_sweep
-        from memento_lens.runtime.rundir.store import json_rows
-        from memento_lens.runtime.rundir.store import RunStore
+        from memento_lens.runtime.rundir.store import RunStore, json_rows
 
         _setup(threads, seed)
         base = dict(QUICK) if quick else {}

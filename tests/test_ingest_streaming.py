@@ -16,8 +16,8 @@ from memento_lens.analyses.kv import account_trace, resolve_spec
 from memento_lens.analyses.tokenization import load_tokenizer
 from memento_lens.runtime.config import BlockMaskingConfig
 from memento_lens.runtime.rundir import schema
-from memento_lens.runtime.rundir.writer import trace_tables
 from memento_lens.runtime.rundir.store import RunStore
+from memento_lens.runtime.rundir.writer import trace_tables
 from typer.testing import CliRunner
 
 from memento_lens.cli import app

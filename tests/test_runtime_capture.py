@@ -19,12 +19,12 @@ from memento_lens.runtime.capture import (
 from memento_lens.runtime.config import BlockMaskingConfig
 from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.generate import SamplingConfig
-from memento_lens.runtime.rundir import KVKey, KVReader
 from memento_lens.runtime.masks import visibility_mask
+from memento_lens.runtime.rundir import KVKey, KVReader
+from memento_lens.runtime.rundir.store import RunError, RunStore
 from memento_lens.runtime.rundir.writer import RunWriter
 from memento_lens.runtime.runs import generate_to_run, replay_to_run
 from memento_lens.runtime.schedule import compute_schedule
-from memento_lens.runtime.rundir.store import RunError, RunStore
 from memento_lens.runtime.trace import Trace
 from memento_lens.runtime.verify import structured_stream
 

@@ -18,8 +18,8 @@ from memento_lens.runtime.capture import (
 )
 from memento_lens.runtime.config import BlockMaskingConfig
 from memento_lens.runtime.errors import OptionError
-from memento_lens.runtime.rundir import KVReader
 from memento_lens.runtime.masks import visibility_mask
+from memento_lens.runtime.rundir import KVReader
 from memento_lens.runtime.runs import replay_to_run
 from memento_lens.runtime.schedule import compute_schedule
 from memento_lens.runtime.trace import Trace
