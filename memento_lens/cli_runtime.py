@@ -244,7 +244,21 @@ def generate_cmd(
             if bos is None:
                 raise OptionError("give at least one --prompt (the model's tokenizer has no BOS to start from)")
             texts = [[bos]]
-        ids = [p for p in encode_prompts(lm.tokenizer, texts) for _ in range(n)]
+        encoded = encode_prompts(lm.tokenizer, texts)
+        from memento_lens.runtime.resources import check_resources, generation_estimate
+
+        check_resources(  # before n x prompts exist in memory: `--n 1000000000000` is refused here, with the estimate
+            generation_estimate(
+                lm.model,
+                n_traces=len(encoded) * n,
+                prompt_tokens=max(len(p) for p in encoded),
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                captures=caps,
+            ),
+            out,
+        )
+        ids = [p for p in encoded for _ in range(n)]
         for cap in caps:  # e.g. --attention-queries beyond prompt + --max-new-tokens: refused, not silently empty
             cap.check_length(max(len(p) for p in ids) + max_new_tokens)
         if not allow_unk:  # real text through a word-level toy tokenizer is almost all <unk>
