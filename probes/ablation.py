@@ -493,12 +493,12 @@ def ablation_inputs(
         return AblationInputs(loaded, batch.token_ids, toy_layout(lay), {"task": "toy"})
     if trace is None:
         raise ProbeInputError("--trace is required for a real model (a Memento JSON trace)")
-    from .real import REAL_MASKING, build_passcode_trace, load_segments
+    from .real import REAL_MASKING, build_passcode_trace, load_trace
 
     tokens = loaded.require_tokens()
     masking = loaded.masking if loaded.masking is not None else REAL_MASKING  # the model's own, never the toy's
     pt = build_passcode_trace(
-        load_segments(trace), loaded.tokenizer, tokens, masking, target_block=None, source=str(trace)
+        load_trace(trace, loaded.tokenizer), loaded.tokenizer, tokens, masking, target_block=None, source=str(trace)
     )
     ids = pt.token_ids.tolist()
     cfg = tokens.resolve_config(masking)

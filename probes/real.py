@@ -7,13 +7,10 @@ Every sample shares the tokens before the passcode, so :func:`extract_with_prefi
 once and each batch recomputes only from the passcode on (the paper's T2 onwards); the result equals a full
 dense replay (tests check it).
 
-The prompt is the problem in the tokenizer's chat template when it has one (as the model sees a chat; a
-mementified SmolLM2 or Qwen3), else the bare problem.
-
-Trace files: the Memento JSON examples (``{"problem", "segments": [{"type": "block"|"summary"|"answer",
-"text"}]}``; ``../shared/data``). Segments are tokenised one at a time so every span is known exactly:
-
-    prompt  <think>?  (<|block_start|> text <|block_end|> <|summary_start|> text <|summary_end|>)*  </think>? answer
+Trace files of any format are read by the one trace layer (:func:`memento_lens.runtime.traces.load_traces`:
+validated, the problem in the tokenizer's chat template, ChatML without one), giving the same token ids as
+``ingest``/``replay``; the passcode sentence is then inserted at token level after the target block's
+``<|block_start|>`` (:func:`build_passcode_trace`), so every other token is the trace's own.
 
 Token-level substitution: the template passcode's digit tokens are replaced by each sample's digit tokens. A
 tokenizer that encodes some passcode in a different number of tokens would shift every later position; such
@@ -24,15 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from memento_lens.runtime.config import THINK_END, THINK_START, BlockMaskingConfig, MementoTokenIds
+from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds
 from memento_lens.runtime.schedule import Schedule, compute_schedule
+from memento_lens.runtime.trace import Trace
 
 from .features import Condition, MementoFeatures, ProbeInputError
 from .tasks import PasscodeSamples, PasscodeTask
@@ -75,72 +72,50 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def _single(tokenizer: Any, tok: str) -> int | None:
-    return tokenizer.get_vocab().get(tok)
+def load_trace(path: str | Path, tokenizer: Any) -> Trace:
+    """The (first) trace of a trace file, read by the one trace layer (:func:`memento_lens.runtime.traces.load_traces`:
+    any format, validated, the problem in the tokenizer's chat template), tokenized with ``tokenizer``.
 
+    Raises:
+        ProbeInputError: the file holds no trace (its reading errors name the file and row).
+    """
+    from memento_lens.runtime.traces import load_traces
 
-def load_segments(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ProbeInputError(f"--trace {path}: unreadable ({exc})") from None
-    if isinstance(data, list):
-        data = data[0] if data else {}
-    if not isinstance(data, dict) or not isinstance(data.get("segments"), list):
-        raise ProbeInputError(f"--trace {path}: expected a Memento JSON trace with a 'segments' list")
-    return data
+    for trace in load_traces(path, tokenizer, strict=True):
+        return trace
+    raise ProbeInputError(f"--trace {path}: no trace in the file")
 
 
 def build_passcode_trace(
-    data: dict[str, Any],
+    trace: Trace,
     tokenizer: Any,
     tokens: MementoTokenIds,
     config: BlockMaskingConfig,
     target_block: int | None = 1,
     source: str = "",
 ) -> PasscodeTrace:
-    """Tokenise a segmented trace with a passcode sentence at the start of block ``target_block`` (0-based;
-    ``None``: the trace as it is, no passcode).
+    """``trace`` with the passcode sentence inserted at token level right after the ``<|block_start|>`` of block
+    ``target_block`` (0-based; ``None``: the trace as it is, no passcode). Every other token, the prompt (chat
+    template) included, is the trace's own, so the same file gives the same ids here as through ingest/replay.
 
     Raises:
         ProbeInputError: the trace has no block ``target_block``.
     """
-    problem = str(data.get("problem", ""))
-    if getattr(tokenizer, "chat_template", None):
-        problem = tokenizer.apply_chat_template(
-            [{"role": "user", "content": problem}], tokenize=False, add_generation_prompt=True
-        )
-    ids: list[int] = _encode(tokenizer, problem)
-    think_start, think_end = _single(tokenizer, THINK_START), _single(tokenizer, THINK_END)
-    if think_start is not None:
-        ids.append(think_start)
-    prompt_len = len(ids)
-    block, slot = -1, None
-    for seg in data["segments"]:
-        kind, text = seg.get("type"), str(seg.get("text", ""))
-        if kind == "block":
-            block += 1
-            ids.append(tokens.block_start)
-            if block == target_block:
-                ids += _encode(tokenizer, PASSCODE_PREFIX)
-                code = _encode(tokenizer, TEMPLATE_PASSCODE)
-                slot = np.arange(len(ids), len(ids) + len(code))
-                ids += code + _encode(tokenizer, PASSCODE_SUFFIX)
-            ids += _encode(tokenizer, text) + [tokens.block_end]
-        elif kind == "summary":
-            ids += [tokens.summary_start] + _encode(tokenizer, text) + [tokens.summary_end]
-        elif kind == "answer":
-            if think_end is not None:
-                ids.append(think_end)
-            ids += _encode(tokenizer, text)
-    if slot is None and target_block is None:
-        slot = np.zeros(0, dtype=np.int64)
-    if slot is None:
-        raise ProbeInputError(
-            f"trace {source or '?'}: has {block + 1} blocks, no block {target_block} (0-based) to hold the passcode"
-        )
-    sched = compute_schedule(ids, tokens.resolve_config(config), tokens, prompt_len=prompt_len)
+    ids = [int(t) for t in trace.token_ids]
+    cfg = tokens.resolve_config(config)
+    slot = np.zeros(0, dtype=np.int64)
+    if target_block is not None:
+        blocks = compute_schedule(ids, cfg, tokens, prompt_len=trace.prompt_len).blocks
+        if not 0 <= target_block < len(blocks):
+            raise ProbeInputError(
+                f"trace {source or trace.trace_id}: has {len(blocks)} blocks, no block {target_block} (0-based) "
+                "to hold the passcode"
+            )
+        at = blocks[target_block].start + 1
+        prefix, code = _encode(tokenizer, PASSCODE_PREFIX), _encode(tokenizer, TEMPLATE_PASSCODE)
+        slot = np.arange(at + len(prefix), at + len(prefix) + len(code))
+        ids = ids[:at] + prefix + code + _encode(tokenizer, PASSCODE_SUFFIX) + ids[at:]
+    sched = compute_schedule(ids, cfg, tokens, prompt_len=trace.prompt_len)
     spans = {
         s.block: np.arange(s.summary_start, s.summary_end + 1)
         for s in sched.blocks
@@ -148,7 +123,7 @@ def build_passcode_trace(
     }
     return PasscodeTrace(
         token_ids=np.asarray(ids, dtype=np.int64),
-        prompt_len=prompt_len,
+        prompt_len=trace.prompt_len,
         passcode_slot=slot,
         schedule=sched,
         memento_spans=spans,
@@ -201,7 +176,7 @@ class TracePasscodeTask(PasscodeTask):
     the text channel carries nothing: its ceiling is chance, exactly.
 
     Args:
-        trace_path: a Memento JSON trace.
+        trace_path: a trace file of any format (:func:`load_trace`), or a :class:`Trace` read already.
         tokenizer, tokens: the model's tokenizer (with the memento tokens) and their ids.
         target: 0-based block holding the passcode (1 = the paper's T2).
         masking: the block-masking config the model runs under (default :data:`REAL_MASKING`).
@@ -211,17 +186,18 @@ class TracePasscodeTask(PasscodeTask):
 
     def __init__(
         self,
-        trace_path: str,
+        trace_path: str | Path | Trace,
         tokenizer: Any,
         tokens: MementoTokenIds,
         target: int = 1,
         masking: BlockMaskingConfig | None = None,
     ):
         self.masking = masking if masking is not None else REAL_MASKING
-        self.tokenizer, self.tokens, self.path = tokenizer, tokens, str(trace_path)
-        self.trace = build_passcode_trace(
-            load_segments(trace_path), tokenizer, tokens, self.masking, target, source=self.path
-        )
+        given = isinstance(trace_path, Trace)
+        trace = trace_path if given else load_trace(trace_path, tokenizer)
+        self.tokenizer, self.tokens = tokenizer, tokens
+        self.path = str(trace.meta.get("source_file", trace.trace_id)) if given else str(trace_path)
+        self.trace = build_passcode_trace(trace, tokenizer, tokens, self.masking, target, source=self.path)
         self._vis: dict[str, torch.Tensor] = {}
         self._skipped: tuple[int, dict] = (0, {})
 

@@ -154,12 +154,25 @@ def _tokens(tok):
     return MementoTokenIds(v["<|block_start|>"], v["<|block_end|>"], v["<|summary_start|>"], v["<|summary_end|>"])
 
 
+def _trace(tok):
+    """TRACE as the trace layer gives it (a Trace of token ids: prompt, then each block and memento)."""
+    from memento_lens.runtime.trace import Trace
+
+    bs, be, ss, se = (tok.get_vocab()[t] for t in _CharTokenizer.specials)
+    ids = tok.encode(TRACE["problem"])
+    prompt_len = len(ids)
+    segs = TRACE["segments"]
+    for b, m in zip(segs[0:6:2], segs[1:6:2]):
+        ids += [bs, *tok.encode(b["text"]), be, ss, *tok.encode(m["text"]), se]
+    return Trace("t", ids + tok.encode(segs[-1]["text"]), prompt_len)
+
+
 def test_real_trace_substitution_places_the_passcode_in_block_1():
     from memento_lens.probes.real import build_passcode_trace, passcode_samples
     from memento_lens.runtime.toy.task import TOY_MASKING
 
     tok = _CharTokenizer()
-    pt = build_passcode_trace(TRACE, tok, _tokens(tok), TOY_MASKING, target_block=1)
+    pt = build_passcode_trace(_trace(tok), tok, _tokens(tok), TOY_MASKING, target_block=1)
     assert pt.n_blocks == 3
     b1 = pt.schedule.blocks[1]
     assert b1.start < pt.passcode_slot[0] and pt.passcode_slot[-1] < b1.end
@@ -175,7 +188,7 @@ def test_passcode_changing_the_token_count_is_skipped_and_counted():
     from memento_lens.runtime.toy.task import TOY_MASKING
 
     tok = _CharTokenizer(merge_zeros=True)  # template 13579 -> 5 tokens; passcodes with "00" -> fewer
-    pt = build_passcode_trace(TRACE, tok, _tokens(tok), TOY_MASKING, target_block=1)
+    pt = build_passcode_trace(_trace(tok), tok, _tokens(tok), TOY_MASKING, target_block=1)
     s = passcode_samples(pt, tok, 200, seed=0)
     assert s.skipped > 0 and len(s.labels) == 200 - s.skipped
     assert "token count" in next(iter(s.skip_reasons))
@@ -187,7 +200,7 @@ def test_trace_without_the_target_block_is_an_error():
 
     tok = _CharTokenizer()
     with pytest.raises(ProbeInputError, match="no block 5"):
-        build_passcode_trace(TRACE, tok, _tokens(tok), TOY_MASKING, target_block=5)
+        build_passcode_trace(_trace(tok), tok, _tokens(tok), TOY_MASKING, target_block=5)
 
 
 def test_tokenizer_that_cannot_represent_digits_is_an_error():
@@ -199,6 +212,6 @@ def test_tokenizer_that_cannot_represent_digits_is_an_error():
             return [0 if ch.isdigit() else 9 for ch in text]
 
     tok = _Unk()
-    pt = build_passcode_trace(TRACE, tok, _tokens(tok), TOY_MASKING, target_block=1)
+    pt = build_passcode_trace(_trace(tok), tok, _tokens(tok), TOY_MASKING, target_block=1)
     with pytest.raises(ProbeInputError, match="cannot be represented"):
         passcode_samples(pt, tok, 20, seed=0)

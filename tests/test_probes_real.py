@@ -47,7 +47,8 @@ def test_trace_task_uses_the_real_masking_and_the_chat_prompt(task, qwen):
     assert task.masking == REAL_MASKING and REAL_MASKING.mask_delimiters is False
     assert task.n_blocks == 4 and task.target_block == 1
     prompt = tokenizer.decode(task.trace.token_ids[: task.trace.prompt_len])
-    assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n<think>")
+    assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n")
+    assert tokenizer.decode(task.trace.token_ids[task.trace.prompt_len]) == "<think>"  # the trace layer's prompt
     # the normal world hides block 0 from memento 1 on; the restart world hides block 1 from its own memento
     b0, b1 = task.trace.schedule.blocks[0], task.trace.schedule.blocks[1]
     m1 = task.memento_positions(1)
