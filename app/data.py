@@ -38,7 +38,7 @@ ATTENTION_INDEX = schema.ATTN_INDEX.path
 PROBES = schema.PROBE_RESULTS.path
 ABLATIONS = schema.ABLATIONS.path
 FIGURES = schema.FIGURES_DIR
-PASSCODE_SUMMARY = "passcode_summary.json"
+PASSCODE_SUMMARY = schema.PASSCODE_SUMMARY.path
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ def write_fixture_run(path: str | Path, spec: FixtureSpec = FixtureSpec(), *, ov
             "kv_heads": spec.kv_heads,
             "d_head": spec.d_head,
             "dtype": "float32",
-            "chance": 0.1,
+            "chance": schema.PASSCODE_CHANCE,
         },
     )
     if store.reused:

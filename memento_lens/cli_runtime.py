@@ -38,7 +38,7 @@ def schedule_cmd(
     from memento_lens.runtime.validate import check_token_ids, read_text
 
     with user_errors():
-        source = read_text(input_file, "--input") if input_file else sys.stdin.read()
+        source = read_text(input_file, "--input") if input_file else _read_stdin(batch)
         name = str(input_file or "<stdin>")
         try:
             data = json.loads(source)
@@ -66,6 +66,18 @@ def schedule_cmd(
                     f"{e['kind']:>16}  pos={e['position']:<6} evict=[{e['start']}, {e['end']})  block={e['block']}"
                     + (f"  {e['message']}" if "message" in e else "")
                 )
+
+
+def _read_stdin(batch: bool, stdin=None) -> str:
+    """All of stdin; on a terminal, first say what is expected (a bare ``schedule`` otherwise waits in silence)."""
+    stdin = stdin if stdin is not None else sys.stdin
+    if stdin.isatty():
+        what = "a JSON list of cases" if batch else "one JSON case"
+        print(
+            f"schedule: reading {what} from stdin (format: --help); end with Ctrl-D, or pass --input FILE",
+            file=sys.stderr,
+        )
+    return stdin.read()
 
 
 # ---------------------------------------------------------------------------------------------------------
