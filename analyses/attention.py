@@ -191,6 +191,16 @@ def edges(lo: int, hi: int, max_bins: int | None = None) -> np.ndarray:
     return np.unique(np.linspace(int(lo), int(hi), int(max_bins) + 1).round().astype(np.int64))
 
 
+def query_edges(captured: Sequence[int], lo: int, hi: int, max_rows: int) -> tuple[np.ndarray, bool]:
+    """Row edges for the captured queries of ``[lo, hi)``: one row per captured query (row i covers
+    ``[q_i, q_{i+1})``, holding query q_i alone) when at most ``max_rows`` are captured there, else
+    ``max_rows`` equal-width bins. Returns ``(edges, rows_are_queries)``."""
+    qs = sorted({int(q) for q in captured if lo <= q < hi})
+    if len(qs) <= max_rows:
+        return np.asarray([*qs, hi] if qs else [lo, hi], dtype=np.int64), bool(qs)
+    return edges(lo, hi, max_rows), False
+
+
 def query_key_pattern(
     rows: Mapping[int, np.ndarray],
     visible: Callable[[int], np.ndarray] | Mapping[int, np.ndarray],
@@ -308,9 +318,10 @@ def head_mass_summary(
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
     cats_of: dict[int, np.ndarray] = {}
-    for (layer, q), w in sorted(rows.items()):
+    for layer, q in sorted(rows):  # rows may decode lazily: one row in memory at a time
         if want is not None and q not in want:
             continue
+        w = rows[(layer, q)]
         if q not in cats_of:
             cat = mass_categories(roles, blocks, q, vis_of(q))
             onehot = np.zeros((n, len(MASS_CATEGORIES)))
@@ -337,6 +348,7 @@ __all__ = [
     "attention_mass_by_role",
     "Pattern",
     "edges",
+    "query_edges",
     "query_key_pattern",
     "pattern_difference",
     "EvictedSpan",

@@ -17,6 +17,25 @@ ROLE_COLORS: dict[str, str] = {
     "answer": "#009E73",
 }
 
+# Evicted positions: their own colour (never the prompt's grey), wherever attention or tokens are drawn;
+# EVICTED_TINT is the same hue for backgrounds (evicted token text, shaded ranges in heatmaps).
+EVICTED_COLOR = "#882255"
+EVICTED_TINT = "#E7C6D5"
+# Positions a query cannot see yet (future) and cells with nothing visible.
+NOT_VISIBLE_COLOR = "#F2F2F2"
+
+# Attention-mass categories (analyses.attention.MASS_CATEGORIES), coloured by the role they sum.
+MASS_COLORS: dict[str, str] = {
+    "prompt": ROLE_COLORS["prompt"],
+    "mementos": ROLE_COLORS["memento"],
+    "current block": ROLE_COLORS["block"],
+    "other visible blocks": "#56B4E9",
+    "delimiters": ROLE_COLORS["delimiter"],
+    "answer": ROLE_COLORS["answer"],
+    "evicted": EVICTED_COLOR,
+    "future": "#CCCCCC",
+}
+
 # Cache modes (BlockMaskingConfig.mode; occupancy.parquet ``mode``).
 MODE_COLORS: dict[str, str] = {
     "vanilla": "#7F7F7F",
@@ -71,6 +90,7 @@ PALETTES: dict[str, Mapping[str, str]] = {
     "condition": CONDITION_COLORS,
     "variant": VARIANT_COLORS,
     "domain": DOMAIN_COLORS,
+    "mass": MASS_COLORS,
 }
 
 

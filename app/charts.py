@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from memento_lens.analyses.attention import MASS_CATEGORIES
+from memento_lens.analyses.attention import MASS_CATEGORIES, EvictedSpan, Pattern
 from memento_lens.analyses.palette import color as palette_color
 from plotly.subplots import make_subplots
 
@@ -19,10 +19,15 @@ from .compute import (
     CHANCE_COLOR,
     CONDITION_COLORS,
     EVICTED_COLOR,
+    EVICTED_TINT,
+    MASS_COLORS,
     MODE_COLORS,
+    NOT_VISIBLE_COLOR,
     ROLES,
     VARIANT_COLORS,
+    decode_token,
     role_colors,
+    token_label,
 )
 
 _LAYOUT = dict(
@@ -34,14 +39,12 @@ _LAYOUT = dict(
     legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0),
 )
 
-MASS_COLORS = {
-    "prompt": "prompt",
-    "mementos": "memento",
-    "current block": "block",
-    "other visible blocks": "block",
-    "delimiters": "delimiter",
-    "answer": "answer",
-}
+
+def _texts(tokens: pd.DataFrame) -> np.ndarray:
+    """Decoded token text (``text``, added by :meth:`RunData.tokens`), else the raw token strings decoded."""
+    if "text" in tokens.columns:
+        return tokens["text"].astype(str).to_numpy()
+    return np.array([decode_token(t) for t in tokens["token"].astype(str)], dtype=object)
 
 
 def _roles_in(roles) -> list[str]:
@@ -122,7 +125,7 @@ def token_strip_figure(tokens: pd.DataFrame, gone: np.ndarray, step: int) -> go.
                 name=role,
                 marker_color=colors[role],
                 marker_opacity=[1.0 if p <= step else 0.25 for p in pos[sel]],
-                text=tokens["token"].to_numpy()[sel],
+                text=[token_label(t, 40) for t in _texts(tokens)[sel]],
                 textposition="none",
                 hovertemplate="%{x}: %{text}<extra>" + role + "</extra>",
             )
@@ -133,9 +136,9 @@ def token_strip_figure(tokens: pd.DataFrame, gone: np.ndarray, step: int) -> go.
                 x=pos[gone],
                 y=np.ones(gone.sum()),
                 name="evicted",
-                marker_color=EVICTED_COLOR,
-                marker_pattern=dict(shape="/", fgcolor="#AAAAAA"),
-                text=tokens["token"].to_numpy()[gone],
+                marker_color=EVICTED_TINT,
+                marker_pattern=dict(shape="/", fgcolor=EVICTED_COLOR),
+                text=[token_label(t, 40) for t in _texts(tokens)[gone]],
                 textposition="none",
                 hovertemplate="%{x}: %{text}<extra>evicted</extra>",
             )
@@ -157,14 +160,25 @@ def token_strip_figure(tokens: pd.DataFrame, gone: np.ndarray, step: int) -> go.
 
 
 def _span(tok: str, role: str, state: str, colors: Mapping[str, str], pos: int) -> str:
-    text = html.escape(tok).replace("\n", "⏎")
+    text = html.escape(tok).replace("\n", "⏎\n")
     if state == "gone":
-        style = f"background:{EVICTED_COLOR};color:#888;text-decoration:line-through"
+        style = f"background:{EVICTED_TINT};color:{EVICTED_COLOR};text-decoration:line-through"
     else:
         style = f"background:{colors.get(role, '#ccc')}33;border-bottom:2px solid {colors.get(role, '#ccc')}"
         if state == "future":
             style += ";opacity:0.35"
-    return f'<span title="{pos} {role}" style="{style};padding:0 1px;white-space:pre-wrap">{text}</span>'
+    # a white hairline on the right of every token keeps token boundaries visible in running text
+    return (
+        f'<span title="{pos} {role}" style="{style};padding:0 1px;white-space:pre-wrap;'
+        f'box-shadow:inset -1px 0 #FFFFFF">{text}</span>'
+    )
+
+
+def tokens_inline_html(texts, roles, positions) -> str:
+    """Decoded tokens as running text, each token a role-coloured span (boundaries visible)."""
+    colors = role_colors()
+    body = "".join(_span(str(t), str(r), "now", colors, int(p)) for t, r, p in zip(texts, roles, positions))
+    return f"<div style='font-family:monospace;font-size:13px;line-height:1.7'>{body}</div>"
 
 
 def token_stream_html(tokens: pd.DataFrame, gone: np.ndarray, step: int, max_tokens: int = 4000) -> str:
@@ -176,7 +190,7 @@ def token_stream_html(tokens: pd.DataFrame, gone: np.ndarray, step: int, max_tok
     hi = min(n, lo + max_tokens)
     roles = tokens["role"].to_numpy()
     blocks = tokens["block"].to_numpy()
-    toks = tokens["token"].astype(str).to_numpy()
+    toks = _texts(tokens)
     pos = tokens["pos"].to_numpy()
 
     def spans(idx: np.ndarray) -> str:
@@ -273,7 +287,7 @@ def attention_figure(
                     y=np.zeros(ev.sum()),
                     mode="markers",
                     name="evicted",
-                    marker=dict(color="#888888", symbol="line-ns-open", size=8),
+                    marker=dict(color=EVICTED_COLOR, symbol="line-ns-open", size=8),
                     legendgroup="evicted",
                     showlegend="evicted" not in shown_roles,
                     hovertemplate="pos %{x}: evicted<extra></extra>",
@@ -299,22 +313,33 @@ def attention_figure(
 
 
 def mass_figure(masses: Mapping[str, Mapping[str, float]]) -> go.Figure:
-    """Attention mass by role category, grouped bars per variant."""
+    """Attention mass by role category: one bar per category in that role's colour (the palette used
+    everywhere), grouped per variant (restart hatched)."""
     fig = go.Figure()
     cats = [
         c for c in MASS_CATEGORIES if c not in ("evicted", "future") or any(m.get(c, 0) > 0 for m in masses.values())
     ]
-    for v, m in masses.items():
+    for i, (v, m) in enumerate(masses.items()):
         fig.add_trace(
             go.Bar(
                 x=cats,
                 y=[m.get(c, 0.0) for c in cats],
                 name=v,
-                marker_color=VARIANT_COLORS.get(v, "#333"),
+                marker=dict(
+                    color=[MASS_COLORS.get(c, "#333") for c in cats],
+                    pattern=dict(shape="" if i == 0 else "/", fgcolor="#FFFFFF", solidity=0.4),
+                    line=dict(color=VARIANT_COLORS.get(v, "#333"), width=2),
+                ),
                 hovertemplate="%{x}: %{y:.3f}<extra>" + v + "</extra>",
             )
         )
-    fig.update_layout(title="Attention mass by role", barmode="group", yaxis_title="mass", **_LAYOUT)
+    fig.update_layout(
+        title="Attention mass by role"
+        + (" (" + " | ".join(masses) + ", outlined by variant)" if len(masses) > 1 else ""),
+        barmode="group",
+        yaxis_title="mass",
+        **_LAYOUT,
+    )
     return fig
 
 
@@ -500,4 +525,223 @@ def run_sizes_figure(sizes: pd.DataFrame) -> go.Figure:
             go.Bar(x=g["run"].tolist(), y=g["mb"].tolist(), name=str(cat), marker_color=_SERIES[i % len(_SERIES)])
         )
     fig.update_layout(title="Run sizes on disk", barmode="stack", yaxis_title="MB", **_LAYOUT)
+    return fig
+
+
+# -- query x key attention --------------------------------------------------------------------------------
+# 0 attention is a pale colour of the scale; positions a query cannot see are left blank (NOT_VISIBLE_COLOR),
+# evicted ranges shaded in the evicted colour beneath them, so "not visible" never reads as "zero".
+ATTENTION_SCALE = [[0.0, "#FFF7BC"], [0.25, "#FEC44F"], [0.5, "#41B6C4"], [0.75, "#225EA8"], [1.0, "#081D58"]]
+DIFF_SCALE = "RdBu_r"
+MAX_TICKS = 64
+
+
+def _axis_labels(
+    edges_: np.ndarray, texts, roles, single: bool | None = None, width: int = 14
+) -> tuple[list[str], list[str]]:
+    """Role-coloured tick texts and plain hover labels per cell of position edges: a token when the cell is
+    one position (or ``single``: each cell starts at the one position it stands for), else the range."""
+    starts, ends = edges_[:-1], edges_[1:]
+    single = bool((ends - starts == 1).all()) if single is None else single
+    colors = {r: palette_color("role", r) for r in _roles_in(roles)} if len(roles) else {}
+    hover, ticks = [], []
+    for a, b in zip(starts, ends):
+        if single and a < len(texts):
+            lab = token_label(str(texts[a]), width)
+            hover.append(f"{a} {lab} ({roles[a]})")
+            ticks.append(f"<span style='color:{colors.get(str(roles[a]), '#333')}'>{a} {html.escape(lab)}</span>")
+        else:
+            hover.append(f"{a}–{b - 1}")
+            ticks.append(f"{a}–{b - 1}")
+    return ticks, hover
+
+
+def _every(n: int, most: int = MAX_TICKS) -> list[int]:
+    step = max(1, int(np.ceil(n / most)))
+    return list(range(0, n, step))
+
+
+def qk_heatmap(
+    pattern: Pattern,
+    z: np.ndarray,
+    texts,
+    roles,
+    spans: list[EvictedSpan] = (),
+    title: str = "",
+    diverging: bool = False,
+    sqrt: bool = False,
+    query: int | None = None,
+    height: int | None = None,
+    row_handles=(),
+    rows_are_queries: bool = False,
+) -> go.Figure:
+    """One query x key heatmap of ``z`` (``[rows, cols]`` on ``pattern``'s edges; NaN = not visible).
+
+    Rows are queries (top to bottom), columns keys; tick labels are decoded tokens coloured by role (bins when
+    the window is wide). Evicted ranges (``spans``) are shaded in the evicted colour from the step they stop
+    being visible; cells no key of which is visible are blank. ``diverging`` draws a difference around 0.
+    """
+    qe, ke = pattern.q_edges, pattern.k_edges
+    nr = len(qe) - 1
+    qt, qh = _axis_labels(qe, texts, roles, single=True if rows_are_queries else None)
+    kt, kh = _axis_labels(ke, texts, roles)
+    qv, kv = _every(nr), _every(len(ke) - 1, MAX_TICKS // 2)
+
+    def row_of(pos: int) -> float:  # rows are drawn one unit each (row i = cell [qe[i], qe[i+1]))
+        return float(np.searchsorted(qe, pos, side="right") - 1)
+
+    shown = np.sign(z) * np.sqrt(np.abs(z)) if sqrt else z
+    finite = z[np.isfinite(z)]
+    if diverging:
+        lim = float(np.nanpercentile(np.abs(finite), 99)) if finite.size else 1.0
+        color = dict(colorscale=DIFF_SCALE, zmid=0.0, zmin=-(lim or 1.0), zmax=lim or 1.0)
+        if sqrt:
+            color.update(zmin=-np.sqrt(lim or 1.0), zmax=np.sqrt(lim or 1.0))
+    else:
+        top = float(np.nanmax(shown)) if finite.size else 1.0
+        color = dict(colorscale=ATTENTION_SCALE, zmin=0.0, zmax=top if top > 0 else 1.0)
+    hover = np.empty(z.shape, dtype=object)
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            v = z[i, j]
+            hover[i, j] = f"query {qh[i]}<br>key {kh[j]}<br>" + ("not visible" if not np.isfinite(v) else f"{v:.4f}")
+    fig = go.Figure(
+        go.Heatmap(
+            z=shown,
+            x=ke - 0.5,
+            y=np.arange(nr + 1) - 0.5,
+            text=hover,
+            hovertemplate="%{text}<extra></extra>",
+            hoverongaps=False,
+            colorbar=dict(title="Δ weight" if diverging else ("√ weight" if sqrt else "weight"), len=0.6),
+            **color,
+        )
+    )
+    for sp in spans:
+        first = np.searchsorted(qe[:-1], sp.from_step, side="left") if rows_are_queries else row_of(sp.from_step)
+        if first >= nr:
+            continue
+        fig.add_shape(
+            type="rect",
+            x0=sp.start - 0.5,
+            x1=sp.end - 0.5,
+            y0=float(first) - 0.5,
+            y1=nr - 0.5,
+            fillcolor=EVICTED_TINT,
+            line=dict(color=EVICTED_COLOR, width=1),
+            layer="below",
+        )
+    # legend entries for what the colours mean (invisible points)
+    for name, c in (("evicted (not visible)", EVICTED_TINT), ("not visible yet / nothing visible", NOT_VISIBLE_COLOR)):
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=name,
+                marker=dict(
+                    symbol="square",
+                    size=12,
+                    color=c,
+                    line=dict(color=EVICTED_COLOR if "evicted" in name else "#BBBBBB", width=1),
+                ),
+            )
+        )
+    handles = [int(q) for q in row_handles if qe[0] <= q < qe[-1]]
+    x_lo = float(ke[0]) - 0.5
+    if handles:  # one clickable square per captured query, left of the keys (heatmaps are not selectable)
+        x_lo = float(ke[0]) - 0.5 - max(1.0, (float(ke[-1]) - float(ke[0])) / 40)
+        colors = {r: palette_color("role", r) for r in _roles_in(roles)}
+        fig.add_trace(
+            go.Scatter(
+                x=[x_lo + (float(ke[0]) - 0.5 - x_lo) / 2] * len(handles),
+                y=[row_of(q) for q in handles],
+                mode="markers",
+                name="query rows (click to open)",
+                marker=dict(symbol="square", size=7, color=[colors.get(str(roles[q]), "#333") for q in handles]),
+                text=[f"open query {q} {token_label(str(texts[q]), 20)}" for q in handles],
+                hovertemplate="%{text}<extra></extra>",
+            )
+        )
+    if query is not None and qe[0] <= query < qe[-1]:
+        fig.add_hline(y=row_of(query), line=dict(color="#000000", width=1, dash="dot"))
+    rows = nr
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        plot_bgcolor=NOT_VISIBLE_COLOR,
+        height=height or int(np.clip(160 + 11 * rows, 420, 1100)),
+        margin=dict(l=150, r=20, t=120, b=150),
+        title_y=0.99,
+        title_yanchor="top",
+        legend=dict(orientation="h", yanchor="bottom", y=1.01, xanchor="left", x=0, font=dict(size=11)),
+        xaxis=dict(
+            title="key position",
+            tickvals=[float(ke[i]) for i in kv],
+            ticktext=[kt[i] for i in kv],
+            tickangle=-60,
+            tickfont=dict(size=9),
+            showgrid=False,
+            range=[x_lo, float(ke[-1]) - 0.5],
+        ),
+        yaxis=dict(
+            title="query position",
+            tickvals=[float(i) for i in qv],
+            ticktext=[qt[i] for i in qv],
+            tickfont=dict(size=9),
+            showgrid=False,
+            range=[nr - 0.5, -0.5],
+        ),
+    )
+    return fig
+
+
+def head_grid_figure(
+    patterns: Mapping[int, Pattern], ranked: pd.DataFrame, metric: str, ncols: int = 6, limit: int = 36
+) -> go.Figure:
+    """Small query x key patterns, one per (layer, head), in the order of ``ranked`` (rows with ``layer``,
+    ``head`` and ``metric``), at most ``limit`` of them; one colour scale for all."""
+    cells = ranked.head(limit)
+    n = len(cells)
+    nrows = max(1, int(np.ceil(n / ncols)))
+    titles = [
+        f"L{int(l_)}·H{int(h)} {metric} {v:.2f}" for l_, h, v in zip(cells["layer"], cells["head"], cells[metric])
+    ]
+    fig = make_subplots(
+        rows=nrows,
+        cols=ncols,
+        subplot_titles=titles,
+        horizontal_spacing=0.02,
+        vertical_spacing=0.08 / max(1, nrows / 3),
+    )
+    zs = [patterns[int(r.layer)].weights[int(r.head)] for r in cells.itertuples(index=False)]
+    finite = np.concatenate([z[np.isfinite(z)] for z in zs]) if zs else np.zeros(0)
+    top = float(np.percentile(finite, 99)) if finite.size else 1.0
+    for i, (r, z) in enumerate(zip(cells.itertuples(index=False), zs)):
+        p = patterns[int(r.layer)]
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=p.k_edges - 0.5,
+                y=np.arange(len(p.q_edges)) - 0.5,
+                colorscale=ATTENTION_SCALE,
+                zmin=0,
+                zmax=top or 1.0,
+                showscale=i == 0,
+                colorbar=dict(title="weight", len=0.5),
+                hovertemplate=f"L{int(r.layer)} H{int(r.head)}<br>key %{{x:.0f}}: %{{z:.3f}}<extra></extra>",
+            ),
+            row=i // ncols + 1,
+            col=i % ncols + 1,
+        )
+    fig.update_xaxes(showticklabels=False, showgrid=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed")
+    fig.update_annotations(font_size=10)
+    fig.update_layout(
+        title=f"Heads sorted by attention mass on {metric}",
+        template="plotly_white",
+        plot_bgcolor=NOT_VISIBLE_COLOR,
+        height=80 + 170 * nrows,
+        margin=dict(l=20, r=20, t=80, b=20),
+    )
     return fig

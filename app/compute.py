@@ -9,15 +9,25 @@ the residue (:mod:`memento_lens.analyses.residue`), what a query sees and its at
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
-from memento_lens.analyses.palette import CHANCE_COLOR, CONDITION_COLORS, MODE_COLORS, ROLE_COLORS, VARIANT_COLORS  # noqa: F401
+from memento_lens.analyses.palette import (  # noqa: F401
+    CHANCE_COLOR,
+    CONDITION_COLORS,
+    EVICTED_COLOR,
+    EVICTED_TINT,
+    MASS_COLORS,
+    MODE_COLORS,
+    NOT_VISIBLE_COLOR,
+    ROLE_COLORS,
+    VARIANT_COLORS,
+)
 
 ROLES: tuple[str, ...] = ("prompt", "block", "delimiter", "memento", "answer")
 
 # Colours per role / mode / variant / condition come from analyses/palette.py (shared with the figures).
-
-EVICTED_COLOR = "#E8E8E8"
 
 
 def role_colors() -> dict[str, str]:
@@ -73,3 +83,70 @@ def step_from_selection(event, n_tokens: int) -> int | None:
         if isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x):
             return int(min(max(round(x), 0), n_tokens - 1))
     return None
+
+
+def query_from_selection(event, n_tokens: int) -> int | None:
+    """The query position a click on a query x key heatmap's row handle picks: the first selected point's y,
+    rounded and clipped to ``[0, n_tokens)``; None when nothing numeric was selected."""
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return None
+    for p in points or []:
+        y = p.get("y") if isinstance(p, dict) else None
+        if isinstance(y, (int, float)) and not isinstance(y, bool) and np.isfinite(y):
+            return int(min(max(round(y), 0), n_tokens - 1))
+    return None
+
+
+# -- token text -----------------------------------------------------------------------------------
+def _byte_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2, Qwen, SmolLM2: ``Ġ`` = space, ``Ċ`` = newline)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTES = _byte_alphabet()
+_SP_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+def decode_token(token: str) -> str:
+    """The text a tokenizer's token string stands for: byte-level BPE markers (``ĠtheĠproblem`` -> `` the
+    problem``, ``Ċ`` -> newline) and SentencePiece's ``▁`` / ``<0x0A>`` decoded; anything else unchanged.
+
+    A byte-level token is recognised by being made only of that alphabet's characters and holding at least one
+    of its stand-ins for a non-printable byte, or stand-ins that form valid UTF-8 (a plain `` the`` holds a real
+    space, so it is left alone); a token that is part of a multi-byte character shows the replacement character.
+    """
+    s = str(token)
+    m = _SP_BYTE.match(s)
+    if m:
+        return bytes([int(m.group(1), 16)]).decode("latin-1")
+    if "▁" in s:
+        return s.replace("▁", " ")
+    if s and all(c in _BYTES for c in s):
+        raw = bytes(_BYTES[c] for c in s)
+        if any(ord(c) >= 256 for c in s):
+            return raw.decode("utf-8", errors="replace")
+        if any(ord(c) >= 128 for c in s):  # Latin-1 stand-ins only: text if they form valid UTF-8 (``Ã©`` -> é)
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return s
+    return s
+
+
+def token_label(text: str, width: int | None = None) -> str:
+    """Token text with its whitespace made visible (for chart labels): space ``·``, newline ``⏎``, tab ``⇥``;
+    cut to ``width`` characters with ``…``."""
+    out = text.replace(" ", "·").replace("\n", "⏎").replace("\t", "⇥").replace("\r", "")
+    if width is not None and len(out) > width:
+        out = out[: max(1, width - 1)] + "…"
+    return out

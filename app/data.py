@@ -17,10 +17,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
+from memento_lens.analyses.attention import Pattern, head_mass_summary, query_key_pattern
 from memento_lens.runtime.rundir import schema
 from memento_lens.runtime.rundir.kv import KVKey
 from memento_lens.runtime.rundir.reader import RunReader
@@ -241,10 +242,16 @@ class RunData:
         return self.reader.table(TRACES, what="trace table")
 
     def tokens(self, trace: str) -> pd.DataFrame:
+        """``tokens.parquet`` rows of one trace by position, plus ``text``: each token's decoded text
+        (byte-level BPE / SentencePiece markers decoded, :func:`memento_lens.app.compute.decode_token`)."""
+        from .compute import decode_token
+
         df = self.reader.table(TOKENS, trace=trace, what="tokens").sort_values("pos")
         if df.empty:
             raise RunError(f"{self.path / TOKENS}: no tokens for trace {trace!r}")
-        return df.reset_index(drop=True)
+        df = df.reset_index(drop=True)
+        df["text"] = [decode_token(t) for t in df["token"].astype(str)]
+        return df
 
     def events(self, trace: str) -> pd.DataFrame:
         df = self.reader.table(EVENTS, trace=trace, what="eviction events")
@@ -297,25 +304,55 @@ class RunData:
         n = len(self.tokens(trace)) if n_tokens is None else n_tokens
         return visible_at(events_from_table(self.events(trace)), int(query_pos), n)
 
+    def visibility(self, trace: str) -> Callable[[int], np.ndarray]:
+        """``visible(q) -> [n_tokens] bool`` for one trace (events read once; rows memoised)."""
+        from memento_lens.runtime.masks import events_from_table, visible_at
+
+        evs = events_from_table(self.events(trace))
+        n = len(self.tokens(trace))
+        memo: dict[int, np.ndarray] = {}
+
+        def visible(q: int) -> np.ndarray:
+            q = int(q)
+            if q not in memo:
+                memo[q] = visible_at(evs, q, n)
+            return memo[q]
+
+        return visible
+
+    def attention_rows(
+        self, trace: str, variant: str, layer: int, visible: Callable[[int], np.ndarray] | None = None
+    ) -> "AttentionRows":
+        """The captured rows of one (trace, variant, layer) as a lazy ``{query: [heads, n_tokens]}`` mapping."""
+        idx = self.attention_index(trace)
+        sel = idx[(idx["variant"] == variant) & (idx["layer"] == layer)]
+        where = {int(q): (str(sh), str(t)) for q, sh, t in zip(sel["query_pos"], sel["shard"], sel["tensor"])}
+        return AttentionRows(self, trace, variant, layer, where, visible or self.visibility(trace))
+
+    def attention_pattern(
+        self, trace: str, variant: str, layer: int, q_edges: tuple[int, ...], k_edges: tuple[int, ...]
+    ) -> Pattern:
+        """Query x key :class:`~memento_lens.analyses.attention.Pattern` (all heads) of one captured layer on
+        the given row / column position edges (:func:`~memento_lens.analyses.attention.query_edges`, ``edges``)."""
+        vis = self.visibility(trace)
+        rows = self.attention_rows(trace, variant, layer, vis)
+        return query_key_pattern(rows, vis, np.asarray(q_edges), np.asarray(k_edges))
+
+    def head_summary(self, trace: str, variant: str, queries: tuple[int, int]) -> pd.DataFrame:
+        """Per (layer, head) mass by role over the captured queries in ``[q_lo, q_hi)`` (analyses)."""
+        toks = self.tokens(trace)
+        vis = self.visibility(trace)
+        idx = self.attention_index(trace)
+        layers = sorted(int(x) for x in idx.loc[idx["variant"] == variant, "layer"].unique())
+        rows = _LayerRows({li: self.attention_rows(trace, variant, li, vis) for li in layers}, queries)
+        return head_mass_summary(rows, toks["role"].astype(str).to_numpy(), toks["block"].to_numpy(), vis)
+
     def attention(self, trace: str, variant: str, layer: int, query_pos: int) -> np.ndarray | None:
         """``[heads, n_tokens]`` float32 attention row of one query over every position (0 where not
         visible), or None when not captured. Decodes compact (visible keys, float16) and older full-length
         float32 tensors alike (:func:`memento_lens.runtime.capture.expand_attention`)."""
-        from memento_lens.runtime.capture import expand_attention
-
-        idx = self.attention_index(trace)
-        row = idx[(idx["variant"] == variant) & (idx["layer"] == layer) & (idx["query_pos"] == query_pos)]
-        if row.empty:
-            return None
-        r = row.iloc[0]
-        t = self.reader.tensor(r["shard"], r["tensor"], schema.ATTN_INDEX)
-        try:
-            return expand_attention(t, self.visible(trace, query_pos))
-        except ValueError as exc:
-            raise RunError(
-                f"{self.path / r['shard']}: tensor {r['tensor']!r} (trace {trace!r}, {variant} layer "
-                f"{layer}, query {query_pos}) {exc}"
-            ) from None
+        rows = self.attention_rows(trace, variant, layer)
+        return rows[query_pos] if query_pos in rows else None
 
     # -- downstream tables ---------------------------------------------------------------------
     def probe_results(self) -> pd.DataFrame:
@@ -371,3 +408,50 @@ class RunData:
         if rel not in self.store.manifest.files:
             raise RunError(f"{self.path / rel}: missing; this run has no {rel}")
         return self.reader.bytes(rel)
+
+
+class AttentionRows(Mapping):
+    """Captured attention rows of one (trace, variant, layer), decoded on access: ``rows[q]`` is
+    ``[heads, n_tokens]`` float32 over every position (:func:`memento_lens.runtime.capture.expand_attention`).
+    Lazy, so a pattern over thousands of queries never holds them all."""
+
+    def __init__(self, run: RunData, trace: str, variant: str, layer: int, where: dict, visible: Callable):
+        self.run, self.trace, self.variant, self.layer = run, trace, variant, layer
+        self._where, self._visible = where, visible
+
+    def __getitem__(self, q: int) -> np.ndarray:
+        from memento_lens.runtime.capture import expand_attention
+
+        shard, name = self._where[int(q)]
+        t = self.run.reader.tensor(shard, name, schema.ATTN_INDEX)
+        try:
+            return expand_attention(t, self._visible(q))
+        except ValueError as exc:
+            raise RunError(
+                f"{self.run.path / shard}: tensor {name!r} (trace {self.trace!r}, {self.variant} layer {self.layer}, "
+                f"query {q}) {exc}"
+            ) from None
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self._where))
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+class _LayerRows(Mapping):
+    """``{(layer, q): row}`` over several layers' :class:`AttentionRows`, queries limited to ``[lo, hi)``."""
+
+    def __init__(self, layers: dict[int, AttentionRows], queries: tuple[int, int]):
+        self._layers = layers
+        lo, hi = queries
+        self._keys = [(li, q) for li, rows in layers.items() for q in rows if lo <= q < hi]
+
+    def __getitem__(self, key: tuple[int, int]) -> np.ndarray:
+        return self._layers[key[0]][key[1]]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)

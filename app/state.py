@@ -125,6 +125,19 @@ def attention(path: str, fp: str, trace: str, variant: str, layer: int, query_po
     return _rd(path, fp).attention(trace, variant, layer, query_pos)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def attention_pattern(
+    path: str, fp: str, trace: str, variant: str, layer: int, q_edges: tuple[int, ...], k_edges: tuple[int, ...]
+):
+    """Query x key pattern (all heads) of one captured layer on the given edges; every input is in the key."""
+    return _rd(path, fp).attention_pattern(trace, variant, layer, q_edges, k_edges)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def head_summary(path: str, fp: str, trace: str, variant: str, queries: tuple[int, int]) -> pd.DataFrame:
+    return _rd(path, fp).head_summary(trace, variant, queries)
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def residue_table(path: str, fp: str, trace: str, which: str) -> pd.DataFrame:
     """Per (block, layer, head): relative L2 and cosine between normal and restart memento K (or V)."""

@@ -100,33 +100,118 @@ def test_trace_page_occupancy_equals_the_run_and_slider_greys_evicted(run_dir):
     assert occ["layout"]["shapes"][0]["x0"] == int(ev.position.min()) - 1
 
 
-def test_attention_page_bars_equal_captured_weights(run_dir):
+def titled(at: AppTest, prefix: str) -> dict:
+    found = [c for c in charts(at) if str(c["layout"].get("title", {}).get("text", "")).startswith(prefix)]
+    assert found, f"no chart titled {prefix!r}"
+    return found[0]
+
+
+def nan_grid(v) -> np.ndarray:
+    """A plotly heatmap z (bdata or nested lists with null for NaN) as a float array."""
+    return np.array([[np.nan if x is None else x for x in row] for row in arr(v)], dtype=float)
+
+
+def captured_rows(run_dir: Path, trace: str, variant: str, layer: int) -> dict[int, np.ndarray]:
+    """The stored attention rows straight from the shards (no app code): ``{query: [heads, n_keys]}``."""
+    idx = pd.read_parquet(run_dir / "attention/index.parquet")
+    sel = idx[(idx.trace == trace) & (idx.variant == variant) & (idx.layer == layer)]
+    return {int(r.query_pos): load_file(str(run_dir / r.shard))[r.tensor][0].float().numpy() for r in sel.itertuples()}
+
+
+def visible_rows(run_dir: Path, trace: str, n: int) -> dict[int, np.ndarray]:
+    """Visibility straight from events.parquet (causal minus every range from the step its event hides it)."""
+    ev = pd.read_parquet(run_dir / "events.parquet").query("trace == @trace")
+    out = {}
+    for q in range(n):
+        v = np.arange(n) <= q
+        for r in ev.itertuples():
+            start_from = r.rewind_to if "rewind_to" in ev and pd.notna(r.rewind_to) else r.position
+            if r.end > r.start and q >= start_from:
+                v[r.start : r.end] = False
+        out[q] = v
+    return out
+
+
+def test_attention_heatmap_equals_the_captured_weights(run_dir):
     at = page("attention", [run_dir])
     assert not at.error
-    att, mass = charts(at)
-    idx = pd.read_parquet(run_dir / "attention/index.parquet")
-    q = int(idx[idx.trace == "t0000"].query_pos.max())  # the page defaults to the latest query
-    row = idx[(idx.trace == "t0000") & (idx.variant == "normal") & (idx.layer == 0) & (idx.query_pos == q)].iloc[0]
-    w = load_file(str(run_dir / row["shard"]))[row["tensor"]][0].mean(0).numpy()  # mean over heads
+    n = len(pd.read_parquet(run_dir / "tokens.parquet").query("trace == 't0000'"))
+    vis = visible_rows(run_dir, "t0000", n)
+    for variant in ("normal", "restart"):
+        heat = titled(at, f"{variant}: captured queries")["data"][0]
+        assert heat["type"] == "heatmap"
+        z = nan_grid(heat["z"])
+        rows = captured_rows(run_dir, "t0000", variant, 0)
+        assert z.shape == (len(rows), max(rows) + 1)  # one row per captured query, keys 0..last query
+        for i, q in enumerate(sorted(rows)):
+            w = rows[q].mean(0)  # the page defaults to the mean over heads
+            v = vis[q][: z.shape[1]]
+            np.testing.assert_allclose(z[i, v], w[: z.shape[1]][v], rtol=1e-6, atol=1e-7)
+            assert np.isnan(z[i, ~v]).all()  # not visible: blank, never a zero weight
+    # a single head
+    at.selectbox(key="att_head").set_value(1).run()
+    z = nan_grid(titled(at, "normal: captured queries")["data"][0]["z"])
+    rows = captured_rows(run_dir, "t0000", "normal", 0)
+    q = sorted(rows)[-1]
+    np.testing.assert_allclose(z[-1, vis[q]], rows[q][1][vis[q]], rtol=1e-6, atol=1e-7)
+
+
+def test_attention_heatmap_shades_each_eviction_from_the_step_it_hides(run_dir):
+    at = page("attention", [run_dir])
+    from memento_lens.app.compute import EVICTED_TINT
+
+    spec = titled(at, "normal: captured queries")
+    shades = [s for s in spec["layout"].get("shapes", []) if s.get("fillcolor") == EVICTED_TINT]
+    ev = pd.read_parquet(run_dir / "events.parquet").query("trace == 't0000' and end > start")
+    queries = sorted(captured_rows(run_dir, "t0000", "normal", 0))
+    expected = {
+        (s - 0.5, e - 0.5, float(np.searchsorted(queries, p)) - 0.5)
+        for s, e, p in zip(ev.start, ev.end, ev.position)
+        if p <= queries[-1]
+    }
+    assert {(sh["x0"], sh["x1"], sh["y0"]) for sh in shades} == expected and expected
+    # evicted spans are never drawn in the prompt's grey
+    from memento_lens.analyses.palette import ROLE_COLORS
+
+    assert EVICTED_TINT != ROLE_COLORS["prompt"] and all(sh["line"]["color"] != ROLE_COLORS["prompt"] for sh in shades)
+
+
+def test_attention_page_difference_and_one_query_follow_the_picker(run_dir):
+    at = page("attention", [run_dir])
+    diff = nan_grid(titled(at, "normal − restart")["data"][0]["z"])
+    normal = nan_grid(titled(at, "normal: captured queries")["data"][0]["z"])
+    restart = nan_grid(titled(at, "restart: captured queries")["data"][0]["z"])
+    np.testing.assert_allclose(diff, normal - restart, rtol=1e-5, atol=1e-6)
+    rows = captured_rows(run_dir, "t0000", "normal", 0)
+    first = sorted(rows)[0]
+    at.selectbox(key="att_query::t0000").set_value(first).run()
+    assert not at.exception
+    bars = titled(at, f"Attention of query {first}")
     shown = {}
-    for t in att["data"]:
+    for t in bars["data"]:
         if t["type"] == "bar" and t.get("xaxis", "x") == "x":
             shown.update(zip(arr(t["x"]), arr(t["y"])))
-    assert shown, "no bars in the normal panel"
-    for p, y in shown.items():
-        assert y == pytest.approx(float(w[p]), abs=1e-6)
-    assert {t["name"] for t in mass["data"]} == {"normal", "restart"}
-    # the mass chart is the per-role sum of the same row
-    normal = traces_named(mass, "normal")[0]
-    assert sum(arr(normal["y"])) == pytest.approx(float(w.sum()), abs=1e-5)
+    w = rows[first].mean(0)
+    assert shown and all(y == pytest.approx(float(w[p]), abs=1e-6) for p, y in shown.items())
+    # the heatmaps mark the picked query's row
+    lines = [s for s in titled(at, "normal: captured queries")["layout"]["shapes"] if s.get("type") == "line"]
+    assert any(s["y0"] == 0.0 for s in lines)
+    mass = titled(at, "Attention mass by role")
+    normal_bars = traces_named(mass, "normal")[0]
+    assert sum(arr(normal_bars["y"])) == pytest.approx(float(w.sum()), abs=1e-5)
+    from memento_lens.analyses.palette import MASS_COLORS
+
+    assert arr(normal_bars["marker"]["color"]) == [MASS_COLORS[c] for c in arr(normal_bars["x"])]  # by role
 
 
-def test_attention_page_switching_head_and_variant_panels(run_dir):
+def test_attention_head_overview_sorted_by_the_chosen_mass(run_dir):
     at = page("attention", [run_dir])
-    at.selectbox(key="att_head").set_value(1).run()
+    at.selectbox(key="att_grid_sort").set_value("prompt").run()
     assert not at.exception
-    att, _ = charts(at)
-    assert any(t.get("xaxis") == "x2" for t in att["data"]), "restart panel missing"
+    table = at.dataframe[-1].value
+    assert list(table["prompt"]) == sorted(table["prompt"], reverse=True)
+    grid = titled(at, "Heads sorted by attention mass on prompt")
+    assert sum(t["type"] == "heatmap" for t in grid["data"]) == len(table) == 2 * 4  # 2 layers x 4 heads
 
 
 def test_residue_heatmap_equals_metric_on_the_shards(run_dir):
@@ -145,7 +230,8 @@ def test_residue_heatmap_equals_metric_on_the_shards(run_dir):
     at.selectbox(key="res_block").set_value(2).run()
     assert not at.exception
     tok = pd.read_parquet(run_dir / "tokens.parquet").query("trace == 't0000' and block == 2 and role == 'memento'")
-    assert any("".join(tok.token) in m.value for m in at.markdown)
+    shown = " ".join(h.proto.body for h in at.get("html"))
+    assert all(f">{t}</span>" in shown for t in tok.token)
     # cosine metric re-renders the heatmap with cosine values
     at.radio(key="res_metric").set_value("cosine").run()
     heat = charts(at)[0]["data"][0]

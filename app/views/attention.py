@@ -1,10 +1,24 @@
-"""Attention: one query's attention over the positions visible at its step (evicted ones shown as such),
-attention mass by role, normal vs restart side by side."""
+"""Attention: query x key patterns per layer and head (or the mean over heads) over the whole captured trace or
+a window of it, evictions shaded from the step they stop being visible; normal vs restart and their
+difference; a head overview sorted by where each head's attention goes; one query's attention by position
+and its mass by role."""
 
+import numpy as np
 import streamlit as st
-from memento_lens.analyses.attention import attention_mass_by_role, visible_at_step
-from memento_lens.app import charts, state
+from memento_lens.analyses.attention import (
+    MASS_CATEGORIES,
+    attention_mass_by_role,
+    edges,
+    evicted_spans,
+    pattern_difference,
+    query_edges,
+)
+from memento_lens.app import charts, compute, state
 from memento_lens.app.data import ATTENTION_INDEX
+from memento_lens.runtime.masks import events_from_table, visible_at
+
+TOKEN_CELLS = 128  # windows up to this many positions per axis are drawn token by token; wider ones in bins
+GRID_CELLS = 32  # cells per axis of each small pattern in the head overview
 
 st.title("Attention")
 rd = state.run_or_stop()
@@ -12,45 +26,163 @@ if not rd.has(ATTENTION_INDEX):
     st.info(
         f"{rd.path}: no attention captured (no {ATTENTION_INDEX}). Attention weights are an optional "
         "capture; replay the traces with it, e.g. `memento-lens replay --traces RUN_DIR --attention-layers "
-        "0,1 --attention-queries 20,60,100 --out NEW_RUN` (or `--toy N` for toy sequences)."
+        "0,1 --out NEW_RUN` (every query; add `--attention-queries 20,60,100` for a few), or `--toy N` for toy "
+        "sequences."
     )
     st.stop()
 with state.shown_errors():
-    with_att = state.attention_traces(*state.key(rd))
+    key = state.key(rd)
+    with_att = state.attention_traces(*key)
     trace = state.trace_or_stop(rd, only=with_att)
-    idx = state.attention_index(*state.key(rd), trace)
-    toks = state.tokens(*state.key(rd), trace)
-    ev = state.events(*state.key(rd), trace)
+    idx = state.attention_index(*key, trace)
+    toks = state.tokens(*key, trace)
+    ev = state.events(*key, trace)
+    events = events_from_table(ev)
+    n = len(toks)
     roles = toks["role"].astype(str).to_numpy()
     blocks = toks["block"].to_numpy()
-    tokstr = toks["token"].astype(str).to_numpy()
-    c1, c2, c3 = st.columns(3)
+    texts = toks["text"].astype(str).to_numpy()
     queries = sorted(int(q) for q in idx["query_pos"].unique())
-    # default: the latest captured query (the most evictions behind it)
-    q = state.sticky(
-        c1.selectbox,
-        "Query token",
-        queries,
-        key="att_query",
-        default=queries[-1],
-        format_func=lambda p: f"{p}: {tokstr[p]!r} ({roles[p]})" if p < len(tokstr) else str(p),
-    )
     layers = sorted(int(x) for x in idx["layer"].unique())
-    layer = state.sticky(c2.selectbox, "Layer", layers, key="att_layer")
     variants = [v for v in ("normal", "restart") if v in set(idx["variant"])] or sorted(idx["variant"].unique())
-    rows = {v: state.attention(*state.key(rd), trace, v, layer, q) for v in variants}
-    rows = {v: r for v, r in rows.items() if r is not None} or rows
-    n_heads = max((r.shape[0] for r in rows.values() if r is not None), default=1)
+
+    def qlabel(p: int) -> str:
+        return f"{p}: {compute.token_label(texts[p], 24)} ({roles[p]})" if 0 <= p < n else str(p)
+
+    # -- controls ---------------------------------------------------------------------------------------
+    c1, c2, c3 = st.columns(3)
+    layer = state.sticky(c1.selectbox, "Layer", layers, key="att_layer")
+    probe = state.attention(*key, trace, variants[0], layer, queries[-1])
+    n_heads = probe.shape[0] if probe is not None else 1
     head = state.sticky(
-        c3.selectbox,
+        c2.selectbox,
         "Head",
         ["mean"] + list(range(n_heads)),
         key="att_head",
         format_func=lambda h: "mean over heads" if h == "mean" else f"head {h}",
     )
-    picked = {v: (None if r is None else (r.mean(axis=0) if head == "mean" else r[int(head)])) for v, r in rows.items()}
-    visible = visible_at_step(len(toks), ev["start"], ev["end"], ev["position"], q)
-    label = f"layer {layer}, " + ("mean over heads" if head == "mean" else f"head {head}")
+    scale = c3.radio(
+        "Colour scale",
+        ["linear", "sqrt"],
+        horizontal=True,
+        key="att_scale",
+        format_func=lambda s: {"linear": "linear", "sqrt": "√ (lifts small weights)"}[s],
+    )
+    hsel = None if head == "mean" else int(head)
+    head_label = "mean over heads" if hsel is None else f"head {hsel}"
+
+    q_first, q_last = queries[0], queries[-1]
+    wkey = f"att_window::{trace}"
+    if q_last > q_first:
+        if wkey not in st.session_state:
+            st.session_state[wkey] = (q_first, q_last)
+        q_lo, q_last_shown = st.slider(
+            "Query window (positions)",
+            q_first,
+            q_last,
+            key=wkey,
+            help=f"Windows of up to {TOKEN_CELLS} positions are drawn token by token; wider ones in bins "
+            "(each cell: the attention mass of the bin's queries on the bin's keys, averaged over queries).",
+        )
+    else:
+        q_lo, q_last_shown = q_first, q_last
+    q_hi = q_last_shown + 1
+    kkey = f"att_keys::{trace}::{q_hi}"
+    if kkey not in st.session_state:
+        st.session_state[kkey] = (0, q_hi - 1)
+    k_lo, k_last = st.slider("Key window (positions)", 0, q_hi - 1, key=kkey) if q_hi > 1 else (0, 0)
+    k_hi = k_last + 1
+    in_window = [q for q in queries if q_lo <= q < q_hi]
+    q_edges, by_query = query_edges(in_window, q_lo, q_hi, TOKEN_CELLS)
+    k_edges = edges(k_lo, k_hi, TOKEN_CELLS)
+    wide = not by_query or len(k_edges) - 1 < k_hi - k_lo
+    qe, ke = tuple(int(x) for x in q_edges), tuple(int(x) for x in k_edges)
+
+    # -- the selected query (a click on a row's handle, or the picker below, which stay in sync) --------------
+    sel_key = f"att_query::{trace}"
+    if st.session_state.get(sel_key) not in queries:
+        st.session_state[sel_key] = in_window[-1] if in_window else queries[-1]
+
+    def pick_row(chart_key: str):
+        def cb() -> None:
+            row = compute.query_from_selection(st.session_state.get(chart_key), len(qe) - 1)
+            if row is None:
+                return
+            later = [q for q in queries if q >= qe[row]]  # a binned row: its first captured query
+            st.session_state[sel_key] = st.session_state[f"_keep_{sel_key}"] = later[0] if later else queries[-1]
+
+        return cb
+
+    # -- heatmaps: normal | restart, and their difference -----------------------------------------------------
+    spans = evicted_spans(events, k_lo, k_hi, q_lo, q_hi)
+    patterns = {v: state.attention_pattern(*key, trace, v, layer, qe, ke) for v in variants}
+    st.subheader(f"Query × key attention — layer {layer}, {head_label}")
+    st.caption(
+        "Rows are queries, columns keys, decoded tokens coloured by role. Blank cells are positions the query "
+        "cannot see; evicted ranges are shaded in the evicted colour from the step they stop being visible "
+        "(the runtime's visibility rule), so an evicted key is never drawn as a zero weight. Click a row's "
+        "handle (left) to open that query below."
+        + (
+            " The window is wider than the token view: cells are bins; narrow the windows to see tokens."
+            if wide
+            else ""
+        )
+    )
+    cols = st.columns(len(patterns)) if len(patterns) > 1 else [st.container()]
+    for col, (v, pat) in zip(cols, patterns.items()):
+        chart_key = f"qk::{trace}::{v}"
+        fig = charts.qk_heatmap(
+            pat,
+            pat.head(hsel),
+            texts,
+            roles,
+            spans,
+            title=f"{v}: captured queries {q_lo}–{q_hi - 1}",
+            sqrt=scale == "sqrt",
+            query=st.session_state[sel_key],
+            row_handles=in_window,
+            rows_are_queries=by_query,
+        )
+        col.plotly_chart(fig, key=chart_key, on_select=pick_row(chart_key), selection_mode="points", width="stretch")
+    if {"normal", "restart"} <= set(patterns):
+        diff = pattern_difference(patterns["normal"], patterns["restart"])
+        st.plotly_chart(
+            charts.qk_heatmap(
+                diff,
+                diff.head(hsel),
+                texts,
+                roles,
+                spans,
+                title="normal − restart (red: the memento-mode world attends more)",
+                diverging=True,
+                sqrt=scale == "sqrt",
+                rows_are_queries=by_query,
+            ),
+            key=f"qk::{trace}::diff",
+            width="stretch",
+        )
+    else:
+        st.info(
+            f"Only the {variants[0]} variant was captured for this trace, so there is no normal vs restart "
+            "comparison. Capture the other world into the same run to compare (a restart-mode replay stores "
+            "`restart`: `memento-lens replay --traces RUN --mode restart --attention-layers ...`)."
+        )
+
+    # -- one query --------------------------------------------------------------------------------------------
+    st.subheader("One query")
+    q = state.sticky(
+        st.selectbox,
+        "Query token",
+        queries,
+        key=sel_key,
+        format_func=qlabel,
+        help="Also set by clicking a row handle of the heatmap.",
+    )
+    rows = {v: state.attention(*key, trace, v, layer, q) for v in variants}
+    rows = {v: r for v, r in rows.items() if r is not None} or rows
+    picked = {v: (None if r is None else (r.mean(axis=0) if hsel is None else r[hsel])) for v, r in rows.items()}
+    visible = visible_at(events, q, n)
+    label = f"layer {layer}, {head_label}"
     st.plotly_chart(charts.attention_figure(picked, roles, visible, q, label), key="attention", width="stretch")
     masses = {v: attention_mass_by_role(w, roles, blocks, q, visible) for v, w in picked.items() if w is not None}
     st.plotly_chart(charts.mass_figure(masses), key="mass", width="stretch")
@@ -60,5 +192,30 @@ with state.shown_errors():
             "Attention mass on evicted or future positions (should be 0 — a masking leak?): "
             + ", ".join(f"{v}: {m:.4f}" for v, m in leak.items())
         )
-    if "restart" not in rows:
-        st.info("No restart-variant attention was captured for this query, so only the normal variant is shown.")
+
+    # -- head overview ----------------------------------------------------------------------------------------
+    st.subheader("Head overview")
+    hv = state.sticky(st.selectbox, "Variant", variants, key="att_grid_variant") if len(variants) > 1 else variants[0]
+    summary = state.head_summary(*key, trace, hv, (q_lo, q_hi))
+    metric = state.sticky(
+        st.selectbox,
+        "Sort heads by attention mass on",
+        [c for c in MASS_CATEGORIES if c != "future"],
+        key="att_grid_sort",
+        default="mementos",
+    )
+    ranked = summary.sort_values([metric, "layer", "head"], ascending=[False, True, True]).reset_index(drop=True)
+    grid_q = tuple(int(x) for x in query_edges(in_window, q_lo, q_hi, GRID_CELLS)[0])
+    grid_k = tuple(int(x) for x in edges(k_lo, k_hi, GRID_CELLS))
+    small = {
+        li: state.attention_pattern(*key, trace, hv, li, grid_q, grid_k) for li in sorted(ranked["layer"].unique())
+    }
+    st.caption(
+        f"Every captured head ({len(ranked)}), its pattern over the window in {GRID_CELLS}×{GRID_CELLS} bins, "
+        f"sorted by its mean attention mass on {metric} over the window's {len(in_window)} captured queries."
+    )
+    st.plotly_chart(charts.head_grid_figure(small, ranked, metric), key="head_grid", width="stretch")
+    with st.expander("Per-head attention mass by role (table)"):
+        st.dataframe(ranked, hide_index=True, width="stretch")
+    if int(np.sum(summary["n_queries"] == 0)):
+        st.caption("Some layers have no captured query in this window.")

@@ -1,7 +1,7 @@
 """Erased-block residue: per memento, per layer and head, how far the normal KV is from the restart KV."""
 
 import streamlit as st
-from memento_lens.app import charts, state
+from memento_lens.app import charts, compute, state
 from memento_lens.app.data import KV_INDEX
 
 st.title("Erased-block residue")
@@ -66,15 +66,16 @@ with state.shown_errors():
     cell = sub[(sub["layer"] == layer) & (sub["head"] == head)].iloc[0]
     c3.metric("relative L2 / cosine", f"{cell['rel_l2']:.3f} / {cell['cosine']:.3f}")
     blk = toks[(toks["block"] == b)]
-    body = "".join(blk[blk["role"] == "block"]["token"].astype(str))
-    memento = "".join(blk[blk["role"] == "memento"]["token"].astype(str))
-    st.markdown(f"**Erased block {b}:** `{body}`")
-    st.markdown(f"**Its memento:** `{memento}`")
+    body, memento = blk[blk["role"] == "block"], blk[blk["role"] == "memento"]
+    st.markdown(f"**Erased block {b}:**")
+    st.html(charts.tokens_inline_html(body["text"], body["role"], body["pos"]))
+    st.markdown("**Its memento:**")
+    st.html(charts.tokens_inline_html(memento["text"], memento["role"], memento["pos"]))
     pos, vals = state.residue_positions(*state.key(rd), trace, which, int(b), layer, head)
-    tokstr = toks.set_index("pos")["token"].astype(str)
+    tokstr = toks.set_index("pos")["text"].astype(str)
     st.plotly_chart(
         charts.residue_positions_figure(
-            [f"{p}:{tokstr.get(p, '?')}" for p in pos],
+            [f"{p}:{compute.token_label(tokstr.get(p, '?'), 20)}" for p in pos],
             vals,
             f"Residue per memento token (layer {layer}, head {head}, {which})",
         ),
