@@ -139,3 +139,54 @@ def attention_queries() -> Any:
 
 def port(default: int = 8501) -> Any:
     return typer.Option(default, "--port", help="Port to serve on (1-65535).")
+
+
+def setup(threads: int, seed: int) -> None:
+    """Every command's torch set-up, one rule: ``--threads`` (0: torch's default, else that many; checked) and
+    the seed."""
+    import torch
+
+    from memento_lens.runtime.validate import check_int
+
+    check_int(threads, "--threads", min=0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+
+
+# -- sharded replay (runtime/cluster.py) --------------------------------------------------------------------
+def workers() -> Any:
+    return typer.Option(
+        0,
+        "--workers",
+        help="Model workers: 0/1 one process (no Ray); N > 1 starts a local Ray cluster with N model actors "
+        "(with --ray-address: N actors there, 0 as many as it has room for). Needs the `ray` extra.",
+    )
+
+
+def ray_address() -> Any:
+    return typer.Option(
+        None,
+        "--ray-address",
+        help="Join a running Ray cluster (`ray start --head` on one node): auto, HOST:6379 or ray://HOST:10001. "
+        "--out must be on a filesystem every node mounts.",
+    )
+
+
+def gpus_per_worker() -> Any:
+    return typer.Option(0.0, "--gpus-per-worker", help="GPUs per Ray model actor (e.g. 1; 2 with --device-map auto).")
+
+
+def device_map() -> Any:
+    return typer.Option(
+        None,
+        "--device-map",
+        help="auto: spread the model's layers over every device a process sees (accelerate), for a model larger "
+        "than one GPU (in one process or per Ray actor).",
+    )
+
+
+def unit_size(default: int) -> Any:
+    return typer.Option(
+        default, "--unit-size", help="Traces per work unit (the grain of scheduling, failure and --resume)."
+    )

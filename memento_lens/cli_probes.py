@@ -38,11 +38,7 @@ def _Progress(enabled: bool):
     return StageBars(enabled)
 
 
-def _setup(threads: int, seed: int) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, threads))
-    torch.manual_seed(seed)
+_setup = opt.setup  # one thread/seed rule for every command (cli_options.setup)
 
 
 def _report_skips(skips: list[dict]) -> None:

@@ -135,16 +135,7 @@ def _masking(
     return cfg
 
 
-def _setup(threads: int, seed: int) -> None:
-    import torch
-
-    from memento_lens.runtime.validate import check_int
-
-    check_int(threads, "--threads", min=0)
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
+_setup = opt.setup  # one thread/seed rule for every command (cli_options.setup)
 
 
 def _captures(
@@ -178,11 +169,11 @@ def _check_captures(model, layers: Optional[str], attention_layers: Optional[str
     check_layers(parse_int_list(attention_layers, "--attention-layers"), model, "--attention-layers")
 
 
-def _load(model: str, device: str, dtype: Optional[str]):
+def _load(model: str, device: str, dtype: Optional[str], device_map: Optional[str] = None):
     """Load a model spec; random specs always get the same weights, so a run can be replayed by spec."""
     from memento_lens.runtime.model import load_model
 
-    return load_model(model, device=device, dtype=dtype)
+    return load_model(model, device=device, dtype=dtype, device_map=device_map)
 
 
 _MODE_HELP = "vanilla (no eviction) | memento (evict each finished block) | restart (evict, then recompute mementos)."
@@ -410,12 +401,19 @@ def replay_cmd(
     dtype: Optional[str] = opt.dtype(),
     seed: int = opt.seed(),
     threads: int = opt.threads(),
+    workers: int = opt.workers(),
+    ray_address: Optional[str] = opt.ray_address(),
+    gpus_per_worker: float = opt.gpus_per_worker(),
+    device_map: Optional[str] = opt.device_map(),
+    unit_size: int = opt.unit_size(16),
+    as_json: bool = opt.flag("--json", "Print the accounting (units, tokens, seconds, retries, failures) as JSON."),
 ) -> None:
-    """Teacher-forced segment replay with the schedule; capture memento K/V into a run directory."""
+    """Teacher-forced segment replay with the schedule; capture memento K/V into a run directory (in one process,
+    or sharded over a Ray cluster with --workers / --ray-address)."""
     with user_errors():
         from memento_lens.runtime.errors import OptionError
         from memento_lens.runtime.replay import traces_from_ids
-        from memento_lens.runtime.runs import replay_to_run
+        from memento_lens.runtime.runs import ReplayConfig, run_replay
         from memento_lens.runtime.validate import check_int, check_output_dir
 
         from_file = _read_config(config_file)
@@ -436,8 +434,14 @@ def replay_cmd(
             traces = traces_from_ids(sample(toy, seed).token_ids, prompt_len=1, prefix="toy")
             source = f"toy.task.sample(n={toy}, seed={seed})"
         _setup(threads, seed)
-        lm = _load(model, device, dtype)
-        tokens = lm.require_tokens()
+        sharded = workers > 1 or ray_address is not None
+        if sharded:
+            from memento_lens.runtime.cluster import require_ray
+
+            require_ray()  # before any model loads: the install command
+        # sharded: each actor loads its own copy where Ray puts it; this process keeps one on CPU to check with
+        lm = _load(model, "cpu" if sharded else device, dtype, None if sharded else device_map)
+        lm.require_tokens()  # a vocabulary without the memento tokens fails here, before any work
         cfg = _masking(mode, keep, mask_delimiters, from_file, 0, lm)
         _check_captures(lm.model, layers if capture else None, attention_layers if capture else None)
         if text_traces:  # text trace files: tokenized with this model's tokenizer (its chat template)
@@ -445,23 +449,34 @@ def replay_cmd(
         if traces_path is not None:
             _check_run_tokenizer(traces_path, run_tokenizer, lm.name)
         _check_queries(attention_queries if capture and attention_layers else None, traces)
-        store = replay_to_run(
-            lm.model,
-            traces,
-            cfg,
-            tokens,
+        store, acct = run_replay(
             out,
-            captures=caps,
-            run_config={"model": lm.name, "source": source},
-            source=source,
-            tokenizer=lm.tokenizer,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            resume=resume,
-            progress=opt.show_progress(),
-            allow_unclosed=allow_truncated,
+            ReplayConfig(
+                traces,
+                model=model,
+                masking=cfg,
+                captures=caps,
+                source=source,
+                run_config={"model": lm.name, "source": source},
+                batch_size=batch_size,
+                unit_size=unit_size,
+                allow_unclosed=allow_truncated,
+                overwrite=overwrite,
+                resume=resume,
+                progress=opt.show_progress(),
+                device=device,
+                dtype=dtype,
+                device_map=device_map,
+                workers=workers,
+                ray_address=ray_address,
+                gpus_per_worker=gpus_per_worker,
+                threads=threads,
+                seed=seed,
+            ),
+            loaded=lm,
         )
         _summary(store)
+        _report_accounting(acct, as_json)
 
 
 def verify_cmd(
@@ -529,6 +544,19 @@ def _summary(store) -> None:
     Console(stderr=True).print(
         f"[green]{store.manifest.status}[/green] run at {store.path}: "
         f"{info.get('n_traces', '?')} traces, {kv} K/V shard(s)"
+    )
+
+
+def _report_accounting(acct, as_json: bool) -> None:
+    """The replay's accounting: JSON on stdout with --json, else one line on stderr."""
+    if as_json:
+        print(json.dumps(acct.to_dict()))
+        return
+    print(
+        f"{acct.units_run} unit(s) replayed, {acct.units_kept} kept, of {acct.units}; {acct.tokens} tokens in "
+        f"{acct.seconds:.1f} s ({acct.tokens_per_s:.0f} tok/s) on {acct.workers} worker(s); "
+        f"{acct.retries} retried, {len(acct.failures)} failed",
+        file=sys.stderr,
     )
 
 

@@ -426,9 +426,10 @@ def run_replay(
 
         def commit(res: UnitResult) -> None:
             if res.ok:
-                adopt(store, res.records)  # the part's files, one manifest write: committed whole or not at all
                 acct.units_run += 1
                 acct.tokens += res.n_tokens
+                production["units_run"] = acct.units_run
+                adopt(store, res.records)  # the part's files, one manifest write: committed whole or not at all
                 bar.update(res.n_tokens)
             else:
                 u = by_index[res.index]
@@ -446,7 +447,13 @@ def run_replay(
             "device_map": cfg.device_map if not isinstance(cfg.device_map, Mapping) else dict(cfg.device_map),
             "unit_size": cfg.unit_size,
             "units_kept": acct.units_kept,
+            "units_run": 0,
+            "retries": 0,
         }
+        # how the run was produced, one entry per invocation; recorded now (a killed driver's entry stays, its
+        # units_run kept current by every commit's manifest write)
+        store.manifest.info.setdefault("production", []).append(production)
+        store._save_manifest()
         if not cfg.sharded:
             worker = UnitWorker(cfg.threads)
             worker.use(cfg.model_spec, lm)
@@ -477,7 +484,6 @@ def run_replay(
         acct.workers = production["workers"]
         acct.seconds = time.perf_counter() - t0
         production.update(retries=acct.retries, units_run=acct.units_run, seconds=round(acct.seconds, 3))
-        store.manifest.info.setdefault("production", []).append(production)  # how the run was produced
         store.manifest.info["failed"] = [dataclasses.asdict(f) for f in acct.failures]
         if not acct.failures:
             writer.finish(n_traces=len(cfg.traces))
@@ -488,14 +494,14 @@ def run_replay(
         failed = UnitsFailed(
             f"{len(acct.failures)} of {len(units)} work unit(s) failed"
             + (f" (trace(s) {names})" if names else "")
-            + f"; first: unit {first.unit}: {first.error}. ",
+            + f"; first: unit {first.unit}: {first.error}.",
             store,
             acct,
         )
         if not acct.units_run and not acct.units_kept:
             raise failed  # nothing written: the new run is removed (with store: abort)
     failed.args = (
-        failed.args[0] + f"The other units are written to {store.path} (incomplete; its manifest's info.failed "
+        failed.args[0] + f" The other units are written to {store.path} (incomplete; its manifest's info.failed "
         "names the traces): fix or drop those traces and rerun with --resume",
     )
     raise failed
