@@ -455,6 +455,7 @@ def write_run(
             n_traces=n_written,
             token_ids=tok.ids.to_dict(),
             sources=sources,
-            model=f"ingested traces (KV accounted as {spec.name})",
+            # the KV spec the occupancy bytes were accounted with (no model ran on ingested traces)
+            model={"name": f"ingested traces (KV accounted as {spec.name})", "bytes_per_token": spec.bytes_per_token},
         )
     return store
