@@ -22,17 +22,20 @@ MODEL_HELP = "KV bytes/token: a preset (qwen3-8b, qwen3-32b, phi-4-reasoning) or
 
 _FILES_OR_RUNS = "Trace files (OpenMementos .parquet, Memento .json, vLLM .jsonl) or run directories."
 _FORMAT_HELP = "openmementos | memento-json | vllm-jsonl (default: from the file name)."
-_KEEP_HELP = "keep_last_n_blocks of the memento schedule (completed blocks kept visible)."
+_KEEP_HELP = (
+    "keep_last_n_blocks of the memento schedule: completed blocks kept visible (0 evicts each block on its "
+    "memento; -1 = KEEP_ALL, never evict: a vanilla run for ingest, refused by kv, which always adds vanilla)."
+)
 _MASK_DEFAULT = "Default: --keep-delimiters (these commands know no model's training)."
 
 
-def _masking(keep_last_n: int, mask_delimiters: Optional[bool]):
-    from memento_lens.runtime.config import BlockMaskingConfig
+def _masking(keep_last_n: int, mask_delimiters: Optional[bool], mode: Optional[str] = None):
+    from memento_lens.runtime.config import masking_for
     from memento_lens.runtime.validate import check_int
 
     check_int(keep_last_n, "--keep", min=-1)
-    return BlockMaskingConfig(
-        mask_delimiters=bool(mask_delimiters), keep_last_n_blocks=keep_last_n, require_assistant_section=False
+    return masking_for(
+        mode, keep_last_n, mask_delimiters, default_mask_delimiters=False, require_assistant_section=False
     )
 
 
@@ -135,15 +138,15 @@ def kv_cmd(
 
     from memento_lens.analyses.figures.base import md_table
     from memento_lens.analyses.kv import kv_summary, reduction_table, resolve_spec
-    from memento_lens.runtime.config import BlockMaskingConfig
+    from memento_lens.runtime.config import BlockMaskingConfig, world_config
 
     with user_errors():
         spec = resolve_spec(model)
         traces, ids, report = _inputs(files, tokenizer, fmt, strict, allow_unk)
-        memento = _masking(keep_last_n, mask_delimiters)
+        memento = _masking(keep_last_n, mask_delimiters, mode="memento")
         configs = {"vanilla": BlockMaskingConfig.vanilla(memento.mask_delimiters), "memento": memento}
         if restart:
-            configs["restart"] = dataclasses.replace(memento, restart_mode=True)
+            configs["restart"] = world_config(memento, "restart")
         summary = kv_summary(traces, ids, configs, spec)
         red = reduction_table(summary) if len(summary) else summary
         if as_json:

@@ -81,7 +81,10 @@ def mask_delimiters(default_note: str) -> Any:
 
 def keep() -> Any:
     return typer.Option(
-        0, "--keep", help="keep_last_n_blocks: completed blocks kept visible (0 evicts each block on its memento)."
+        0,
+        "--keep",
+        help="keep_last_n_blocks: completed blocks kept visible (0 evicts each block on its memento; -1 = "
+        "KEEP_ALL, never evict, is vanilla: refused with --mode memento/restart, use --mode vanilla).",
     )
 
 

@@ -105,33 +105,18 @@ def _masking(
     max_block_tokens: int,
     lm,
 ):
-    """The BlockMaskingConfig from --config FILE or the flags. ``--mask/--keep-delimiters`` defaults to what the
-    model was trained with when it knows (the toy); contradicting that warns. Other models need it explicit."""
-    from memento_lens.runtime.config import BlockMaskingConfig, ConfigError
+    """The BlockMaskingConfig from --config FILE or the flags (the delimiter default: ``runtime.config.masking_for``);
+    a choice contradicting the model's training warns."""
+    from memento_lens.runtime.config import delimiter_conflict, masking_for
 
-    trained = getattr(lm.masking, "mask_delimiters", None) if lm.masking is not None else None
     cfg = from_file
     if cfg is None:
-        if mask_delimiters is None:
-            if trained is not None:
-                mask_delimiters = trained
-            elif mode == "vanilla":
-                mask_delimiters = False
-            else:
-                raise ConfigError(
-                    f"model {lm.name!r} does not record its delimiter masking: pass --keep-delimiters "
-                    "(Qwen3/OLMo3 style) or --mask-delimiters (Phi-4 style)"
-                )
-        cfg = BlockMaskingConfig.from_mode(
-            mode, mask_delimiters=mask_delimiters, keep_last_n_blocks=keep, max_block_tokens=max_block_tokens
+        cfg = masking_for(
+            mode, keep, mask_delimiters, lm.masking, model_name=lm.name, max_block_tokens=max_block_tokens
         )
-    if trained is not None and cfg.mask_delimiters != trained and cfg.evicts:
-        said = "--mask-delimiters" if cfg.mask_delimiters else "--keep-delimiters"
-        print(
-            f"warning: {said} contradicts model {lm.name!r}, trained with "
-            f"{'--mask-delimiters' if trained else '--keep-delimiters'}; its outputs will not match its training",
-            file=sys.stderr,
-        )
+    note = delimiter_conflict(cfg, lm.masking, lm.name)
+    if note:
+        print(f"warning: {note}", file=sys.stderr)
     return cfg
 
 

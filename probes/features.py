@@ -299,18 +299,11 @@ def extract_memento_kv(
 
 # -- toy task ----------------------------------------------------------------------------------------------
 def toy_visibility(layout=None, restart: bool = False, device: torch.device | str | None = None) -> torch.Tensor:
-    """``[T, T]`` bool visibility of the toy layout under keep 0 (or restart mode), from the real schedule."""
-    import dataclasses
+    """``[T, T]`` bool visibility of the toy layout under keep 0 (or restart mode): ``runtime.toy.evaluate``'s."""
+    from memento_lens.runtime.toy.evaluate import toy_visibility as runtime_toy_visibility
+    from memento_lens.runtime.toy.task import ToyLayout
 
-    from memento_lens.runtime.masks import visibility_mask
-    from memento_lens.runtime.schedule import compute_schedule
-    from memento_lens.runtime.toy.task import TOY_MASKING, TOY_TOKENS, ToyLayout, sample
-
-    layout = layout or ToyLayout()
-    config = TOY_TOKENS.resolve_config(dataclasses.replace(TOY_MASKING, restart_mode=restart))
-    ids = sample(1, 0, layout).token_ids[0]
-    sched = compute_schedule(ids.tolist(), config, TOY_TOKENS, prompt_len=1)
-    return visibility_mask(sched, device=device)
+    return runtime_toy_visibility("restart" if restart else "memento", layout or ToyLayout(), device=device)
 
 
 def toy_memento_positions(layout, memento_blocks: Iterable[int], span: bool = True) -> dict[int, np.ndarray]:

@@ -20,14 +20,13 @@ samples are skipped and counted (``PasscodeSamples.skipped``), never silently ch
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds
+from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds, world_config
 from memento_lens.runtime.schedule import Schedule, compute_schedule
 from memento_lens.runtime.trace import Trace
 
@@ -224,7 +223,7 @@ class TracePasscodeTask(PasscodeTask):
         if world not in self._vis:
             from memento_lens.runtime.masks import visibility_mask
 
-            config = self.tokens.resolve_config(dataclasses.replace(self.masking, restart_mode=world == "restart"))
+            config = self.tokens.resolve_config(world_config(self.masking, world))
             sched = compute_schedule(
                 self.trace.token_ids.tolist(), config, self.tokens, prompt_len=self.trace.prompt_len
             )

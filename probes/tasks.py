@@ -50,7 +50,6 @@ Positions are 0-based token indices into ``token_ids``; blocks are 0-based (the 
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -302,12 +301,12 @@ class ToyPasscodeTask(PasscodeTask):
             elif world != "restart" and world != "normal":
                 self._vis[world] = self.visibility("normal")
             else:
+                from memento_lens.runtime.config import world_config
                 from memento_lens.runtime.masks import visibility_mask
                 from memento_lens.runtime.schedule import compute_schedule
                 from memento_lens.runtime.toy.task import TOY_MASKING, TOY_TOKENS, sample
 
-                restart = dataclasses.replace(TOY_MASKING, restart_mode=world == "restart")
-                config = TOY_TOKENS.resolve_config(restart)
+                config = TOY_TOKENS.resolve_config(world_config(TOY_MASKING, world))
                 ids = sample(1, 0, self.layout).token_ids[0]
                 self._vis[world] = visibility_mask(compute_schedule(ids.tolist(), config, TOY_TOKENS, prompt_len=1))
         return self._vis[world].to(device) if device is not None else self._vis[world]

@@ -22,13 +22,18 @@ THINK_END = "</think>"
 IM_START = "<|im_start|>"
 ASSISTANT = "assistant"
 
+KEEP_ALL = -1
+"""``keep_last_n_blocks`` value meaning "never evict": every block stays in the cache (vanilla attention)."""
+MODES = ("vanilla", "memento", "restart")
+WORLDS = ("normal", "restart")
+
 
 @dataclass(frozen=True)
 class BlockMaskingConfig:
     """How finished blocks are evicted from the KV cache.
 
     Attributes:
-        keep_last_n_blocks: -1 never evicts (vanilla), 0 evicts every completed block on its
+        keep_last_n_blocks: :data:`KEEP_ALL` (-1) never evicts (vanilla), 0 evicts every completed block on its
             ``<|summary_end|>``, N keeps the last N completed blocks visible (FIFO).
         mask_delimiters: required (no default, as in the reference). False keeps ``<|block_start|>``
             and ``<|block_end|>`` visible and evicts the content between them; True evicts them too.
@@ -65,8 +70,10 @@ class BlockMaskingConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         keep, cap = self.keep_last_n_blocks, self.max_block_tokens
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < -1:
-            raise ConfigError(f"keep_last_n_blocks must be an integer >= -1, got {keep!r}")
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < KEEP_ALL:
+            raise ConfigError(
+                f"keep_last_n_blocks (--keep) must be an integer >= -1 (-1 = KEEP_ALL, never evict), got {keep!r}"
+            )
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
             raise ConfigError(f"max_block_tokens must be an integer >= 0, got {cap!r}")
 
@@ -90,16 +97,18 @@ class BlockMaskingConfig:
     def from_mode(
         cls, mode: str, mask_delimiters: bool = False, keep_last_n_blocks: int = 0, **kwargs: Any
     ) -> "BlockMaskingConfig":
-        """Build the config for one of 'vanilla', 'memento', 'restart'."""
+        """Build the config for one of 'vanilla', 'memento', 'restart'.
+
+        ``keep_last_n_blocks`` is ignored for vanilla; :data:`KEEP_ALL` with 'memento' or 'restart' would
+        silently be vanilla and is refused.
+        """
         if mode == "vanilla":
-            return cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=-1, **kwargs)
-        if mode == "memento":
-            return cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n_blocks, **kwargs)
-        if mode == "restart":
-            return cls(
-                mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n_blocks, restart_mode=True, **kwargs
-            )
-        raise ConfigError(f"mode must be one of vanilla, memento, restart; got {mode!r}")
+            return cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=KEEP_ALL, **kwargs)
+        if mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        _check_evicting_keep(mode, keep_last_n_blocks)
+        memento = cls(mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n_blocks, **kwargs)
+        return world_config(memento, "restart" if mode == "restart" else "normal")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "config") -> "BlockMaskingConfig":
@@ -127,6 +136,86 @@ class BlockMaskingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_evicting_keep(mode: str, keep_last_n: int) -> None:
+    """KEEP_ALL with an evicting mode would silently run vanilla attention: refused, naming the options."""
+    if keep_last_n == KEEP_ALL:
+        raise ConfigError(
+            f"--keep -1 (keep_last_n_blocks = KEEP_ALL: never evict) with --mode {mode} would run vanilla "
+            "attention; use --mode vanilla, or --keep N >= 0 (completed blocks kept visible)"
+        )
+
+
+def world_config(base: BlockMaskingConfig, world: str) -> BlockMaskingConfig:
+    """The masking config of a world of the restart ablation (the probes' and ablations' ``world``).
+
+    ``"normal"``: ``base`` itself (each memento's KV computed with its block visible). ``"restart"``: ``base``
+    in restart mode (the block evicted with its delimiters and the memento's KV recomputed without it).
+    """
+    if world == "normal":
+        return base
+    if world == "restart":
+        return dataclasses.replace(base, restart_mode=True)
+    raise ConfigError(f"world must be one of {', '.join(WORLDS)}; got {world!r}")
+
+
+def masking_for(
+    mode: str | None,
+    keep_last_n: int,
+    mask_delimiters: bool | None,
+    model_masking: BlockMaskingConfig | None = None,
+    *,
+    model_name: str = "the model",
+    default_mask_delimiters: bool | None = None,
+    **fields: Any,
+) -> BlockMaskingConfig:
+    """The masking config a command runs with: the one delimiter-default policy.
+
+    Args:
+        mode: 'vanilla', 'memento' or 'restart'; None derives it from ``keep_last_n`` (:data:`KEEP_ALL` =
+            vanilla, else memento). :data:`KEEP_ALL` with 'memento'/'restart' is a :class:`ConfigError`
+            naming ``--keep`` (it would silently be vanilla).
+        keep_last_n: ``keep_last_n_blocks`` (``--keep``): >= 0, or :data:`KEEP_ALL`.
+        mask_delimiters: the user's choice (``--mask-delimiters``/``--keep-delimiters``); None = the default.
+        model_masking: the config the model was trained with, when known (the toy's): its
+            ``mask_delimiters`` is the default.
+        model_name: names the model in the error below.
+        default_mask_delimiters: the default when neither the user nor the model says; None = no default:
+            an evicting mode then is a :class:`ConfigError` asking for the flag (vanilla takes False: nothing
+            is evicted, the choice changes nothing).
+        fields: other :class:`BlockMaskingConfig` fields (``max_block_tokens``, ``require_assistant_section``).
+
+    See :func:`delimiter_conflict` for the warning when the choice contradicts the model's training.
+    """
+    if mode is None:
+        mode = "vanilla" if keep_last_n == KEEP_ALL else "memento"
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if mode != "vanilla":
+        _check_evicting_keep(mode, keep_last_n)
+    if mask_delimiters is None:
+        trained = model_masking.mask_delimiters if model_masking is not None else None
+        mask_delimiters = next((v for v in (trained, default_mask_delimiters) if v is not None), None)
+        if mask_delimiters is None:
+            if mode != "vanilla":
+                raise ConfigError(
+                    f"model {model_name!r} does not record its delimiter masking: pass --keep-delimiters "
+                    "(Qwen3/OLMo3 style) or --mask-delimiters (Phi-4 style)"
+                )
+            mask_delimiters = False
+    return BlockMaskingConfig.from_mode(mode, mask_delimiters=mask_delimiters, keep_last_n_blocks=keep_last_n, **fields)
+
+
+def delimiter_conflict(
+    config: BlockMaskingConfig, model_masking: BlockMaskingConfig | None, model_name: str = "the model"
+) -> str | None:
+    """The warning when an evicting ``config`` masks delimiters differently from the model's training, else None."""
+    if model_masking is None or not config.evicts or config.mask_delimiters == model_masking.mask_delimiters:
+        return None
+    said = "--mask-delimiters" if config.mask_delimiters else "--keep-delimiters"
+    trained = "--mask-delimiters" if model_masking.mask_delimiters else "--keep-delimiters"
+    return f"{said} contradicts model {model_name!r}, trained with {trained}; its outputs will not match its training"
 
 
 @dataclass(frozen=True)
@@ -214,7 +303,8 @@ class MissingMementoTokens(ConfigError):
     def __init__(self, missing: list[str]):
         self.missing = missing
         super().__init__(
-            f"tokenizer lacks the memento token(s) {', '.join(missing)}; add them with "
-            "memento_lens.runtime.add_memento_tokens(model, tokenizer) (initialised as in the paper) "
-            "or use a Memento-trained checkpoint"
+            f"tokenizer lacks the memento token(s) {', '.join(missing)}; add them (initialised as in the paper) "
+            "with `memento-lens mementify --model MODEL --out DIR`, then pass --model DIR "
+            "(from Python: memento_lens.runtime.add_memento_tokens(model, tokenizer)), or use a Memento-trained "
+            "checkpoint"
         )

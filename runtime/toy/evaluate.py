@@ -33,7 +33,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..config import BlockMaskingConfig
+from ..config import KEEP_ALL, BlockMaskingConfig, world_config
 from ..masks import additive_mask, visibility_mask
 from ..schedule import compute_schedule
 from .task import TOY_MASKING, TOY_TOKENS, ToyBatch, ToyLayout, layout_of, sample
@@ -46,11 +46,11 @@ EVAL_SEED = 20260401  # held-out sequences; training draws from TrainConfig.seed
 def mode_config(mode: str) -> BlockMaskingConfig:
     """The masking config of an attention mode."""
     if mode == "vanilla":
-        return dataclasses.replace(TOY_MASKING, keep_last_n_blocks=-1)
+        return dataclasses.replace(TOY_MASKING, keep_last_n_blocks=KEEP_ALL)
     if mode == "memento":
         return TOY_MASKING
     if mode == "restart":
-        return dataclasses.replace(TOY_MASKING, restart_mode=True)
+        return world_config(TOY_MASKING, "restart")
     if mode in CONTROL_MODES:
         return TOY_MASKING
     raise ValueError(f"unknown attention mode {mode!r}; choose one of {', '.join(MODES + CONTROL_MODES)}")
