@@ -380,6 +380,10 @@ def run_replay(
     from .validate import check_run_request
 
     t0 = time.perf_counter()
+    if cfg.sharded and pool is None:
+        from .cluster import require_ray
+
+        require_ray()  # without ray: the install command, before anything loads or is written
     lm = loaded if loaded is not None else cfg.model_spec.load()
     masking = cfg.masking if cfg.masking is not None else lm.masking
     if masking is None:
