@@ -79,7 +79,10 @@ class LoadedModel:
     def require_tokens(self) -> MementoTokenIds:
         if self.tokens is None:
             if self.tokenizer is None:
-                raise ConfigError(f"model {self.name!r} has no tokenizer, so its memento token ids are unknown")
+                raise ConfigError(
+                    f"model {self.name!r} has no tokenizer (none of {', '.join(_TOKENIZER_FILES[:2])} in it), so its "
+                    "memento token ids are unknown"
+                )
             MementoTokenIds.from_tokenizer(self.tokenizer)  # raises MissingMementoTokens naming them
         assert self.tokens is not None
         return self.tokens
@@ -282,6 +285,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
+    check_checkpoint_dir(path)
     bar_was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # the CLI shows its own progress; keep errors on one line
     try:
@@ -291,7 +295,8 @@ def load_model(
             attn_implementation=attn_implementation,
             local_files_only=True,
         )
-    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or corrupt weights file
+    except (OSError, ValueError, TypeError, RuntimeError, SafetensorError, _config_errors()) as exc:
+        # SafetensorError: truncated or corrupt weights; RuntimeError: a config whose shapes cannot be built
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ModelLoadError(f"{path}: not a loadable HF causal LM ({first})") from None
     finally:
@@ -373,16 +378,76 @@ def _toy_dir(spec: str) -> Path:
     return path
 
 
+# Config fields a causal-LM checkpoint must hold as positive integers when present: a wrong type or value otherwise
+# surfaces as a validation traceback (or a negative-dimension RuntimeError) deep inside transformers.
+_INT_CONFIG_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "head_dim",
+    "max_position_embeddings",
+)
+# Files that make a directory's tokenizer: when one is present but does not load, the directory is damaged.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.txt",
+)
+
+
+def _config_errors() -> type[Exception]:
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub: transformers raises ValueError/TypeError instead
+        return ValueError
+    return StrictDataclassError
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """One line naming the file and the field for a damaged ``config.json`` (before transformers reads it).
+
+    Raises:
+        ModelLoadError: not JSON, not an object, or a size field that is not a positive integer.
+    """
+    import json
+
+    cfg_path = Path(path) / "config.json"
+    if not cfg_path.is_file():
+        return  # from_pretrained names the missing file
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{cfg_path}: not a valid JSON config ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{cfg_path}: expected a JSON object, got a {type(cfg).__name__}")
+    for field_name in _INT_CONFIG_FIELDS:
+        value = cfg.get(field_name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ModelLoadError(f"{cfg_path}: field {field_name!r} must be a positive integer, got {value!r}")
+
+
 def _load_tokenizer(path: Path, name: str) -> Any:
     from transformers import AutoTokenizer
 
+    if not _is_shipped_toy(name) and not any((Path(path) / f).exists() for f in _TOKENIZER_FILES):
+        return None  # transformers would build an empty tokenizer (one token) from the model config alone
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError):
+    except Exception as exc:  # transformers and tokenizers raise many kinds for a damaged tokenizer
         if _is_shipped_toy(name):
             from .toy.task import VOCAB
 
             return _word_level_tokenizer(list(VOCAB), bos="<bos>", eos="<eos>", pad="<pad>")
+        present = [f for f in _TOKENIZER_FILES if (Path(path) / f).exists()]
+        if present:  # a tokenizer was meant to be there: say which file is damaged instead of loading without one
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ModelLoadError(f"{Path(path) / present[0]}: the tokenizer does not load ({first})") from None
         return None
 
 

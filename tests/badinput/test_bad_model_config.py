@@ -33,10 +33,39 @@ def _model_dir(workdir: Path, damage: str) -> Path:
         (d / "config.json").write_text("[1, 2]")
     elif damage == "no-config":
         (d / "config.json").unlink()
+    elif damage in ("field-type", "field-negative", "field-float"):
+        cfg = json.loads((d / "config.json").read_text())
+        cfg.update({"field-type": {"num_hidden_layers": "four"}, "field-negative": {"vocab_size": -3}}.get(damage, {}))
+        cfg.update({"hidden_size": 12.5} if damage == "field-float" else {})
+        (d / "config.json").write_text(json.dumps(cfg))
+    elif damage == "tokenizer-garbage":
+        (d / "tokenizer.json").write_text("{not json")
+    elif damage == "no-tokenizer":
+        for f in d.glob("tokenizer*"):
+            f.unlink()
     return d
 
 
 DAMAGE = ["truncated", "garbage", "empty", "missing-weights", "bad-config", "config-list", "no-config"]
+# A damaged checkpoint names the file and the field at fault (issue 16: one line, not a validation traceback).
+NAMED_DAMAGE = [
+    ("field-type", "config.json", "num_hidden_layers"),
+    ("field-negative", "config.json", "vocab_size"),
+    ("field-float", "config.json", "hidden_size"),
+    ("tokenizer-garbage", "tokenizer.json", "does not load"),
+]
+
+
+@pytest.mark.parametrize("damage,file,field", NAMED_DAMAGE)
+def test_damaged_checkpoint_names_file_and_field(cli, workdir, damage, file, field):
+    d = _model_dir(workdir, damage)
+    run_case(cli, workdir, ["verify", "--model", d, "--threads", "1"], ModelError, str(d / file), field)
+
+
+def test_checkpoint_without_tokenizer_says_so(cli, workdir):
+    """No tokenizer files: not an empty one-token tokenizer and a misleading 'lacks the memento tokens'."""
+    d = _model_dir(workdir, "no-tokenizer")
+    run_case(cli, workdir, ["verify", "--model", d, "--threads", "1"], ConfigError, str(d), "has no tokenizer")
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
