@@ -192,8 +192,8 @@ def _count_rows(path: Path, fmt: str | None, get_format: Any) -> int | None:
         return None
 
 
-def no_traces_error(report: IngestReport) -> IngestError:
-    """The error for an ingest that kept no trace: the files and the first reason."""
+def no_traces_error(report: IngestReport, what: str = "to ingest", after: str = "; nothing was written") -> IngestError:
+    """The error for an input that kept no trace (``ingest``, ``kv``, ``stats``): the files and the first reason."""
     files = ", ".join(report.sources) or "input"
     if report.skipped:
         first = report.skipped[0]
@@ -201,7 +201,7 @@ def no_traces_error(report: IngestReport) -> IngestError:
         why = f"every row was skipped; the first: {first}{more}"
     else:
         why = "the file holds no rows" if len(report.sources) <= 1 else "the files hold no rows"
-    return IngestError(f"{files}: no traces to ingest ({why}); nothing was written")
+    return IngestError(f"{files}: no traces {what} ({why}){after}")
 
 
 def ingest_to_run(

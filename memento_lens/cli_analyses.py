@@ -57,7 +57,7 @@ def _inputs(paths, tokenizer: str, fmt, strict: bool, allow_unk: bool):
             paths, tok, fmt=fmt, strict=strict, arrays=True, max_unk_share=unk, progress=opt.show_progress()
         )
         if not res.traces:
-            raise no_traces_error(res.report)
+            raise no_traces_error(res.report, "to read", "")
         return res.traces, tok.ids, res.report
     traces, ids = [], None
     for run in runs:

@@ -214,9 +214,11 @@ def describe_value(obj: Any) -> str:
 
 def _document_error(path: Path, text: str, exc: json.JSONDecodeError) -> IngestError:
     byte = len(text[: exc.pos].encode("utf-8"))
-    cut = " (the file ends inside a value: truncated?)" if not text[exc.pos :].strip() else ""
+    ends_inside = not text[exc.pos :].strip() or exc.msg.startswith("Unterminated string")
+    cut = f" (the file ends inside a value after {len(text.encode('utf-8'))} bytes: truncated?)" if ends_inside else ""
     return IngestError(
-        f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno} (byte offset {byte}): {exc.msg}{cut}"
+        f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno} (byte offset {byte}): "
+        f"{exc.msg.removesuffix(' starting at')}{cut}"
     )
 
 
@@ -295,10 +297,13 @@ def json_values(
             f"{path}: not {what}: line {i + 1} is not a JSON value on its own, and the file is not one JSON "
             f"document either ({_document_error(path, text, exc).args[0].split(': ', 1)[1]})"
         ) from None
-    raise IngestError(
-        f"{path}: one JSON document ({describe_value(data)}) spread over several lines, not {what} "
-        "(one object per line); pick the format that reads it with --format, or write one object per line"
+    kind = describe_value(data)
+    hint = (
+        "read it with --format memento-json (or leave --format out)"
+        if "Memento JSON" in kind
+        else "write one object per line, or pick the format that reads it with --format"
     )
+    raise IngestError(f"{path}: one JSON document ({kind}) spread over several lines, not {what}; {hint}")
 
 
 # -- segments ----------------------------------------------------------------------------------------------------

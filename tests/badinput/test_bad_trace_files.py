@@ -245,3 +245,91 @@ def test_ingest_corrupt_parquet(cli, workdir):
 def test_kv_and_stats_name_the_bad_file(cli, workdir, cmd):
     (workdir / "m.json").write_bytes(b"\xfe\xff")
     run_case(cli, workdir, [cmd, workdir / "m.json"], InputFileError, "m.json", "offset 0")
+
+
+# -- the trace layer: document kinds, empty ingests, raw chain of thought, runs without traces ----------------
+def _truncated(workdir):
+    text = json.dumps(memento_obj(segments=[seg("block", 1, "w6 w7 " * 40), seg("summary", 1, "w8")]), indent=2)
+    path = workdir / "m.json"
+    path.write_text(text[: len(text) // 2])  # cut inside the block's text
+    return path
+
+
+@pytest.mark.parametrize("cmd", [["ingest", "--out", "o"], ["kv"], ["stats"]])
+def test_a_truncated_json_document_is_one_error_naming_line_and_byte(cli, workdir, cmd):
+    path = _truncated(workdir)
+    out = run_case(
+        cli, workdir, [cmd[0], path, *cmd[1:]], InputFileError, "m.json", "line ", "byte offset", "truncated"
+    )
+    assert "skipped" not in out.stderr
+
+
+def test_vllm_format_on_a_json_document_names_the_document_kind(cli, workdir):
+    path = workdir / "m.json"
+    path.write_text(json.dumps(memento_obj(), indent=2))
+    run_case(
+        cli,
+        workdir,
+        ["ingest", path, "--format", "vllm-jsonl", "--out", workdir / "o"],
+        InputFileError,
+        "m.json",
+        "one JSON document",
+        "Memento JSON",
+        "--format memento-json",
+    )
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "[]"])
+def test_an_ingest_that_keeps_no_trace_is_an_error_and_writes_nothing(cli, workdir, content):
+    (workdir / "m.json").write_text(content)
+    run_case(
+        cli, workdir, ["ingest", workdir / "m.json", "--out", workdir / "o"], InputFileError, "m.json", "no traces"
+    )
+
+
+def test_an_ingest_whose_every_row_is_skipped_names_the_first_reason(cli, workdir):
+    bad = memento_obj(segments=[seg("summary", 1, "b"), seg("block", 1, "a")])
+    path = write_jsonl(workdir / "m.jsonl", [bad, bad])
+    run_case(
+        cli,
+        workdir,
+        ["ingest", path, "--out", workdir / "o"],
+        InputFileError,
+        "m.jsonl",
+        "no traces",
+        "summary for block_idx 1",
+        "1 more",
+    )
+
+
+@pytest.mark.parametrize("fmt", [[], ["--format", "vllm-jsonl"], ["--format", "memento-json"]])
+def test_a_raw_chain_of_thought_file_is_named_as_such(cli, workdir, fmt):
+    path = write_jsonl(workdir / "example_trace.jsonl", [{"task_id": "t1", "cot": "Let me think. 2+2 is 4."}])
+    run_case(
+        cli,
+        workdir,
+        ["ingest", path, *fmt, "--out", workdir / "o"],
+        InputFileError,
+        "example_trace.jsonl",
+        "raw chain of thought",
+        "segmentation pipeline",
+    )
+
+
+@pytest.mark.parametrize("cmd", [REPLAY, ["stats"]])
+def test_a_run_without_traces_says_what_it_is(cli, workdir, cmd):
+    from memento_lens.runtime.errors import RunDirError
+    from memento_lens.runtime.rundir.store import RunStore
+
+    store = RunStore.create(workdir / "probe", "passcode", {"seed": 0}, can_resume=False)
+    with store:
+        store.write_json("passcode_summary.json", {"summary": {}})
+        store.mark_complete(rows=0)
+    args = [*cmd, "--traces", workdir / "probe"] if cmd is REPLAY else [*cmd, workdir / "probe"]
+    run_case(cli, workdir, args, RunDirError, "probe", "'passcode' run", "holds no traces")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n \n", b"[]"])
+def test_an_empty_prompts_file_is_an_error_naming_it(cli, workdir, content):
+    (workdir / "p.txt").write_bytes(content)
+    run_case(cli, workdir, [*GEN, "--prompts-file", workdir / "p.txt"], InputFileError, "p.txt", "no prompts")
