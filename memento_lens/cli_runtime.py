@@ -167,7 +167,11 @@ _MASK_DEFAULT = "Default: what the model was trained with when it records it (th
 
 def generate_cmd(
     prompt: list[str] = typer.Option(
-        [], "--prompt", "-p", help="Prompt text (repeatable). Chat template applied when the tokenizer has one."
+        [],
+        "--prompt",
+        "-p",
+        metavar="TEXT",
+        help="Prompt text (repeatable). Chat template applied when the tokenizer has one.",
     ),
     prompts_file: Optional[Path] = typer.Option(
         None, "--prompts-file", help="One prompt per line (or a JSON list of strings / token-id lists)."
