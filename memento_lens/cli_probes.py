@@ -223,23 +223,21 @@ def restart_cmd(
 ) -> None:
     """Restart ablation: normal memento KV vs restart (recomputed without the block), same weights and sequences."""
     with user_errors():
-        from memento_lens.probes.ablation import run_restart
+        from memento_lens.probes.ablation import RestartConfig, run_restart
 
+        cfg = RestartConfig(
+            model=model,
+            trace=trace,
+            samples=samples,
+            seed=seed,
+            generated=generated,
+            device=device,
+            dtype=dtype,
+            quick=quick,
+        )
         _setup(threads, seed)
-        n = samples if samples is not None else (256 if quick else 2000)
         with _Progress(not as_json or sys.stderr.isatty()) as bar:
-            res = run_restart(
-                out,
-                model=model,
-                trace=trace,
-                samples=n,
-                seed=seed,
-                generated=generated,
-                device=device,
-                dtype=dtype,
-                overwrite=overwrite,
-                progress=bar,
-            )
+            res = run_restart(out, cfg, overwrite=overwrite, progress=bar)
         _report_ablation(res, out, as_json, res.rows[["variant", "metric", "value", "ci_low", "ci_high", "n"]])
 
 
@@ -266,25 +264,23 @@ def patch_cmd(
 ) -> None:
     """Causal KV patching: swap earlier mementos' K/V between normal and restart runs at one layer (or head)."""
     with user_errors():
-        from memento_lens.probes.ablation import run_patch
+        from memento_lens.probes.ablation import PatchConfig, run_patch
 
+        cfg = PatchConfig(
+            model=model,
+            trace=trace,
+            samples=samples,
+            seed=seed,
+            layers=list(_ints(layers, "--layers")) or None,
+            heads=list(_ints(heads, "--heads")),
+            directions=[d.strip() for d in directions.split(",") if d.strip()],
+            device=device,
+            dtype=dtype,
+            quick=quick,
+        )
         _setup(threads, seed)
-        n = samples if samples is not None else (128 if quick else 1000)
         with _Progress(not as_json or sys.stderr.isatty()) as bar:
-            res = run_patch(
-                out,
-                model=model,
-                trace=trace,
-                samples=n,
-                seed=seed,
-                layers=_ints(layers, "--layers") or None,
-                heads=_ints(heads, "--heads"),
-                directions=[d.strip() for d in directions.split(",") if d.strip()],
-                device=device,
-                dtype=dtype,
-                overwrite=overwrite,
-                progress=bar,
-            )
+            res = run_patch(out, cfg, overwrite=overwrite, progress=bar)
         df = res.rows
         shown = df[df["metric"].isin(["accuracy", "delta_accuracy", "nll", "kl"])][
             ["variant", "direction", "layer", "head", "metric", "value", "ci_low", "ci_high"]
@@ -293,15 +289,28 @@ def patch_cmd(
 
 
 def _report_ablation(res, out: Path, as_json: bool, shown) -> None:
-    """Print an ablation result: the store's notes, then all rows as JSON or the ``shown`` columns as a table."""
+    """Print an ablation result: the store's notes, then all rows as JSON or the ``shown`` columns as a table.
+
+    A CI exists only over at least two sequences: with one (a real trace) the table shows ``-`` in the CI
+    columns and says ``n = 1: no CI``; JSON carries null bounds."""
+    from memento_lens.probes.ablation import no_ci_note
     from memento_lens.runtime.rundir.store import json_rows
 
     for note in res.run.notes():  # e.g. the identical command's complete run was found and is shown
         print(note, file=sys.stderr)
     if as_json:
         print(json.dumps(json_rows(res.rows.to_dict("records"))))
-    else:
-        _print_table(shown, f"wrote {out}/ablations.parquet")
+        return
+    n = int(res.rows["n"].min()) if len(res.rows) else 0
+    footer = f"wrote {out}/ablations.parquet"
+    note = no_ci_note(n)
+    if note:
+        shown = shown.astype({c: object for c in ("ci_low", "ci_high") if c in shown.columns})
+        for c in ("ci_low", "ci_high"):
+            if c in shown.columns:
+                shown[c] = ["-" if v != v else v for v in shown[c]]  # NaN: undefined, not a number
+        footer = f"{note}\n{footer}"
+    _print_table(shown, footer)
 
 
 def register(app: typer.Typer) -> None:

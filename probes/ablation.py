@@ -18,9 +18,10 @@ head) are replaced by the other world's; every other layer stays the base's own.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -90,19 +91,39 @@ class AblationLayout:
         return [c for c in sorted(self.targets) if c >= 1]
 
 
+def restart_world_config(config):
+    """The restart world of a block-masking config (the paper's restart mode, everything else the same).
+
+    The one place ablations build it; ``runtime.config.world_config(base, "restart")`` once the runtime has it.
+    """
+    try:
+        from memento_lens.runtime.config import world_config
+    except ImportError:  # older runtime: the field itself
+        import dataclasses
+
+        return dataclasses.replace(config, restart_mode=True)
+    return world_config(config, "restart")
+
+
+def layout_from_tokens(token_ids, config, tokens, prompt_len: int, targets=None) -> AblationLayout:
+    """The :class:`AblationLayout` of one token stream under ``config`` (resolved) and its restart world;
+    ``targets``: ``{segment: positions}`` from the normal schedule (default :func:`trace_targets`)."""
+    from memento_lens.runtime.schedule import compute_schedule
+
+    ids = [int(t) for t in token_ids]
+    normal = compute_schedule(ids, config, tokens, prompt_len=prompt_len)
+    restart = compute_schedule(ids, restart_world_config(config), tokens, prompt_len=prompt_len)
+    return AblationLayout.from_schedules(normal, restart, targets(normal) if targets else trace_targets(normal))
+
+
 def toy_layout(lay=None) -> AblationLayout:
     """The toy's layout: segment c scores memento c's digits."""
-    import dataclasses
-
-    from memento_lens.runtime.schedule import compute_schedule
     from memento_lens.runtime.toy.task import TOY_MASKING, TOY_TOKENS, ToyLayout, sample
 
     lay = lay or ToyLayout()
-    ids = sample(1, 0, lay).token_ids[0].tolist()
+    ids = sample(1, 0, lay).token_ids[0]
     cfg = TOY_TOKENS.resolve_config(TOY_MASKING)
-    normal = compute_schedule(ids, cfg, TOY_TOKENS, prompt_len=1)
-    restart = compute_schedule(ids, dataclasses.replace(cfg, restart_mode=True), TOY_TOKENS, prompt_len=1)
-    return AblationLayout.from_schedules(normal, restart, {c: lay.memento(c) for c in range(lay.n_blocks)})
+    return layout_from_tokens(ids, cfg, TOY_TOKENS, 1, lambda _: {c: lay.memento(c) for c in range(lay.n_blocks)})
 
 
 def trace_targets(schedule: Schedule) -> dict[int, np.ndarray]:
@@ -172,13 +193,17 @@ def restart_ablation(
     *,
     batch_size: int = 128,
     device: str | torch.device = "cpu",
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AblationAccumulator:
     """Teacher-forced normal vs restart scores. Keys: (world, segment, metric) with metric in
-    {accuracy, nll, kl}; values per sequence (mean over the segment's tokens)."""
+    {accuracy, nll, kl}; values per sequence (mean over the segment's tokens).
+
+    ``progress(done, total)`` after every segment of every batch, in sequence-segments (``total = n x segments``),
+    so one long real trace moves the bar segment by segment."""
     acc = AblationAccumulator()
     ids_all = torch.as_tensor(token_ids, dtype=torch.long)
     normal_vis = layout.normal_visible.to(device)
+    total, done = len(ids_all) * len(layout.segments), 0
     for s in range(0, len(ids_all), batch_size):
         ids = ids_all[s : s + batch_size].to(device)
         for c in layout.segments:
@@ -189,8 +214,9 @@ def restart_ablation(
                 acc.add((world, c, "accuracy"), sc.correct.float().mean(1))
                 acc.add((world, c, "nll"), sc.nll.mean(1))
             acc.add(("restart", c, "kl"), kl_div(ref.logp, rst.logp).mean(1))
-        if progress:
-            progress(min(s + batch_size, len(ids_all)))
+            done += len(ids)
+            if progress:
+                progress(done, total)
     return acc
 
 
@@ -224,12 +250,13 @@ def patch_sweep(
     directions: Iterable[str] = tuple(DIRECTIONS),
     batch_size: int = 128,
     device: str | torch.device = "cpu",
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AblationAccumulator:
     """Per layer (and head) and direction, scores with earlier mementos' K/V patched at that layer only.
 
     Keys: (direction, layer, head, segment, metric) plus the unpatched bases (world, -1, -1, segment, metric)
     (world = "normal"/"restart"). Metrics: accuracy, nll, kl (vs the unpatched base world).
+    ``progress(done, total)`` after every segment of every batch, in sequence-segments.
     """
     layers, heads = list(layers), list(heads)
     head_dim = int(
@@ -241,6 +268,7 @@ def patch_sweep(
     ids_all = torch.as_tensor(token_ids, dtype=torch.long)
     pos_all = layout.all_memento_positions()
     normal_vis = layout.normal_visible.to(device)
+    total, done = len(ids_all) * len(layout.segments), 0
     for s in range(0, len(ids_all), batch_size):
         ids = ids_all[s : s + batch_size].to(device)
         caps = {
@@ -266,8 +294,9 @@ def patch_sweep(
                         acc.add((*key, "accuracy"), sc.correct.float().mean(1))
                         acc.add((*key, "nll"), sc.nll.mean(1))
                         acc.add((*key, "kl"), kl_div(base_scores[base_w].logp, sc.logp).mean(1))
-        if progress:
-            progress(min(s + batch_size, len(ids_all)))
+            done += len(ids)
+            if progress:
+                progress(done, total)
     return acc
 
 
@@ -307,10 +336,23 @@ def toy_generated_accuracy(
 ABLATION_COLUMNS = ABLATIONS.names  # ablations.parquet: defined in runtime/rundir/schema.py
 
 
+MIN_CI_SEQUENCES = 2  # a bootstrap CI over sequences needs at least two of them
+
+
+def no_ci_note(n: int) -> str | None:
+    """What to say instead of a CI over ``n`` sequences (None when a CI is defined)."""
+    return f"n = {n}: no CI (a CI needs at least {MIN_CI_SEQUENCES} sequences)" if n < MIN_CI_SEQUENCES else None
+
+
 def _ci(per_seq: np.ndarray, seed: int = 0, n_boot: int = 1000) -> tuple[float, float, float]:
+    """Mean and bootstrap CI over sequences; with fewer than :data:`MIN_CI_SEQUENCES` the CI is undefined
+    (NaN bounds: null in Parquet and JSON), never a bootstrap of one value."""
     from .train import bootstrap_ci
 
-    return bootstrap_ci(np.asarray(per_seq, dtype=np.float64)[:, None], n_boot=n_boot, seed=seed)
+    x = np.asarray(per_seq, dtype=np.float64)
+    if len(x) < MIN_CI_SEQUENCES:
+        return float(x.mean()) if len(x) else float("nan"), float("nan"), float("nan")
+    return bootstrap_ci(x[:, None], n_boot=n_boot, seed=seed)
 
 
 def _over_segments(acc: AblationAccumulator, prefix: tuple, metric: str, segments: list[int]) -> np.ndarray:
@@ -440,6 +482,108 @@ def patch_rows(
 # -- runs: inputs, experiments, run directories (what `memento-lens ablate` and the demo call) ---------------
 
 
+class AblationTask(ABC):
+    """What an ablation runs on: sequences sharing one structure, and that structure.
+
+    Contract (the ablation never asks which implementation it has):
+
+    * ``sequences(n, seed) -> [n, T]`` int64 token ids, every row with the layout of :attr:`layout`;
+      deterministic in ``seed``. A task with one fixed sequence (a real trace) returns it whatever ``n``.
+    * ``layout -> AblationLayout``: normal and restart visibility (the restart world from
+      :func:`restart_world_config`), restart ranges, memento spans and the tokens scored per segment.
+    * ``can_generate``: greedy generation of the scored mementos is meaningful (the toy, whose mementos are a
+      function of their block); real traces are scored teacher-forced only.
+    * ``name``, ``info`` (JSON-safe, recorded in the run's summary).
+    """
+
+    name: str = "task"
+    can_generate: bool = False
+
+    @abstractmethod
+    def sequences(self, n: int, seed: int) -> np.ndarray: ...
+
+    @property
+    @abstractmethod
+    def layout(self) -> AblationLayout: ...
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"task": self.name}
+
+
+class ToyAblationTask(AblationTask):
+    """The toy running-sum task: sampled sequences; segment c scores memento c's digits."""
+
+    name = "toy"
+    can_generate = True
+
+    def __init__(self, toy_layout_=None):
+        from memento_lens.runtime.toy.task import ToyLayout
+
+        self.toy = toy_layout_ or ToyLayout()
+        self._layout: AblationLayout | None = None
+
+    def sequences(self, n: int, seed: int) -> np.ndarray:
+        from memento_lens.runtime.toy.task import sample
+
+        return sample(n, np.random.default_rng(seed), self.toy).token_ids
+
+    @property
+    def layout(self) -> AblationLayout:
+        if self._layout is None:
+            self._layout = toy_layout(self.toy)
+        return self._layout
+
+
+class TraceAblationTask(AblationTask):
+    """One real Memento trace under the model's masking: segment c = block c + memento c (the answer after the
+    last memento is the last segment), every token scored."""
+
+    name = "trace"
+
+    def __init__(self, trace: str | Path, tokenizer: Any, tokens: Any, masking: Any = None):
+        from .features import ProbeInputError
+        from .real import REAL_MASKING, build_passcode_trace, load_trace
+
+        self.path = str(trace)
+        self.masking = masking if masking is not None else REAL_MASKING  # the model's own, never the toy's
+        pt = build_passcode_trace(
+            load_trace(trace, tokenizer), tokenizer, tokens, self.masking, target_block=None, source=self.path
+        )
+        self.token_ids = pt.token_ids
+        self._layout = layout_from_tokens(pt.token_ids, tokens.resolve_config(self.masking), tokens, pt.prompt_len)
+        n_blocks = len(self._layout.memento_spans)
+        if n_blocks < 2 or not self._layout.segments:
+            raise ProbeInputError(
+                f"--trace {trace}: needs at least 2 blocks with mementos for the restart ablation, found {n_blocks}"
+            )
+
+    def sequences(self, n: int, seed: int) -> np.ndarray:
+        return self.token_ids[None, :]
+
+    @property
+    def layout(self) -> AblationLayout:
+        return self._layout
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"task": self.name, "trace": self.path, "n_tokens": int(len(self.token_ids))}
+
+
+def ablation_task(loaded: Any, trace: str | Path | None = None) -> AblationTask:
+    """The ablation task for a model: the given ``trace`` (a Memento JSON file), else the toy task when the model
+    says it is a toy (``LoadedModel.is_toy``, with the layout it was trained on)."""
+    from .features import ProbeInputError
+
+    if trace is not None:
+        return TraceAblationTask(trace, loaded.tokenizer, loaded.require_tokens(), loaded.masking)
+    if getattr(loaded, "is_toy", False):
+        from memento_lens.runtime.toy.task import layout_of
+
+        return ToyAblationTask(layout_of(loaded.model))  # toy-channel has a passcode segment per block
+    raise ProbeInputError("--trace is required for a real model (a Memento JSON trace)")
+
+
 @dataclass
 class AblationInputs:
     """What an ablation runs on.
@@ -448,17 +592,19 @@ class AblationInputs:
         loaded: the :class:`~memento_lens.runtime.model.LoadedModel`.
         token_ids: ``[n, T]`` int sequences sharing one structure.
         layout: their :class:`AblationLayout`.
-        info: ``{"task": "toy" | "trace", ...}`` (recorded in the run's summary).
+        info: the task's ``info`` plus ``sequences`` (recorded in the run's summary).
+        task: the :class:`AblationTask` they came from.
     """
 
     loaded: Any
     token_ids: np.ndarray
     layout: AblationLayout
     info: dict[str, Any]
+    task: AblationTask | None = None
 
     @property
-    def is_toy(self) -> bool:
-        return self.info.get("task") == "toy"
+    def can_generate(self) -> bool:
+        return bool(self.task is not None and self.task.can_generate)
 
 
 def ablation_inputs(
@@ -471,48 +617,18 @@ def ablation_inputs(
     dtype: str = "float32",
     loaded: Any = None,
 ) -> AblationInputs:
-    """Sequences and layout for the toy (``samples`` sampled sequences) or a real Memento JSON ``trace``.
+    """Sequences and layout of the model's ablation task (:func:`ablation_task`): ``samples`` toy sequences, or
+    the one sequence of a real Memento JSON ``trace``.
 
     ``loaded`` reuses an already loaded model (else ``model`` is loaded on ``device``/``dtype``).
     """
-    import dataclasses
-
-    from memento_lens.runtime.schedule import compute_schedule
-    from memento_lens.runtime.toy.task import VOCAB, layout_of, sample
-
-    from .features import ProbeInputError
-
     if loaded is None:
         from memento_lens.runtime.model import load_model
 
         loaded = load_model(model, device=device, dtype=dtype)
-    is_toy = model.startswith("toy") or loaded.model.config.vocab_size <= len(VOCAB) + 1
-    if is_toy and trace is None:
-        lay = layout_of(loaded.model)  # toy-channel has a passcode segment per block
-        batch = sample(samples, np.random.default_rng(seed), lay)
-        return AblationInputs(loaded, batch.token_ids, toy_layout(lay), {"task": "toy"})
-    if trace is None:
-        raise ProbeInputError("--trace is required for a real model (a Memento JSON trace)")
-    from .real import REAL_MASKING, build_passcode_trace, load_trace
-
-    tokens = loaded.require_tokens()
-    masking = loaded.masking if loaded.masking is not None else REAL_MASKING  # the model's own, never the toy's
-    pt = build_passcode_trace(
-        load_trace(trace, loaded.tokenizer), loaded.tokenizer, tokens, masking, target_block=None, source=str(trace)
-    )
-    ids = pt.token_ids.tolist()
-    cfg = tokens.resolve_config(masking)
-    normal = compute_schedule(ids, cfg, tokens, prompt_len=pt.prompt_len)
-    restart = compute_schedule(ids, dataclasses.replace(cfg, restart_mode=True), tokens, prompt_len=pt.prompt_len)
-    targets = trace_targets(normal)
-    if len(normal.blocks) < 2 or not targets:
-        raise ProbeInputError(
-            f"--trace {trace}: needs at least 2 blocks with mementos for the restart ablation, "
-            f"found {len(normal.blocks)}"
-        )
-    layout = AblationLayout.from_schedules(normal, restart, targets)
-    info = {"task": "trace", "trace": str(trace), "n_tokens": len(ids)}
-    return AblationInputs(loaded, pt.token_ids[None, :], layout, info)
+    task = ablation_task(loaded, trace)
+    ids = task.sequences(samples, seed)
+    return AblationInputs(loaded, ids, task.layout, {**task.info, "sequences": int(len(ids))}, task)
 
 
 def checkpoint_of(model: str) -> str:
@@ -560,16 +676,15 @@ def restart_experiment(
 ) -> AblationResult:
     """The restart ablation on ``inputs``: teacher-forced scores per world and, for the toy with
     ``generated``, greedy memento generation in both worlds."""
-    n = len(inputs.token_ids)
     acc = restart_ablation(
         inputs.loaded.model,
         inputs.token_ids,
         inputs.layout,
         device=device,
-        progress=(lambda d: progress("restart (teacher-forced)", d, n)) if progress else None,
+        progress=(lambda d, t: progress("restart (teacher-forced, sequence x segment)", d, t)) if progress else None,
     )
     gen = None
-    if generated and inputs.is_toy:
+    if generated and inputs.can_generate:
         gen = {
             w: toy_generated_accuracy(inputs.loaded.model, inputs.token_ids, inputs.layout, w, device=device)
             for w in ("normal", "restart")
@@ -583,6 +698,8 @@ def restart_experiment(
         if gen is not None
         else "not run (real traces: the continuation is scored teacher-forced only)"
     )
+    if no_ci_note(len(inputs.token_ids)):
+        info["ci"] = no_ci_note(len(inputs.token_ids))
     return AblationResult(
         pd.DataFrame(rows, columns=ABLATION_COLUMNS),
         pd.DataFrame(restart_block_rows(acc, inputs.layout, model)),
@@ -621,7 +738,6 @@ def patch_experiment(
     if bad:
         raise ProbeInputError(f"--heads: {bad} out of range ({n_kv} KV heads)")
     dirs = list(directions)
-    n = len(inputs.token_ids)
     acc = patch_sweep(
         inputs.loaded.model,
         inputs.token_ids,
@@ -630,54 +746,106 @@ def patch_experiment(
         heads=hd,
         directions=dirs,
         device=device,
-        progress=(lambda d: progress("patching", d, n)) if progress else None,
+        progress=(lambda d, t: progress("patching (sequence x segment)", d, t)) if progress else None,
     )
     rows = patch_rows(acc, inputs.layout, model, ly, hd, dirs, checkpoint_of(model))
     info = dict(inputs.info, layers=ly, heads=hd, directions=dirs)
+    if no_ci_note(len(inputs.token_ids)):
+        info["ci"] = no_ci_note(len(inputs.token_ids))
     return AblationResult(pd.DataFrame(rows, columns=ABLATION_COLUMNS), None, info)
 
 
-def _check_request(out: str | Path, samples: int) -> None:
-    from memento_lens.runtime.validate import check_int, check_output_dir
+@dataclass
+class RestartConfig:
+    """Everything that changes a restart ablation's result (the run manifest's ``config``); validated here, so a
+    notebook gets the same errors as the CLI.
 
-    check_int(samples, "--samples", min=2)  # a mean with a CI needs two sequences
-    check_output_dir(out, "--out")
+    ``samples``: toy sequences (default 2000, ``quick`` 256; a real trace is its one sequence).
+    """
+
+    model: str = "toy"
+    trace: str | None = None
+    samples: int | None = None
+    seed: int = 0
+    generated: bool = True
+    device: str = "cpu"
+    dtype: str = "float32"
+    quick: bool = False
+
+    def __post_init__(self):
+        from memento_lens.runtime.validate import check_int
+
+        self.trace = str(self.trace) if self.trace else None
+        if self.samples is None:
+            self.samples = 256 if self.quick else 2000
+        check_int(self.samples, "--samples", min=MIN_CI_SEQUENCES)  # a mean with a CI needs two sequences
+        check_int(self.seed, "--seed", min=0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("quick")  # only chose the default sample count
+        return d
+
+
+@dataclass
+class PatchConfig:
+    """Everything that changes a KV-patching run's result; validated here (``samples`` default 1000, ``quick``
+    128; ``layers`` None = all; ``heads``: KV heads patched one at a time besides all together)."""
+
+    model: str = "toy"
+    trace: str | None = None
+    samples: int | None = None
+    seed: int = 0
+    layers: list[int] | None = None
+    heads: list[int] = field(default_factory=list)
+    directions: list[str] = field(default_factory=lambda: list(DIRECTIONS))
+    device: str = "cpu"
+    dtype: str = "float32"
+    quick: bool = False
+
+    def __post_init__(self):
+        from memento_lens.runtime.validate import check_int
+
+        self.trace = str(self.trace) if self.trace else None
+        if self.samples is None:
+            self.samples = 128 if self.quick else 1000
+        check_int(self.samples, "--samples", min=MIN_CI_SEQUENCES)
+        check_int(self.seed, "--seed", min=0)
+        self.layers = [int(x) for x in self.layers] if self.layers else None
+        self.heads = [int(x) for x in self.heads]
+        self.directions = list(self.directions)
+        check_directions(self.directions)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d.pop("quick")
+        return d
 
 
 def run_restart(
     out: str | Path,
+    config: RestartConfig | None = None,
     *,
-    model: str = "toy",
-    trace: str | Path | None = None,
-    samples: int = 2000,
-    seed: int = 0,
-    generated: bool = True,
-    device: str = "cpu",
-    dtype: str = "float32",
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    **fields: Any,
 ) -> AblationResult:
     """The restart ablation into the run directory ``out`` (``ablations.parquet``, ``ablation_blocks.parquet``,
-    ``restart_summary.json``)."""
+    ``restart_summary.json``). ``config``, or its fields as keywords."""
     from memento_lens.runtime.rundir.store import RunStore
+    from memento_lens.runtime.validate import check_output_dir
 
-    config = {
-        "model": model,
-        "trace": str(trace) if trace else None,
-        "samples": samples,
-        "seed": seed,
-        "generated": generated,
-        "device": device,
-        "dtype": dtype,
-    }
-    _check_request(out, samples)
-    store = RunStore.create(out, "ablate_restart", config, overwrite=overwrite, can_resume=False)
+    cfg = config if config is not None else RestartConfig(**fields)
+    check_output_dir(out, "--out")
+    store = RunStore.create(out, "ablate_restart", cfg.to_dict(), overwrite=overwrite, can_resume=False)
     if store.reused:  # this same command's complete run: its results, not a recomputation
         return AblationResult.read(store, RESTART_SUMMARY, RESTART_BLOCKS)
     with store:  # a failure removes an overwrite's new run; the old one is untouched
-        inputs = ablation_inputs(model, trace=trace, samples=samples, seed=seed, device=device, dtype=dtype)
-        res = restart_experiment(inputs, model, generated=generated, device=device, progress=progress)
-        store.write_table(ABLATIONS, res.rows)
+        inputs = ablation_inputs(
+            cfg.model, trace=cfg.trace, samples=cfg.samples, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype
+        )
+        res = restart_experiment(inputs, cfg.model, generated=cfg.generated, device=cfg.device, progress=progress)
+        store.write_table("ablations.parquet", res.rows)
         store.write_table(RESTART_BLOCKS, res.blocks)
         store.write_json(RESTART_SUMMARY, {"rows": json_rows(res.rows.to_dict("records")), "info": res.info})
         store.mark_complete(rows=len(res.rows))
@@ -687,44 +855,36 @@ def run_restart(
 
 def run_patch(
     out: str | Path,
+    config: PatchConfig | None = None,
     *,
-    model: str = "toy",
-    trace: str | Path | None = None,
-    samples: int = 1000,
-    seed: int = 0,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] = (),
-    directions: Sequence[str] = tuple(DIRECTIONS),
-    device: str = "cpu",
-    dtype: str = "float32",
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    **fields: Any,
 ) -> AblationResult:
-    """Causal KV patching into the run directory ``out`` (``ablations.parquet``, ``patch_summary.json``)."""
+    """Causal KV patching into the run directory ``out`` (``ablations.parquet``, ``patch_summary.json``).
+    ``config``, or its fields as keywords."""
     from memento_lens.runtime.rundir.store import RunStore
+    from memento_lens.runtime.validate import check_output_dir
 
-    check_directions(directions)
-    config = {
-        "model": model,
-        "trace": str(trace) if trace else None,
-        "samples": samples,
-        "seed": seed,
-        "layers": list(layers) if layers else None,
-        "heads": list(heads),
-        "directions": list(directions),
-        "device": device,
-        "dtype": dtype,
-    }
-    _check_request(out, samples)
-    store = RunStore.create(out, "ablate_patch", config, overwrite=overwrite, can_resume=False)
+    cfg = config if config is not None else PatchConfig(**fields)
+    check_output_dir(out, "--out")
+    store = RunStore.create(out, "ablate_patch", cfg.to_dict(), overwrite=overwrite, can_resume=False)
     if store.reused:  # this same command's complete run: its results, not a recomputation
         return AblationResult.read(store, PATCH_SUMMARY)
     with store:  # a failure removes an overwrite's new run; the old one is untouched
-        inputs = ablation_inputs(model, trace=trace, samples=samples, seed=seed, device=device, dtype=dtype)
-        res = patch_experiment(
-            inputs, model, layers=layers, heads=heads, directions=directions, device=device, progress=progress
+        inputs = ablation_inputs(
+            cfg.model, trace=cfg.trace, samples=cfg.samples, seed=cfg.seed, device=cfg.device, dtype=cfg.dtype
         )
-        store.write_table(ABLATIONS, res.rows)
+        res = patch_experiment(
+            inputs,
+            cfg.model,
+            layers=cfg.layers,
+            heads=cfg.heads,
+            directions=cfg.directions,
+            device=cfg.device,
+            progress=progress,
+        )
+        store.write_table("ablations.parquet", res.rows)
         store.write_json(
             PATCH_SUMMARY,
             {"rows": json_rows(res.rows.to_dict("records")), "info": res.info, "method": PATCH_METHOD},

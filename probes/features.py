@@ -15,7 +15,7 @@ Features of one (memento block, layer): ``[n, kv_heads, n_positions, 2 * d_head]
 the last axis, keys post-RoPE as cached); :meth:`MementoFeatures.matrix` flattens all heads (``head=-1``)
 or one head to ``[n, features]``. Every sample of one extraction shares its positions (toy sequences have a
 fixed layout; real-trace samples differ only in the substituted passcode tokens), so one visibility mask
-serves the whole batch and :func:`memento_lens.runtime.dense.dense_forward` replays it in one forward.
+serves the whole batch and the runtime's batched forwards (:mod:`memento_lens.runtime.forwards`) replay it.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.errors import OptionError
+from memento_lens.runtime.forwards import DEFAULT_MEMORY_BUDGET, kv_batches, sample_dependent
 from memento_lens.runtime.rundir import schema as run_schema
 
 CONDITIONS = ("direct", "masked", "causal_control")
@@ -229,13 +229,21 @@ def extract_memento_kv(
     labels: torch.Tensor | np.ndarray,
     *,
     wanted: Iterable[tuple[int, int]] | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = 256,
     device: torch.device | str | None = None,
     store_dtype: torch.dtype = torch.float16,
     progress: Callable[[int], None] | None = None,
     prefix_len: int = 0,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    on_batch: Callable[[int, int, dict[tuple[int, int], torch.Tensor]], None] | None = None,
 ) -> MementoFeatures:
     """Replay ``input_ids`` with one shared visibility mask and gather K/V at memento positions.
+
+    The forwards are the runtime's (:func:`memento_lens.runtime.forwards.kv_batches`): only the layers up to the
+    deepest one asked for run, only positions up to the last one read, the shared prefix once. Pairs whose
+    positions cannot depend on the tokens that differ between rows (every memento in the restart world, which
+    never sees the passcode's block; the causal control's memento) are computed from one row and broadcast:
+    exact, since equal inputs give equal K/V.
 
     Args:
         model: HF causal LM (eval mode).
@@ -245,53 +253,69 @@ def extract_memento_kv(
         layers: layer indices to keep.
         labels: ``[n, n_digits]`` passcode digits.
         wanted: restrict to these (memento_block, layer) pairs (saves memory in large sweeps); default all.
-        batch_size: sequences per forward.
+        batch_size: at most this many sequences per forward (also capped by ``memory_budget`` bytes of working
+            memory per batch, so peak memory does not grow with ``n``).
         device: where the forward runs (default: the model's device).
         store_dtype: dtype the features are kept in (float16 halves memory; probes upcast to float32).
         progress: called with the number of sequences done after each batch.
-        prefix_len: leading tokens shared by every row: their K/V are computed once
-            (:func:`memento_lens.probes.real.extract_with_prefix`); 0 replays every row whole.
+        prefix_len: leading tokens shared by every row: their K/V are computed once; 0 replays every row whole.
+        on_batch: called as ``on_batch(start, stop, {pair: [stop - start, kv_heads, P, 2 * d_head]})`` after each
+            batch (to stream features out, e.g. into a cache, while the rest runs).
     """
-    if prefix_len > 0:
-        from .real import extract_with_prefix
-
-        return extract_with_prefix(
-            model,
-            input_ids,
-            visible,
-            positions,
-            layers,
-            labels,
-            prefix_len,
-            wanted=wanted,
-            batch_size=batch_size,
-            device=device,
-            store_dtype=store_dtype,
-            progress=progress,
-        )
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
     n, t = ids.shape
     if visible.shape != (t, t):
         raise ProbeInputError(f"visibility mask {tuple(visible.shape)} does not match sequence length {t}")
+    if prefix_len and not bool((ids[:, :prefix_len] == ids[:1, :prefix_len]).all()):
+        raise ProbeInputError(f"samples differ within the first {prefix_len} tokens: no shared prefix to reuse")
     pairs = list(wanted) if wanted is not None else [(mb, ly) for mb in positions for ly in layers]
-    # Only run the prefix up to the last position needed: later tokens cannot change earlier K/V.
-    last = max(int(np.max(positions[mb])) for mb, _ in pairs) + 1
-    vis = visible[:last, :last].to(dev)
-    pos_t = {mb: torch.as_tensor(np.asarray(p), dtype=torch.long, device=dev) for mb, p in positions.items()}
-    chunks: dict[tuple[int, int], list[torch.Tensor]] = {pair: [] for pair in pairs}
-    for s in range(0, n, batch_size):
-        batch = ids[s : s + batch_size, :last].to(dev)
-        out = dense_forward(model, batch, vis)
-        for mb, ly in pairs:
-            k = out.keys[ly].index_select(2, pos_t[mb])  # [b, kvh, P, d]
-            v = out.values[ly].index_select(2, pos_t[mb])
-            chunks[(mb, ly)].append(torch.cat([k, v], dim=-1).to("cpu", store_dtype))
-        if progress is not None:
-            progress(min(s + batch_size, n))
-    kv = {pair: torch.cat(parts) for pair, parts in chunks.items()}
+    pos_t = {mb: torch.as_tensor(np.asarray(p), dtype=torch.long) for mb, p in positions.items()}
+    dependent = sample_dependent(visible, (ids != ids[:1]).any(0).numpy())
+    varies = {mb: bool(dependent[np.asarray(positions[mb])].any()) for mb in {mb for mb, _ in pairs}}
+    out: dict[tuple[int, int], torch.Tensor] = {}
+
+    def run(rows: torch.Tensor, group: list[tuple[int, int]], report: bool) -> dict:
+        """Features of ``group`` for ``rows``: one pass of the runtime's batched forward."""
+        last = max(int(np.max(positions[mb])) for mb, _ in group) + 1
+        got: dict[tuple[int, int], torch.Tensor] = {}
+        for batch in kv_batches(
+            model,
+            rows,
+            visible,
+            max(ly for _, ly in group) + 1,
+            length=last,
+            prefix_len=min(prefix_len, last - 1),
+            batch_size=batch_size,
+            device=device,
+            memory_budget=memory_budget,
+        ):
+            part = {}
+            for mb, ly in group:
+                idx = pos_t[mb].to(batch.keys[ly].device)
+                kv = torch.cat([batch.keys[ly].index_select(2, idx), batch.values[ly].index_select(2, idx)], dim=-1)
+                part[(mb, ly)] = kv.to("cpu", store_dtype)
+                if (mb, ly) not in got:  # preallocated: no second copy of the features at the end
+                    got[(mb, ly)] = torch.empty((len(rows), *kv.shape[1:]), dtype=store_dtype)
+                got[(mb, ly)][batch.start : batch.stop] = part[(mb, ly)]
+            if report and on_batch is not None:
+                on_batch(batch.start, batch.stop, part)
+            if report and progress is not None:
+                progress(batch.stop)
+        return got
+
+    shared = [pair for pair in pairs if not varies[pair[0]]]
+    if shared:  # the same K/V in every row: one row, broadcast
+        for pair, kv in run(ids[:1], shared, report=False).items():
+            out[pair] = kv.expand(n, *kv.shape[1:]).contiguous()
+        if on_batch is not None:
+            on_batch(0, n, {pair: out[pair] for pair in shared})
+    varying = [pair for pair in pairs if varies[pair[0]]]
+    if varying:
+        out.update(run(ids, varying, report=True))
+    elif progress is not None:
+        progress(n)
     return MementoFeatures(
-        kv=kv,
+        kv={pair: out[pair] for pair in pairs},
         labels=torch.as_tensor(np.asarray(labels), dtype=torch.long),
         positions={mb: np.asarray(p) for mb, p in positions.items()},
     )

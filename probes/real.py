@@ -3,9 +3,10 @@ one block of a real Memento trace, then the passcode is substituted token by tok
 
 :class:`TracePasscodeTask` implements :class:`.tasks.PasscodeTask` for such a trace. Its masking is the real
 model's (default :data:`REAL_MASKING`, the paper's Qwen3 setting: keep 0, delimiters stay), never the toy's.
-Every sample shares the tokens before the passcode, so :func:`extract_with_prefix` computes that prefix's K/V
-once and each batch recomputes only from the passcode on (the paper's T2 onwards); the result equals a full
-dense replay (tests check it).
+Every sample shares the tokens before the passcode (``shared_prefix_len``), so feature extraction
+(:func:`.features.extract_memento_kv`, on the runtime's :mod:`memento_lens.runtime.forwards`) computes that
+prefix's K/V once and each batch recomputes only from the passcode on (the paper's T2 onwards); the result
+equals a full dense replay (tests check it).
 
 Trace files of any format are read by the one trace layer (:func:`memento_lens.runtime.traces.load_traces`:
 validated, the problem in the tokenizer's chat template, ChatML without one), giving the same token ids as
@@ -19,10 +20,9 @@ samples are skipped and counted (``PasscodeSamples.skipped``), never silently ch
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +30,8 @@ from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds, wor
 from memento_lens.runtime.schedule import Schedule, compute_schedule
 from memento_lens.runtime.trace import Trace
 
-from .features import Condition, MementoFeatures, ProbeInputError
-from .tasks import PasscodeSamples, PasscodeTask
+from .features import Condition, ProbeInputError
+from .tasks import ALL_WORLDS, WORLDS, PasscodeSamples, PasscodeTask, hide_delimiters
 
 # The paper's real-model setting (Qwen3: delimiters stay in the cache; §6.2.2 probes with keep 0).
 REAL_MASKING = BlockMaskingConfig(mask_delimiters=False, keep_last_n_blocks=0)
@@ -198,6 +198,7 @@ class TracePasscodeTask(PasscodeTask):
         self.path = str(trace.meta.get("source_file", trace.trace_id)) if given else str(trace_path)
         self.trace = build_passcode_trace(trace, tokenizer, tokens, self.masking, target, source=self.path)
         self._vis: dict[str, torch.Tensor] = {}
+        self._codes: dict[str, list[int]] = {}  # passcode text -> token ids
         self._skipped: tuple[int, dict] = (0, {})
 
     @property
@@ -218,16 +219,62 @@ class TracePasscodeTask(PasscodeTask):
         self._skipped = (s.skipped, s.skip_reasons)
         return s
 
+    @property
+    def worlds(self) -> tuple[str, ...]:
+        """``normal``, ``restart``, ``foreign`` and ``delimiter_hidden`` (``same_sum`` needs a memento whose text is
+        a known function of the block: the toy's)."""
+        return (*WORLDS, "foreign", "delimiter_hidden")
+
+    def world_tokens(self, samples: PasscodeSamples, world: str, seed: int) -> np.ndarray:
+        """``foreign``: every sample's passcode tokens replaced by another uniform passcode's (independent of the
+        label; one with the template's token count, so every position stays put), drawn from the world's own
+        stream; the memento texts are the trace's in every world. Other worlds: the samples' own tokens."""
+        self.check_world(world)
+        ids = np.array(samples.token_ids, dtype=np.int64, copy=True)
+        if world != "foreign":
+            return ids
+        rng = np.random.default_rng([int(seed), ALL_WORLDS.index(world), 0x7ACE])  # the world's own stream
+        slot, width = self.trace.passcode_slot, len(self.trace.passcode_slot)
+        filled = np.zeros(len(ids), dtype=bool)
+        for _ in range(64):  # redraw codes whose token count differs (rare: a merging tokenizer)
+            todo = np.flatnonzero(~filled)
+            if not len(todo):
+                break
+            for row, code in zip(todo, rng.integers(0, 10, size=(len(todo), self.n_digits))):
+                enc = self._encode_code("".join(str(int(d)) for d in code))
+                if len(enc) == width:
+                    ids[row, slot] = enc
+                    filled[row] = True
+        if not filled.all():
+            raise ProbeInputError(f"trace {self.path}: could not draw foreign passcodes of {width} tokens")
+        return ids
+
+    def _encode_code(self, text: str) -> list[int]:
+        enc = self._codes.get(text)
+        if enc is None:
+            enc = self._codes[text] = _encode(self.tokenizer, text)
+        return enc
+
     def visibility(self, world: str, device: torch.device | str | None = None) -> torch.Tensor:
+        """``normal`` / ``restart`` from the schedule (``foreign``: the normal mask); ``delimiter_hidden``: the
+        normal mask with the target block's kept ``<|block_start|>``/``<|block_end|>`` hidden from every position
+        after the target's ``<|summary_end|>`` (:func:`.tasks.hide_delimiters`)."""
         self.check_world(world)
         if world not in self._vis:
-            from memento_lens.runtime.masks import visibility_mask
+            if world == "delimiter_hidden":
+                span = self.trace.schedule.blocks[self.target_block]
+                delims = [span.start, span.end]
+                self._vis[world] = hide_delimiters(self.visibility("normal"), delims, int(span.summary_end) + 1)
+            elif world == "foreign":
+                self._vis[world] = self.visibility("normal")
+            else:
+                from memento_lens.runtime.masks import visibility_mask
 
-            config = self.tokens.resolve_config(world_config(self.masking, world))
-            sched = compute_schedule(
-                self.trace.token_ids.tolist(), config, self.tokens, prompt_len=self.trace.prompt_len
-            )
-            self._vis[world] = visibility_mask(sched)
+                config = self.tokens.resolve_config(world_config(self.masking, world))
+                sched = compute_schedule(
+                    self.trace.token_ids.tolist(), config, self.tokens, prompt_len=self.trace.prompt_len
+                )
+                self._vis[world] = visibility_mask(sched)
         return self._vis[world].to(device) if device is not None else self._vis[world]
 
     def memento_positions(self, memento_block: int) -> np.ndarray:
@@ -251,140 +298,3 @@ class TracePasscodeTask(PasscodeTask):
             "skipped_samples": self._skipped[0],
             "skip_reasons": self._skipped[1],
         }
-
-
-# -- feature extraction with the shared prefix computed once ------------------------------------------------------
-@contextlib.contextmanager
-def first_layers(model: torch.nn.Module, n: int) -> Iterator[None]:
-    """Run only the first ``n`` decoder layers inside the block (K/V of layer i depend on layers <= i only, so
-    probing layer 4 of a 30-layer model costs 5 layers); the model is restored in ``finally``."""
-    from memento_lens.runtime.hf_paths import DECODER_LAYERS_PATH, LAYER_TYPES_ATTR
-
-    *path, attr = DECODER_LAYERS_PATH.split(".")
-    parent = model
-    for part in path:
-        parent = getattr(parent, part)
-    full = getattr(parent, attr)
-    cfg = model.config
-    saved = (cfg.num_hidden_layers, getattr(cfg, LAYER_TYPES_ATTR, None))
-    if n >= len(full):
-        yield
-        return
-    try:
-        setattr(parent, attr, full[:n])
-        cfg.num_hidden_layers = n
-        if saved[1] is not None:
-            setattr(cfg, LAYER_TYPES_ATTR, list(saved[1])[:n])
-        yield
-    finally:
-        setattr(parent, attr, full)
-        cfg.num_hidden_layers = saved[0]
-        if saved[1] is not None:
-            setattr(cfg, LAYER_TYPES_ATTR, saved[1])
-
-
-@torch.inference_mode()
-def prefix_cache(model: torch.nn.Module, prefix_ids: torch.Tensor, visible: torch.Tensor) -> list[tuple]:
-    """Per layer ``(keys, values)`` ``[1, kv_heads, p, d_head]`` of ``prefix_ids [p]`` under ``visible[:p, :p]``."""
-    from memento_lens.runtime.dense import dense_forward
-
-    p = int(prefix_ids.shape[0])
-    out = dense_forward(model, prefix_ids.unsqueeze(0), visible[:p, :p])
-    return list(zip(out.keys, out.values))
-
-
-@torch.inference_mode()
-def forward_from_prefix(
-    model: torch.nn.Module, prefix: Sequence[tuple], suffix_ids: torch.Tensor, visible: torch.Tensor
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """K/V of ``prefix + suffix`` for a batch, computing only the suffix.
-
-    Args:
-        prefix: from :func:`prefix_cache` (``p`` positions, shared by every row).
-        suffix_ids: ``[b, s]`` tokens at positions ``p .. p + s - 1``.
-        visible: ``[p + s, p + s]`` (or larger) bool visibility of the whole sequence.
-    Returns:
-        per layer keys and values ``[b, kv_heads, p + s, d_head]`` (post-RoPE, as cached).
-    """
-    from memento_lens.runtime.hf_paths import (
-        CACHE_DATA_KWARG,
-        CACHE_INPUT_KWARG,
-        CACHE_KEYS_ATTR,
-        CACHE_VALUES_ATTR,
-        LOGITS_TO_KEEP_KWARG,
-        cache_layers,
-        output_cache,
-    )
-    from memento_lens.runtime.masks import additive_mask
-    from transformers import DynamicCache
-
-    b, s = suffix_ids.shape
-    p = int(prefix[0][0].shape[2])
-    data = [(k.expand(b, -1, -1, -1).contiguous(), v.expand(b, -1, -1, -1).contiguous()) for k, v in prefix]
-    cache = DynamicCache(**{CACHE_DATA_KWARG: data})
-    dtype = next(model.parameters()).dtype
-    mask = additive_mask(visible[p : p + s, : p + s].to(suffix_ids.device), dtype=dtype)
-    mask = mask.expand(b, -1, -1, -1) if mask.shape[0] == 1 else mask
-    pos = torch.arange(p, p + s, device=suffix_ids.device).unsqueeze(0).expand(b, -1)
-    # Only K/V are wanted: the vocabulary projection of one position instead of all (it dominates small LMs).
-    out = model(
-        input_ids=suffix_ids,
-        attention_mask=mask,
-        position_ids=pos,
-        use_cache=True,
-        **{CACHE_INPUT_KWARG: cache, LOGITS_TO_KEEP_KWARG: 1},
-    )
-    layers = cache_layers(output_cache(out))
-    return [getattr(ly, CACHE_KEYS_ATTR) for ly in layers], [getattr(ly, CACHE_VALUES_ATTR) for ly in layers]
-
-
-def extract_with_prefix(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor | np.ndarray,
-    visible: torch.Tensor,
-    positions: Mapping[int, np.ndarray],
-    layers: Sequence[int],
-    labels: torch.Tensor | np.ndarray,
-    prefix_len: int,
-    *,
-    wanted: Iterable[tuple[int, int]] | None = None,
-    batch_size: int = 256,
-    device: torch.device | str | None = None,
-    store_dtype: torch.dtype = torch.float16,
-    progress: Callable[[int], None] | None = None,
-) -> MementoFeatures:
-    """:func:`.features.extract_memento_kv` for samples that share their first ``prefix_len`` tokens: the prefix
-    K/V are computed once, each batch forwards only positions ``prefix_len ..`` (same arguments and result).
-
-    Positions inside the prefix (the causal control's memento) read the shared prefix K/V, the same for every row.
-
-    Raises:
-        ProbeInputError: the rows differ inside the claimed prefix.
-    """
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
-    n, t = ids.shape
-    if visible.shape != (t, t):
-        raise ProbeInputError(f"visibility mask {tuple(visible.shape)} does not match sequence length {t}")
-    if not bool((ids[:, :prefix_len] == ids[:1, :prefix_len]).all()):
-        raise ProbeInputError(f"samples differ within the first {prefix_len} tokens: no shared prefix to reuse")
-    pairs = list(wanted) if wanted is not None else [(mb, ly) for mb in positions for ly in layers]
-    last = max(int(np.max(positions[mb])) for mb, _ in pairs) + 1
-    vis = visible[:last, :last].to(dev)
-    pos_t = {mb: torch.as_tensor(np.asarray(p), dtype=torch.long, device=dev) for mb, p in positions.items()}
-    chunks: dict[tuple[int, int], list[torch.Tensor]] = {pair: [] for pair in pairs}
-    with first_layers(model, max(ly for _, ly in pairs) + 1):
-        prefix = prefix_cache(model, ids[0, :prefix_len].to(dev), vis)
-        for s in range(0, n, batch_size):
-            keys, values = forward_from_prefix(model, prefix, ids[s : s + batch_size, prefix_len:last].to(dev), vis)
-            for mb, ly in pairs:
-                k = keys[ly].index_select(2, pos_t[mb])
-                v = values[ly].index_select(2, pos_t[mb])
-                chunks[(mb, ly)].append(torch.cat([k, v], dim=-1).to("cpu", store_dtype))
-            if progress is not None:
-                progress(min(s + batch_size, n))
-    return MementoFeatures(
-        kv={pair: torch.cat(parts) for pair, parts in chunks.items()},
-        labels=torch.as_tensor(np.asarray(labels), dtype=torch.long),
-        positions={mb: np.asarray(p) for mb, p in positions.items()},
-    )

@@ -68,13 +68,24 @@ class LoadedModel:
         tokenizer: its tokenizer (None for random models built without one).
         tokens: the memento token ids (None when the vocabulary lacks them).
         name: the spec it was loaded from (recorded in run manifests).
+        masking: the ``BlockMaskingConfig`` the model was trained with, when known (the toy's).
+        is_toy: a toy-task model (the shipped toys, ``toy@<checkpoint>``, ``random:toy``, or any checkpoint whose
+            config is a toy's: the trained layout recorded, or the toy vocabulary): consumers pick the toy task
+            from this, never from the spec's spelling. ``None`` at construction: decided from the model's config.
+        checkpoint: the checkpoint label of the spec (``toy@step-000750`` -> ``step-000750``; ``""`` otherwise).
     """
 
     model: Any
     tokenizer: Any
     tokens: MementoTokenIds | None
     name: str
-    masking: Any = None  # the BlockMaskingConfig the model was trained with, when known (the toy)
+    masking: Any = None
+    is_toy: bool | None = None
+    checkpoint: str = ""
+
+    def __post_init__(self):
+        if self.is_toy is None:
+            self.is_toy = _toy_config(getattr(self.model, "config", None))
 
     def require_tokens(self) -> MementoTokenIds:
         if self.tokens is None:
@@ -342,10 +353,23 @@ def _dispatched(spec: str | Path, device_map: Any, **kw: Any) -> LoadedModel:
     return lm
 
 
+def _toy_config(config: Any) -> bool:
+    """A toy's HF config: it records the layout it was trained on, or its vocabulary is the toy's."""
+    if config is None:
+        return False
+    if getattr(config, "toy_layout", None) is not None:
+        return True
+    from .toy.task import VOCAB
+
+    return int(getattr(config, "vocab_size", 0) or 0) <= len(VOCAB) + 1
+
+
 def _with_toy_masking(lm: LoadedModel) -> LoadedModel:
     from .toy.task import TOY_MASKING
 
     lm.masking = TOY_MASKING
+    lm.is_toy = True
+    lm.checkpoint = lm.name.split("@", 1)[1] if "@" in lm.name else ""
     return lm
 
 

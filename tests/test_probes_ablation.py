@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -142,7 +144,7 @@ def test_library_experiments_match_the_low_level_functions():
 
     model = small_toy_model(seed=3)
     inputs = ablation_inputs("toy", samples=5, seed=4, loaded=from_objects(model))
-    assert inputs.is_toy and inputs.token_ids.shape == (5, toy_layout().normal_visible.shape[0])
+    assert inputs.can_generate and inputs.token_ids.shape == (5, toy_layout().normal_visible.shape[0])
     res = restart_experiment(inputs, "toy@step-1", generated=False)
     acc = restart_ablation(model, inputs.token_ids, inputs.layout)
     want = restart_rows(acc, inputs.layout, "toy@step-1", "step-1")
@@ -165,3 +167,83 @@ def test_bad_direction_and_head_name_the_option_and_write_nothing(tmp_path):
     inputs = ablation_inputs("toy", samples=2, loaded=from_objects(small_toy_model()))
     with pytest.raises(ProbeInputError, match="--heads"):
         patch_experiment(inputs, "toy", layers=[0], heads=[5])
+
+
+def _words(*idx: int, repeat: int = 1) -> str:
+    # random:tiny's word-level vocabulary; long enough that the prompt template's few <unk> stay under 2%
+    return " ".join(f"w{i}" for i in idx * repeat)
+
+
+SMALL_TRACE = {
+    "problem": _words(1, 2, 3),
+    "segments": [
+        {"type": "block", "block_idx": 1, "text": _words(4, 5, 6, 7, 8, repeat=30)},
+        {"type": "summary", "block_idx": 1, "text": _words(9, 10)},
+        {"type": "block", "block_idx": 2, "text": _words(11, 12, 13, 14, repeat=30)},
+        {"type": "summary", "block_idx": 2, "text": _words(15)},
+        {"type": "block", "block_idx": 3, "text": _words(16, 17, 18, repeat=30)},
+        {"type": "summary", "block_idx": 3, "text": _words(19, 20)},
+        {"type": "answer", "text": _words(21)},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def real_trace_inputs(tmp_path_factory):
+    """A small Memento JSON trace (3 blocks) read by the trace layer, on a random non-toy model (random:tiny)."""
+    from memento_lens.probes.ablation import ablation_inputs
+    from memento_lens.runtime.model import load_model
+
+    path = tmp_path_factory.mktemp("trace") / "small.json"
+    path.write_text(json.dumps(SMALL_TRACE))
+    lm = load_model("random:tiny")
+    assert not lm.is_toy
+    return ablation_inputs("random:tiny", trace=path, loaded=lm)
+
+
+def test_real_trace_restart_has_no_ci_for_one_sequence_and_a_bar_per_segment(real_trace_inputs, capsys):
+    """issue 20: one real trace is one sequence, so no CI is claimed (null bounds, a note; never `nan` printed)
+    and the bar moves once per segment instead of jumping 0/1 -> 1/1."""
+    import math
+
+    from memento_lens.probes.ablation import restart_experiment
+
+    from memento_lens.cli_probes import _report_ablation
+
+    inputs = real_trace_inputs
+    assert not inputs.can_generate and inputs.info["task"] == "trace" and inputs.token_ids.shape[0] == 1
+    calls = []
+    res = restart_experiment(inputs, "random:tiny", progress=lambda stage, d, t: calls.append((d, t)))
+    segs = len(inputs.layout.segments)
+    assert segs >= 2 and calls == [(k, segs) for k in range(1, segs + 1)]
+    assert (res.rows["n"] == 1).all() and res.rows["ci_low"].isna().all() and res.rows["ci_high"].isna().all()
+    assert all(not math.isnan(v) for v in res.rows["value"])
+    assert res.info["ci"].startswith("n = 1: no CI")
+
+    class Run:
+        def notes(self):
+            return []
+
+    res.run = Run()
+    _report_ablation(res, "out", False, res.rows[["variant", "metric", "value", "ci_low", "ci_high", "n"]])
+    printed = capsys.readouterr().out
+    assert "n = 1: no CI" in printed and "nan" not in printed.lower()
+    _report_ablation(res, "out", True, None)
+    rows = json.loads(capsys.readouterr().out)
+    assert all(r["ci_low"] is None and r["ci_high"] is None for r in rows)
+
+
+def test_toy_ablation_still_gives_cis_and_the_task_comes_from_the_model():
+    """The toy task is chosen because the model says it is a toy (LoadedModel.is_toy, from its config), and with
+    two or more sequences every row has a CI around its value."""
+    from memento_lens.probes.ablation import ToyAblationTask, ablation_inputs, ablation_task, restart_experiment
+    from memento_lens.probes.features import ProbeInputError
+    from memento_lens.runtime.model import from_objects, random_causal_lm
+
+    lm = from_objects(small_toy_model(seed=1))
+    assert lm.is_toy and isinstance(ablation_task(lm), ToyAblationTask)
+    with pytest.raises(ProbeInputError, match="--trace is required"):
+        ablation_task(from_objects(random_causal_lm(vocab_size=200)))
+    res = restart_experiment(ablation_inputs("toy", samples=4, loaded=lm), "toy", generated=False)
+    assert (res.rows["ci_low"] <= res.rows["value"]).all() and (res.rows["value"] <= res.rows["ci_high"]).all()
+    assert "ci" not in res.info

@@ -68,45 +68,105 @@ def test_samples_differ_only_in_the_passcode_after_the_shared_prefix(task):
     assert task.info["shared_prefix_len"] == p and task.info["masking"]["mask_delimiters"] is False
 
 
+def _dense_reference(model, ids, vis, pos, layers):
+    """Per sample, one full dense forward (runtime/dense.py) of the whole sequence: K/V at the memento positions."""
+    from memento_lens.runtime.dense import dense_forward
+
+    ref = {}
+    for row in torch.as_tensor(ids):
+        out = dense_forward(model, row[None], vis)
+        for mb, p in pos.items():
+            for ly in layers:
+                kv = torch.cat([out.keys[ly][:, :, p], out.values[ly][:, :, p]], dim=-1)
+                ref.setdefault((mb, ly), []).append(kv)
+    return {k: torch.cat(v) for k, v in ref.items()}
+
+
 @pytest.mark.parametrize("world", ["normal", "restart"])
 def test_prefix_reuse_equals_full_dense_replay(task, qwen, world):
-    """Features from the shared prefix's cached K/V + the suffix equal one dense replay per sample, for the
-    control (inside the prefix), direct and masked mementos, at every layer; the model is left whole."""
+    """Features from the shared prefix's cached K/V + the suffix (first layers only, memory-capped batches)
+    equal one dense replay of the whole sequence per sample, for the control (inside the prefix), direct and
+    masked mementos, at every layer; the model is left whole."""
     from memento_lens.probes.features import extract_memento_kv
-    from memento_lens.probes.real import extract_with_prefix
 
     _, _, model = qwen
     s = task.samples(5, seed=0)
     vis = task.visibility(world)
     pos = {mb: task.memento_positions(mb) for mb in (0, 1, 2)}
-    kw = dict(batch_size=2, store_dtype=torch.float32)
-    ref = extract_memento_kv(model, s.token_ids, vis, pos, [0, 1, 2], s.labels, **kw)
-    got = extract_with_prefix(model, s.token_ids, vis, pos, [0, 1], s.labels, task.shared_prefix_len, **kw)
+    ref = _dense_reference(model, s.token_ids, vis, pos, [0, 1])
+    done = []
+    got = extract_memento_kv(
+        model,
+        s.token_ids,
+        vis,
+        pos,
+        [0, 1],
+        s.labels,
+        batch_size=2,
+        store_dtype=torch.float32,
+        prefix_len=task.shared_prefix_len,
+        progress=done.append,
+    )
     assert set(got.kv) == {(mb, ly) for mb in (0, 1, 2) for ly in (0, 1)}
     for key, x in got.kv.items():
-        assert torch.allclose(x, ref.kv[key], atol=2e-5), key
+        assert torch.allclose(x, ref[key], atol=2e-5), key
     assert torch.equal(got.kv[(0, 1)][0], got.kv[(0, 1)][4])  # the control memento: the same for every sample
     # the direct memento saw the passcode in the normal world only: recomputed without its block (restart) it is
     # the same for every sample, since the memento text does not change with the passcode
     assert torch.equal(got.kv[(1, 1)][0], got.kv[(1, 1)][4]) == (world == "restart")
-    assert len(model.model.layers) == 3 and model.config.num_hidden_layers == 3  # first_layers restored
+    # restart: no memento depends on the passcode, so nothing is forwarded per batch; normal: 2 + 2 + 1 rows
+    assert done == ([5] if world == "restart" else [2, 4, 5])
+    assert len(model.model.layers) == 3 and model.config.num_hidden_layers == 3  # the model is whole
+
+
+def test_batches_are_capped_by_the_memory_budget_and_the_bar_moves_per_batch(task, qwen):
+    """A batch size above the sample count does not put every sample in one forward when the working memory
+    would exceed the budget: rows per batch follow :func:`rows_per_batch`, progress is reported per batch."""
+    from memento_lens.probes.features import extract_memento_kv
+    from memento_lens.runtime.forwards import rows_per_batch
+
+    _, _, model = qwen
+    s = task.samples(6, seed=1)
+    pos = {2: task.memento_positions(2)}
+    last, p = int(pos[2][-1]) + 1, task.shared_prefix_len
+    one_row = 10**12 // rows_per_batch(model, 1, last, last - p, budget=10**12)  # bytes of one row's working set
+    assert rows_per_batch(model, 1, last, last - p, budget=2 * one_row + 1) == 2
+    done = []
+    extract_memento_kv(
+        model,
+        s.token_ids,
+        task.visibility("normal"),
+        pos,
+        [0],
+        s.labels,
+        batch_size=256,
+        prefix_len=p,
+        memory_budget=2 * one_row + 1,
+        progress=done.append,
+    )
+    assert done == [2, 4, 6]
 
 
 def test_a_claimed_prefix_that_differs_is_refused(task, qwen):
-    from memento_lens.probes.features import ProbeInputError
-    from memento_lens.probes.real import extract_with_prefix
+    from memento_lens.probes.features import ProbeInputError, extract_memento_kv
 
     _, _, model = qwen
     s = task.samples(4, seed=0)
     pos = {1: task.memento_positions(1)}
     with pytest.raises(ProbeInputError, match="differ within the first"):
-        extract_with_prefix(
-            model, s.token_ids, task.visibility("normal"), pos, [0], s.labels, int(task.trace.passcode_slot[-1]) + 1
+        extract_memento_kv(
+            model,
+            s.token_ids,
+            task.visibility("normal"),
+            pos,
+            [0],
+            s.labels,
+            prefix_len=int(task.trace.passcode_slot[-1]) + 1,
         )
 
 
 def test_first_layers_restores_the_model_after_an_error(qwen):
-    from memento_lens.probes.real import first_layers
+    from memento_lens.runtime.forwards import first_layers
 
     _, _, model = qwen
     with pytest.raises(RuntimeError):
