@@ -58,9 +58,15 @@ def compare_token_counts(
         A pandas DataFrame with columns ``trace, part, exact, approx, error`` (error as a fraction).
     """
     import pandas as pd
+    from memento_lens.runtime.errors import ConfigError
     from memento_lens.runtime.traces import load_traces
 
     ex, ap = load_tokenizer(exact), load_tokenizer(approx)
+    if isinstance(ex, ApproxTokenizer):  # approx against approx reports 0% error: a comparison of nothing
+        raise ConfigError(
+            f"--tokenizer {exact if isinstance(exact, str) else ex.name}: the exact side must be a real tokenizer "
+            "(qwen3 or a local tokenizer directory); the approximation is what --against measures"
+        )
     got: dict[str, dict[str, dict[str, int]]] = {}
     for tok in (ex, ap):
         got[tok.name] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -208,4 +209,9 @@ def load_tokenizer(spec: Any) -> TextTokenizer:
             return ApproxTokenizer(float(spec.split(":", 1)[1]))
         except ValueError:
             raise ConfigError(f"--tokenizer {spec!r}: expected approx:<chars per token>") from None
+    if not Path(spec).expanduser().is_dir():  # never handed to transformers, which would try a hub
+        raise ConfigError(
+            f"--tokenizer {spec!r}: not a tokenizer preset ({', '.join(TOKENIZER_PRESETS)}), 'approx', "
+            "'approx:<chars per token>', 'toy', or an existing local tokenizer directory (nothing is downloaded)"
+        )
     return HFTextTokenizer(spec)
