@@ -55,13 +55,15 @@ class BlockTracker:
     cap_in_block: bool = False
     cap_count: int = 0
     n_seen: int = 0
-    _closed: BlockSpan | None = field(default=None, init=False, repr=False)
+    _closed: BlockSpan | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.config = self.tokens.resolve_config(self.config)
         if self.policy is None:
             self.policy = policy_for(self.config)
+        self._delimiters = self.tokens.delimiters
         self._reacts = frozenset(self.policy.reacts_to(self.tokens))
+        self._relevant = self._relevant_tokens()
 
     # -- queries used by generation ---------------------------------------------------------
     @property
@@ -82,9 +84,12 @@ class BlockTracker:
         :meth:`~memento_lens.runtime.policies.EvictionPolicy.reacts_to`; None under ``max_block_tokens``,
         which counts every token. Any other token only advances the position (:meth:`skip_to`).
         """
+        return self._relevant
+
+    def _relevant_tokens(self) -> frozenset[int] | None:
         if self.config.max_block_tokens > 0:
             return None
-        ids = set(self.tokens.delimiters) | self._reacts
+        ids = set(self._delimiters) | self._reacts
         if self.config.require_assistant_section:
             ids |= {t for t in (self.tokens.im_start, self.tokens.assistant) if t is not None}
         return frozenset(ids)
@@ -114,7 +119,7 @@ class BlockTracker:
     # -- the state machine ---------------------------------------------------------------------
     def skip_to(self, pos: int) -> None:
         """Advance to position ``pos`` over tokens not in :attr:`relevant_tokens` (they change nothing)."""
-        if self.relevant_tokens is None:
+        if self._relevant is None:
             raise ValueError("max_block_tokens counts every token: feed each one through step()")
         if pos < self.n_seen:
             raise ValueError(f"skip_to({pos}): already at position {self.n_seen}")
@@ -165,7 +170,7 @@ class BlockTracker:
         if cfg.require_assistant_section and (self.assistant_start is None or pos <= self.assistant_start):
             return events
 
-        malformed = self._track_blocks(pos, token_id)
+        malformed = self._track_blocks(pos, token_id) if token_id in self._delimiters else ()
         if fires:
             if token_id in self._reacts:
                 events.extend(self.policy.on_token(self, pos, token_id))
@@ -226,7 +231,7 @@ class BlockTracker:
             self.cap_in_block, self.cap_count = True, 0
         elif token_id == ids.block_end:
             self.cap_in_block, self.cap_count = False, 0
-        elif self.cap_in_block and token_id not in ids.delimiters:
+        elif self.cap_in_block and token_id not in self._delimiters:
             self.cap_count += 1
 
     @staticmethod
