@@ -29,6 +29,9 @@ class NullBar:
     def set_description(self, text: str) -> None:
         pass
 
+    def set_total(self, total: int | None) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -101,6 +104,18 @@ class _Borrowed:
 
     def set_description(self, text: str) -> None:
         self._bar.set_description(text)
+
+    def set_total(self, total: int | None) -> None:
+        if hasattr(self._bar, "set_total"):
+            self._bar.set_total(total)
+
+    @property
+    def n(self) -> int:
+        return int(getattr(self._bar, "n", 0))
+
+    @property
+    def total(self) -> int | None:
+        return getattr(self._bar, "total", None)
 
     def close(self) -> None:
         pass

@@ -160,14 +160,17 @@ def generate_to_run(
             c.sink = sink
         bpt = kv_bytes_per_token(model)
         n_batches = -(-len(prompts) // batch_size)
-        # one bar over the job: max_new_tokens decoding steps per batch (a batch that stops early tops up)
+        # One bar over the job, in decoding steps. A batch runs until its longest sequence stops, so the total
+        # starts at max_new_tokens per batch and, after each batch, is re-estimated from the mean steps the
+        # batches so far took (an ETA that assumed every batch hits the limit was 2x high on the toy).
         bar = bar_for(progress, n_batches * sampling.max_new_tokens, "generate", "step")
+        steps_run, batches_run = 0, 0
         for j, k in enumerate(range(0, len(prompts), batch_size)):
             ids = [f"gen-{i:05d}" for i in range(k, min(k + batch_size, len(prompts)))]
             bar.set_description(f"generate batch {j + 1}/{n_batches}")
             start = bar.n
-            if all(i in done for i in ids):
-                bar.update(sampling.max_new_tokens)
+            if all(i in done for i in ids):  # resumed: the batch is already in the run
+                bar.set_total(bar.total - sampling.max_new_tokens if bar.total else bar.total)
                 continue
             batch_sampling = dataclasses.replace(sampling, seed=sampling.seed + j)
             results = generate(
@@ -180,11 +183,14 @@ def generate_to_run(
                 trace_ids=ids,
                 progress=bar,
             )
-            bar.update(start + sampling.max_new_tokens - bar.n)
+            steps_run, batches_run = steps_run + (bar.n - start), batches_run + 1
+            left = n_batches - (j + 1)
+            bar.set_total(bar.n + round(left * steps_run / batches_run))
             tables = [
                 trace_tables(r.trace, r.schedule, tokens, config.mode, "generate", bpt, tokenizer) for r in results
             ]
-            if captures:
+            if captures:  # the capture pass: say so rather than leave the bar standing at the batch's end
+                bar.set_description(f"capture batch {j + 1}/{n_batches}")
                 replay(model, [r.trace for r in results], config, tokens, captures=captures, strict=False)
             writer.write_part(tables, sink if captures else None)
         bar.close()
