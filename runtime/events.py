@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .config import BlockMaskingConfig
 
 
 class EventKind(str, enum.Enum):
@@ -84,7 +80,3 @@ class BlockSpan:
         """``[start, end)`` of a closed block: content only, or with ``<|block_start|>``/``<|block_end|>``."""
         assert self.end is not None
         return (self.start, self.end + 1) if with_delimiters else (self.start + 1, self.end)
-
-    def eviction_range(self, config: "BlockMaskingConfig") -> tuple[int, int]:
-        """The range the reference engine evicts under ``config`` (restart always takes the delimiters)."""
-        return self.span(config.restart_mode or config.mask_delimiters)
