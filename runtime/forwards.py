@@ -36,8 +36,8 @@ import torch
 from .hf_paths import (
     CACHE_DATA_KWARG,
     CACHE_INPUT_KWARG,
-    DECODER_LAYERS_PATH,
     LAYER_TYPES_ATTR,
+    decoder_layers_path,
 )
 from .masks import additive_mask
 
@@ -48,7 +48,7 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 @contextlib.contextmanager
 def first_layers(model: torch.nn.Module, n: int) -> Iterator[None]:
     """Run only the first ``n`` decoder layers inside the block; the model is restored in ``finally``."""
-    *path, attr = DECODER_LAYERS_PATH.split(".")
+    *path, attr = decoder_layers_path(model).split(".")
     parent = model
     for part in path:
         parent = getattr(parent, part)
@@ -103,7 +103,7 @@ def _kv_forward(
 
     n_layers = min(int(n_layers), int(model.config.num_hidden_layers))
     cache = _stop_cache(n_layers - 1, past)
-    base = getattr(model, DECODER_LAYERS_PATH.split(".")[0])  # the decoder without the vocabulary head
+    base = getattr(model, decoder_layers_path(model).split(".")[0])  # the decoder without the vocabulary head
     try:
         base(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **{CACHE_INPUT_KWARG: cache})
     except _KVComplete:

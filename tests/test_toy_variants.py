@@ -292,3 +292,20 @@ def test_gpt2_config_geometry_and_attention_capture():
         w = cap._last[1]
     assert w.shape == (1, 2, 5, 5) and torch.allclose(w.sum(-1), torch.ones(1, 2, 5))
     assert m.config._attn_implementation == "sdpa"  # restored after the capture
+
+
+def test_gpt2_prefix_forwards_equal_dense_and_first_layers_restores():
+    from memento_lens.runtime.dense import dense_forward
+    from memento_lens.runtime.forwards import first_layers, prefix_kv
+    from memento_lens.runtime.hf_paths import decoder_layers
+
+    m = _tiny_gpt2()
+    ids = torch.from_numpy(sample(1, 0).token_ids[0, :30])
+    vis = torch.tril(torch.ones(30, 30, dtype=torch.bool))
+    vis[20:, 2:8] = False  # an erased block
+    dense = dense_forward(m, ids[None], vis)
+    for layer, (k, v) in enumerate(prefix_kv(m, ids, vis)):
+        assert torch.allclose(k, dense.keys[layer], atol=1e-5) and torch.allclose(v, dense.values[layer], atol=1e-5)
+    with first_layers(m, 1):
+        assert len(decoder_layers(m)) == 1
+    assert len(decoder_layers(m)) == 2
