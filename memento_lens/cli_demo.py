@@ -54,11 +54,26 @@ def print_summary(summary: dict[str, Any], out: Path, console: Any) -> None:
     for cond in (c for c in conditions if c in probes):
         value = f"{probes[cond]:.1%}  (chance 10%)"
         ch = channels.get(cond)
+        flag = (summary.get("probe_flags_last_layer") or {}).get(cond, {})
         if ch:  # the channel decomposition: is it the memento text, or K/V beyond it?
             value = (
                 f"normal {ch['normal']:.1%} · restart {ch['restart']:.1%} · text {ch['text']:.1%} · "
                 f"excess {100 * ch['excess']:+.1f} [{100 * ch['excess_ci_low']:+.1f}, {100 * ch['excess_ci_high']:+.1f}] pts"
             )
+            refs = [w for w in ("same_sum", "foreign", "delimiter_hidden") if f"excess_{w}" in ch]
+            if refs:  # normal minus each on-distribution reference, with its CI
+                value += "\n" + " · ".join(
+                    f"vs {w} {ch[w]:.1%}: {100 * ch[f'excess_{w}']:+.1f} "
+                    f"[{100 * ch[f'excess_{w}_ci_low']:+.1f}, {100 * ch[f'excess_{w}_ci_high']:+.1f}]"
+                    for w in refs
+                )
+            if "n_val" in ch:
+                value += (
+                    f"\n{flag.get('probe', '')} probe, n_val {ch['n_val']:.0f}, {ch.get('n_seeds', 0):.0f} probe seeds "
+                    f"x {ch.get('n_data_seeds', 0):.0f} data seeds, stopped by {flag.get('stopped_by', '?')}"
+                )
+            if "check" in flag:
+                value += f" · check against chance: {flag['check']}"
         t.add_row(f"passcode probe, last layer, {conditions[cond]}", value)
     peak = summary["peak_kv_tokens"]
     t.add_row(

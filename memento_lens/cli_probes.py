@@ -43,7 +43,21 @@ _setup = opt.setup  # one thread/seed rule for every command (cli_options.setup)
 
 def _report_skips(skips: list[dict]) -> None:
     for s in skips:
-        print(f"skipped: {s}", file=sys.stderr)
+        print(f"skipped {s['condition']} {s['distance']}: {s['reason']}", file=sys.stderr)
+
+
+def _passcode_config(base: dict, **options):
+    """The PasscodeConfig of ``probe passcode``'s options (validation lives in PasscodeConfig itself)."""
+    import dataclasses
+
+    from memento_lens.probes.passcode import QUICK, PasscodeConfig
+
+    preset = dict(QUICK) if base.pop("quick") else {}
+    train = preset.pop("train", PasscodeConfig().train)
+    overrides = {k: v for k, v in base.pop("train").items() if v is not None}
+    train = dataclasses.replace(train, **overrides)
+    preset.update({k: v for k, v in base.items() if v is not None})
+    return PasscodeConfig(train=train, **preset, **options)
 
 
 # -- probe passcode ----------------------------------------------------------------------------------------
@@ -51,23 +65,41 @@ def _report_skips(skips: list[dict]) -> None:
 def passcode_cmd(
     model: str = typer.Option("toy", "--model", help=MODEL_HELP),
     task: str = typer.Option("auto", "--task", help="toy (block digits are the passcode) | trace | auto."),
-    trace: Optional[Path] = typer.Option(None, "--trace", help="Memento JSON trace for real models."),
+    trace: Optional[Path] = typer.Option(
+        None, "--trace", help="Memento JSON trace for real models (refused for the toy task, which ignores it)."
+    ),
     device: str = opt.device(),
     dtype: str = opt.dtype("float32"),
     seed: int = opt.seed(),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Sequences (default 50000; --quick 2000)."),
+    samples: Optional[int] = typer.Option(
+        None, "--samples", help="Sequences per data replicate (default 50000; --quick 2000)."
+    ),
+    data_seeds: Optional[int] = typer.Option(
+        None, "--data-seeds", help="Independent data replicates pooled in every figure (default 2)."
+    ),
     layers: Optional[str] = typer.Option(
         None, "--layers", help="Comma-separated layer indices (negative from the end); default all."
     ),
-    heads: Optional[str] = typer.Option(None, "--heads", help="Also probe these KV heads one at a time."),
-    distances: Optional[str] = typer.Option(None, "--distances", help="Masked distances (default 1..7; --quick 1,2)."),
+    heads: Optional[str] = typer.Option(None, "--heads", help="Also probe these KV heads (0-based) one at a time."),
+    distances: Optional[str] = typer.Option(
+        None, "--distances", help="Masked distances (default 1..7 where the task has them; --quick 1)."
+    ),
     distance_layers: str = typer.Option(
         "all", "--distance-layers", help="Layers for masked distances >= 2: all | last."
     ),
+    worlds: Optional[str] = typer.Option(
+        None,
+        "--worlds",
+        help="Reference worlds beside normal and restart: same_sum, foreign, delimiter_hidden (default all; 'none').",
+    ),
     target_block: int = typer.Option(1, "--target-block", help="0-based block holding the passcode (1 = paper's T2)."),
     positions: str = typer.Option("span", "--positions", help="span (summary_start..summary_end) | digits (toy)."),
-    probes: str = typer.Option("mlp,linear", "--probes", help="Probe kinds to fit, comma-separated: mlp, linear."),
-    control: bool = typer.Option(True, "--control/--no-control", help="Fit the control task (selectivity)."),
+    probes: Optional[str] = typer.Option(
+        None, "--probes", help="Probe kinds to fit, comma-separated: mlp, linear (default both; --quick linear)."
+    ),
+    control: bool = typer.Option(
+        True, "--control/--no-control", help="Fit the control task (labels a random function of the memento text)."
+    ),
     checkpoints: Optional[str] = typer.Option(
         None,
         "--checkpoints",
@@ -81,56 +113,49 @@ def passcode_cmd(
     ),
     threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a loaded 2-core box)."),
     batch_size: int = typer.Option(
-        256, "--batch-size", min=1, help="Sequences per feature-extraction forward (lower it for real models)."
+        256,
+        "--batch-size",
+        help="Sequences per feature-extraction forward (clamped to --samples; lower it for real models).",
     ),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Probe seeds per fit (default 3; --quick 1)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Probe seeds per fit (default 3)."),
     max_epochs: Optional[int] = typer.Option(
-        None, "--max-epochs", help="Epoch cap (default 200; --quick 30); rows record hit_cap."
+        None, "--max-epochs", help="Epoch cap of the MLP (default 400); rows record stopped_by and still_improving."
+    ),
+    patience: Optional[int] = typer.Option(
+        None, "--patience", help="Epochs without a rise of the smoothed stop curve before a fit stops (default 30)."
     ),
     out: Path = opt.out(Path("runs/passcode")),
     overwrite: bool = opt.overwrite(),
     quick: bool = typer.Option(
-        False, "--quick", help="Demo preset: 2000 samples, layers 0,-1, distances 1,2, 1 seed, 30-epoch cap."
+        False,
+        "--quick",
+        help="Quick preset: 2 data replicates x 2000 samples, layers 0,-1, masked +1, linear probe (closed form).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result rows as a JSON list."),
 ) -> None:
     """Passcode probes on memento K/V with the channel decomposition: per condition, layer and probe the normal-world
-    accuracy, the restart world (memento recomputed without its block: the explicit text channel), a probe on the
-    memento text alone, and the implicit excess (normal - restart) with paired CIs."""
+    accuracy, the restart world (memento recomputed without its block: the explicit text channel), the reference
+    worlds (same-sum block, foreign passcode, delimiters hidden), a probe on the memento text alone, and the excess
+    of the normal world over each, with CIs over samples, probe seeds and data replicates."""
     with user_errors():
-        import dataclasses
-
-        from memento_lens.probes.features import ProbeInputError
-        from memento_lens.probes.models import make_probe
-        from memento_lens.probes.passcode import QUICK, PasscodeConfig
         from memento_lens.probes.sweep import resolve_checkpoints, run_sweep
         from memento_lens.runtime.rundir.store import RunStore, json_rows
 
         _setup(threads, seed)
-        base = dict(QUICK) if quick else {}
-        train = base.get("train", PasscodeConfig().train)
-        train = dataclasses.replace(train, threads=threads)
-        if seeds is not None:
-            if seeds < 1:
-                raise ProbeInputError(f"--seeds {seeds}: need at least 1 probe seed")
-            train = dataclasses.replace(train, seeds=seeds)
-        if max_epochs is not None:
-            if max_epochs < 1:
-                raise ProbeInputError(f"--max-epochs {max_epochs}: need at least 1")
-            train = dataclasses.replace(train, max_epochs=max_epochs)
-        base["train"] = train
-        if samples is not None:
-            if samples < 20:
-                raise ProbeInputError(f"--samples {samples}: need at least 20 for a train/validation split")
-            base["samples"] = samples
-        if distances is not None:
-            base["distances"] = _ints(distances, "--distances")
-        probe_names = tuple(p.strip() for p in probes.split(",") if p.strip())
-        for p in probe_names:
-            make_probe(p)
-        if layers is not None:
-            base["layers"] = _ints(layers, "--layers")
-        cfg = PasscodeConfig(
+        world_list = None
+        if worlds is not None:
+            world_list = () if worlds.strip() == "none" else tuple(w.strip() for w in worlds.split(",") if w.strip())
+        cfg = _passcode_config(
+            dict(
+                quick=quick,
+                train=dict(seeds=seeds, max_epochs=max_epochs, patience=patience, threads=threads),
+                samples=samples,
+                data_seeds=data_seeds,
+                distances=_ints(distances, "--distances") if distances is not None else None,
+                layers=_ints(layers, "--layers") if layers is not None else None,
+                probes=tuple(p.strip() for p in probes.split(",") if p.strip()) if probes is not None else None,
+                worlds=world_list,
+            ),
             model=model,
             task=task,
             trace=str(trace) if trace else None,
@@ -138,47 +163,80 @@ def passcode_cmd(
             target_block=target_block,
             distance_layers=distance_layers,
             positions=positions,
-            probes=probe_names,
             control=control,
             seed=seed,
             device=device,
             dtype=dtype,
             batch_size=batch_size,
-            **base,
         )
+        if cfg.batch_size > cfg.samples:
+            import dataclasses
+
+            print(f"--batch-size {cfg.batch_size} > --samples {cfg.samples}: using {cfg.samples}", file=sys.stderr)
+            cfg = dataclasses.replace(cfg, batch_size=cfg.samples)
         specs = resolve_checkpoints(model, checkpoints)
         store = RunStore.create(
             out, "probe_passcode", {"passcode": cfg.to_dict(), "checkpoints": specs}, overwrite=overwrite
         )
         with _Progress(not as_json or sys.stderr.isatty()) as bar:
             run = run_sweep(cfg, store, specs, features_from=features_from, cache_features=cache_features, progress=bar)
-        df = run.rows
         _report_skips(run.skips)
         if as_json:
-            print(json.dumps(json_rows(df.to_dict("records"))))
+            print(json.dumps(json_rows(run.rows.to_dict("records"))))
         else:
-            cols = [
-                "condition",
-                "distance",
-                "layer",
-                "head",
-                "probe",
-                "accuracy",
-                "restart_accuracy",
-                "text_accuracy",
-                "text_ceiling",
-                "implicit_excess",
-                "excess_ci_low",
-                "excess_ci_high",
-                "hit_cap",
-            ]
-            if checkpoints:
-                cols = ["checkpoint", "task_accuracy", *cols]
-            _print_table(
-                df[cols],
-                f"wrote {out}/probe_results.parquet (chance 0.100; layer -1 = all probed layers; accuracy = normal "
-                "world; causal_control is a pipeline check)",
-            )
+            _print_passcode(run.rows, out, cfg, bool(checkpoints))
+
+
+def _print_passcode(df, out: Path, cfg, checkpoints: bool) -> None:
+    """The passcode table: sentinels by name, every world beside normal, the check, how the fits stopped."""
+    from memento_lens.probes.passcode import label
+
+    cols = [
+        "condition",
+        "distance",
+        "layer",
+        "head",
+        "probe",
+        "accuracy",
+        "restart_accuracy",
+        "same_sum_accuracy",
+        "foreign_accuracy",
+        "delimiter_hidden_accuracy",
+        "text_accuracy",
+        "implicit_excess",
+        "excess_ci_low",
+        "excess_ci_high",
+        "excess_delimiter_hidden",
+        "check",
+        "stopped_by",
+    ]
+    cols = [c for c in cols if c in df.columns and not (c.endswith("_accuracy") and df[c].isna().all())]
+    if checkpoints:
+        cols = ["checkpoint", "task_accuracy", *cols]
+    shown = df[cols].copy()
+    for c in ("layer", "head", "distance"):
+        shown[c] = [label(c, int(v)) for v in shown[c]]
+    n_val = int(df["n_val"].iloc[0]) if len(df) else 0
+    improving = int(df["still_improving"].sum()) if "still_improving" in df else 0
+    _print_table(
+        shown.rename(
+            columns={
+                "restart_accuracy": "restart",
+                "same_sum_accuracy": "same_sum",
+                "foreign_accuracy": "foreign",
+                "delimiter_hidden_accuracy": "delim_hidden",
+                "text_accuracy": "text",
+                "implicit_excess": "excess",
+                "excess_ci_low": "lo",
+                "excess_ci_high": "hi",
+                "excess_delimiter_hidden": "excess_vs_delim",
+            }
+        ),
+        f"wrote {out}/probe_results.parquet. {cfg.samples} samples x {cfg.data_seeds} data seeds ({n_val} validation "
+        f"in all), {cfg.train.seeds} probe seeds, probes {','.join(cfg.probes)}; chance 0.100; accuracy = normal "
+        "world; excess = normal - restart [95% CI over samples, probe and data seeds]; causal_control is a check "
+        f"against chance (Bonferroni); {improving} row(s) still improving at the stop.",
+    )
 
 
 def _print_table(df, footer: str) -> None:

@@ -29,7 +29,7 @@ class DemoConfig:
     Attributes:
         model: ``toy`` or ``toy@<checkpoint>`` (the demo's task is the toy's).
         traces: mementified traces to generate.
-        probe_samples: sequences for the quick passcode sweep.
+        probe_samples: sequences per data replicate for the quick passcode sweep (2 replicates, the quick preset).
         ablation_samples: sequences for the restart ablation and KV patching.
         seed, device: as everywhere.
         threads: torch threads while the demo runs (1 is fastest for the toy on 2 cores; restored after).
@@ -38,7 +38,7 @@ class DemoConfig:
 
     model: str = "toy"
     traces: int = 256
-    probe_samples: int = 4000
+    probe_samples: int = 2000
     ablation_samples: int = 64
     seed: int = 0
     device: str = "cpu"
@@ -56,7 +56,11 @@ class DemoSummary:
         probe_accuracy_last_layer: MLP passcode probe accuracy at the last layer per condition (masked at +1).
         probe_channels_last_layer: the channel decomposition of the same rows, per condition: ``normal``,
             ``restart`` (memento K/V recomputed without the block), ``text`` (probe on the memento tokens) and
-            ``excess`` = normal - restart with its paired CI (``excess_ci_low``, ``excess_ci_high``).
+            ``excess`` = normal - restart with its paired CI (``excess_ci_low``, ``excess_ci_high``); where the rows
+            have them, the reference worlds (``same_sum``, ``foreign``, ``delimiter_hidden``) with ``excess_<world>``
+            and its CI, and the row's ``n_val`` (validation samples, all replicates), ``n_seeds``, ``n_data_seeds``.
+        probe_flags_last_layer: per condition, ``probe`` (which probe the numbers are from), ``stopped_by``,
+            ``still_improving`` and, for the causal control, ``check`` (pass / fail against chance).
         peak_kv_tokens: mean over traces of the peak KV occupancy, ``vanilla`` and ``memento``.
         kv_bytes_per_token: from the occupancy table.
         n_traces: traces generated.
@@ -72,6 +76,7 @@ class DemoSummary:
     figures: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     probe_channels_last_layer: dict[str, dict[str, float]] = field(default_factory=dict)
+    probe_flags_last_layer: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,7 +219,8 @@ def _analyse(
         )
         return run_passcode(pc, loaded).rows
 
-    probe_rows = timed(f"passcode probes (quick: {cfg.probe_samples} sequences)", probe)
+    n_rep = QUICK["data_seeds"]
+    probe_rows = timed(f"passcode probes (quick: {n_rep} data replicates x {cfg.probe_samples} sequences)", probe)
     store.write_table("probe_results.parquet", probe_rows)
 
     def ablate() -> pd.DataFrame:
@@ -253,6 +259,7 @@ def _analyse(
 def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> DemoSummary:
     """The demo's headline numbers, read back from the run's occupancy table and the result tables."""
     import numpy as np
+    import pandas as pd
 
     from memento_lens.runtime.occupancy import Occupancy
     from memento_lens.runtime.rundir.tables import occupancies_from_table
@@ -266,9 +273,14 @@ def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> Dem
         for r in restart.itertuples()
         if r.metric in ("accuracy_teacher_forced", "memento_exact_generated")
     }
-    last = probe_rows[(probe_rows["layer"] == n_layers - 1) & (probe_rows["probe"] == "mlp")]
+    have = list(dict.fromkeys(probe_rows["probe"])) if len(probe_rows) else []
+    probe_name = "mlp" if "mlp" in have else (have[0] if have else "mlp")  # the paper's probe when it ran
+    last = probe_rows[(probe_rows["layer"] == n_layers - 1) & (probe_rows["probe"] == probe_name)]
+    if "head" in last.columns:
+        last = last[last["head"] == -1]
     probes: dict[str, float] = {}
     channels: dict[str, dict[str, float]] = {}
+    flags: dict[str, dict[str, Any]] = {}
     decomposition = {
         "normal": "accuracy",
         "restart": "restart_accuracy",
@@ -277,6 +289,11 @@ def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> Dem
         "excess_ci_low": "excess_ci_low",
         "excess_ci_high": "excess_ci_high",
     }
+    optional = {}
+    for w in ("same_sum", "foreign", "delimiter_hidden"):
+        optional.update({w: f"{w}_accuracy", f"excess_{w}": f"excess_{w}"})
+        optional.update({f"excess_{w}_ci_low": f"excess_{w}_ci_low", f"excess_{w}_ci_high": f"excess_{w}_ci_high"})
+    optional.update({"n_val": "n_val", "n_seeds": "n_seeds", "n_data_seeds": "n_data_seeds"})
     for cond in ("direct", "masked", "causal_control"):
         sub = last[last["condition"] == cond]
         if cond == "masked":
@@ -286,10 +303,18 @@ def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> Dem
             probes[cond] = float(row["accuracy"])
             if all(c in sub.columns for c in decomposition.values()):
                 channels[cond] = {k: float(row[c]) for k, c in decomposition.items()}
+                channels[cond].update(
+                    {k: float(row[c]) for k, c in optional.items() if c in sub.columns and not pd.isna(row[c])}
+                )
+            flags[cond] = {"probe": probe_name}
+            for c in ("stopped_by", "still_improving", "check"):
+                if c in sub.columns and not pd.isna(row[c]) and row[c] != "":
+                    flags[cond][c] = row[c].item() if hasattr(row[c], "item") else row[c]
     return DemoSummary(
         task_accuracy=task,
         probe_accuracy_last_layer=probes,
         probe_channels_last_layer=channels,
+        probe_flags_last_layer=flags,
         peak_kv_tokens={
             "vanilla": float(np.mean([o.peak_tokens for o in vanilla])) if vanilla else float("nan"),
             "memento": float(np.mean([o.peak_tokens for o in occs])) if occs else float("nan"),

@@ -15,7 +15,16 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from .features import ProbeInputError
-from .passcode import CURVE_COLUMNS, RESULT_COLUMNS, PasscodeConfig, PasscodeFeatures, run_passcode, summarize
+from .passcode import (
+    CURVE_COLUMNS,
+    RESULT_COLUMNS,
+    PasscodeConfig,
+    load_replicates,
+    replicate_sets,
+    run_passcode,
+    save_replicates,
+    summarize,
+)
 
 
 @dataclass
@@ -88,7 +97,8 @@ def run_sweep(
 
     Args:
         features_from: a run directory whose cached features are re-probed (no model is loaded).
-        cache_features: save each model's features (both worlds and the text) under ``features/<checkpoint>``.
+        cache_features: save each model's features (every world and the text) under
+            ``features/<checkpoint>/data-<d>`` per data replicate.
     """
     from memento_lens.runtime.rundir import schema
     from memento_lens.runtime.rundir.store import RunStore
@@ -102,45 +112,46 @@ def run_sweep(
             info=summary.get("info", {}),
             summary=summary,
         )
-    specs = list(specs or [cfg.model])
-    frames, curves, skips, infos = [], [], [], {}
-    for spec in specs:
-        run_cfg = dataclasses.replace(cfg, model=spec)
-        feats, loaded, ckpt, task_acc = None, None, "", float("nan")
-        if features_from is not None:
-            src = RunStore.open(features_from)
-            found = schema.feature_sets(src.manifest.files)  # features, features/<checkpoint>, ...
-            if not found:
-                raise ProbeInputError(
-                    f"--features-from {features_from}: no cached passcode features "
-                    f"({schema.FEATURE_TEXT.at(prefix=schema.features_prefix('<checkpoint>'))}); "
-                    "run `probe passcode` with --cache-features first"
-                )
-            prefix = schema.features_prefix() if schema.features_prefix() in found else found[-1]
-            ckpt = prefix.partition("/")[2]
-            feats = PasscodeFeatures.load(src, prefix)
-        else:
-            loaded, ckpt, task_acc = _load(spec, cfg)
-        prefix = schema.features_prefix(ckpt)
-        on_feat = (lambda f, p=prefix: f.save(store, p)) if cache_features and feats is None else None
-        res = run_passcode(
-            run_cfg,
-            loaded,
-            features=feats,
-            checkpoint=ckpt,
-            task_accuracy=task_acc,
-            on_features=on_feat,
-            progress=(lambda s, d, t, c=ckpt: progress(f"{c} {s}".strip(), d, t)) if progress else None,
-        )
-        frames.append(res.rows)
-        curves.append(res.curves)
-        skips += [s.to_dict() for s in res.skips]
-        infos[spec] = res.info
-    df = pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]
-    cv = pd.concat(curves, ignore_index=True)[CURVE_COLUMNS]
-    store.write_table(schema.PROBE_RESULTS, df)
-    store.write_table(schema.PROBE_CURVES, cv)
-    summary = {"summary": summarize(df), "skipped": skips, "info": infos}
-    store.write_json(schema.PASSCODE_SUMMARY.path, summary)
-    store.mark_complete(rows=len(df), chance=schema.PASSCODE_CHANCE)
+    with store:  # a failure before anything is written (e.g. a bad --distances) leaves no run behind
+        specs = list(specs or [cfg.model])
+        frames, curves, skips, infos = [], [], [], {}
+        for spec in specs:
+            run_cfg = dataclasses.replace(cfg, model=spec)
+            feats, loaded, ckpt, task_acc = None, None, "", float("nan")
+            if features_from is not None:
+                src = RunStore.open(features_from)
+                found = replicate_sets(src.manifest.files)  # features[/<checkpoint>] -> its data-<d> replicates
+                if not found:
+                    raise ProbeInputError(
+                        f"--features-from {features_from}: no cached passcode features "
+                        f"({schema.FEATURE_TEXT.at(prefix=schema.features_prefix('<checkpoint>') + '/data-<d>')}); "
+                        "run `probe passcode` with --cache-features first"
+                    )
+                prefix = schema.features_prefix() if schema.features_prefix() in found else sorted(found)[-1]
+                ckpt = prefix.partition("/")[2]
+                feats = load_replicates(src, found[prefix])
+            else:
+                loaded, ckpt, task_acc = _load(spec, cfg)
+            prefix = schema.features_prefix(ckpt)
+            on_feat = (lambda f, p=prefix: save_replicates(store, f, p)) if cache_features and feats is None else None
+            res = run_passcode(
+                run_cfg,
+                loaded,
+                features=feats,
+                checkpoint=ckpt,
+                task_accuracy=task_acc,
+                on_features=on_feat,
+                progress=(lambda s, d, t, c=ckpt: progress(f"{c} {s}".strip(), d, t)) if progress else None,
+            )
+            frames.append(res.rows)
+            curves.append(res.curves)
+            skips += [s.to_dict() for s in res.skips]
+            infos[spec] = res.info
+        df = pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]
+        cv = pd.concat(curves, ignore_index=True)[CURVE_COLUMNS]
+        store.write_table(schema.PROBE_RESULTS, df)
+        store.write_table(schema.PROBE_CURVES, cv)
+        summary = {"summary": summarize(df), "skipped": skips, "info": infos}
+        store.write_json(schema.PASSCODE_SUMMARY.path, summary)
+        store.mark_complete(rows=len(df), chance=schema.PASSCODE_CHANCE)
     return SweepRun(rows=df, curves=cv, skips=skips, info=infos, summary=summary)

@@ -48,13 +48,14 @@ def test_passcode_json_rows(model_dir, tmp_path):
             "--probes",
             "linear",
             "--distances",
-            "1,2,9",
+            "1,2",
             "--out",
             str(out),
             "--json",
         ],
     )
     assert res.exit_code == 0, res.output
+    assert "--batch-size 256 > --samples 200: using 200" in res.stderr
     rows = json.loads(res.stdout)
     assert isinstance(rows, list) and rows and all((REQUIRED | DECOMPOSITION) <= set(r) for r in rows)
     for r in rows:
@@ -65,14 +66,21 @@ def test_passcode_json_rows(model_dir, tmp_path):
     assert {r["condition"] for r in rows} == {"direct", "masked", "causal_control"}
     assert {r["distance"] for r in rows if r["condition"] == "masked"} == {1, 2}
     assert all(r["layer"] == 1 for r in rows)
+    for r in rows:  # issue 18: flags, power and references in every row
+        assert r["stopped_by"] in ("plateau", "patience", "cap") and isinstance(r["still_improving"], bool)
+        assert r["n_data_seeds"] == 2 and r["n_seeds"] == 3 and r["epochs"] >= 1
+        for w in ("same_sum", "foreign", "delimiter_hidden"):
+            assert r[f"excess_{w}"] == pytest.approx(r["accuracy"] - r[f"{w}_accuracy"])
+            assert r[f"excess_{w}_ci_low"] <= r[f"excess_{w}"] <= r[f"excess_{w}_ci_high"]
+        assert r["check"] in (("pass", "fail") if r["condition"] == "causal_control" else ("",))
     df = pd.read_parquet(out / "probe_results.parquet")
     assert list(df.columns) == CONTRACT and len(df) == len(rows)
-    summary = json.loads((out / "passcode_summary.json").read_text())
-    assert summary["skipped"] and summary["skipped"][0]["distance"] == 9
-    assert (out / "features" / "normal" / "index.parquet").exists()
-    assert (out / "features" / "restart" / "index.parquet").exists()
+    for d in (0, 1):
+        for w in ("normal", "restart", "same_sum", "foreign", "delimiter_hidden"):
+            assert (out / "features" / f"data-{d}" / w / "index.parquet").exists()
     curves = pd.read_parquet(out / "probe_curves.parquet")
-    assert set(curves["world"]) == {"normal", "restart", "text", "control"}
+    assert set(curves["world"]) == {"normal", "restart", "same_sum", "foreign", "delimiter_hidden", "text", "control"}
+    assert set(curves["data_seed"]) == {0, 1}
     assert curves.groupby(["condition", "distance", "world"])["epoch"].max().min() >= 1
     # re-fit from the cached features without the model
     res2 = CliRunner().invoke(
@@ -96,6 +104,24 @@ def test_passcode_json_rows(model_dir, tmp_path):
     )
     assert res2.exit_code == 0, res2.output
     assert len(json.loads(res2.stdout)) == 3
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--distances", "100"], "error: --distances 100: distance 100 beyond the trace"),
+        (["--trace", "code.json", "--task", "toy"], "error: --trace code.json: the toy task"),
+        (["--worlds", "vanilla"], "error: --worlds: unknown vanilla"),
+    ],
+)
+def test_bad_passcode_options_fail_in_one_line_before_any_work(model_dir, tmp_path, extra, message):
+    out = tmp_path / "r"
+    args = ["probe", "passcode", "--model", str(model_dir), "--samples", "50", "--out", str(out), *extra]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert lines[-1].startswith(message) and "{" not in lines[-1], res.output
+    assert not out.exists()  # nothing written
 
 
 def test_layer_out_of_range_is_one_line_exit_2(model_dir, tmp_path):

@@ -21,7 +21,9 @@ from memento_lens.probes.passcode import (
 from memento_lens.probes.tasks import ToyPasscodeTask
 from memento_lens.probes.train import TrainConfig, paired_bootstrap
 
-FAST = TrainConfig(max_epochs=40, patience=5, batch_size=256, lr=3e-3, seeds=2, n_boot=300)
+FAST = TrainConfig(
+    max_epochs=40, patience=5, smooth=2, min_epochs=3, lr=3e-3, seeds=2, n_boot=300, linear_solver="adam"
+)
 
 
 # -- pure statistics ---------------------------------------------------------------------------------------------
@@ -131,6 +133,10 @@ def test_learning_curves_and_cap_are_recorded(planted_rows):
     one = curves[(curves.condition == "direct") & (curves.layer == 1) & (curves.world == "normal")]
     assert one.groupby("seed").epoch.max().min() >= FAST.patience + 1
     assert rows.hit_cap.dtype == bool
+    # how every fit stopped, per row and per curve
+    assert set(rows.stopped_by) <= {"plateau", "patience", "cap"} and rows.still_improving.dtype == bool
+    assert (rows.best_epoch <= rows.epochs).all() and (one.best_epoch <= one.epoch.max()).all()
+    assert set(one.stopped_by) <= {"plateau", "patience", "cap"}
 
 
 # -- real K/V ---------------------------------------------------------------------------------------------------
@@ -167,7 +173,9 @@ def test_untrained_toy_shows_an_implicit_channel():
         probes=("linear",),
         control=False,
         text=False,
-        train=TrainConfig(max_epochs=60, patience=6, lr=3e-3, seeds=1, n_boot=300),
+        data_seeds=1,
+        worlds=(),
+        train=TrainConfig(seeds=1, n_boot=300),
     )
     from memento_lens.runtime.model import from_objects
 
@@ -175,3 +183,101 @@ def test_untrained_toy_shows_an_implicit_channel():
     r = res.rows.iloc[0]
     assert r.excess_ci_low > 0, r
     assert r.accuracy > r.text_ceiling, r
+
+
+# -- reference worlds, data replicates, the corrected check (issue 18 items 2-3) ----------------------------------
+def _planted_worlds(n: int, seed: int, leak: bool = False) -> PasscodeFeatures:
+    """As :func:`_planted`, plus reference worlds: ``same_sum`` and ``foreign`` carry no passcode (noise, like
+    restart), ``delimiter_hidden`` is the normal world itself (the channel does not run through delimiters).
+    ``leak``: the passcode also planted in memento 0 (the causal control), which the check must catch."""
+    base = _planted(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    labels = base.labels
+    onehot = np.eye(10)[labels].reshape(n, 50)
+    worlds = dict(base.worlds)
+    for w in ("same_sum", "foreign"):
+        kv = {
+            k: (v if k[1] == 0 else torch.tensor(rng.normal(size=(n, 48)), dtype=torch.float32).view(n, 2, 3, 8))
+            for k, v in base.worlds["restart"].kv.items()
+        }
+        worlds[w] = MementoFeatures(kv=kv, labels=torch.as_tensor(labels))
+    worlds["delimiter_hidden"] = base.worlds["normal"]
+    if leak:
+        sig = torch.tensor(onehot @ rng.normal(size=(50, 48)) + rng.normal(size=(n, 48)), dtype=torch.float32)
+        worlds["normal"] = MementoFeatures(
+            kv={**worlds["normal"].kv, (0, 1): sig.view(n, 2, 3, 8)}, labels=torch.as_tensor(labels)
+        )
+    return PasscodeFeatures(
+        worlds=worlds, text_tokens=base.text_tokens, ceilings=base.ceilings, task="planted", data_seed=seed
+    )
+
+
+def _rows(reps, **kw):
+    cfg = PasscodeConfig(distances=(1,), probes=("linear",), control=False, train=TrainConfig(n_boot=300), **kw)
+    conds, _ = ToyPasscodeTask().conditions((1,), cfg.conditions)
+    pairs, layers = plan(cfg, 2, conds)
+    return probe_features(reps, cfg, pairs, layers)[0]
+
+
+@pytest.fixture(scope="module")
+def replicate_rows():
+    return _rows([_planted_worlds(1200, 0), _planted_worlds(1000, 1)])
+
+
+def test_reference_worlds_say_which_route_the_channel_takes(replicate_rows):
+    rows = replicate_rows
+    r = rows[(rows.condition == "masked") & (rows.layer == 1)].iloc[0]
+    assert r.excess_same_sum_ci_low > 0.3 and r.excess_foreign_ci_low > 0.3  # the references lose the passcode
+    assert r.excess_delimiter_hidden == 0.0 == r.excess_delimiter_hidden_ci_low  # not through the delimiters
+    assert 0.06 < r.same_sum_accuracy < 0.14
+    layer0 = rows[rows.layer == 0]
+    assert (layer0.excess_same_sum == 0).all() and (layer0.excess_foreign == 0).all()  # one shared tensor
+
+
+def test_rows_pool_independent_data_replicates(replicate_rows):
+    rows = replicate_rows
+    assert (rows.n_data_seeds == 2).all() and (rows.n_seeds == 3).all()
+    one = _rows([_planted_worlds(1200, 0)])
+    assert (one.n_data_seeds == 1).all()
+    assert rows.n_val.iloc[0] > one.n_val.iloc[0]  # validation samples of both replicates
+    assert (rows.layer != -1).all() and ALL_LAYERS in set(rows.layer)  # the concatenation is never "layer -1"
+
+
+def test_causal_control_check_passes_a_null_and_fails_a_leak(replicate_rows):
+    ctrl = replicate_rows[replicate_rows.condition == "causal_control"]
+    assert len(ctrl) == 3 and set(ctrl.check) == {"pass"}
+    assert ctrl.check_alpha.iloc[0] == pytest.approx(0.05 / 3)  # Bonferroni over the 3 check rows
+    meas = replicate_rows[replicate_rows.role == "measurement"]
+    assert set(meas.check) == {""}
+    leak = _rows([_planted_worlds(1200, 0, leak=True), _planted_worlds(1000, 1, leak=True)])
+    bad = leak[(leak.condition == "causal_control") & (leak.layer == 1)].iloc[0]
+    assert bad.check == "fail" and bad.check_bound > 0.1
+
+
+def test_config_errors_name_the_option_before_anything_runs():
+    from memento_lens.probes.features import ProbeInputError
+
+    with pytest.raises(ProbeInputError, match="--trace code.json: the toy task"):
+        PasscodeConfig(model="toy", trace="code.json")
+    with pytest.raises(ProbeInputError, match="--distances"):
+        PasscodeConfig(distances=(0,))
+    with pytest.raises(ProbeInputError, match="--worlds: unknown vanilla"):
+        PasscodeConfig(worlds=("vanilla",))
+    with pytest.raises(ProbeInputError, match="--samples 5"):
+        PasscodeConfig(samples=5)
+    with pytest.raises(ProbeInputError, match="--heads"):
+        PasscodeConfig(heads=(-1,))
+
+
+def test_a_distance_beyond_the_task_fails_before_any_replay(monkeypatch):
+    import memento_lens.probes.passcode as pc
+    from memento_lens.probes.features import ProbeInputError
+    from memento_lens.runtime.model import from_objects
+
+    def boom(*a, **k):
+        raise AssertionError("features extracted before the distance was checked")
+
+    monkeypatch.setattr(pc, "extract_features", boom)
+    cfg = PasscodeConfig(model="toy-small", task="toy", samples=40, distances=(100,))
+    with pytest.raises(ProbeInputError, match=r"^--distances 100: distance 100 beyond"):
+        run_passcode(cfg, from_objects(small_toy_model(0), None, name="toy-small"), task=ToyPasscodeTask())

@@ -7,12 +7,22 @@ import pytest
 import torch
 from memento_lens.probes.models import LinearProbe, MLPProbe, make_probe
 from memento_lens.probes.train import (
+    STOPPED_BY,
+    FitTask,
     TrainConfig,
     bootstrap_ci,
+    chance_check,
     control_labels,
+    fit_batched,
+    fit_ridge,
+    hierarchical_bootstrap,
     label_unique_split,
+    paired_bootstrap,
     passcode_keys,
+    plateau_stop,
     score_probe,
+    still_improving,
+    text_control_labels,
 )
 
 
@@ -113,8 +123,9 @@ def test_batched_fit_flags_the_cap_and_stops_on_patience():
     assert res.correct.shape == (2, 200, 5) and res.curves.shape[:2] == (2, 3)
     long = TrainConfig(max_epochs=200, patience=2, lr=3e-3)
     res = fit_batched(LinearProbe(), [noise], [lab], [FitTask(0, 0, 0)], idx[:900], idx[900:1000], idx[1000:], long)
-    assert not res.hit_cap[0] and res.epochs[0] < 200  # nothing to learn: patience ends it
-    assert res.epochs[0] == res.best_epoch[0] + 2
+    assert not res.hit_cap[0] and res.epochs[0] < 200  # nothing to learn: the plateau rule ends it
+    assert res.stopped_by[0] == "plateau" and not res.still_improving[0] and res.epochs[0] >= long.min_epochs
+    assert list(res.stopped_by[:0]) == [] and set(res.stopped_by) <= set(STOPPED_BY)
 
 
 def test_equal_features_and_seed_give_equal_fits_whatever_else_is_in_the_batch():
@@ -147,3 +158,125 @@ def test_lbfgs_linear_probe_recovers_a_planted_signal_and_ignores_seeds():
     assert res.correct[0].mean() > 0.9 and 0.05 < res.correct[2].mean() < 0.15
     np.testing.assert_array_equal(res.correct[0], res.correct[1])  # convex: the seed changes nothing
     assert not res.hit_cap[0]
+
+
+# -- the plateau stopping rule (issue 18 item 1) ---------------------------------------------------------------
+RULE = TrainConfig(patience=30, smooth=5, min_delta=0.002, max_epochs=100, min_epochs=10)
+
+
+def test_plateau_rule_on_hand_built_curves():
+    e = np.arange(1, 101)
+    rising = 0.1 + 0.004 * e  # still climbing at the cap
+    assert plateau_stop(rising, RULE) == (100, "cap", True)
+    flat_after_20 = np.minimum(0.1 + 0.01 * e, 0.3)
+    stop, how, imp = plateau_stop(flat_after_20, RULE)
+    assert how == "plateau" and not imp and 20 + 30 <= stop <= 20 + 30 + RULE.smooth
+    noise = 0.1 + 0.01 * np.random.default_rng(0).standard_normal(100)
+    stop, how, imp = plateau_stop(noise, RULE)
+    assert how == "plateau" and not imp and stop < 60  # a noisy flat curve is a plateau, not "improving"
+    # a dip and a slow recovery that never beats the best by min_delta: the counter ends it on a rising curve
+    dip = np.concatenate([np.linspace(0.1, 0.5, 10), np.linspace(0.3, 0.5, 90)])
+    stop, how, imp = plateau_stop(dip, RULE)
+    assert how == "patience" and imp
+    short = TrainConfig(patience=3, smooth=1, min_delta=0.0, min_epochs=1)  # the old quick rule stops at once
+    assert plateau_stop(np.r_[0.2, 0.19, 0.19, 0.19, rising], short)[0] == 4
+
+
+def test_still_improving_needs_a_real_trend():
+    assert still_improving(np.linspace(0.1, 0.2, 30), 30, 0.002)
+    assert not still_improving(np.full(30, 0.2), 30, 0.002)
+    assert not still_improving(np.linspace(0.2, 0.1, 30), 30, 0.002)
+
+
+def test_fit_batched_applies_the_same_rule_as_plateau_stop():
+    rng = np.random.default_rng(8)
+    lab = _labels(1500, seed=8)
+    x = torch.tensor(
+        np.eye(10)[lab].reshape(len(lab), 50) @ rng.normal(size=(50, 30)) + 3 * rng.normal(size=(1500, 30))
+    )
+    idx = np.arange(len(lab))
+    cfg = TrainConfig(max_epochs=80, patience=8, smooth=3, lr=3e-3, min_epochs=5)
+    res = fit_batched(
+        LinearProbe(),
+        [x.float()],
+        [lab],
+        [FitTask(0, 0, 0), FitTask(0, 0, 1)],
+        idx[:1000],
+        idx[1000:1250],
+        idx[1250:],
+        cfg,
+    )
+    for i in range(2):
+        curve = res.curves[i, : res.epochs[i], 1]
+        stop, how, imp = plateau_stop(curve, cfg)
+        assert (stop, how, bool(imp)) == (res.epochs[i], res.stopped_by[i], bool(res.still_improving[i]))
+        assert 1 <= res.best_epoch[i] <= res.epochs[i]
+
+
+def test_ridge_probe_recovers_a_planted_signal_in_closed_form():
+    rng = np.random.default_rng(5)
+    lab = _labels(1500, seed=5)
+    x = torch.tensor(
+        np.eye(10)[lab].reshape(len(lab), 50) @ rng.normal(size=(50, 40)) + 0.5 * rng.normal(size=(1500, 40))
+    )
+    noise = torch.randn(len(lab), 40)
+    idx = np.arange(len(lab))
+    tasks = [FitTask(0, 0, 0), FitTask(0, 0, 1), FitTask(1, 0, 0)]
+    res = fit_ridge([x, noise], [lab], tasks, idx[:1000], idx[1000:1200], idx[1200:], TrainConfig())
+    assert res.correct[0].mean() > 0.9 and 0.05 < res.correct[2].mean() < 0.15
+    np.testing.assert_array_equal(res.correct[0], res.correct[1])  # deterministic: seeds share the fit
+    assert list(res.stopped_by) == ["plateau"] * 3 and (res.epochs == 1).all()
+    assert res.correct.shape == (3, 300, 5)
+
+
+# -- power: the hierarchical bootstrap and the corrected chance check (issue 18 item 2) ---------------------------
+def test_hierarchical_bootstrap_reduces_to_the_paired_one_and_widens_with_data_seeds():
+    rng = np.random.default_rng(0)
+    a, b = rng.random((3, 400, 5)) < 0.2, rng.random((3, 400, 5)) < 0.1
+    one = hierarchical_bootstrap([a], [b], n_boot=500, seed=3)
+    ref = paired_bootstrap(a, b, n_boot=500, seed=3)
+    for k in ref:
+        assert one[k] == pytest.approx(ref[k], nan_ok=True)
+    assert one["n_data_seeds"] == 1
+    # a second data seed whose effect is much larger: the point is the mean of the two, the CI spans both
+    a2, b2 = rng.random((3, 300, 5)) < 0.4, rng.random((3, 300, 5)) < 0.1
+    two = hierarchical_bootstrap([a, a2], [b, b2], n_boot=1000, seed=3)
+    assert two["diff"] == pytest.approx(np.mean([(a.mean() - b.mean()), (a2.mean() - b2.mean())]))
+    assert two["diff_ci_high"] - two["diff_ci_low"] > 3 * (one["diff_ci_high"] - one["diff_ci_low"])
+    assert two["diff_ci_low"] < 0.15 < 0.25 < two["diff_ci_high"]
+    same = hierarchical_bootstrap([a, a2], [a.copy(), a2.copy()], n_boot=200)
+    assert same["diff"] == same["diff_ci_low"] == same["diff_ci_high"] == 0.0
+    with pytest.raises(ValueError, match="same data seeds"):
+        hierarchical_bootstrap([a, a2], [b])
+
+
+def test_chance_check_is_corrected_for_the_number_of_rows():
+    rng = np.random.default_rng(1)
+    null = [rng.random((3, 400, 5)) < 0.1, rng.random((3, 400, 5)) < 0.1]
+    assert chance_check(null, 0.1, n_checks=8)["check"] == "pass"
+    leak = [rng.random((3, 400, 5)) < 0.2, rng.random((3, 400, 5)) < 0.2]
+    assert chance_check(leak, 0.1, n_checks=8)["check"] == "fail"
+    mild = [rng.random((3, 400, 5)) < 0.12, rng.random((3, 400, 5)) < 0.12]
+    b1, b8 = chance_check(mild, 0.1, 1), chance_check(mild, 0.1, 8)
+    assert b8["check_alpha"] == pytest.approx(0.05 / 8) and b8["check_bound"] < b1["check_bound"]
+
+
+# -- a control task that can fail (issue 18 item 4) --------------------------------------------------------------
+def test_text_control_labels_are_learnable_across_a_label_unique_split():
+    rng = np.random.default_rng(2)
+    n = 3000
+    text = rng.integers(0, 40, size=(n, 1))  # 40 memento texts, each on both sides of any passcode split
+    lab = _labels(n, seed=2)
+    ctrl = text_control_labels(text, 5, seed=0)
+    # a fixed function of the text alone, independent of the other samples present
+    np.testing.assert_array_equal(ctrl[:10], text_control_labels(text[:10], 5, seed=0))
+    assert (ctrl[text[:, 0] == text[0, 0]] == ctrl[0]).all()
+    assert not np.array_equal(ctrl, text_control_labels(text, 5, seed=1))
+    assert abs((ctrl == 3).mean() - 0.1) < 0.03
+    feats = torch.tensor(np.eye(40)[text[:, 0]], dtype=torch.float32)
+    tr, va = label_unique_split(lab, 0.2, 0)
+    res = fit_ridge(
+        [feats], [ctrl, control_labels(lab, 0)], [FitTask(0, 0, 0), FitTask(0, 1, 0)], tr[:2000], tr[2000:], va
+    )
+    assert res.correct[0].mean() > 0.9  # the text control can be learned: it measures memorisation
+    assert res.correct[1].mean() < 0.15  # the passcode relabelling cannot, by construction
