@@ -419,3 +419,74 @@ def test_trace_objects_with_their_own_token_ids(tmp_path):
     van = df[df["mode"] == "vanilla"]["tokens"].tolist()
     assert van[-1] == 38 and mem[-1] == 38 - 3 * 5  # each block's 5 digits evicted (delimiters stay)
     assert not rep.skipped
+
+
+# -- titles say what was run, and fit (issue 20) ------------------------------------------------------------
+def _plotted(name: str, df: pd.DataFrame):
+    fig = REGISTRY[name]
+    return fig.plot(df), fig.markdown(df)
+
+
+def _subplot_titles(fig) -> list:
+    """make_subplots' panel titles: the layout's text annotations."""
+    return [a for a in fig.layout.annotations if a.text]
+
+
+def test_restart_ablation_titles_name_only_what_ran_and_do_not_overlap(tmp_path):
+    from memento_lens.analyses.figures import PNG_SIZE
+
+    rows = probes_shaped_ablations()
+    store = RunStore.create(tmp_path / "r", "ablation", {})
+    store.write_table("ablations.parquet", rows[rows["experiment"] == "restart"])
+    render_figures(["restart-ablation"], runs=[tmp_path / "r"], out_dir=tmp_path / "f", png=False)
+    only_restart = pd.read_csv(tmp_path / "f" / "restart-ablation.csv", keep_default_na=False)
+    fig, md = _plotted("restart-ablation", only_restart)
+    assert fig.layout.title.text == "Restart ablation"  # no "and KV patching": no patching ran
+    assert md.startswith("## Restart ablation\n")
+    titles = _subplot_titles(fig)
+    assert [t.text for t in titles] == [
+        "accuracy (teacher-forced)",
+        "KL to normal",
+        "NLL (teacher-forced)",
+    ]
+    assert fig.layout.yaxis.title.text == "restart ablation"
+    # each title fits its panel in the PNG (at most ~0.6 em per character at the titles' font size), also with
+    # the toy's fourth restart panel (greedy generation)
+    extra = only_restart[only_restart["metric"] == "kl_teacher_forced"].assign(metric="memento_exact_generated")
+    for f in (fig, _plotted("restart-ablation", pd.concat([only_restart, extra], ignore_index=True))[0]):
+        titles = _subplot_titles(f)
+        axes = [f.layout[f"xaxis{i + 1 if i else ''}"] for i in range(len(titles))]
+        for t, ax in zip(titles, axes):
+            width_px = (ax.domain[1] - ax.domain[0]) * PNG_SIZE["width"]
+            assert len(t.text) * 0.6 * t.font.size <= width_px, (t.text, width_px)
+
+    store2 = RunStore.create(tmp_path / "r2", "ablation", {})
+    store2.write_table("ablations.parquet", rows)
+    rep = render_figures(["restart-ablation"], runs=[tmp_path / "r2"], out_dir=tmp_path / "f2", png=False)
+    assert not rep.skipped
+    assert (tmp_path / "f2" / "restart-ablation.md").read_text().startswith("## Restart ablation and KV patching\n")
+    patch_only = rows[rows["experiment"] == "patch"]
+    store3 = RunStore.create(tmp_path / "r3", "ablation", {})
+    store3.write_table("ablations.parquet", patch_only)
+    render_figures(["restart-ablation"], runs=[tmp_path / "r3"], out_dir=tmp_path / "f3", png=False)
+    assert (tmp_path / "f3" / "restart-ablation.md").read_text().startswith("## KV patching\n")
+
+
+def test_compression_cdf_of_a_run_without_domains_is_not_titled_unknown(tmp_path):
+    from memento_lens.analyses.figures.compression_cdf import panel_titles
+
+    df = pd.DataFrame(
+        {
+            "domain": ["unknown"] * 3,
+            "source": "toy",
+            "unit": "tokens",
+            "ratio": [0.1, 0.2, 0.3],
+            "cdf": [1 / 3, 2 / 3, 1.0],
+        }
+    )
+    fig, md = _plotted("compression-cdf", df)
+    titles = [t.text for t in _subplot_titles(fig)]
+    assert titles == ["all blocks (no domain recorded) (3 blocks)"] == panel_titles(df)
+    assert "unknown" not in md and "no domain recorded" in md
+    named = df.assign(domain="math")
+    assert [t.text for t in _subplot_titles(_plotted("compression-cdf", named)[0])] == ["math (3 blocks)"]

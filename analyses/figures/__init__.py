@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 from memento_lens.runtime.config import ConfigError, MementoTokenIds
 from memento_lens.runtime.errors import OutputError
 from memento_lens.runtime.rundir import schema
+from memento_lens.runtime.rundir.reader import RunReader
 from memento_lens.runtime.rundir.store import MANIFEST, RunStore, atomic_write_bytes
 from memento_lens.runtime.trace import Trace
 
@@ -193,7 +194,7 @@ def _sha256(path: Path) -> str:
 def render_figures(
     names: Iterable[str] | None = None,
     *,
-    runs: Sequence[str | os.PathLike | RunStore] = (),
+    runs: Sequence[str | os.PathLike | RunStore | RunReader] = (),
     traces: Sequence[str | os.PathLike | Trace] = (),
     out_dir: str | os.PathLike,
     tokenizer: Any = "approx",
@@ -206,7 +207,7 @@ def render_figures(
     """Render figures (``None``/``["all"]`` = every one) from run directories and/or trace files.
 
     Args:
-        runs: run directories (paths or opened stores).
+        runs: run directories (paths, opened stores or readers; read through :class:`RunReader`).
         traces: trace files (ingested with ``tokenizer``; malformed rows skipped) or Trace objects
             (their vocabulary's memento ids in ``token_ids``; default: ``tokenizer``'s).
         out_dir: where ``<name>.{csv,html,md,png}`` go; a run's ``figures/`` is recorded in its manifest.
@@ -221,7 +222,7 @@ def render_figures(
     from ..tokenization import load_tokenizer
 
     wanted = resolve_names(names)
-    stores = [r if isinstance(r, RunStore) else RunStore.open(r, verify=False) for r in runs]
+    readers = [r if isinstance(r, RunReader) else RunReader(r) for r in runs]
     tok = load_tokenizer(tokenizer)
     objs = [t for t in traces if isinstance(t, Trace)]
     paths = [t for t in traces if not isinstance(t, Trace)]
@@ -234,7 +235,7 @@ def render_figures(
             )
         objs += ingest_files(paths, tok, arrays=True).traces
     inputs = FigureInputs(
-        runs=stores,
+        runs=readers,
         traces=objs,
         token_ids=ids,
         spec=resolve_spec(spec) if spec is not None else None,
@@ -242,7 +243,7 @@ def render_figures(
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files_out = _FigureFiles(out, stores, overwrite)
+    files_out = _FigureFiles(out, [r.store for r in readers], overwrite)
     write = files_out.write
     report = FigureReport(out_dir=str(out))
     prepared = []

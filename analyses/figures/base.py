@@ -10,12 +10,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 from memento_lens.runtime.config import MementoTokenIds
-from memento_lens.runtime.rundir.store import RunStore
+from memento_lens.runtime.rundir import schema
+from memento_lens.runtime.rundir.reader import RunReader
 from memento_lens.runtime.trace import Trace
 
 from ..kv import KVSpec
 
-PASSCODE_CHANCE = 0.1  # one of 10 digits per passcode position (the paper's chance line, toy and real)
+PASSCODE_CHANCE = schema.PASSCODE_CHANCE  # owned by the run schema (one of 10 digits per passcode position)
 
 
 class MissingInputs(Exception):
@@ -27,27 +28,28 @@ class FigureInputs:
     """Everything figures may read.
 
     Attributes:
-        runs: run directories (opened, checksums verified on read).
+        runs: run directories, read through :class:`RunReader` (checksums verified on read).
         traces: ingested traces (from trace files).
         token_ids: the memento token ids of ``traces`` (their tokenizer's).
         spec: bytes per token for KV figures.
         trace_id: which trace the per-trace figures (kv-sawtooth) show; None = the first one.
     """
 
-    runs: Sequence[RunStore] = ()
+    runs: Sequence[RunReader] = ()
     traces: Sequence[Trace] = ()
     token_ids: MementoTokenIds | None = None
     spec: KVSpec | None = None
     trace_id: str | None = None
     _cache: dict[str, pd.DataFrame | None] = field(default_factory=dict, repr=False)
 
-    def table(self, rel: str) -> pd.DataFrame | None:
-        """``rel`` (e.g. ``probe_results.parquet``) concatenated over every run that has it, with a
+    def table(self, table: schema.Table | str) -> pd.DataFrame | None:
+        """A run table (``schema.PROBE_RESULTS``, or its path) concatenated over every run that has it, with a
         ``run`` column (the run directory's name); None when no run has it."""
-        if rel not in self._cache:
-            parts = [r.read_table(rel).assign(run=r.path.name) for r in self.runs if r.has(rel)]
-            self._cache[rel] = pd.concat(parts, ignore_index=True) if parts else None
-        return self._cache[rel]
+        t = schema.table(table) if isinstance(table, str) else table
+        if t.name not in self._cache:
+            parts = [r.table(t).assign(run=r.path.name) for r in self.runs if r.has(t)]
+            self._cache[t.name] = pd.concat(parts, ignore_index=True) if parts else None
+        return self._cache[t.name]
 
 
 class Figure:

@@ -7,10 +7,24 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from memento_lens.runtime.rundir.schema import TOKENS, TRACES
 
 from ..palette import color, series_color
 from ..stats import block_stats, blocks_from_tokens_table
 from .base import Figure, FigureInputs, MissingInputs, md_table
+
+UNKNOWN = "unknown"  # analyses.stats' domain of a trace that records none (toy, generate, replay)
+NO_DOMAIN = "all blocks (no domain recorded)"
+
+
+def panel_titles(df: pd.DataFrame) -> list[str]:
+    """One title per panel (domain): its name and block count; traces that record no domain (the toy, a
+    generated run) are titled as such, never "unknown"."""
+    out = []
+    for dom in dict.fromkeys(df["domain"]):
+        n = int((df["domain"] == dom).sum())
+        out.append(f"{NO_DOMAIN if dom == UNKNOWN else dom} ({n} blocks)")
+    return out
 
 
 class CompressionCDF(Figure):
@@ -30,9 +44,9 @@ class CompressionCDF(Figure):
             src = {t.trace_id: Path(str(t.meta.get("source_file") or "traces")).stem for t in inputs.traces}
             parts.append(b.assign(source=b["trace"].map(src)))
         for run in inputs.runs:
-            if run.has("tokens.parquet"):
-                tr = run.read_table("traces.parquet") if run.has("traces.parquet") else None
-                b = blocks_from_tokens_table(run.read_table("tokens.parquet"), tr)
+            if run.has(TOKENS):
+                tr = run.table(TRACES) if run.has(TRACES) else None
+                b = blocks_from_tokens_table(run.table(TOKENS), tr)
                 parts.append(b.assign(source=run.path.name))
         if not parts:
             raise MissingInputs("needs trace files (--traces) or a run with tokens.parquet")
@@ -69,7 +83,7 @@ class CompressionCDF(Figure):
 
         domains = list(dict.fromkeys(df["domain"]))
         sources = list(dict.fromkeys(df["source"]))
-        fig = make_subplots(rows=1, cols=len(domains), subplot_titles=domains, shared_yaxes=True)
+        fig = make_subplots(rows=1, cols=len(domains), subplot_titles=panel_titles(df), shared_yaxes=True)
         shown: set[str] = set()
         for i, dom in enumerate(domains, start=1):
             for source, g in df[df["domain"] == dom].groupby("source", sort=False):
@@ -100,6 +114,7 @@ class CompressionCDF(Figure):
         return fig
 
     def markdown(self, df: pd.DataFrame) -> str:
+        df = df.assign(domain=df["domain"].replace(UNKNOWN, NO_DOMAIN))
         g = df.groupby(["domain", "source"], sort=False)["ratio"]
         table = pd.DataFrame(
             {

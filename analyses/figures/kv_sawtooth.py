@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from memento_lens.runtime.rundir.schema import OCCUPANCY, TRACES
 
 from ..kv import GB, KTOK, Occupancy, account_trace, default_configs, occupancies_from_table, resolve_spec
 from ..palette import color
@@ -18,7 +19,7 @@ class KVSawtooth(Figure):
     paper = "Memento paper Fig. 5. Peak = max KV over the trace; AUC = area under KV over generated tokens."
 
     def data(self, inputs: FigureInputs) -> pd.DataFrame:
-        curves = self._curves(inputs)
+        curves, source = self._curves(inputs)
         rows = []
         for c in curves:
             gen = c.tokens[c.prompt_len :]
@@ -33,7 +34,10 @@ class KVSawtooth(Figure):
                     }
                 )
             )
-        return pd.concat(rows, ignore_index=True)
+        df = pd.concat(rows, ignore_index=True)
+        # which bytes-per-token rule made the GB (stated in the title and the Markdown; not a CSV column)
+        df.attrs["kv_rule"] = f"{curves[0].bytes_per_token:,} bytes/token: {source}" if curves else ""
+        return df
 
     def _curves(self, inputs: FigureInputs):
         if inputs.traces:
@@ -42,9 +46,11 @@ class KVSawtooth(Figure):
                 raise MissingInputs(f"no trace {inputs.trace_id!r} among the trace files")
             if inputs.token_ids is None:
                 raise MissingInputs("traces given without their tokenizer's memento token ids")
-            curves = account_trace(trace, inputs.token_ids, default_configs(), resolve_spec(inputs.spec))
-            return [curves[m] for m in MODES]
-        occ = inputs.table("occupancy.parquet")
+            spec = resolve_spec(inputs.spec)
+            curves = account_trace(trace, inputs.token_ids, default_configs(), spec)
+            named = "named by --model" if inputs.spec is not None else "the default for trace files"
+            return [curves[m] for m in MODES], f"{spec.name} ({named})"
+        occ = inputs.table(OCCUPANCY)
         if occ is None or occ.empty:
             raise MissingInputs("needs trace files (--traces) or a run with occupancy.parquet")
         tid = inputs.trace_id if inputs.trace_id is not None else str(occ["trace"].iloc[0])
@@ -52,16 +58,20 @@ class KVSawtooth(Figure):
         if occ.empty:
             raise MissingInputs(f"occupancy.parquet has no vanilla/memento rows for trace {tid!r}")
         occ = occ[occ["run"] == occ["run"].iloc[0]]
-        tr = inputs.table("traces.parquet")
+        tr = inputs.table(TRACES)
         prompt = {}
         if tr is not None:
             prompt = dict(zip(tr["trace"].astype(str), tr["prompt_len"].astype(int)))
-        bpt = resolve_spec(inputs.spec).bytes_per_token if inputs.spec is not None else None
+        # One bytes-per-token rule per run: the run's own model (the bytes its occupancy.parquet recorded)
+        # unless the user names another (spec).
+        spec = resolve_spec(inputs.spec) if inputs.spec is not None else None
+        bpt = spec.bytes_per_token if spec is not None else None
+        source = f"{spec.name} (named by --model)" if spec is not None else f"run {occ['run'].iloc[0]}'s own model"
         curves = {c.mode: c for c in occupancies_from_table(occ.drop(columns="run"), prompt, bpt)}
         if "vanilla" not in curves:  # a memento-only run: the same stream without eviction holds step + 1 tokens
             m = curves["memento"]
             curves["vanilla"] = Occupancy.vanilla(len(m.tokens), m.bytes_per_token, m.prompt_len, m.trace)
-        return [curves[m] for m in MODES if m in curves]
+        return [curves[m] for m in MODES if m in curves], source
 
     @staticmethod
     def summary(df: pd.DataFrame) -> pd.DataFrame:
@@ -105,7 +115,7 @@ class KVSawtooth(Figure):
             )
         trace = str(df["trace"].iloc[0]) if len(df) else ""
         fig.update_layout(
-            title=f"{self.title}<br><sup>trace {trace}</sup>",
+            title=f"{self.title}<br><sup>trace {trace}; {df.attrs.get('kv_rule', '')}</sup>",
             xaxis_title="generated token",
             yaxis_title="KV cache (GB)",
             template="plotly_white",
@@ -116,6 +126,7 @@ class KVSawtooth(Figure):
     def markdown(self, df: pd.DataFrame) -> str:
         trace = str(df["trace"].iloc[0]) if len(df) else ""
         return (
-            f"## {self.title}\n\n{self.paper} Trace `{trace}`; GB = 2^30 bytes, ktok = 1000 tokens.\n\n"
+            f"## {self.title}\n\n{self.paper} Trace `{trace}`; {df.attrs.get('kv_rule', '')}; GB = 2^30 bytes, "
+            "ktok = 1000 tokens.\n\n"
             f"{md_table(self.summary(df))}\n"
         )

@@ -9,9 +9,22 @@ direction (one panel per metric), layer -1 the unpatched normal/restart baseline
 from __future__ import annotations
 
 import pandas as pd
+from memento_lens.runtime.rundir.schema import ABLATIONS
 
 from ..palette import color, series_color
 from .base import Figure, FigureInputs, MissingInputs, layer_dtick, md_table
+
+# Panel titles: short enough for a 960-px PNG with four panels a row (PNG_SIZE).
+METRIC_LABELS = {
+    "accuracy_teacher_forced": "accuracy (teacher-forced)",
+    "nll_teacher_forced": "NLL (teacher-forced)",
+    "kl_teacher_forced": "KL to normal",
+    "memento_exact_generated": "memento exact (greedy)",
+    "delta_accuracy": "Δ accuracy",
+    "accuracy": "accuracy",
+    "nll": "NLL",
+    "kl": "KL",
+}
 
 COLUMNS = ["panel", "model", "checkpoint", "variant", "direction", "layer", "metric", "value", "ci_low", "ci_high", "n"]
 
@@ -26,7 +39,7 @@ class RestartAblation(Figure):
     )
 
     def data(self, inputs: FigureInputs) -> pd.DataFrame:
-        ab = inputs.table("ablations.parquet")
+        ab = inputs.table(ABLATIONS)
         if ab is None or ab.empty:
             raise MissingInputs(
                 "needs ablations.parquet in a --run directory (written by the probes' restart "
@@ -65,8 +78,15 @@ class RestartAblation(Figure):
         titles = []
         for kind, metrics in (("restart", r_metrics), ("patch", p_metrics)):
             if metrics:
-                titles += [f"{kind}: {m}" for m in metrics] + [""] * (ncols - len(metrics))
-        fig = make_subplots(rows=len(rows), cols=ncols, subplot_titles=titles, vertical_spacing=0.18)
+                titles += [metric_label(m) for m in metrics] + [""] * (ncols - len(metrics))
+        fig = make_subplots(
+            rows=len(rows),
+            cols=ncols,
+            subplot_titles=titles,
+            vertical_spacing=0.22 if len(rows) > 1 else 0.1,
+            horizontal_spacing=0.06,
+        )
+        fig.update_annotations(font_size=11)  # the subplot titles
         shown: set[str] = set()
         row = 1
         if r_metrics:
@@ -117,11 +137,13 @@ class RestartAblation(Figure):
                         line=dict(color=color("variant", str(b.variant)), dash="dash", width=1),
                     )
                 fig.update_xaxes(title_text="patched layer", row=row, col=j, dtick=layer_dtick(sub["layer"]))
-        fig.update_layout(title=self.title, template="plotly_white", barmode="group")
+        for r, kind in enumerate([k for k, m in (("restart ablation", r_metrics), ("KV patching", p_metrics)) if m], 1):
+            fig.update_yaxes(title_text=kind, row=r, col=1)  # each row's experiment, named once
+        fig.update_layout(title=figure_title(df), template="plotly_white", barmode="group")
         return fig
 
     def markdown(self, df: pd.DataFrame) -> str:
-        out = [f"## {self.title}\n\n{self.paper}\n"]
+        out = [f"## {figure_title(df)}\n\n{self.paper}\n"]
         r = df[df["panel"] == "restart"]
         if len(r):
             t = r.pivot_table(
@@ -137,6 +159,19 @@ class RestartAblation(Figure):
                 f"### Patching (all heads; layer -1 = unpatched baseline)\n\n{md_table(p.drop(columns=['panel']))}\n"
             )
         return "\n".join(out)
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric.replace("_", " "))
+
+
+def figure_title(df: pd.DataFrame) -> str:
+    """What was run: the restart ablation, KV patching, or both (never a part that did not run)."""
+    ran = set(df["panel"])
+    restart, patch = "restart" in ran, bool(ran & {"patch", "patch_base"})
+    if restart and patch:
+        return "Restart ablation and KV patching"
+    return "KV patching" if patch else "Restart ablation"
 
 
 def _err(g: pd.DataFrame):

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from ..occupancy import DTYPE_BYTES, KVSpec
 from . import schema
 from .kv import KVKey
 from .schema import ATTN_INDEX, KV_INDEX, Table
@@ -102,12 +103,27 @@ class RunReader:
         KV figure and command applies to a run unless the user names another model."""
         model = self.model
         if model and model.get("bytes_per_token"):
-            return int(model["bytes_per_token"]), f"the run's model ({model.get('name') or 'manifest'})"
+            return int(model["bytes_per_token"]), f"{model.get('name') or 'model'} (the run's own model)"
         if self.has(schema.OCCUPANCY):
             bpt = table_bytes_per_token(self.table(schema.OCCUPANCY, columns=["tokens", "bytes"]))
             if bpt:
-                return bpt, "the run's occupancy.parquet"
+                return bpt, "the bytes the run's occupancy.parquet recorded"
         return None
+
+    def kv_spec(self) -> KVSpec | None:
+        """The run's own :class:`KVSpec` (what one cached token costs in the model that produced it), from
+        :meth:`bytes_per_token`; its geometry from the manifest's model where recorded. None when the run records
+        neither a model nor occupancy bytes."""
+        found = self.bytes_per_token()
+        if found is None:
+            return None
+        bpt, source = found
+        model = self.model or {}
+        layers, kv_heads = int(model.get("layers") or 0), int(model.get("kv_heads") or 0)
+        dtype_bytes = DTYPE_BYTES.get(str(model.get("dtype", "")), 0)
+        if layers and kv_heads and dtype_bytes and bpt % (2 * layers * kv_heads * dtype_bytes) == 0:
+            return KVSpec(source, layers, kv_heads, bpt // (2 * layers * kv_heads * dtype_bytes), dtype_bytes)
+        return KVSpec(source, 1, 1, bpt // 2, 1)  # only the byte count is known: 2 x 1 x 1 x bpt/2 x 1
 
     def feature_sets(self) -> list[str]:
         """Prefixes of the cached passcode feature sets in the run (``features``, ``features/<checkpoint>``)."""

@@ -562,14 +562,32 @@ def features_index_path(prefix: str, world: str) -> str:
     return f"{prefix}/{world}/index.parquet"
 
 
-def feature_sets(files: Iterable[str]) -> list[str]:
-    """The feature-set prefixes (``features``, ``features/<checkpoint>``) among a run's recorded files, sorted."""
+def feature_replicate_prefix(prefix: str, data_seed: int) -> str:
+    """``<prefix>/data-<d>``: one data replicate of a feature set (its own samples and split)."""
+    return f"{prefix}/data-{int(data_seed)}"
+
+
+def feature_sets(files: Iterable[str], under: str = FEATURES_DIR) -> list[str]:
+    """Every feature-set prefix under ``under`` among a run's recorded files (``features``,
+    ``features/<checkpoint>``, ``features/<checkpoint>/data-<d>``, ...): the folders holding a
+    :data:`FEATURE_TEXT`, sorted (data replicates by their number)."""
     suffix = "/" + FEATURE_TEXT.at(prefix="").lstrip("/")
-    return sorted(
-        f[: -len(suffix)]
-        for f in files
-        if f.endswith(suffix) and f.split("/", 1)[0] == FEATURES_DIR and f.count("/") <= 2
-    )
+    found = {f[: -len(suffix)] for f in files if f.endswith(suffix) and (f + "/").startswith(under.rstrip("/") + "/")}
+
+    def key(p: str):
+        m = re.search(r"/data-(\d+)$", p)
+        return (p[: m.start()] if m else p, int(m.group(1)) if m else -1)
+
+    return sorted(found, key=key)
+
+
+def feature_checkpoints(files: Iterable[str]) -> list[str]:
+    """The checkpoints with cached features (``features/<checkpoint>/...``; ``""`` for ``features`` itself)."""
+    out = set()
+    for p in feature_sets(files):
+        rest = p[len(FEATURES_DIR) :].strip("/").split("/")
+        out.add("" if not rest[0] or rest[0].startswith("data-") else rest[0])
+    return sorted(out)
 
 
 def figure_path(name: str, fmt: str) -> str:
@@ -582,7 +600,7 @@ def is_shard(rel: str) -> bool:
     return bool(KV_SHARD.pattern().match(rel))
 
 
-_FEATURE_INDEX_RE = re.compile(r"^features(/[^/]+)?/(normal|restart)/index\.parquet$")
+_FEATURE_INDEX_RE = re.compile(r"^features(/[^/]+)*/[^/]+/index\.parquet$")
 
 
 def table_at(rel: str) -> Table | None:
@@ -647,6 +665,8 @@ __all__ = [
     "features_prefix",
     "features_index_path",
     "feature_sets",
+    "feature_checkpoints",
+    "feature_replicate_prefix",
     "figure_path",
     "is_shard",
     "table_at",

@@ -53,7 +53,7 @@ _REPLACED = ".{name}.replaced-"  # the old run between the swap and its deletion
 # manifest listed it, and is rewritten under the same name (not reported as a stranger).
 _OUR_LAYOUT = re.compile(r"^(parts/\d{5}/[a-z_]+\.parquet|(kv|attention)/shard-\d{5}\.safetensors)$")
 # Directories our writers create; one left empty (a write cut off before its file) is ours, not the user's.
-_OUR_DIRS = re.compile(r"^(parts(/\d{5})?|kv|attention|figures|features(/[^/]+){0,2})$")
+_OUR_DIRS = re.compile(r"^(parts(/\d{5})?|kv|attention|figures|features(/[^/]+)*)$")
 
 # Manifest migrations: ``MIGRATIONS[v]`` turns a version-v manifest dict into a version-(v+1) one (and may
 # rewrite files through the store it gets). None yet: version 1 is the first.
@@ -269,7 +269,8 @@ class Manifest:
     Typed facts (None when the producer did not record them; older runs: see ``RunReader.model`` /
     ``RunReader.chance`` for the fallbacks):
         model: the model that produced the run's numbers: ``{"name", "checkpoint", "bytes_per_token", ...}``
-            (``bytes_per_token``: what one cached token costs in that model; the run's KV byte counts use it).
+            (``bytes_per_token``: what one cached token costs in that model; the run's KV byte counts use it);
+            recorded with :meth:`RunStore.record_model`.
         chance: chance accuracy of the probed label (``schema.PASSCODE_CHANCE`` for the passcode task).
     """
 
@@ -525,15 +526,11 @@ class RunStore:
                 store.verify_file(rel)
         return store
 
-    def mark_complete(
-        self, *, model: Mapping[str, Any] | None = None, chance: float | None = None, **info: Any
-    ) -> None:
+    def mark_complete(self, *, chance: float | None = None, **info: Any) -> None:
         """Record the run as complete; an overwrite's new run is swapped in here (the old one deleted after).
 
-        ``model`` / ``chance``: the manifest's typed facts (see :class:`Manifest`); other keywords go to ``info``.
+        ``chance``: the manifest's typed chance level (see :class:`Manifest`); other keywords go to ``info``.
         """
-        if model is not None:
-            self.manifest.model = dict(model)
         if chance is not None:
             self.manifest.chance = float(chance)
         self.manifest.info.update(info)
@@ -603,6 +600,11 @@ class RunStore:
             shutil.rmtree(old, ignore_errors=True)
         else:
             self.left_in = old
+
+    def record_model(self, model: Mapping[str, Any]) -> None:
+        """Record the manifest's typed model identity (``name``, ``checkpoint``, ``bytes_per_token``, ...)."""
+        self.manifest.model = json.loads(dumps(dict(model)))
+        self._save_manifest()
 
     @property
     def complete(self) -> bool:
