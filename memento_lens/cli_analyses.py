@@ -124,7 +124,9 @@ def kv_cmd(
     files: List[Path] = typer.Argument(..., help=_FILES_OR_RUNS),
     tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP + " (trace files only)"),
     fmt: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
-    model: str = typer.Option("qwen3-8b", "--model", help=MODEL_HELP),
+    model: Optional[str] = typer.Option(
+        None, "--model", help=MODEL_HELP + " (default: a run's own model; qwen3-8b for trace files)"
+    ),
     keep_last_n: int = typer.Option(0, "--keep", help=_KEEP_HELP),
     mask_delimiters: Optional[bool] = opt.mask_delimiters(_MASK_DEFAULT),
     restart: bool = opt.flag("--restart", "Also account restart mode."),
@@ -137,11 +139,11 @@ def kv_cmd(
     import dataclasses
 
     from memento_lens.analyses.figures.base import md_table
-    from memento_lens.analyses.kv import kv_summary, reduction_table, resolve_spec
+    from memento_lens.analyses.kv import kv_summary, reduction_table
     from memento_lens.runtime.config import BlockMaskingConfig, world_config
 
     with user_errors():
-        spec = resolve_spec(model)
+        spec, kv_rule = _kv_spec(files, model)
         traces, ids, report = _inputs(files, tokenizer, fmt, strict, allow_unk)
         memento = _masking(keep_last_n, mask_delimiters, mode="memento")
         configs = {"vanilla": BlockMaskingConfig.vanilla(memento.mask_delimiters), "memento": memento}
@@ -155,6 +157,7 @@ def kv_cmd(
                     {
                         "kv_spec": dataclasses.asdict(spec),
                         "bytes_per_token": spec.bytes_per_token,
+                        "bytes_per_token_rule": kv_rule,
                         "ingest": report.to_dict(),
                         "modes": red.to_dict(orient="records"),
                         "traces": summary.to_dict(orient="records") if per_trace else None,
@@ -165,13 +168,40 @@ def kv_cmd(
             return
         _print_report(report)
         print(
-            f"KV spec {spec.name}: {spec.bytes_per_token} bytes/token ({spec.bytes_per_token / 1024:g} KB); "
+            f"KV bytes/token: {spec.bytes_per_token} ({spec.bytes_per_token / 1024:g} KB), {kv_rule}; "
             f"GB = 2^30 bytes, AUC over generated tokens in GB·ktok\n"
         )
         print(md_table(red))
         if per_trace:
             print()
             print(md_table(summary, max_rows=10_000))
+
+
+def _kv_spec(paths, model: Optional[str]):
+    """The one bytes-per-token rule: the model the user names (``--model``), else each run's own model (all the
+    runs given must agree), else qwen3-8b for trace files. Returns (KVSpec, the rule in words)."""
+    from memento_lens.analyses.kv import resolve_spec
+    from memento_lens.runtime.errors import OptionError
+    from memento_lens.runtime.rundir.reader import RunReader
+
+    if model is not None:
+        spec = resolve_spec(model)
+        return spec, f"{spec.name} (named by --model)"
+    runs = [Path(p) for p in paths if Path(p).is_dir()]
+    if not runs:
+        spec = resolve_spec(None)
+        return spec, f"{spec.name} (the default for trace files; --model names another)"
+    specs = {}
+    for run in runs:
+        spec = RunReader(run).kv_spec()
+        if spec is None:
+            raise OptionError(f"{run}: records no model and no occupancy bytes; name the model with --model")
+        specs[run] = spec
+    if len({s.bytes_per_token for s in specs.values()}) > 1:
+        shown = ", ".join(f"{r}: {s.bytes_per_token} bytes/token" for r, s in specs.items())
+        raise OptionError(f"the runs were made with different models ({shown}); pass --model, or one run at a time")
+    spec = specs[runs[0]]
+    return spec, f"{spec.name}; --model names another"
 
 
 def stats_cmd(

@@ -274,6 +274,10 @@ class ReplayConfig:
             )
         if self.gpus_per_worker and not self.sharded:
             raise OptionError("--gpus-per-worker needs --workers N (N > 1) or --ray-address")
+        if self.gpus_per_worker and str(self.device) == "cpu" and self.device_map is None:
+            raise OptionError(
+                "--gpus-per-worker: the actors' GPUs would sit idle; add --device cuda (or --device-map auto)"
+            )
         if self.device_map is not None:
             if not (self.device_map == "auto" or isinstance(self.device_map, Mapping)):
                 raise OptionError(f"--device-map {self.device_map!r}: only 'auto' (or a dict from Python)")

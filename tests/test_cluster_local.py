@@ -35,6 +35,7 @@ def _traces(n, seed=5):
         ({"batch_size": 0}, "--batch-size"),
         ({"gpus_per_worker": 1.0}, "--gpus-per-worker needs --workers"),
         ({"gpus_per_worker": -1.0, "workers": 2}, "--gpus-per-worker"),
+        ({"gpus_per_worker": 1.0, "workers": 2}, "add --device cuda"),
         ({"ray_address": " "}, "--ray-address"),
         ({"device_map": "balanced"}, "--device-map 'balanced'"),
         ({"device_map": "auto", "device": "cuda"}, "--device-map places the model"),
