@@ -25,6 +25,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+README_SIZE = (1500, 1900)  # viewport of the README's screenshots (width, height)
 # page url path -> selector of its main chart
 PAGES = {
     "runs": ".js-plotly-plot",
@@ -42,7 +43,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def take(run: Path, out: Path, width: int = 1500, height: int = 1900) -> list[Path]:
+def take(run: Path, out: Path, width: int = README_SIZE[0], height: int = README_SIZE[1]) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,40 @@ def streamlit_command(run_dirs: list[Path], host: str, port: int) -> tuple[list[
     return argv, env
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the app could not listen on ``host:port`` (e.g. another process holds it), or None when it can.
+
+    Binds and releases a socket the way the server will (``SO_REUSEADDR``, so a port in TIME_WAIT is free), so a
+    busy port is one clear line before anything starts, not a server log and a false "app on http://...".
+    """
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"--host {host}: cannot resolve it ({exc.strerror})"
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"--port {port}: port {port} on {host} is already in use (another memento-lens app or server?); "
+                    f"stop it or pick a free port, e.g. --port {port + 1}"
+                )
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                return (
+                    f"--port {port}: not allowed to listen on port {port} on {host} (ports below 1024 need privileges)"
+                )
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"--host {host}: not an address of this machine"
+            return f"--port {port}: cannot listen on {host}:{port} ({exc.strerror})"
+    return None
+
+
 def app_cmd(
     run_dirs: Optional[List[Path]] = typer.Argument(
         None, help="Run directories (or folders of runs) to explore; default: the demo run at runs/demo."
@@ -80,6 +114,10 @@ def app_cmd(
     missing = [d for d in dirs if not d.is_dir()]
     if missing:
         print(f"error: {missing[0]}: no such run directory", file=sys.stderr)
+        raise typer.Exit(2)
+    problem = port_problem(host, port)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         raise typer.Exit(2)
     argv, env = streamlit_command(dirs, host, port)
     print(f"memento-lens app on http://{host}:{port}  (runs: {', '.join(str(d) for d in dirs)})", flush=True)

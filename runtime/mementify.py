@@ -73,6 +73,12 @@ def mementify(
         raise OutputError(f"--out {out} already exists; pass --overwrite to replace it")
     if out.exists() and not (out / MEMENTIFY_FILE).exists():
         raise OutputError(f"--out {out} exists and is not a mementified checkpoint; refusing to replace it")
+    theirs = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if not _checkpoint_file(p)) if out.exists() else []
+    if theirs:  # --overwrite replaces the checkpoint mementify wrote, never a file of the user's beside it
+        raise OutputError(
+            f"--out {out}: holds file(s) mementify did not write ({', '.join(theirs)}); "
+            "move them out of the checkpoint folder, or choose another --out"
+        )
     t0 = time.perf_counter()
     lm = load_model(spec, dtype=dtype, cache=cache, add_memento=False)
     if lm.tokenizer is None:
@@ -114,6 +120,31 @@ def mementify(
         shutil.rmtree(tmp, ignore_errors=True)
         raise OutputError(f"--out {out}: cannot write the checkpoint ({exc})") from None
     return report
+
+
+# What a mementified checkpoint holds: HF save_pretrained's model and tokenizer files and our report.
+_CHECKPOINT_FILES = {
+    MEMENTIFY_FILE,
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+}
+
+
+def _checkpoint_file(p: Path) -> bool:
+    import re
+
+    return p.is_file() and (p.name in _CHECKPOINT_FILES or bool(re.match(r"^model-\d{5}-of-\d{5}\.safetensors$", p.name)))
 
 
 __all__ = ["mementify", "MementifyReport", "CHATML_TEMPLATE", "MEMENTIFY_FILE"]

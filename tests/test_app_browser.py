@@ -1,5 +1,7 @@
 """End to end: `memento-lens app FIXTURE_RUN --port P` on 127.0.0.1, every page opened in headless Debian
-chromium through playwright; each page's main chart renders without an exception."""
+chromium through playwright; each page's main chart renders without an exception; `/runs` is a page; a click
+on a query row of the attention heatmap opens that query; the Attention page's screenshot at the README's size
+is written to docs/screenshots/attention.png (the README shows it)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from pathlib import Path
 
 import pytest
 from memento_lens.app.fixtures import FixtureSpec, write_fixture_run
+from memento_lens.app.screenshots import README_SIZE
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -89,7 +94,8 @@ def test_every_page_renders_in_chromium(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} missing (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
-    run = write_fixture_run(tmp_path / "run", FixtureSpec(n_traces=3, attention_traces=1))
+    # every query of one trace captured: the attention heatmap is the full query x key pattern
+    run = write_fixture_run(tmp_path / "run", FixtureSpec(n_traces=3, attention_traces=1, attention_queries=400))
     port = free_port()
     proc = start_app(run, port)
     url = f"http://127.0.0.1:{port}"
@@ -111,6 +117,29 @@ def test_every_page_renders_in_chromium(tmp_path):
                     assert pg.locator("[data-testid='stException']").count() == 0, f"exception on /{path}"
                     assert pg.locator("[data-testid='stAlertContentError']").count() == 0, f"error on /{path}"
                     assert pg.get_by_text("Page not found").count() == 0, f"/{path} is not a page"
+                pg.goto(f"{url}/runs", wait_until="domcontentloaded")  # the Runs page by name, too
+                pg.wait_for_selector(".js-plotly-plot", timeout=60_000)
+                assert pg.get_by_text("Page not found").count() == 0, "/runs is not a page"
+                assert pg.locator("h1").first.inner_text().strip() == "Runs"
+                # attention: a click on a query row's handle opens that query in the single-query view
+                pg.set_viewport_size({"width": README_SIZE[0], "height": README_SIZE[1]})
+                pg.goto(f"{url}/attention", wait_until="domcontentloaded")
+                handles = pg.locator(".js-plotly-plot").first.locator(".scatterlayer .points path")
+                handles.first.wait_for(timeout=60_000)
+                picker = pg.locator("input[aria-label='Query token']")
+                before = picker.input_value()
+                pg.wait_for_timeout(1500)  # plotly's first layout transition; the picture and click need it done
+                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+                pg.screenshot(path=str(SCREENSHOTS / "attention.png"))
+                bb = handles.nth(2).bounding_box()
+                pg.mouse.move(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2)
+                pg.mouse.click(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2)
+                pg.wait_for_function(
+                    f"() => document.querySelector(\"input[aria-label='Query token']\").value !== {before!r}",
+                    timeout=30_000,
+                )
+                assert picker.input_value().split(":")[0] != before.split(":")[0]
+                pg.set_viewport_size({"width": 1400, "height": 1000})
                 # linked charts: a click on the token strip moves the step slider there
                 pg.goto(f"{url}/trace", wait_until="domcontentloaded")
                 pg.wait_for_selector(".js-plotly-plot .nsewdrag", timeout=60_000)
