@@ -266,7 +266,12 @@ class ReplayPool:
         actor, at most ``max_retries`` times (then it is yielded as failed). A fresh actor gets work only once it
         answers, so a replacement that cannot be placed never holds a unit.
         """
-        from ray.exceptions import RayActorError, WorkerCrashedError
+        from ray.exceptions import RayError, RayTaskError
+
+        # A unit's own errors come back as failed results (UnitWorker.run_unit catches them), so an error from
+        # ray.get is the worker's: its process died (killed, crashed, or by Ray's memory monitor:
+        # OutOfMemoryError is not a RayActorError). RayTaskError (our code raising past run_unit) is a bug.
+        died = RayError
 
         ray = self._ray
         job_ref = ray.put(job)
@@ -290,13 +295,17 @@ class ReplayPool:
                 try:
                     ray.get(ref)
                     idle.append(actor)
-                except (RayActorError, WorkerCrashedError):
+                except RayTaskError:
+                    raise
+                except died:
                     self.actors.remove(actor)
                 continue
             actor, unit = running.pop(ref)
             try:
                 result = ray.get(ref)
-            except (RayActorError, WorkerCrashedError) as exc:
+            except RayTaskError:
+                raise
+            except died as exc:
                 self.actors.remove(actor)
                 fresh = self._spawn()
                 self.actors.append(fresh)
