@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -73,7 +74,11 @@ def mementify(
         raise OutputError(f"--out {out} already exists; pass --overwrite to replace it")
     if out.exists() and not (out / MEMENTIFY_FILE).exists():
         raise OutputError(f"--out {out} exists and is not a mementified checkpoint; refusing to replace it")
-    theirs = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if not _checkpoint_file(p)) if out.exists() else []
+    theirs = (
+        sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir() if not _checkpoint_file(p))
+        if out.exists()
+        else []
+    )
     if theirs:  # --overwrite replaces the checkpoint mementify wrote, never a file of the user's beside it
         raise OutputError(
             f"--out {out}: holds file(s) mementify did not write ({', '.join(theirs)}); "
@@ -142,9 +147,9 @@ _CHECKPOINT_FILES = {
 
 
 def _checkpoint_file(p: Path) -> bool:
-    import re
-
-    return p.is_file() and (p.name in _CHECKPOINT_FILES or bool(re.match(r"^model-\d{5}-of-\d{5}\.safetensors$", p.name)))
+    return p.is_file() and (
+        p.name in _CHECKPOINT_FILES or bool(re.match(r"^model-\d{5}-of-\d{5}\.safetensors$", p.name))
+    )
 
 
 __all__ = ["mementify", "MementifyReport", "CHATML_TEMPLATE", "MEMENTIFY_FILE"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -245,3 +246,23 @@ def test_first_difference_tells_long_values_apart():
 
 def test_figures_record_is_a_declared_artifact():
     assert schema.FIGURES_RECORD.startswith(".") and "png" in schema.FIGURE_FORMATS
+
+
+def test_mementify_overwrite_refuses_a_checkpoint_folder_holding_the_users_files(tmp_path):
+    """`mementify --overwrite` replaced the whole folder (rmtree): a user's notes beside the checkpoint were lost."""
+    from memento_lens.runtime.mementify import mementify
+
+    out = tmp_path / "ckpt"
+    mementify("random:llama-tiny", out)
+    (out / "my_eval.md").write_text("perplexity notes")
+    (out / "plots").mkdir()
+    (out / "plots" / "loss.png").write_bytes(b"png")
+    before = hashes(out, ["."])
+    with pytest.raises(OutputError) as exc:
+        mementify("random:llama-tiny", out, overwrite=True)
+    assert "my_eval.md" in str(exc.value) and "plots/" in str(exc.value) and str(out) in str(exc.value)
+    assert hashes(out, ["."]) == before
+    (out / "my_eval.md").unlink()
+    shutil.rmtree(out / "plots")
+    mementify("random:llama-tiny", out, overwrite=True)  # only its own files: replaced as before
+    assert (out / "mementify.json").exists()
