@@ -32,8 +32,6 @@ SPELLINGS = [
     "attention/shard-",
     "features/*/",
 ]
-# Files whose owners were mid-rewrite of these lines when the declarations landed (see the round's report).
-PENDING = {"probes/sweep.py", "probes/passcode.py"}
 
 
 def _code_strings(path: Path):
@@ -50,7 +48,7 @@ def test_no_module_outside_rundir_spells_a_run_file_name():
     for folder in ("runtime", "probes", "analyses", "app", "memento_lens", "benchmarks", "scripts"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            if rel.startswith("runtime/rundir/") or rel in PENDING:
+            if rel.startswith("runtime/rundir/"):
                 continue
             hits += [f"{rel}:{line}: {s!r}" for line, s in _code_strings(path) for n in SPELLINGS if n in s]
     assert not hits, "run file names spelled outside runtime/rundir/schema.py:\n" + "\n".join(hits)
