@@ -211,72 +211,35 @@ def generate_cmd(
 ) -> None:
     """Generate with block masking and physical KV eviction; write a run directory."""
     with user_errors():
-        from memento_lens.runtime.errors import OptionError
-        from memento_lens.runtime.generate import SamplingConfig, encode_prompts
-        from memento_lens.runtime.runs import generate_to_run
+        from memento_lens.runtime.generate import SamplingConfig
+        from memento_lens.runtime.runs import GenerateConfig, run_generate
 
-        from_file = _read_config(config_file)
         sampling = SamplingConfig(
             temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, max_new_tokens=max_new_tokens, seed=seed
         )
-        from memento_lens.runtime.validate import check_int, check_output_dir
-
-        check_int(batch_size, "--batch-size", min=1)
-        check_int(n, "--n", min=1)
-        check_output_dir(out, "--out")
-        texts: list = list(prompt) + (_read_prompts(prompts_file) if prompts_file is not None else [])
-        caps = _captures(capture, layers, evicted_block, attention_layers, attention_queries)
-        _setup(threads, seed)
-        lm = _load(model, device, dtype)
-        tokens = lm.require_tokens()
-        cfg = _masking(mode, keep, mask_delimiters, from_file, max_block_tokens, lm)
-        _check_captures(lm.model, layers if capture else None, attention_layers if capture else None)
-        if not texts:
-            bos = getattr(lm.tokenizer, "bos_token_id", None)
-            if bos is None:
-                raise OptionError("give at least one --prompt (the model's tokenizer has no BOS to start from)")
-            texts = [[bos]]
-        encoded = encode_prompts(lm.tokenizer, texts)
-        from memento_lens.runtime.resources import check_resources, generation_estimate
-
-        check_resources(  # before n x prompts exist in memory: `--n 1000000000000` is refused here, with the estimate
-            generation_estimate(
-                lm.model,
-                n_traces=len(encoded) * n,
-                prompt_tokens=max(len(p) for p in encoded),
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                captures=caps,
-            ),
-            out,
-        )
-        ids = [p for p in encoded for _ in range(n)]
-        for cap in caps:  # e.g. --attention-queries beyond prompt + --max-new-tokens: refused, not silently empty
-            cap.check_length(max(len(p) for p in ids) + max_new_tokens)
-        if not allow_unk:  # real text through a word-level toy tokenizer is almost all <unk>
-            from memento_lens.runtime.validate import MAX_UNK_SHARE, check_unk_share
-
-            for i, (text, p) in enumerate(zip(texts, ids[::n])):
-                if isinstance(text, str):
-                    check_unk_share(
-                        p, lm.tokenizer, f"--prompt {i} ({text[:30]!r})", f"of model {lm.name!r}", MAX_UNK_SHARE
-                    )
-        store = generate_to_run(
-            lm.model,
-            ids,
-            cfg,
-            tokens,
-            out,
+        cfg = GenerateConfig(
+            model=model,
+            prompts=list(prompt) + (_read_prompts(prompts_file) if prompts_file is not None else []),
+            n=n,
+            mode=mode,
+            keep=keep,
+            mask_delimiters=mask_delimiters,
+            max_block_tokens=max_block_tokens,
+            masking=_read_config(config_file),
             sampling=sampling,
-            eos_token_id=lm.eos_token_id,
-            captures=caps,
-            run_config={"model": lm.name},
-            tokenizer=lm.tokenizer,
+            captures=_captures(capture, layers, evicted_block, attention_layers, attention_queries),
             batch_size=batch_size,
+            allow_unk=allow_unk,
             overwrite=overwrite,
             resume=resume,
             progress=opt.show_progress(),
+            device=device,
+            dtype=dtype,
         )
+        _setup(threads, seed)
+        store, acct = run_generate(out, cfg)
+        for note in acct.notes:
+            print(note, file=sys.stderr)
         _summary(store)
 
 

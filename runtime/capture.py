@@ -56,6 +56,7 @@ class Capture:
     # Callbacks run in ascending order; captures that read the forward's own outputs run first, before any
     # capture runs a counterfactual forward of its own.
     order = 0
+    layers_option = "--layers"  # the CLI option that sets ``layers`` (named when a layer does not exist)
 
     @contextlib.contextmanager
     def attach(self, model: Any) -> Iterator[None]:
@@ -228,6 +229,7 @@ class AttentionWeights(Capture):
     layers: tuple[int, ...] = (0,)
     queries: tuple[int, ...] | None = None
     dtype: str = "float16"
+    layers_option = "--attention-layers"
     keys: str = "visible"
     order = -1
     _last: dict[int, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)

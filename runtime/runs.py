@@ -202,6 +202,137 @@ def generate_to_run(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# run_generate: the library entry of `generate`
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class GenerateConfig:
+    """Everything :func:`run_generate` needs; validates itself (the same errors from Python as from the CLI).
+
+    Attributes:
+        model: a :func:`~.model.load_model` spec.
+        prompts: prompt texts (the chat template is applied when the tokenizer has one) or token-id lists; empty:
+            every trace starts from the tokenizer's BOS.
+        n: traces per prompt.
+        masking: the :class:`BlockMaskingConfig` to run (a ``--config`` file); None: built from ``mode``, ``keep``,
+            ``mask_delimiters`` and ``max_block_tokens`` by :func:`~.config.masking_for` (the one delimiter-default
+            policy: the model's training where it records it, else the choice is required).
+        sampling: decoding (seed, temperature, top-k/p, min-p, max new tokens).
+        captures: capture specs (:func:`~.capture.default_captures`); checked against the model after loading.
+        allow_unk: accept prompts the tokenizer turns mostly into ``<unk>``.
+    """
+
+    model: str = "toy"
+    prompts: Sequence[Any] = ()
+    n: int = 1
+    mode: str = "memento"
+    keep: int = 0
+    mask_delimiters: bool | None = None
+    max_block_tokens: int = 0
+    masking: BlockMaskingConfig | None = None
+    sampling: Any = None
+    captures: Sequence[Capture] = ()
+    batch_size: int = 16
+    allow_unk: bool = False
+    overwrite: bool = False
+    resume: bool = False
+    progress: Any = False
+    device: str = "cpu"
+    dtype: str | None = None
+    run_config: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from .sampling import SamplingConfig
+        from .validate import check_int
+
+        check_int(self.n, "--n", min=1)
+        check_int(self.batch_size, "--batch-size", min=1)
+        if self.overwrite and self.resume:
+            raise OptionError("--resume and --overwrite together: choose one (continue the run, or replace it)")
+        self.sampling = self.sampling if self.sampling is not None else SamplingConfig()
+        self.prompts = list(self.prompts)
+        for i, p in enumerate(self.prompts):
+            if not isinstance(p, str) and not (
+                isinstance(p, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+            ):
+                raise OptionError(f"prompt {i}: expected text or a list of token ids, got {type(p).__name__}")
+
+
+@dataclass
+class GenerateAccounting:
+    """What :func:`run_generate` did: traces, the masking it ran, and notes for the user (warnings)."""
+
+    traces: int
+    masking: BlockMaskingConfig
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def run_generate(out: str | Path, cfg: GenerateConfig) -> tuple[RunStore, GenerateAccounting]:
+    """``memento-lens generate`` as a library call: load, check, estimate resources, generate with physical
+    eviction (and captures), write the run. Every check runs before the run directory is touched."""
+    from .config import delimiter_conflict, masking_for
+    from .generate import encode_prompts
+    from .model import load_model
+    from .resources import check_resources, generation_estimate
+    from .validate import MAX_UNK_SHARE, check_layers, check_output_dir, check_unk_share
+
+    t0 = time.perf_counter()
+    check_output_dir(out, "--out")
+    lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    tokens = lm.require_tokens()
+    masking = cfg.masking or masking_for(
+        cfg.mode, cfg.keep, cfg.mask_delimiters, lm.masking, model_name=lm.name, max_block_tokens=cfg.max_block_tokens
+    )
+    notes = [f"warning: {w}"] if (w := delimiter_conflict(masking, lm.masking, lm.name)) else []
+    for cap in cfg.captures:
+        check_layers(getattr(cap, "layers", None), lm.model, cap.layers_option)
+    texts = list(cfg.prompts)
+    if not texts:
+        bos = getattr(lm.tokenizer, "bos_token_id", None)
+        if bos is None:
+            raise OptionError("give at least one --prompt (the model's tokenizer has no BOS to start from)")
+        texts = [[bos]]
+    encoded = encode_prompts(lm.tokenizer, texts)
+    check_resources(  # before n x prompts exist in memory: `--n 1000000000000` is refused here, with the estimate
+        generation_estimate(
+            lm.model,
+            n_traces=len(encoded) * cfg.n,
+            prompt_tokens=max(len(p) for p in encoded),
+            max_new_tokens=cfg.sampling.max_new_tokens,
+            batch_size=cfg.batch_size,
+            captures=cfg.captures,
+        ),
+        out,
+    )
+    for cap in cfg.captures:  # e.g. --attention-queries beyond prompt + --max-new-tokens: refused, not silently empty
+        cap.check_length(max(len(p) for p in encoded) + cfg.sampling.max_new_tokens)
+    if not cfg.allow_unk:  # real text through a word-level toy tokenizer is almost all <unk>
+        for i, (text, p) in enumerate(zip(texts, encoded)):
+            if isinstance(text, str):
+                check_unk_share(
+                    p, lm.tokenizer, f"--prompt {i} ({text[:30]!r})", f"of model {lm.name!r}", MAX_UNK_SHARE
+                )
+    ids = [p for p in encoded for _ in range(cfg.n)]
+    store = generate_to_run(
+        lm.model,
+        ids,
+        masking,
+        tokens,
+        out,
+        sampling=cfg.sampling,
+        eos_token_id=lm.eos_token_id,
+        captures=cfg.captures,
+        run_config={"model": lm.name, **dict(cfg.run_config)},
+        tokenizer=lm.tokenizer,
+        batch_size=cfg.batch_size,
+        overwrite=cfg.overwrite,
+        resume=cfg.resume,
+        progress=cfg.progress,
+    )
+    return store, GenerateAccounting(len(ids), masking, round(time.perf_counter() - t0, 2), notes)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # run_replay: the library entry of `replay` (one process, or work units sharded over a Ray cluster)
 # ---------------------------------------------------------------------------------------------------------
 # Traces per work unit. A unit is the grain of scheduling, of failure and of resume, and one run part
@@ -524,6 +655,9 @@ def run_replay(
 __all__ = [
     "replay_to_run",
     "generate_to_run",
+    "run_generate",
+    "GenerateConfig",
+    "GenerateAccounting",
     "run_replay",
     "ReplayConfig",
     "ReplayAccounting",
