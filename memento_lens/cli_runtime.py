@@ -423,7 +423,6 @@ def replay_cmd(
                 ray_address=ray_address,
                 gpus_per_worker=gpus_per_worker,
                 threads=threads,
-                seed=seed,
             ),
             loaded=lm,
         )

@@ -385,7 +385,6 @@ class ReplayConfig:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     threads: int = 0
-    seed: int = 0
     check_first: bool | None = None
     max_retries: int = 2
 
