@@ -221,7 +221,8 @@ def ingest_to_run(
     """``ingest``: trace files -> a run directory, in two streaming passes (one trace in memory at a time): the
     input's fingerprint (part of the run's config, needed before the run is created), then the tables.
 
-    Returns ``(store, report)``. ``on_report(report)`` is called after the first pass (the CLI prints it).
+    Returns ``(store, report)``. ``on_report(report)`` is called after the first pass when it kept traces (the CLI
+    prints it).
 
     Raises:
         IngestError: no trace kept (an empty file, a truncated one, every row skipped): names the file and the
@@ -243,10 +244,10 @@ def ingest_to_run(
 
     report = IngestReport()
     fingerprint = traces_fingerprint(stream(report, progress, keep_text=False))
+    if fingerprint["n"] == 0:  # the error names the first reason and the count; no report printed before it
+        raise no_traces_error(report)
     if on_report is not None:
         on_report(report)
-    if fingerprint["n"] == 0:
-        raise no_traces_error(report)
     store = write_run(
         out,
         stream(IngestReport(), False, keep_text=True),

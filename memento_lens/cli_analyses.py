@@ -21,7 +21,7 @@ MODEL_HELP = "KV bytes/token: a preset (qwen3-8b, qwen3-32b, phi-4-reasoning) or
 
 
 _FILES_OR_RUNS = "Trace files (OpenMementos .parquet, Memento .json, vLLM .jsonl) or run directories."
-_FORMAT_HELP = "openmementos | memento-json | vllm-jsonl (default: from the file name)."
+_FORMAT_HELP = "memento-json | openmementos | vllm-jsonl | token-ids | run (default: detected from the file)."
 _KEEP_HELP = (
     "keep_last_n_blocks of the memento schedule: completed blocks kept visible (0 evicts each block on its "
     "memento; -1 = KEEP_ALL, never evict: a vanilla run for ingest, refused by kv, which always adds vanilla)."
@@ -87,7 +87,7 @@ def ingest_cmd(
     out: Path = opt.out(..., "Run directory to create."),
     tokenizer: str = typer.Option("approx", "--tokenizer", help=TOKENIZER_HELP),
     fmt: Optional[str] = typer.Option(
-        None, "--format", help="openmementos | memento-json | vllm-jsonl (default: from the file name)."
+        None, "--format", help="memento-json | openmementos | vllm-jsonl (default: detected from the file)."
     ),
     model: str = typer.Option("qwen3-8b", "--model", help=MODEL_HELP),
     keep_last_n: int = typer.Option(0, "--keep", help=_KEEP_HELP),
