@@ -25,10 +25,10 @@ def _arr(v) -> list:
     return list(v)
 
 
-def _decomposed(run: Path) -> pd.DataFrame:
+def _decomposed(run: Path, references: bool = False) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = []
-    for layer in (0, 1, -1):
+    for layer in (0, 1, -999 if references else -1):  # -999: this round's ALL_LAYERS; -1 in older runs
         for cond, dist in (("causal_control", -1), ("direct", 0), ("masked", 1), ("masked", 2)):
             acc, rst = rng.uniform(0.1, 0.6, size=2)
             rows.append(
@@ -43,6 +43,13 @@ def _decomposed(run: Path) -> pd.DataFrame:
                 )
             )  # fmt: skip
     df = PROBE_RESULTS.frame(rows)
+    if references:
+        for i, w in enumerate(("same_sum", "foreign", "delimiter_hidden")):
+            df[f"{w}_accuracy"] = 0.11 + 0.01 * i + 0.001 * np.arange(len(df))
+            df[f"{w}_ci_low"], df[f"{w}_ci_high"] = df[f"{w}_accuracy"] - 0.01, df[f"{w}_accuracy"] + 0.01
+            df[f"excess_{w}"] = df["accuracy"] - df[f"{w}_accuracy"]
+        df["stopped_by"], df["still_improving"], df["n_data_seeds"] = "plateau", False, 2
+        df = PROBE_RESULTS.frame(df.to_dict("records"))
     RunStore.open(run).write_table("probe_results.parquet", df)
     return df
 
@@ -74,3 +81,30 @@ def test_probes_page_shows_the_decomposition(tmp_path):
     want = df[df.layer == -1].sort_values(["condition", "distance"])
     bars = {t["name"]: t for t in dec["data"]}
     assert _arr(bars["normal world"]["y"]) == pytest.approx(want.accuracy.tolist())
+
+
+def test_probes_page_shows_the_reference_worlds(tmp_path):
+    import streamlit as st
+
+    st.cache_data.clear()
+    run = write_fixture_run(tmp_path / "run", FixtureSpec(n_traces=2, attention_traces=1))
+    df = _decomposed(run, references=True)
+    at = AppTest.from_file(MAIN, default_timeout=60)
+    at.session_state["run_dirs"] = [str(run)]
+    at.run()
+    at.switch_page("views/probes.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    at.selectbox(key="dec_layer").set_value(-999).run()  # the all-layers rows, shown by name
+    assert not at.exception
+    dec = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    dec = [s for s in dec if "Channel decomposition" in str(s["layout"].get("title", ""))][0]
+    bars = {t["name"]: t for t in dec["data"]}
+    want = df[df.layer == -999].sort_values(["condition", "distance"])
+    for name, col in (
+        ("same-sum block", "same_sum_accuracy"),
+        ("foreign passcode", "foreign_accuracy"),
+        ("delimiters hidden", "delimiter_hidden_accuracy"),
+    ):
+        assert _arr(bars[name]["y"]) == pytest.approx(want[col].tolist())
+    assert any("probe seeds x 2 data seeds" in c.value for c in at.caption)

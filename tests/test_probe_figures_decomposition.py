@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from memento_lens.analyses.figures import render_figures
+from memento_lens.probes.passcode import ALL_LAYERS
 from memento_lens.runtime.rundir.schema import PROBE_RESULTS
 from memento_lens.runtime.rundir.store import RunStore
 
@@ -44,7 +45,8 @@ def test_probe_conditions_has_both_worlds(run, tmp_path):
     src = _rows()
     assert set(pc["world"]) == {"normal", "restart"}
     for r in pc[(pc["condition"] == "direct")].itertuples():
-        want = src[(src.checkpoint == "final") & (src.condition == "direct") & (src.layer == r.layer)].iloc[0]
+        layer = src.layer.where(src.layer >= 0, ALL_LAYERS)  # a run before issue 20 wrote -1 for "all layers"
+        want = src[(src.checkpoint == "final") & (src.condition == "direct") & (layer == r.layer)].iloc[0]
         value = want.accuracy if r.world == "normal" else want.restart_accuracy
         assert r.accuracy == pytest.approx(value)
     assert "all layers" in (tmp_path / "f" / "probe-conditions.md").read_text()
@@ -63,3 +65,23 @@ def test_toy_leakage_restart_series_and_all_layers_last(run, tmp_path):
     assert (ceiling["value"] == 0.16).all()
     ck = tl[(tl.panel == "by_checkpoint") & (tl.series == "masked, restart world")]
     assert ck["x_label"].tolist() == ["step-500", "final"]
+
+
+def test_reference_worlds_get_their_own_panels_and_series(tmp_path):
+    src = _rows()
+    src["layer"] = src["layer"].where(src["layer"] >= 0, ALL_LAYERS)  # this round's sentinel
+    for i, w in enumerate(("same_sum", "foreign", "delimiter_hidden")):
+        src[f"{w}_accuracy"] = 0.11 + 0.01 * i
+        src[f"{w}_ci_low"], src[f"{w}_ci_high"] = src[f"{w}_accuracy"] - 0.01, src[f"{w}_accuracy"] + 0.01
+    store = RunStore.create(tmp_path / "refs", "probes", {"synthetic": True})
+    store.write_table("probe_results.parquet", src)
+    store.mark_complete()
+    rep = render_figures(["probe-conditions", "toy-leakage"], runs=[store.path], out_dir=tmp_path / "f", png=False)
+    assert rep.skipped == {}
+    pc = pd.read_csv(tmp_path / "f" / "probe-conditions.csv")
+    assert set(pc["world"]) == {"normal", "restart", "same_sum", "foreign", "delimiter_hidden"}
+    assert pc[pc.world == "foreign"]["accuracy"].round(3).unique().tolist() == [0.12]
+    tl = pd.read_csv(tmp_path / "f" / "toy-leakage.csv")
+    hidden = tl[(tl.panel == "by_layer") & (tl.series == "masked, delimiters hidden")].sort_values("x")
+    assert hidden["x_label"].tolist() == ["layer 0", "layer 1", "layer 2", "all layers"]
+    assert hidden["value"].round(3).unique().tolist() == [0.13]

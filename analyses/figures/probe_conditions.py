@@ -1,6 +1,7 @@
 """probe-conditions (paper Fig. 10 / Table 4): passcode probe accuracy by layer, direct / masked /
-causal control, with confidence intervals and the chance line; the normal world and the restart world (mementos
-recomputed without their block: the memento text's share) side by side."""
+causal control, with confidence intervals and the chance line; the normal world beside the restart world (mementos
+recomputed without their block: the memento text's share) and, where the run has them, the on-distribution
+reference worlds (same-sum block, foreign passcode, the block's kept delimiters hidden), one panel each."""
 
 from __future__ import annotations
 
@@ -20,11 +21,21 @@ from .base import (
 )
 
 CONDITIONS = ("direct", "masked", "causal_control")
-ALL_LAYERS = -1  # probes.passcode.ALL_LAYERS: every probed layer concatenated
+ALL_LAYERS = -999  # probes.passcode.ALL_LAYERS: every probed layer concatenated (runs before issue 20: -1)
 WORLD_COLUMNS = {
     "normal": ("accuracy", "ci_low", "ci_high"),
     "restart": ("restart_accuracy", "restart_ci_low", "restart_ci_high"),
+    "same_sum": ("same_sum_accuracy", "same_sum_ci_low", "same_sum_ci_high"),
+    "foreign": ("foreign_accuracy", "foreign_ci_low", "foreign_ci_high"),
+    "delimiter_hidden": ("delimiter_hidden_accuracy", "delimiter_hidden_ci_low", "delimiter_hidden_ci_high"),
 }
+
+
+def is_all_layers(layer) -> bool:
+    """The concatenation rows: no layer index is negative in a result table (ALL_LAYERS, or -1 in older runs)."""
+    return int(layer) < 0
+
+
 NEEDS = "needs probe_results.parquet in a --run directory (written by the probes); trace files alone carry none"
 
 
@@ -65,7 +76,8 @@ class ProbeConditions(Figure):
         for world, (value, lo, hi) in WORLD_COLUMNS.items():
             if value not in rows or rows[value].isna().all():
                 continue
-            d = rows[keys + [value, lo, hi]].rename(columns={value: "accuracy", lo: "ci_low", hi: "ci_high"})
+            d = rows[keys + [value, lo, hi]].assign(layer=rows["layer"].where(rows["layer"] >= 0, ALL_LAYERS))
+            d = d.rename(columns={value: "accuracy", lo: "ci_low", hi: "ci_high"})
             parts.append(mean_over_seeds(d, keys).assign(world=world))
         out = pd.concat(parts, ignore_index=True)
         out["condition"] = pd.Categorical(out["condition"], CONDITIONS)
@@ -92,7 +104,7 @@ class ProbeConditions(Figure):
             sub = df[(df["model"] == model) & (df["world"] == world)]
             top = int(sub["layer"].max())
             for (probe, cond), g in sub.groupby(["probe", "condition"], sort=False):
-                g = g.assign(x=g["layer"].where(g["layer"] != ALL_LAYERS, top + 1)).sort_values("x")
+                g = g.assign(x=g["layer"].where(g["layer"] >= 0, top + 1)).sort_values("x")
                 err = None
                 if "ci_low" in g and g["ci_low"].notna().all():
                     err = dict(
@@ -118,7 +130,7 @@ class ProbeConditions(Figure):
             label = dict(annotation_text="chance") if i == 1 else {}  # None would print "new text"
             fig.add_hline(y=PASSCODE_CHANCE, line=dict(color=CHANCE_COLOR, dash="dash"), row=1, col=i, **label)
             layers = sorted(int(v) for v in sub["layer"].unique())
-            ticks = [(top + 1 if v == ALL_LAYERS else v, "all" if v == ALL_LAYERS else str(v)) for v in layers]
+            ticks = [(top + 1 if is_all_layers(v) else v, "all" if is_all_layers(v) else str(v)) for v in layers]
             fig.update_xaxes(
                 title_text="layer",
                 row=1,
@@ -138,7 +150,7 @@ class ProbeConditions(Figure):
             values="accuracy",
             sort=False,
         )
-        t.columns = ["all layers" if c == ALL_LAYERS else f"layer {c}" for c in t.columns]
+        t.columns = ["all layers" if is_all_layers(c) else f"layer {c}" for c in t.columns]
         return (
             f"## {self.title} (accuracy, %)\n\n{self.paper}\n\n{md_table(t.reset_index())}\n\n"
             f"### Plotted values\n\n{md_table(df)}\n"

@@ -1,12 +1,14 @@
 """toy-leakage (paper Fig. 13): masked probe accuracy on the toy model by layer, by distance from the
 target block, and across training checkpoints next to task accuracy; the normal world beside the restart world
-(mementos recomputed without their block: what the memento text alone carries) and the exact text ceiling."""
+(mementos recomputed without their block: what the memento text alone carries), the on-distribution reference
+worlds where the run has them (same-sum block, foreign passcode, kept delimiters hidden) and the exact text
+ceiling."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from ..palette import CHANCE_COLOR, MODE_COLORS, TASK_COLOR, color
+from ..palette import CHANCE_COLOR, MODE_COLORS, SERIES_COLORS, TASK_COLOR, color
 from .base import (
     PASSCODE_CHANCE,
     Figure,
@@ -21,12 +23,20 @@ from .probe_conditions import NEEDS
 
 RESTART_COLOR = MODE_COLORS["restart"]  # the restart world: same tokens, memento recomputed without its block
 PANELS = ("by_layer", "by_distance", "by_checkpoint")
-ALL_LAYERS = -1  # probes.passcode.ALL_LAYERS: the rows whose features concatenate every probed layer
+ALL_LAYERS = -999  # probes.passcode.ALL_LAYERS: rows whose features concatenate every layer (older runs: -1)
 # series -> (value, ci_low, ci_high) columns of probe_results.parquet
 WORLDS = {
     "masked": ("accuracy", "ci_low", "ci_high"),
     "masked, restart world": ("restart_accuracy", "restart_ci_low", "restart_ci_high"),
+    "masked, same-sum world": ("same_sum_accuracy", "same_sum_ci_low", "same_sum_ci_high"),
+    "masked, foreign passcode": ("foreign_accuracy", "foreign_ci_low", "foreign_ci_high"),
+    "masked, delimiters hidden": ("delimiter_hidden_accuracy", "delimiter_hidden_ci_low", "delimiter_hidden_ci_high"),
     "text ceiling": ("text_ceiling", None, None),
+}
+REFERENCE_COLORS = {  # the reference worlds: colours of the palette's series list not used above
+    "masked, same-sum world": SERIES_COLORS[6],
+    "masked, foreign passcode": SERIES_COLORS[7],
+    "masked, delimiters hidden": SERIES_COLORS[5],
 }
 
 
@@ -37,7 +47,7 @@ def world_means(df: pd.DataFrame, by: list[str]) -> list[tuple[str, pd.DataFrame
     for series, (value, lo, hi) in WORLDS.items():
         if value not in df or df[value].isna().all():
             continue
-        d = df.rename(columns={value: "_v"})
+        d = df.assign(layer=df["layer"].where(df["layer"] >= 0, ALL_LAYERS)).rename(columns={value: "_v"})
         d = d.drop(columns=[c for c in ("accuracy", "ci_low", "ci_high") if c in d and c not in (lo, hi)])
         d = d.rename(columns={"_v": "accuracy", **({lo: "ci_low", hi: "ci_high"} if lo else {})})
         out.append((series, mean_over_seeds(d, by)))
@@ -77,8 +87,8 @@ class ToyLeakage(Figure):
             near = min(d for d in g["distance"].unique() if d > 0) if (g["distance"] > 0).any() else g["distance"].min()
             top = int(last["layer"].max())
             for series, a in world_means(last[last["distance"] == near], ["layer"]):
-                xs = a["layer"].where(a["layer"] != ALL_LAYERS, top + 1)
-                labels = a["layer"].map(lambda v: "all layers" if v == ALL_LAYERS else f"layer {v}")
+                xs = a["layer"].where(a["layer"] >= 0, top + 1)
+                labels = a["layer"].map(lambda v: "all layers" if v < 0 else f"layer {v}")
                 parts.append(self._panel(a, "by_layer", model, series, xs, labels))
             for series, b in world_means(last[last["layer"] == top], ["distance"]):
                 parts.append(
@@ -150,6 +160,8 @@ class ToyLeakage(Figure):
                 col = TASK_COLOR if series == "task_accuracy" else color("condition", "masked")
                 if series == "masked, restart world":
                     col = RESTART_COLOR
+                elif series in REFERENCE_COLORS:
+                    col = REFERENCE_COLORS[series]
                 elif series == "text ceiling":
                     col = CHANCE_COLOR
                 err = None
@@ -180,7 +192,7 @@ class ToyLeakage(Figure):
             fig.add_hline(y=PASSCODE_CHANCE, line=dict(color=CHANCE_COLOR, dash="dash"), row=1, col=i)
             sub = df[df["panel"] == panel].drop_duplicates("x").sort_values("x")
             fig.update_xaxes(tickvals=sub["x"].tolist(), ticktext=sub["x_label"].tolist(), row=1, col=i)
-        fig.update_yaxes(title_text="accuracy (normal vs restart world)", rangemode="tozero", row=1, col=1)
+        fig.update_yaxes(title_text="accuracy (normal vs reference worlds)", rangemode="tozero", row=1, col=1)
         fig.update_layout(title=self.title, template="plotly_white")
         return fig
 

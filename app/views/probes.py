@@ -1,6 +1,8 @@
 """Probes and ablations: probe accuracy by layer / distance / checkpoint with CIs and the chance line; the channel
-decomposition (normal world, restart world, memento text, implicit excess); restart-ablation and patching curves."""
+decomposition (normal world, restart world, the on-distribution reference worlds, memento text, implicit excess
+against each); restart-ablation and patching curves."""
 
+import pandas as pd
 import streamlit as st
 from memento_lens.analyses.figures.base import PASSCODE_CHANCE, checkpoint_order, normalize_models
 from memento_lens.app import charts, compute, state
@@ -88,14 +90,46 @@ DECOMPOSITION = [
     "implicit_excess",
     "excess_ci_low",
     "excess_ci_high",
-    "n_seeds",
+    "same_sum_accuracy",
+    "excess_same_sum",
+    "excess_same_sum_ci_low",
+    "excess_same_sum_ci_high",
+    "foreign_accuracy",
+    "excess_foreign",
+    "excess_foreign_ci_low",
+    "excess_foreign_ci_high",
+    "delimiter_hidden_accuracy",
+    "excess_delimiter_hidden",
+    "excess_delimiter_hidden_ci_low",
+    "excess_delimiter_hidden_ci_high",
+    "check",
     "n_val",
+    "n_seeds",
+    "n_data_seeds",
+    "epochs",
+    "best_epoch",
+    "stopped_by",
+    "still_improving",
     "hit_cap",
 ]
+# the worlds a row can carry: (label, accuracy / CI columns, colour)
+WORLD_BARS = (
+    ("normal world", ("accuracy", "ci_low", "ci_high"), "#D55E00"),
+    ("restart world (text channel)", ("restart_accuracy", "restart_ci_low", "restart_ci_high"), "#CC79A7"),
+    ("same-sum block", ("same_sum_accuracy", "same_sum_ci_low", "same_sum_ci_high"), "#332288"),
+    ("foreign passcode", ("foreign_accuracy", "foreign_ci_low", "foreign_ci_high"), "#117733"),
+    (
+        "delimiters hidden",
+        ("delimiter_hidden_accuracy", "delimiter_hidden_ci_low", "delimiter_hidden_ci_high"),
+        "#882255",
+    ),
+    ("text-only probe", ("text_accuracy", "text_ci_low", "text_ci_high"), "#7F7F7F"),
+)
 
 
 def decomposition_figure(rows, chance):
-    """Grouped bars per condition: normal world, restart world, text-only probe (95% CIs), text ceiling marks."""
+    """Grouped bars per condition: normal world, restart world, the reference worlds the run has, text-only probe
+    (95% CIs), text ceiling marks."""
     import plotly.graph_objects as go
 
     rows = rows.sort_values(["condition", "distance"])
@@ -104,12 +138,8 @@ def decomposition_figure(rows, chance):
         for c, d in zip(rows["condition"], rows["distance"])
     ]
     fig = go.Figure()
-    for name, (v, lo, hi), col in (
-        ("normal world", ("accuracy", "ci_low", "ci_high"), "#D55E00"),
-        ("restart world (text channel)", ("restart_accuracy", "restart_ci_low", "restart_ci_high"), "#CC79A7"),
-        ("text-only probe", ("text_accuracy", "text_ci_low", "text_ci_high"), "#7F7F7F"),
-    ):
-        if rows[v].isna().all():
+    for name, (v, lo, hi), col in WORLD_BARS:
+        if v not in rows.columns or rows[v].isna().all():
             continue
         fig.add_trace(
             go.Bar(
@@ -160,7 +190,7 @@ if rd.has(PROBES):
             d = pick(cols[1], "Probe", d, "probe", "dec_probe")
             d = pick(cols[2], "Checkpoint", d, "checkpoint", "dec_ckpt")
             opts = sorted(int(v) for v in d["layer"].unique())
-            names = {v: ("all probed layers" if v == -1 else f"layer {v}") for v in opts}
+            names = {v: ("all probed layers" if v < 0 else f"layer {v}") for v in opts}  # never a layer index
             lay = state.sticky(
                 cols[3].selectbox,
                 "Layer",
@@ -173,10 +203,24 @@ if rd.has(PROBES):
             st.plotly_chart(decomposition_figure(rows, rd.chance() or PASSCODE_CHANCE), key="decomp", width="stretch")
             st.caption(
                 "Normal world: memento K/V as cached. Restart world: the same tokens with every memento recomputed "
-                "without its block, so only what the memento text says. Implicit excess = normal - restart, paired "
-                "95% CI over validation samples and probe seeds. The causal control is at chance by the causal mask "
-                "alone: it checks the pipeline, not the text channel."
+                "without its block, so only what the memento text says. References on the model's own distribution "
+                "(where the run has them): same-sum block (the block swapped for one with the same memento text), "
+                "foreign passcode (another passcode in the block), delimiters hidden (the block's kept delimiters "
+                "hidden from every later token: a channel that survives it runs through memento K/V). Each excess = "
+                "normal - that world, paired 95% CI over validation samples, probe seeds and data seeds. The causal "
+                "control checks the pipeline: `check` says whether it stayed at chance (Bonferroni over the rows)."
             )
+            if len(rows):
+                r0 = rows.iloc[0]
+                flags = [f"{int(r0['n_val'])} validation samples" if "n_val" in rows else ""]
+                if "n_data_seeds" in rows and not pd.isna(r0["n_data_seeds"]):
+                    flags.append(f"{int(r0['n_seeds'])} probe seeds x {int(r0['n_data_seeds'])} data seeds")
+                if "stopped_by" in rows and rows["stopped_by"].notna().any():
+                    counts = rows["stopped_by"].value_counts().to_dict()
+                    flags.append("stopped by " + ", ".join(f"{k} ({v})" for k, v in counts.items()))
+                    if rows["still_improving"].fillna(False).any():
+                        flags.append(f"{int(rows['still_improving'].fillna(False).sum())} row(s) still improving")
+                st.caption(" · ".join(f for f in flags if f))
             st.dataframe(rows[[c for c in DECOMPOSITION if c in rows.columns]], hide_index=True, width="stretch")
 
 st.subheader("Restart ablation and patching")
