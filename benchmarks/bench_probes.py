@@ -38,9 +38,17 @@ def _time(fn) -> float:
 def run(quick: bool = False) -> list[BenchRow]:
     from memento_lens.probes.features import extract_memento_kv
     from memento_lens.probes.models import make_probe
-    from memento_lens.probes.passcode import ALL_LAYERS, QUICK, PasscodeConfig, extract_features, plan, run_passcode
+    from memento_lens.probes.passcode import (
+        ALL_LAYERS,
+        QUICK,
+        PasscodeConfig,
+        extract_features,
+        masked_distances,
+        plan,
+        run_passcode,
+    )
     from memento_lens.probes.tasks import ToyPasscodeTask
-    from memento_lens.probes.train import FitTask, TrainConfig, fit_batched
+    from memento_lens.probes.train import FitTask, TrainConfig, fit_batched, fit_ridge
     from memento_lens.runtime.model import from_objects
 
     torch.set_num_threads(1)
@@ -61,7 +69,11 @@ def run(quick: bool = False) -> list[BenchRow]:
     t_quick = _time(quick_run)
     cpu_quick = time.process_time() - cpu0
     mlp_curves = res.curves[res.curves.probe == "mlp"]
-    epochs_seen = float(mlp_curves.groupby(["condition", "distance", "layer", "world", "seed"]).epoch.max().mean())
+    epochs_seen = (
+        float(mlp_curves.groupby(["condition", "distance", "layer", "world", "seed"]).epoch.max().mean())
+        if len(mlp_curves)
+        else float("nan")
+    )
     rows.append(
         BenchRow(
             "probe passcode --quick (toy)",
@@ -69,8 +81,10 @@ def run(quick: bool = False) -> list[BenchRow]:
             t_quick,
             "< 60 s",
             t_quick < 60,
-            f"{cfg.samples} samples, layers 0,-1, direct/masked +1,+2/control, normal + restart worlds + text "
-            f"probe + control task, MLP+linear, {cfg.train.seeds} seed: {res.info['n_fits']} probes; features "
+            f"{cfg.data_seeds} data replicates x {cfg.samples} samples, layers 0,-1, direct/masked +1/control, "
+            f"worlds {', '.join(cfg.feature_worlds)} + text probe + control task, {'+'.join(cfg.probes)} "
+            f"(closed form), {cfg.train.seeds} probe seeds: {res.info['n_fits']} probes "
+            f"({res.info['n_distinct_fits']} distinct fits); features "
             f"{res.info['feature_seconds']:.1f}s, probes {res.info['probe_seconds']:.1f}s; CPU time {cpu_quick:.0f}s "
             f"(wall time depends on the shared box's load); {which}",
         )
@@ -78,10 +92,10 @@ def run(quick: bool = False) -> list[BenchRow]:
 
     # 2. full sweep, extrapolated from measured pieces
     full = PasscodeConfig(model="toy", task="toy")
-    conds, _ = task.conditions(full.distances, full.conditions)
+    conds, _ = task.conditions(masked_distances(full, task.n_blocks), full.conditions)
     pairs, layers = plan(full, n_layers, conds)
     seeds = full.train.seeds
-    per_pair = 2 * seeds + 1  # normal + restart per seed, one control fit
+    per_pair = len(full.feature_worlds) * seeds + 1  # every world per seed, one control fit (per data replicate)
     n_single = sum(1 for _, ly in pairs if ly != ALL_LAYERS) * per_pair * len(full.probes)
     n_all = sum(1 for _, ly in pairs if ly == ALL_LAYERS) * per_pair * len(full.probes)
     n_text = len(conds) * seeds * len(full.probes)
@@ -90,7 +104,8 @@ def run(quick: bool = False) -> list[BenchRow]:
     samples = task.samples(n_feat, 0)
     blocks = sorted({c.memento_block for c in conds})
     t_feat = _time(lambda: extract_features(task, model, samples, blocks, layers))
-    feat_full = t_feat * full.samples / n_feat
+    # measured on normal + restart; every world is one more replay of the same size, per data replicate
+    feat_full = t_feat * full.samples / n_feat * len(full.feature_worlds) / 2 * full.data_seeds
     # probe epochs: B stacked models on n_fit samples, seconds per model-epoch, scaled to the 50K split
     n_fit = 2000 if quick else 5000
     width = 2 * int(model.config.num_key_value_heads) * int(model.config.head_dim) * 5  # K+V x 5 span positions
@@ -119,8 +134,9 @@ def run(quick: bool = False) -> list[BenchRow]:
         )
         * n_train_full
     )  # one epoch of every probe of the sweep
-    # the quick preset stops early (patience 3); the full sweep's patience alone costs patience + 1 epochs
-    epochs = max(epochs_seen, full.train.patience + 1)
+    # the plateau rule's patience alone costs patience + 1 epochs (the quick preset fits no MLP)
+    epochs = full.train.patience + 1 if np.isnan(epochs_seen) else max(epochs_seen, full.train.patience + 1)
+    epoch_full *= full.data_seeds  # every probe fitted once per data replicate
     total = feat_full + epoch_full * epochs
     # FLOP floor of one epoch of the sweep's MLP probes at this box's measured matmul rate (2 cores)
     widths = make_probe("mlp").widths(width)
@@ -138,9 +154,10 @@ def run(quick: bool = False) -> list[BenchRow]:
             total,
             "<= 600 s",
             total <= 600,
-            f"{len(pairs)} (condition, layer set) pairs x {list(full.probes)} x (2 worlds x {seeds} seeds + control) "
-            f"+ text = {n_single + n_all + n_text} probes. Features, both worlds: {t_feat:.1f}s/{n_feat} seq -> "
-            f"{feat_full:.0f}s for 50K. One epoch of every probe on the 36K-sample fit split: {epoch_full:.0f}s "
+            f"{len(pairs)} (condition, layer set) pairs x {list(full.probes)} x ({len(full.feature_worlds)} worlds x "
+            f"{seeds} seeds + control) + text = {n_single + n_all + n_text} probes per data replicate, x "
+            f"{full.data_seeds} replicates. Features, normal + restart: {t_feat:.1f}s/{n_feat} seq -> {feat_full:.0f}s "
+            f"for {len(full.feature_worlds)} worlds x {full.data_seeds} x 50K. One epoch of every probe on the 36K-sample fit split: {epoch_full:.0f}s "
             f"(batched, {B} models; MLP {per_epoch[('mlp', width)] * 1e6:.0f} us/sample-epoch at width {width}); "
             f"x {epochs:.0f} epochs (MLP mean in the quick run, at least patience + 1) -> "
             f"{epoch_full * epochs:.0f}s. "
@@ -161,6 +178,36 @@ def run(quick: bool = False) -> list[BenchRow]:
     )
 
     # 3. ratios against baselines in the same run
+    # the linear probe: closed form (ridge) vs the batched Adam trainer run to its plateau, on a planted signal
+    rng = np.random.default_rng(1)
+    planted = torch.tensor(
+        np.eye(10)[lab].reshape(n_fit, 50) @ rng.normal(size=(50, width)) * 0.3 + rng.normal(size=(n_fit, width)),
+        dtype=torch.float32,
+    )
+    adam = TrainConfig(linear_solver="adam")
+    got = {}
+    t_adam = _time(
+        lambda: got.update(
+            adam=fit_batched(
+                make_probe("linear"), [planted], [lab], [FitTask(0, 0, 0)], fit_idx, stop_idx, val_idx, adam
+            )
+        )
+    )
+    t_ridge = _time(
+        lambda: got.update(ridge=fit_ridge([planted], [lab], [FitTask(0, 0, 0)], fit_idx, stop_idx, val_idx, adam))
+    )
+    rows.append(
+        BenchRow(
+            "linear probe: closed form (ridge) vs Adam to its plateau",
+            "speed ratio",
+            t_adam / t_ridge,
+            ">= 3x",
+            t_adam / t_ridge >= 3,
+            f"{len(fit_idx)}x{width} planted features: ridge {t_ridge:.2f}s ({got['ridge'].correct.mean():.1%} val), "
+            f"Adam {t_adam:.2f}s ({got['adam'].correct.mean():.1%} val, {int(got['adam'].epochs[0])} epochs, "
+            f"stopped by {got['adam'].stopped_by[0]})",
+        )
+    )
     x = [torch.randn(n_fit, width) for _ in range(2)]
     tasks = [FitTask(i % 2, 0, i) for i in range(B)]
     t_batched = _time(lambda: fit_batched(make_probe("mlp"), x, [lab], tasks, fit_idx, stop_idx, val_idx, two))
