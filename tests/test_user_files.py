@@ -66,7 +66,7 @@ def toy_run(path: Path, config: dict, n: int = 3) -> Path:
 def test_generate_overwrite_keeps_and_lists_the_users_files(tmp_path):
     """The issue's case: `generate --n 4 --out myrun --overwrite` over a run holding mynotes.txt and myplots/."""
     run = tmp_path / "myrun"
-    base = ["generate", "--model", "toy", "--max-new-tokens", 12, "--threads", 1, "--out", run]
+    base = ["generate", "--model", "toy", "--max-new-tokens", 6, "--no-capture", "--threads", 1, "--out", run]
     first = cli(*base, "--n", 2)
     assert first.exit_code == 0, first.output
     before = add_user_files(run)
@@ -84,14 +84,14 @@ def test_ablate_overwrite_keeps_the_users_notes(tmp_path):
     """The issue's case: `ablate restart ... --out myabl --overwrite` with the user's my_notes.md."""
     out = tmp_path / "myabl"
     args = ["ablate", "restart", "--no-generated", "--out", out]
-    assert cli(*args, "--samples", 24).exit_code == 0
+    assert cli(*args, "--samples", 8).exit_code == 0
     (out / "my_notes.md").write_text("# restart ablation, first look\n")
     before = hashes(out, ["my_notes.md"])
-    res = cli(*args, "--samples", 25, "--overwrite")
+    res = cli(*args, "--samples", 9, "--overwrite")
     assert res.exit_code == 0, res.output
     assert hashes(out, ["my_notes.md"]) == before
     assert "my_notes.md" in said(res).split("you added", 1)[1]
-    assert RunStore.open(out, require_complete=True).manifest.config["samples"] == 25
+    assert RunStore.open(out, require_complete=True).manifest.config["samples"] == 9
 
 
 def test_overwrite_carries_files_in_our_folders_and_renames_only_on_a_clash(tmp_path):
