@@ -140,7 +140,9 @@ def test_kv_uses_the_runs_own_bytes_per_token_unless_told(tmp_path):
     assert got["bytes_per_token"] == bpt == 2048 and "run's own model" in got["bytes_per_token_rule"]
     text = CliRunner().invoke(app, ["kv", str(run)])
     assert "2048" in text.output and "run's own model" in " ".join(text.output.split())
-    named = json.loads(CliRunner().invoke(app, ["kv", str(run), "--model", "qwen3-8b", "--json"]).stdout.splitlines()[-1])
+    named = json.loads(
+        CliRunner().invoke(app, ["kv", str(run), "--model", "qwen3-8b", "--json"]).stdout.splitlines()[-1]
+    )
     assert named["bytes_per_token"] == 147456 and "--model" in named["bytes_per_token_rule"]
     # the figure of the same run: the same rule, stated in its Markdown
     from memento_lens.analyses.figures import render_figures
