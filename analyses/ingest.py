@@ -80,8 +80,8 @@ def iter_ingest(
     )
     if FORMATS[source.format].tokenized:
         raise OptionError(
-            f"{path}: {source.format} input holds token ids already; ingest tokenizes text trace files "
-            "(give token ids to replay --traces, kv or stats)"
+            f"{path}: {source.format} input holds token ids, not text; ingest, kv and stats tokenize text trace "
+            "files (token ids go to replay --traces; kv and stats also read run directories)"
         )
     yield from source
 
