@@ -449,6 +449,11 @@ FIGURES_RECORD = ".memento-lens-figures.json"
 PARTS_DIR = "parts/"
 
 
+def part_dir(part: int) -> str:
+    """``parts/NNNNN``: where part ``part`` of an unfinished run keeps its tables."""
+    return f"{PARTS_DIR}{int(part):05d}"
+
+
 PASSCODE_CHANCE = 0.1  # the passcode label is one of 10 digits per position (the paper's chance line, toy and real)
 
 
@@ -645,6 +650,7 @@ __all__ = [
     "FIGURE_FORMATS",
     "FIGURES_RECORD",
     "PARTS_DIR",
+    "part_dir",
     "PASSCODE_CHANCE",
     "Artifact",
     "ARTIFACTS",

@@ -152,7 +152,7 @@ def write_capture_part(store: RunStore, part: int, sink: CaptureSink) -> tuple[p
 
     kv_rows, attn_rows = [], []
     if sink.kv:
-        shard = f"kv/shard-{part:05d}.safetensors"
+        shard = schema.KV_SHARD.at(part=part)
         tensors: dict[str, torch.Tensor] = {}
         for i, item in enumerate(sink.kv.values()):
             kn, vn = f"k{i}", f"v{i}"
@@ -173,7 +173,7 @@ def write_capture_part(store: RunStore, part: int, sink: CaptureSink) -> tuple[p
             )
         store.write_tensors(shard, tensors)
     if sink.attention:
-        shard = f"attention/shard-{part:05d}.safetensors"
+        shard = schema.ATTN_SHARD.at(part=part)
         tensors = {}
         for i, item in enumerate(sink.attention.values()):
             name = f"a{i}"
@@ -210,12 +210,15 @@ class RunWriter:
         return done
 
     def _parts(self, table: str) -> list[str]:
-        marks = sorted(r for r in self.store.manifest.files if r.startswith("parts/") and r.endswith("/traces.parquet"))
+        files = self.store.manifest.files
+        marks = sorted(r for r in files if r.startswith(schema.PARTS_DIR) and r.endswith("/" + schema.TRACES.part_path))
         return [m.rsplit("/", 1)[0] + f"/{table}.parquet" for m in marks]
 
     def next_part(self) -> int:
-        nums = [int(r.split("/")[1]) for r in self.store.manifest.files if r.startswith("parts/")]
-        nums += [int(Path(r).stem.split("-")[1]) for r in self.store.manifest.files if "/shard-" in r]
+        files = self.store.manifest.files
+        nums = [int(r.split("/")[1]) for r in files if r.startswith(schema.PARTS_DIR)]
+        shards = (schema.KV_SHARD.pattern(), schema.ATTN_SHARD.pattern())
+        nums += [int(Path(r).stem.split("-")[1]) for r in files if any(p.match(r) for p in shards)]
         return max(nums, default=-1) + 1
 
     def write_part(
@@ -225,7 +228,7 @@ class RunWriter:
         work unit so the merged tables keep the input's trace order whatever finishes first)."""
         part = self.next_part() if part is None else part
         kv_idx, attn_idx = write_capture_part(self.store, part, sink) if sink is not None else (None, None)
-        base = f"parts/{part:05d}"
+        base = schema.part_dir(part)
         for t in schema.PART_TABLES:  # traces last: the part's commit marker
             if t in (schema.KV_INDEX, schema.ATTN_INDEX):
                 df = kv_idx if t is schema.KV_INDEX else attn_idx
