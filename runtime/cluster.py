@@ -280,6 +280,19 @@ class ReplayPool:
         idle = list(self.actors)
         running: dict[Any, tuple[Any, Unit]] = {}
         starting: dict[Any, Any] = {}
+        spare = 2 * len(self.actors) + max_retries  # replacements this run may start (a node out of memory)
+        last_death = ""
+
+        def replace(dead: Any, exc: BaseException) -> None:
+            nonlocal spare, last_death
+            self.actors.remove(dead)
+            last_death = (str(exc).splitlines() or [type(exc).__name__])[0]
+            if spare > 0:
+                spare -= 1
+                fresh = self._spawn()
+                self.actors.append(fresh)
+                starting[fresh.whoami.remote()] = fresh
+
         while queue or running:
             while queue and idle:
                 actor, unit = idle.pop(0), queue.popleft()
@@ -287,7 +300,10 @@ class ReplayPool:
                 if self.on_dispatch is not None:
                     self.on_dispatch(self, actor, unit)
             if not running and not starting:
-                raise OptionError("no Ray worker is left to run the remaining units")
+                raise OptionError(
+                    f"every Ray worker died and no replacement could start ({len(queue)} unit(s) left; last: "
+                    f"{last_death}); the committed units are kept: rerun with --resume"
+                )
             ready, _ = ray.wait([*running, *starting], num_returns=1)
             ref = ready[0]
             if ref in starting:
@@ -297,8 +313,8 @@ class ReplayPool:
                     idle.append(actor)
                 except RayTaskError:
                     raise
-                except died:
-                    self.actors.remove(actor)
+                except died as exc:
+                    replace(actor, exc)
                 continue
             actor, unit = running.pop(ref)
             try:
@@ -306,13 +322,12 @@ class ReplayPool:
             except RayTaskError:
                 raise
             except died as exc:
-                self.actors.remove(actor)
-                fresh = self._spawn()
-                self.actors.append(fresh)
-                starting[fresh.whoami.remote()] = fresh
+                replace(actor, exc)
                 attempts[unit.index] = attempts.get(unit.index, 0) + 1
                 if attempts[unit.index] > max_retries:
-                    yield UnitResult(unit.index, error=f"its Ray worker died {attempts[unit.index]} times ({exc})")
+                    yield UnitResult(
+                        unit.index, error=f"its Ray worker died {attempts[unit.index]} times ({last_death})"
+                    )
                 else:
                     self.retries += 1
                     queue.appendleft(unit)
