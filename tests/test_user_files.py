@@ -266,3 +266,17 @@ def test_mementify_overwrite_refuses_a_checkpoint_folder_holding_the_users_files
     shutil.rmtree(out / "plots")
     mementify("random:llama-tiny", out, overwrite=True)  # only its own files: replaced as before
     assert (out / "mementify.json").exists()
+
+
+def test_a_new_run_that_fails_keeps_a_file_the_user_put_there_meanwhile(tmp_path):
+    out = tmp_path / "new-run"
+    with pytest.raises(RuntimeError, match="boom"):
+        with RunStore.create(out, "replay", {"v": 1}):
+            (out / "notes.txt").write_text("written while the command ran")
+            raise RuntimeError("boom")
+    assert (out / "notes.txt").read_text() == "written while the command ran"
+    assert not (out / "manifest.json").exists()
+    with pytest.raises(RuntimeError):
+        with RunStore.create(tmp_path / "empty-run", "replay", {"v": 1}):
+            raise RuntimeError("boom")
+    assert not (tmp_path / "empty-run").exists()  # nothing of anyone's: no trace left

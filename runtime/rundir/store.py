@@ -547,10 +547,9 @@ class RunStore:
         if self._target is not None and self.path.exists():
             shutil.rmtree(self.path, ignore_errors=True)
         elif self._fresh and not self.manifest.files:  # failed before writing anything: leave no trace
-            if self._fresh == "new":
+            (self.path / MANIFEST).unlink(missing_ok=True)
+            if self._fresh == "new" and not user_entries(self.path, set()):  # never a file a user put there since
                 shutil.rmtree(self.path, ignore_errors=True)
-            else:
-                (self.path / MANIFEST).unlink(missing_ok=True)
 
     def __enter__(self) -> "RunStore":
         return self
