@@ -289,13 +289,17 @@ def _read_traces(path: Path, tokenizer=None):
 
 def _traces_need_model_tokenizer(path: Path) -> bool:
     """Whether ``--traces PATH`` is text to tokenize with the model's tokenizer (read once the model is loaded);
-    a missing path, a raw chain-of-thought file or an unknown type is refused now, before any model loads."""
+    a missing path, a raw chain-of-thought file, an unknown type, a truncated file or a bad row is refused now,
+    before any model loads."""
     from memento_lens.runtime.errors import InputFileError
-    from memento_lens.runtime.traces import needs_tokenizer
+    from memento_lens.runtime.traces import check_rows, needs_tokenizer
 
     if not path.exists():
         raise InputFileError(f"--traces {path}: no such file or directory")
-    return needs_tokenizer(path)
+    if not needs_tokenizer(path):
+        return False
+    check_rows(path)  # a truncated file or a bad row fails now, not after the model has loaded
+    return True
 
 
 def _check_queries(attention_queries: Optional[str], traces) -> None:

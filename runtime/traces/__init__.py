@@ -13,6 +13,7 @@ Public API::
         .recorded_tokenizer (a run's tokenizer description), .report (IngestReport of the latest pass)
     detect_format(path) -> str                  # raises for a raw chain-of-thought file, names it
     needs_tokenizer(path, format=None) -> bool  # a text format (False: token ids, a run directory)
+    check_rows(path, format=None) -> int         # rows read untokenized, the first fault raised (before a model loads)
     FORMATS: dict[str, type[TraceFormat]]; register_format(cls) -> cls; unregister_format(name)
     TraceFormat (base.py): name, help, tokenized, fallback; detect(head: FileHead) -> bool (classmethod);
         read() -> Iterator[RawTrace | Trace | RowError]; count() -> int | None; tokens; recorded_tokenizer
@@ -47,7 +48,7 @@ from .base import (
     segment_chars,
 )
 from .chat import chat_prompt, chatml_prompt
-from .load import CHECK, TraceSource, load_traces, needs_tokenizer, to_trace
+from .load import CHECK, TraceSource, check_rows, load_traces, needs_tokenizer, to_trace
 from .registry import FORMATS, detect_format, format_names, get_format, register_format, unregister_format
 from .tokenizer import APPROX_SPECIALS, ApproxTokenizer, HFTextTokenizer, TextTokenizer, load_tokenizer
 
@@ -69,6 +70,7 @@ __all__ = [
     "TraceSource",
     "chat_prompt",
     "chatml_prompt",
+    "check_rows",
     "detect_format",
     "format_names",
     "get_format",

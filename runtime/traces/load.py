@@ -252,6 +252,23 @@ def structure_schedule(
     return tracker.schedule(events)
 
 
+def check_rows(path: str | Path, format: str | None = None) -> int:
+    """Read a trace file's rows without tokenizing them (cheap: no tokenizer, no model) and raise the first
+    file-level fault or bad row as :class:`~.base.IngestError` naming the file and row; the number of rows.
+    A command that tokenizes with a model's tokenizer checks its input with this before loading the model."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path}: no such trace file or run directory")
+    n = 0
+    for item in get_format(format or detect_format(path))(path).read():
+        if isinstance(item, RowError):
+            raise IngestError(str(IngestIssue(str(path), item.trace, item.position, item.message)))
+        n += 1
+    if n == 0:
+        raise IngestError(f"{path}: no traces (no rows)")
+    return n
+
+
 def needs_tokenizer(path: str | Path, format: str | None = None) -> bool:
     """Whether reading ``path`` needs a text tokenizer (a text format) or not (token ids, a run directory)."""
     return not get_format(format or detect_format(path)).tokenized

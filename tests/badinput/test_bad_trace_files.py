@@ -333,3 +333,13 @@ def test_a_run_without_traces_says_what_it_is(cli, workdir, cmd):
 def test_an_empty_prompts_file_is_an_error_naming_it(cli, workdir, content):
     (workdir / "p.txt").write_bytes(content)
     run_case(cli, workdir, [*GEN, "--prompts-file", workdir / "p.txt"], InputFileError, "p.txt", "no prompts")
+
+
+@pytest.mark.parametrize("model", ["random:tiny", "no/such/model"])  # checked before any model loads
+def test_replay_of_a_bad_text_trace_file_names_it_before_loading_the_model(cli, workdir, model):
+    bad = memento_obj(segments=[seg("summary", 1, "b"), seg("block", 1, "a")])
+    path = workdir / "m.json"
+    path.write_text(json.dumps(bad))
+    args = [*REPLAY[:2], model, *REPLAY[3:], "--traces", path]
+    run_case(cli, workdir, args, InputFileError, "m.json", "summary for block_idx 1")
+    run_case(cli, workdir, [*args[:-1], _truncated(workdir)], InputFileError, "m.json", "truncated")
