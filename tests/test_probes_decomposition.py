@@ -281,3 +281,34 @@ def test_a_distance_beyond_the_task_fails_before_any_replay(monkeypatch):
     cfg = PasscodeConfig(model="toy-small", task="toy", samples=40, distances=(100,))
     with pytest.raises(ProbeInputError, match=r"^--distances 100: distance 100 beyond"):
         run_passcode(cfg, from_objects(small_toy_model(0), None, name="toy-small"), task=ToyPasscodeTask())
+
+
+def test_feature_progress_moves_per_batch_in_every_world():
+    task = ToyPasscodeTask()
+    samples = task.samples(40, seed=0)
+    calls = []
+    extract_features(
+        task,
+        small_toy_model(0),
+        samples,
+        [1, 2],
+        [0],
+        worlds=("normal", "restart", "delimiter_hidden"),
+        batch_size=16,
+        progress=lambda stage, done, total: calls.append((stage, done, total)),
+    )
+    by_stage = {}
+    for stage, done, total in calls:
+        by_stage.setdefault(stage, []).append(done)
+        assert total == 40
+    assert len(by_stage) == 3 and all("data seed 0" in s for s in by_stage)
+    for done in by_stage.values():
+        assert done == sorted(done) and len(done) >= 3 and done[-1] == 40  # 16, 32, 40: the bar moves per batch
+
+
+def test_sentinels_print_by_name():
+    from memento_lens.probes.passcode import ALL_HEADS, CAUSAL_DISTANCE, label
+
+    assert label("layer", ALL_LAYERS) == "all" and label("layer", 3) == "3"
+    assert label("head", ALL_HEADS) == "all" and label("distance", CAUSAL_DISTANCE) == "ctrl"
+    assert ALL_LAYERS not in range(-64, 64)  # never read as a layer index by --layers
