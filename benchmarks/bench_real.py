@@ -4,9 +4,12 @@ Memento math trace. Ratios against a baseline measured in the same run:
 * segment replay of the math trace, memento (keep 0) vs vanilla, beside the FLOP limit from the schedule's
   occupancy (:func:`benchmarks.bench_runtime.flop_model`);
 * capture overhead: normal + restart memento K/V at every layer vs no capture, beside its FLOP limit;
-* passcode feature extraction per sample on the math trace (passcode in block 1, mementos 0..2 read): a dense
-  replay of every whole sample vs the shared prefix's K/V computed once (:func:`probes.real.extract_with_prefix`),
-  probing layers 0 and 29 (all layers run) and layers 0 and 4 (5 of 30 layers run, as the paper's layer 4).
+* passcode feature extraction per sample on the math trace (passcode in block 1, mementos 0..2 read, normal and
+  restart worlds): the former extraction (prefix K/V once, every sample in one forward of the first N layers:
+  ``_before_extract``, kept here as the baseline) vs the runtime's forwards
+  (:func:`memento_lens.probes.features.extract_memento_kv` on :mod:`memento_lens.runtime.forwards`: memory-capped
+  batches, the forward stopped after the last wanted layer, sample-independent pairs from one row), at layer 4 and
+  at the last layer, float32 and bfloat16; each measurement in its own process, so its peak RSS is its own.
 
 Device and dtype: ``cuda`` + bfloat16 when a GPU is visible, else CPU + float32 (one torch thread). Needs the
 ``real`` extra (``pip install '.[real]'``; make setup installs it); without it the area reports nothing.
@@ -93,59 +96,144 @@ def _replay_rows(lm, trace, device: str, dtype: str, quick: bool) -> list[BenchR
     ]
 
 
-def _passcode_rows(lm, device: str, quick: bool) -> list[BenchRow]:
-    from memento_lens.probes.features import extract_memento_kv
-    from memento_lens.probes.real import TracePasscodeTask, extract_with_prefix
-
-    task = TracePasscodeTask(str(MATH), lm.tokenizer, lm.require_tokens(), target=1)
-    n = 1 if quick else 2
-    s = task.samples(n, seed=0)
-    vis = task.visibility("normal")
-    pos = {mb: task.memento_positions(mb) for mb in (0, 1, 2)}
-    last_layer = lm.model.config.num_hidden_layers - 1
-    p = task.shared_prefix_len
-    t_end = int(pos[2][-1]) + 1
-
-    def per_sample(fn) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) / n
-
-    kw = dict(batch_size=n, device=device)
-    dense = per_sample(lambda: extract_memento_kv(lm.model, s.token_ids, vis, pos, [0, last_layer], s.labels, **kw))
-    reuse_all = per_sample(
-        lambda: extract_with_prefix(lm.model, s.token_ids, vis, pos, [0, last_layer], s.labels, p, **kw)
+# -- passcode features: before (the former probes.real.extract_with_prefix) vs the runtime's forwards ------------
+def _before_extract(model, ids, vis, pos, layers, prefix_len):
+    """The former extraction, kept here as the baseline: prefix K/V once, then every sample of the set in one
+    forward of the first N layers (``first_layers``) with the vocabulary projection of one position; every world
+    forwarded, features concatenated at the end."""
+    from memento_lens.runtime.dense import dense_forward
+    from memento_lens.runtime.forwards import first_layers
+    from memento_lens.runtime.hf_paths import (
+        CACHE_DATA_KWARG,
+        CACHE_INPUT_KWARG,
+        CACHE_KEYS_ATTR,
+        CACHE_VALUES_ATTR,
+        LOGITS_TO_KEEP_KWARG,
+        cache_layers,
+        output_cache,
     )
-    reuse_4 = per_sample(lambda: extract_with_prefix(lm.model, s.token_ids, vis, pos, [0, 4], s.labels, p, **kw))
-    # the one-off prefix cost is inside the timed calls: with many samples per call the per-sample cost is lower
-    shape = f"math trace, passcode at token {p}, mementos 0..2 read (up to token {t_end}); {n} sample(s) per call"
-    return [
-        BenchRow(
-            "passcode features per sample, dense replay of whole samples",
-            "seconds/sample",
-            dense,
-            "",
-            None,
-            f"layers 0 and {last_layer}; {shape}",
-        ),
-        BenchRow(
-            "passcode features per sample, shared prefix reused (layers 0 and last)",
-            "seconds/sample",
-            reuse_all,
-            "",
-            None,
-            f"{dense / reuse_all:.2f}x faster than dense (FLOP-ish limit {t_end / (t_end - p):.2f}x from the "
-            f"recomputed span, plus the skipped vocabulary projection); {shape}",
-        ),
-        BenchRow(
-            "passcode features per sample, shared prefix reused (layers 0 and 4: 5 of 30 layers run)",
-            "seconds/sample",
-            reuse_4,
-            "",
-            None,
-            f"{dense / reuse_4:.2f}x faster than dense; {shape}",
-        ),
-    ]
+    from memento_lens.runtime.masks import additive_mask
+    from transformers import DynamicCache
+
+    ids = torch.as_tensor(ids)
+    last = max(int(p[-1]) for p in pos.values()) + 1
+    v = vis[:last, :last]
+    with torch.inference_mode(), first_layers(model, max(layers) + 1):
+        pre = dense_forward(model, ids[:1, :prefix_len], v[:prefix_len, :prefix_len])
+        b = ids.shape[0]
+        data = [
+            (k.expand(b, -1, -1, -1).contiguous(), x.expand(b, -1, -1, -1).contiguous())
+            for k, x in zip(pre.keys, pre.values)
+        ]
+        mask = additive_mask(v[prefix_len:last], dtype=next(model.parameters()).dtype).expand(b, -1, -1, -1)
+        out = model(
+            input_ids=ids[:, prefix_len:last],
+            attention_mask=mask,
+            position_ids=torch.arange(prefix_len, last).unsqueeze(0).expand(b, -1),
+            use_cache=True,
+            **{CACHE_INPUT_KWARG: DynamicCache(**{CACHE_DATA_KWARG: data}), LOGITS_TO_KEEP_KWARG: 1},
+        )
+        cache = cache_layers(output_cache(out))
+        return {
+            (mb, ly): torch.cat(
+                [getattr(cache[ly], CACHE_KEYS_ATTR)[:, :, p], getattr(cache[ly], CACHE_VALUES_ATTR)[:, :, p]], -1
+            ).half()
+            for mb, p in pos.items()
+            for ly in layers
+        }
+
+
+def features_child(variant: str, model_dir: str, dtype: str, n: int, layers: list[int]) -> dict:
+    """One measurement in a fresh process (its own peak RSS): features of the normal and the restart world for
+    ``n`` samples of the math trace (passcode in block 1, mementos 0..2)."""
+    import resource
+
+    from memento_lens.probes.features import extract_memento_kv
+    from memento_lens.probes.real import TracePasscodeTask
+    from memento_lens.runtime.model import load_model
+
+    torch.set_num_threads(1)
+    lm = load_model(model_dir, dtype=dtype)
+    task = TracePasscodeTask(str(MATH), lm.tokenizer, lm.require_tokens(), target=1)
+    s = task.samples(n, seed=0)
+    pos = {mb: task.memento_positions(mb) for mb in (0, 1, 2)}
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    for world in ("normal", "restart"):
+        vis = task.visibility(world)
+        if variant == "before":
+            _before_extract(lm.model, s.token_ids, vis, pos, layers, task.shared_prefix_len)
+        else:
+            kw = dict(batch_size=256, prefix_len=task.shared_prefix_len)  # the CLI's default batch size
+            extract_memento_kv(lm.model, s.token_ids, vis, pos, layers, s.labels, **kw)
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"seconds_per_sample": dt / n, "peak_gb": peak / 1e6, "model_gb": base / 1e6}
+
+
+def _child(variant: str, model_dir: Path, dtype: str, n: int, layers: list[int]) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from benchmarks.bench_real import features_child; "
+        f"print(json.dumps(features_child({variant!r}, {str(model_dir)!r}, {dtype!r}, {n}, {layers!r})))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _passcode_rows(model_dir: Path, quick: bool) -> list[BenchRow]:
+    n = 4 if quick else 16
+    rows: list[BenchRow] = []
+    for layers in ([4], [29]):
+        before = _child("before", model_dir, "float32", n, layers)
+        after = _child("after", model_dir, "float32", n, layers)
+        bf16 = _child("after", model_dir, "bfloat16", n, layers)
+        what = (
+            f"math trace, passcode in block 1, mementos 0..2, layer {layers[0]} ({layers[0] + 1} of 30 layers), "
+            f"normal + restart worlds, {n} samples per call, batch size 256 asked, 1 thread, CPU"
+        )
+        rows += [
+            BenchRow(
+                f"passcode features, layer {layers[0]}: before (former extract_with_prefix), float32",
+                "seconds/sample",
+                before["seconds_per_sample"],
+                "",
+                None,
+                f"peak RSS {before['peak_gb']:.2f} GB (model loaded: {before['model_gb']:.2f} GB); {what}",
+            ),
+            BenchRow(
+                f"passcode features, layer {layers[0]}: runtime forwards, float32",
+                "seconds/sample",
+                after["seconds_per_sample"],
+                "",
+                None,
+                f"{before['seconds_per_sample'] / after['seconds_per_sample']:.2f}x faster than before (restart world "
+                f"from one row, forward stopped after layer {layers[0]}'s K/V); peak RSS {after['peak_gb']:.2f} GB "
+                f"vs {before['peak_gb']:.2f} GB (memory-capped batches); {what}",
+            ),
+            BenchRow(
+                f"passcode features, layer {layers[0]}: runtime forwards, bfloat16",
+                "seconds/sample",
+                bf16["seconds_per_sample"],
+                "",
+                None,
+                f"{before['seconds_per_sample'] / bf16['seconds_per_sample']:.2f}x faster than before (float32); "
+                f"bfloat16 matmuls on this CPU's AMX; peak RSS {bf16['peak_gb']:.2f} GB; {what}",
+            ),
+        ]
+    return rows
 
 
 def run(quick: bool = False) -> list[BenchRow]:
@@ -163,7 +251,7 @@ def run(quick: bool = False) -> list[BenchRow]:
             rows += _replay_rows(lm, trace, device, dtype, quick)
             print(f"   [replay {time.perf_counter() - t0:.0f} s]", flush=True)
             t0 = time.perf_counter()
-            rows += _passcode_rows(lm, device, quick)
+            rows += _passcode_rows(Path(tmp) / "smollm2-memento", quick)
             print(f"   [passcode features {time.perf_counter() - t0:.0f} s]", flush=True)
             return rows
     finally:

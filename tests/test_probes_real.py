@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from memento_lens.probes.features import ProbeInputError
 
 DATA = Path("/work/shared/data")
 if not DATA.exists():  # a checkout next to shared/
@@ -176,3 +178,32 @@ def test_first_layers_restores_the_model_after_an_error(qwen):
     assert len(model.model.layers) == 3 and model.config.num_hidden_layers == 3
     x = torch.arange(100, 110).unsqueeze(0)
     assert model(x).logits.shape == (1, 10, model.config.vocab_size)
+
+
+def test_trace_task_builds_the_foreign_and_delimiter_hidden_worlds(task):
+    """foreign: another passcode in the same slot (same length, independent of the label, its own stream), every
+    other token the sample's own; delimiter_hidden: the normal mask with block 1's kept delimiters hidden from
+    every position after memento 1 (so memento 2 cannot read them), nothing else changed."""
+    assert set(task.worlds) == {"normal", "restart", "foreign", "delimiter_hidden"}
+    s = task.samples(200, seed=2)
+    slot = task.trace.passcode_slot
+    foreign = task.world_tokens(s, "foreign", seed=0)
+    assert foreign.shape == s.token_ids.shape
+    other = np.ones(foreign.shape[1], dtype=bool)
+    other[slot] = False
+    assert (foreign[:, other] == s.token_ids[:, other]).all()
+    assert (foreign[:, slot] != s.token_ids[:, slot]).any(axis=1).mean() > 0.95  # a different code almost always
+    assert np.array_equal(task.world_tokens(s, "foreign", seed=0), foreign)  # deterministic in its seed
+    assert not np.array_equal(task.world_tokens(s, "foreign", seed=1), foreign)
+    assert np.array_equal(task.world_tokens(s, "normal", seed=0), s.token_ids)
+
+    normal, hidden = task.visibility("normal"), task.visibility("delimiter_hidden")
+    b1 = task.trace.schedule.blocks[1]
+    after = b1.summary_end + 1
+    m2 = task.memento_positions(2)
+    assert normal[m2[0], b1.end] and normal[m2[0], b1.start]  # kept delimiters: visible in the normal world
+    assert not hidden[after:, [b1.start, b1.end]].any()
+    diff = normal != hidden
+    assert diff.sum() == normal[after:, [b1.start, b1.end]].sum() and not diff[:after].any()
+    with pytest.raises(ProbeInputError, match="same_sum"):
+        task.visibility("same_sum")
