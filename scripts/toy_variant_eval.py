@@ -39,9 +39,7 @@ def evaluate(ckpt: Path, args) -> dict:
     from memento_lens.probes.train import TrainConfig
 
     torch.set_num_threads(1)
-    train_kw = {"seeds": args.seeds}
-    if args.data_seeds is not None:
-        train_kw["data_seeds"] = args.data_seeds
+    extra = {} if args.data_seeds is None else {"data_seeds": args.data_seeds}
     cfg = PasscodeConfig(
         model=str(ckpt),
         samples=args.samples,
@@ -52,7 +50,8 @@ def evaluate(ckpt: Path, args) -> dict:
         probes=("mlp",),
         control=False,
         seed=args.seed,
-        train=dataclasses.replace(TrainConfig(), **train_kw),
+        train=dataclasses.replace(TrainConfig(), seeds=args.seeds),
+        **extra,
     )
     acc = task_accuracy(ckpt)
     t0 = time.perf_counter()

@@ -42,6 +42,7 @@ from .task import ToyLayout, sample
 from .tokenizer import save_tokenizer
 
 RUN_KIND = "toy_train"
+ARCHITECTURE_NAMES = {"qwen3": "Qwen3", "llama": "Llama", "gpt2": "GPT-2"}
 FINAL = "final"
 
 
@@ -336,7 +337,7 @@ def _readme(cfg: TrainConfig, n_params: int, checkpoints: list[dict], seconds: f
     )
     return f"""# memento-lens toy model
 
-Qwen3 architecture, {cfg.model.num_hidden_layers} layers, hidden {cfg.model.hidden_size}, {n_params:,} parameters,
+{ARCHITECTURE_NAMES.get(cfg.model.architecture, cfg.model.architecture)} architecture, {cfg.model.num_hidden_layers} layers, hidden {cfg.model.hidden_size}, {n_params:,} parameters,
 trained on the running-sum task ({cfg.layout.n_blocks} blocks x {cfg.layout.block_digits} digits,
 {cfg.layout.memento_digits}-digit mementos, {cfg.layout.passcode_digits} unsummed passcode digits per block):
 {cfg.stage1_steps} steps of full causal attention, then memento attention (keep 0) up to step {cfg.steps},
