@@ -486,7 +486,7 @@ def test_compression_cdf_of_a_run_without_domains_is_not_titled_unknown(tmp_path
     )
     fig, md = _plotted("compression-cdf", df)
     titles = [t.text for t in _subplot_titles(fig)]
-    assert titles == ["all blocks (no domain recorded) (3 blocks)"] == panel_titles(df)
+    assert titles == ["all blocks, no domain recorded (3 blocks)"] == panel_titles(df)
     assert "unknown" not in md and "no domain recorded" in md
     named = df.assign(domain="math")
     assert [t.text for t in _subplot_titles(_plotted("compression-cdf", named)[0])] == ["math (3 blocks)"]

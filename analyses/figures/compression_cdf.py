@@ -14,7 +14,7 @@ from ..stats import block_stats, blocks_from_tokens_table
 from .base import Figure, FigureInputs, MissingInputs, md_table
 
 UNKNOWN = "unknown"  # analyses.stats' domain of a trace that records none (toy, generate, replay)
-NO_DOMAIN = "all blocks (no domain recorded)"
+NO_DOMAIN = "all blocks, no domain recorded"
 
 
 def panel_titles(df: pd.DataFrame) -> list[str]:

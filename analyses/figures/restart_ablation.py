@@ -21,6 +21,7 @@ METRIC_LABELS = {
     "kl_teacher_forced": "KL to normal",
     "memento_exact_generated": "memento exact (greedy)",
     "delta_accuracy": "Δ accuracy",
+    "delta_nll": "Δ NLL",
     "accuracy": "accuracy",
     "nll": "NLL",
     "kl": "KL",
