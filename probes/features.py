@@ -322,14 +322,6 @@ def extract_memento_kv(
 
 
 # -- toy task ----------------------------------------------------------------------------------------------
-def toy_visibility(layout=None, restart: bool = False, device: torch.device | str | None = None) -> torch.Tensor:
-    """``[T, T]`` bool visibility of the toy layout under keep 0 (or restart mode): ``runtime.toy.evaluate``'s."""
-    from memento_lens.runtime.toy.evaluate import toy_visibility as runtime_toy_visibility
-    from memento_lens.runtime.toy.task import ToyLayout
-
-    return runtime_toy_visibility("restart" if restart else "memento", layout or ToyLayout(), device=device)
-
-
 def toy_memento_positions(layout, memento_blocks: Iterable[int], span: bool = True) -> dict[int, np.ndarray]:
     """Positions read per memento: the whole span (``<|summary_start|>`` .. ``<|summary_end|>``) or its digits."""
     return {mb: (layout.memento_span(mb) if span else layout.memento(mb)) for mb in memento_blocks}

@@ -125,7 +125,8 @@ def measure(
     batch_size: int = 256,
 ) -> list[dict]:
     """Rows ``{condition, distance, layer, world, acc, ci, n_val, ...}`` plus implicit-excess rows."""
-    from memento_lens.probes.features import extract_memento_kv, toy_visibility
+    from memento_lens.probes.features import extract_memento_kv
+    from memento_lens.runtime.toy.evaluate import toy_visibility
     from memento_lens.runtime.toy.task import layout_of, passcode_labels, sample, text_ceiling
 
     layout = layout_of(model)
@@ -142,7 +143,7 @@ def measure(
         world: extract_memento_kv(
             model,
             batch.token_ids,
-            toy_visibility(layout, restart=world == "restart"),
+            toy_visibility("restart" if world == "restart" else "memento", layout),
             pos,
             lys,
             labels,

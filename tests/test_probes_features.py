@@ -15,11 +15,11 @@ from memento_lens.probes.features import (
     resolve_layers,
     toy_memento_positions,
     toy_passcode_batch,
-    toy_visibility,
 )
 from memento_lens.probes.models import make_probe
 from memento_lens.probes.train import TrainConfig, score_probe
 from memento_lens.runtime.dense import dense_forward
+from memento_lens.runtime.toy.evaluate import toy_visibility
 from memento_lens.runtime.toy.task import ToyLayout
 
 
@@ -55,7 +55,7 @@ def test_extracted_features_equal_the_dense_replay_kv():
     model = small_toy_model()
     layout = ToyLayout()
     batch, labels = toy_passcode_batch(6, 0, layout)
-    vis = toy_visibility(layout)
+    vis = toy_visibility("memento", layout)
     pos = toy_memento_positions(layout, [0, 1, 2])
     feats = extract_memento_kv(
         model, batch.token_ids, vis, pos, [0, 1], labels, batch_size=4, store_dtype=torch.float32
@@ -78,7 +78,7 @@ def test_feature_cache_roundtrip(tmp_path):
     layout = ToyLayout()
     batch, labels = toy_passcode_batch(5, 1, layout)
     feats = extract_memento_kv(
-        model, batch.token_ids, toy_visibility(layout), toy_memento_positions(layout, [0, 1]), [0, 1], labels
+        model, batch.token_ids, toy_visibility("memento", layout), toy_memento_positions(layout, [0, 1]), [0, 1], labels
     )
     store = RunStore.create(tmp_path / "run", "test", {})
     feats.save(store)
@@ -97,7 +97,7 @@ def test_causal_control_stays_at_chance_where_leakage_is_impossible():
     feats = extract_memento_kv(
         model,
         batch.token_ids,
-        toy_visibility(layout),
+        toy_visibility("memento", layout),
         toy_memento_positions(layout, [0, 1]),
         [1],
         labels,
