@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -29,9 +29,12 @@ from memento_lens.runtime.occupancy import (  # noqa: F401  (re-exported: analys
     Occupancy,
     schedule_occupancy,
 )
-from memento_lens.runtime.policies import EvictionPolicy
 from memento_lens.runtime.rundir.tables import occupancies_from_table, occupancy_table  # noqa: F401  (re-exported)
-from memento_lens.runtime.schedule import BlockTracker, Schedule, compute_schedule
+from memento_lens.runtime.schedule import (  # noqa: F401  (fast_schedule re-exported: analyses.kv is where users look)
+    Schedule,
+    compute_schedule,
+    fast_schedule,
+)
 from memento_lens.runtime.trace import Trace
 
 PRESETS: dict[str, KVSpec] = {
@@ -55,46 +58,6 @@ def resolve_spec(spec: str | os.PathLike | KVSpec | None) -> KVSpec:
 
 
 # -- the schedule, fast ------------------------------------------------------------------------------
-
-
-def _member(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """``np.isin(ids, wanted)`` through a lookup table (ids are small non-negative vocabulary indices)."""
-    if len(ids) == 0:
-        return np.zeros(0, dtype=bool)
-    lo, hi = int(ids.min()), int(ids.max())
-    if lo < 0 or hi > 1 << 24:
-        return np.isin(ids, wanted)
-    lut = np.zeros(max(hi, int(wanted.max())) + 1, dtype=bool)
-    lut[wanted] = True
-    return lut[ids]
-
-
-def fast_schedule(
-    token_ids: Sequence[int] | np.ndarray,
-    config: BlockMaskingConfig,
-    tokens: MementoTokenIds,
-    prompt_len: int = 0,
-    policy: EvictionPolicy | None = None,
-) -> Schedule:
-    """Exactly :func:`runtime.schedule.compute_schedule`, feeding the tracker only the tokens that can change
-    its state: the tracker's :attr:`~memento_lens.runtime.schedule.BlockTracker.relevant_tokens` (its
-    bookkeeping tokens and what the eviction policy reacts to), found with numpy; every other token only
-    advances the position (``BlockTracker.skip_to``). Under ``max_block_tokens`` every token counts, and the
-    full per-token loop is used.
-    """
-    tracker = BlockTracker(config, tokens, prompt_len=prompt_len, policy=policy)
-    relevant = tracker.relevant_tokens
-    if relevant is None:
-        return compute_schedule(token_ids, config, tokens, prompt_len=prompt_len, policy=tracker.policy)
-    ids = np.asarray(token_ids, dtype=np.int64)
-    events = []
-    positions = np.flatnonzero(_member(ids, np.asarray(sorted(relevant), dtype=np.int64)))
-    for pos, tok in zip(positions.tolist(), ids[positions].tolist()):
-        tracker.skip_to(pos)
-        events.extend(tracker.step(tok))
-    tracker.skip_to(len(ids))
-    events.extend(tracker.finish())
-    return tracker.schedule(events)
 
 
 # -- accounting --------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from .config import BlockMaskingConfig, MementoTokenIds
 from .events import BlockSpan, EventKind, EvictionEvent
 from .policies import EvictionPolicy, policy_for
@@ -294,7 +296,48 @@ def compute_schedule(
     return tracker.schedule(events)
 
 
+def _member(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """``np.isin(ids, wanted)`` through a lookup table (ids are small non-negative vocabulary indices)."""
+    if len(ids) == 0:
+        return np.zeros(0, dtype=bool)
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi > 1 << 24:
+        return np.isin(ids, wanted)
+    lut = np.zeros(max(hi, int(wanted.max())) + 1, dtype=bool)
+    lut[wanted] = True
+    return lut[ids]
+
+
+def fast_schedule(
+    token_ids: Sequence[int] | np.ndarray,
+    config: BlockMaskingConfig,
+    tokens: MementoTokenIds,
+    prompt_len: int = 0,
+    policy: EvictionPolicy | None = None,
+) -> Schedule:
+    """Exactly :func:`compute_schedule`, feeding the tracker only the tokens that can change
+    its state: the tracker's :attr:`~memento_lens.runtime.schedule.BlockTracker.relevant_tokens` (its
+    bookkeeping tokens and what the eviction policy reacts to), found with numpy; every other token only
+    advances the position (``BlockTracker.skip_to``). Under ``max_block_tokens`` every token counts, and the
+    full per-token loop is used.
+    """
+    tracker = BlockTracker(config, tokens, prompt_len=prompt_len, policy=policy)
+    relevant = tracker.relevant_tokens
+    if relevant is None:
+        return compute_schedule(token_ids, config, tokens, prompt_len=prompt_len, policy=tracker.policy)
+    ids = np.asarray(token_ids, dtype=np.int64)
+    events = []
+    positions = np.flatnonzero(_member(ids, np.asarray(sorted(relevant), dtype=np.int64)))
+    for pos, tok in zip(positions.tolist(), ids[positions].tolist()):
+        tracker.skip_to(pos)
+        events.extend(tracker.step(tok))
+    tracker.skip_to(len(ids))
+    events.extend(tracker.finish())
+    return tracker.schedule(events)
+
+
 __all__ = [
+    "fast_schedule",
     "BlockSpan",
     "BlockTracker",
     "EventKind",

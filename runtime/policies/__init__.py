@@ -10,7 +10,7 @@
 :func:`policy_for` maps a reference-engine :class:`~memento_lens.runtime.config.BlockMaskingConfig` to its
 policy (the one place the config's eviction flags are read). A new policy is one file here (subclass
 :class:`EvictionPolicy`, override ``reacts_to`` and ``on_token``), passed as ``policy=`` to
-``BlockTracker``, ``compute_schedule`` or ``analyses.kv.fast_schedule``.
+``BlockTracker``, ``compute_schedule`` or ``runtime.schedule.fast_schedule``.
 """
 
 from __future__ import annotations

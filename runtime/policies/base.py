@@ -6,7 +6,7 @@ policy; the policy decides what is evicted. A policy is a small frozen dataclass
 
 * ``reacts_to(tokens) -> frozenset[int]``: the token ids whose processing may make it evict. The tracker
   calls :meth:`EvictionPolicy.on_token` for those ids only, and the fast schedule
-  (``analyses.kv.fast_schedule``) feeds the tracker only these plus the tracker's own bookkeeping tokens,
+  (``runtime.schedule.fast_schedule``) feeds the tracker only these plus the tracker's own bookkeeping tokens,
   so the two paths agree by construction.
 * ``on_token(tracker, pos, token_id) -> Sequence[EvictionEvent]``: called for a *generated* token (never a
   prompt token, never before the assistant section when one is required) after the tracker has updated its

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 import numpy as np
 from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds
 from memento_lens.runtime.errors import InputFileError
-from memento_lens.runtime.schedule import BlockTracker, Schedule, compute_schedule
+from memento_lens.runtime.schedule import Schedule, fast_schedule
 from memento_lens.runtime.trace import Trace
 from memento_lens.runtime.validate import MAX_UNK_SHARE, check_unk_share
 
@@ -232,24 +232,9 @@ def to_trace(
 def structure_schedule(
     ids: np.ndarray, config: BlockMaskingConfig, tokens: MementoTokenIds, prompt_len: int
 ) -> Schedule:
-    """Exactly ``compute_schedule(ids, config, tokens, prompt_len)``, feeding the tracker only its
-    :attr:`~memento_lens.runtime.schedule.BlockTracker.relevant_tokens` (found with numpy) and skipping the rest:
-    ~10x faster on long traces, where validation would otherwise cost more than approx tokenization.
-
-    The same loop as ``analyses.kv.fast_schedule``, which the runtime cannot import (analyses sit above it);
-    that function belongs in ``runtime/schedule.py``, and this one should then call it.
-    """
-    tracker = BlockTracker(config, tokens, prompt_len=prompt_len)
-    relevant = tracker.relevant_tokens
-    if relevant is None:  # max_block_tokens counts every token
-        return compute_schedule(ids.tolist(), config, tokens, prompt_len=prompt_len)
-    events = []
-    for pos in np.flatnonzero(np.isin(ids, np.fromiter(relevant, dtype=np.int64))).tolist():
-        tracker.skip_to(pos)
-        events.extend(tracker.step(int(ids[pos])))
-    tracker.skip_to(len(ids))
-    events.extend(tracker.finish())
-    return tracker.schedule(events)
+    """Exactly ``compute_schedule(ids, config, tokens, prompt_len)`` at numpy speed (:func:`fast_schedule`): ~10x
+    faster on long traces, where validation would otherwise cost more than approx tokenization."""
+    return fast_schedule(ids, config, tokens, prompt_len=prompt_len)
 
 
 def check_rows(path: str | Path, format: str | None = None) -> int:
