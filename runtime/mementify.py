@@ -5,7 +5,7 @@ The paper's model (Qwen3) saw ChatML prompts: ``<|im_start|>user\\n{problem}<|im
 then ``<think>`` + (block, memento)* + ``</think>`` + answer. A checkpoint keeps its own chat template (SmolLM2's
 is ChatML with a default system turn); one without a template gets plain ChatML. Ingestion with the checkpoint's
 tokenizer renders problems through that template
-(:meth:`memento_lens.analyses.tokenization.TextTokenizer.prompt_text`), so real traces tokenize as the model
+(:func:`memento_lens.runtime.traces.chat.chat_prompt`), so real traces tokenize as the model
 would see them in a chat.
 
 The result is a base model with a memento-ready vocabulary, not a model trained on mementos: its new token

@@ -218,7 +218,8 @@ def check_unk_share(ids: Sequence[int], tokenizer: Any, where: str, tokenizer_na
     if n_unk > max_share * len(ids):
         raise InputFileError(
             f"{where}: {n_unk} of {len(ids)} tokens became <unk> under tokenizer {tokenizer_name} (more than "
-            f"{max_share:.0%}): it does not cover this text; use the model's own tokenizer, or pass --allow-unk"
+            f"{max_share:.0%}): it does not cover this text (a text for another vocabulary?); use the model's own "
+            "tokenizer, or, where a command can go on regardless (generate, ingest, kv, stats), pass --allow-unk"
         )
 
 
