@@ -243,8 +243,8 @@ def figures_cmd(
         help="Figures to render (default all): kv-sawtooth, "
         "compression-cdf, probe-conditions, toy-leakage, restart-ablation.",
     ),
-    runs: Optional[List[Path]] = typer.Option(None, "--run", help="Run directory (repeatable)."),
-    traces: Optional[List[Path]] = typer.Option(None, "--traces", help="Trace file (repeatable)."),
+    runs: Optional[List[Path]] = typer.Option(None, "--run", metavar="DIR", help="Run directory (repeatable)."),
+    traces: Optional[List[Path]] = typer.Option(None, "--traces", metavar="FILE", help="Trace file (repeatable)."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Output directory (default: RUN/figures for one run)."
     ),
