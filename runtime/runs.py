@@ -618,9 +618,10 @@ def run_replay(
             try:
                 production["workers"] = pool.size
                 pool.check_sees(job.run_path)
+                before = pool.retries  # a caller's pool counts over its whole life
                 for res in pool.run(job, todo, max_retries=cfg.max_retries):
                     commit(res)
-                acct.retries = pool.retries
+                    acct.retries = production["retries"] = pool.retries - before
             finally:
                 if own:
                     pool.close()
