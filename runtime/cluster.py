@@ -239,6 +239,7 @@ class ReplayPool:
         self.actors = [self._spawn() for _ in range(size)]
         self.retries = 0
         self.on_dispatch: Any = None
+        self.start_timeout = 600.0  # seconds for every actor to start (a process, imports; not the model)
 
     @property
     def size(self) -> int:
@@ -252,7 +253,15 @@ class ReplayPool:
 
     def check_sees(self, run_path: str) -> None:
         """Every actor must see the run directory (one filesystem on every node), or the parts would be lost."""
-        seen = self._ray.get([a.sees.remote(run_path) for a in self.actors])
+        refs = [a.sees.remote(run_path) for a in self.actors]
+        _, pending = self._ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout)
+        if pending:  # never placed: the cluster lacks the resources asked for (or start-up hangs)
+            raise OptionError(
+                f"{len(pending)} of {len(refs)} Ray workers did not start within {self.start_timeout:.0f} s; each "
+                f"asks for {self._options['num_cpus']} CPU and {self._options['num_gpus']} GPU, the cluster has "
+                f"{self._ray.cluster_resources()}: use fewer --workers or less --gpus-per-worker"
+            )
+        seen = self._ray.get(refs)
         if not all(seen):
             raise OptionError(
                 f"{run_path}: {seen.count(False)} of {len(seen)} Ray workers cannot see this run directory; "

@@ -15,7 +15,7 @@ import signal
 import pytest
 from memento_lens.runtime.capture import default_captures
 from memento_lens.runtime.config import BlockMaskingConfig
-from memento_lens.runtime.errors import RunDirError
+from memento_lens.runtime.errors import OptionError, RunDirError
 from memento_lens.runtime.model import RANDOM_TOKENS, load_model
 from memento_lens.runtime.replay import traces_from_ids
 from memento_lens.runtime.rundir.kv import KVKey
@@ -197,6 +197,18 @@ def test_cli_workers_maps_to_the_sharded_path(pool, toy_traces, reference, tmp_p
     acct = json.loads(r.stdout.strip().splitlines()[-1])
     assert acct["workers"] == 2 and acct["units"] == 4 and acct["tokens"] == sum(len(t) for t in toy_traces)
     assert RunReader(tmp_path / "run").table(TRACE_TABLES[0])["trace"].tolist() == [t.trace_id for t in toy_traces]
+
+
+def test_workers_the_cluster_cannot_place_are_named(pool, tmp_path):
+    from memento_lens.runtime.cluster import ReplayPool
+
+    gpu = ReplayPool(1, gpus_per_worker=1, cpus_per_worker=0)  # this cluster has no GPU: never placed
+    gpu.start_timeout = 1.0
+    try:
+        with pytest.raises(OptionError, match=r"1 of 1 Ray workers did not start.*1 GPU.*fewer --workers"):
+            gpu.check_sees(str(tmp_path))
+    finally:
+        gpu.close()
 
 
 def test_killed_actor_has_its_unit_retried_on_another(pool, toy_traces, reference, tmp_path):
