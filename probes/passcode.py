@@ -637,11 +637,6 @@ def probe_features(
                 text = {"accuracy": nan, "ci_low": nan, "ci_high": nan}
                 if cfg.text:
                     text = hierarchical_bootstrap(per_rep("text", lay=ALL_LAYERS, hd=ALL_HEADS), None, **boot)
-                    fits += [
-                        results[(f.data_seed, _Job(cond, ALL_LAYERS, ALL_HEADS, probe_name, "text", s))]
-                        for f in reps
-                        for s in seeds_of(f)
-                    ]
                 row.update(text_accuracy=text["accuracy"], text_ci_low=text["ci_low"], text_ci_high=text["ci_high"])
                 ctrl = nan
                 if cfg.control and all(control_ok[(f.data_seed, cond.memento_block)] for f in reps):
@@ -650,8 +645,9 @@ def probe_features(
                         for f in reps
                     ]
                     ctrl = float(np.mean([c.correct.mean() for c in cf]))
-                    fits += cf
                 row.update(control_accuracy=ctrl, selectivity=st["accuracy"] - ctrl)
+                # how the fits behind accuracy and every excess stopped (the text and control fits' own flags are
+                # in probe_curves.parquet, worlds "text" and "control")
                 row.update(
                     epochs=int(max(r.epochs for r in fits)),
                     best_epoch=int(max(r.best_epoch for r in fits)),
