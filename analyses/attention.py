@@ -201,6 +201,46 @@ def query_edges(captured: Sequence[int], lo: int, hi: int, max_rows: int) -> tup
     return edges(lo, hi, max_rows), False
 
 
+_CHUNK = 256  # queries processed together (bounded memory: chunk x heads x keys float32)
+
+
+def _window_rows(
+    rows: Mapping[int, np.ndarray], qs: Sequence[int], heads: int, lo: int, hi: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``[len(qs), heads, hi - lo]`` float32: the rows' weights on keys ``[lo, hi)`` (missing keys 0).
+
+    A mapping may provide ``rows.window(qs, heads, lo, hi, out)`` returning exactly this (e.g. straight from
+    compact storage, without expanding every row over the whole trace first); ``out`` is a buffer to reuse.
+    """
+    window = getattr(rows, "window", None)
+    if window is not None:
+        return window(qs, heads, lo, hi, out)
+    out = np.zeros((len(qs), heads, hi - lo), dtype=np.float32)
+    for i, q in enumerate(qs):
+        w = np.asarray(rows[q], dtype=np.float32).reshape(heads, -1)
+        m = min(hi, w.shape[-1]) - lo
+        if m > 0:
+            out[i, :, :m] = w[:, lo : lo + m]
+    return out
+
+
+def _window_visible(vis_of: Callable[[int], np.ndarray], qs: Sequence[int], lo: int, hi: int) -> np.ndarray:
+    out = np.zeros((len(qs), hi - lo), dtype=bool)
+    for i, q in enumerate(qs):
+        v = np.asarray(vis_of(q), dtype=bool)
+        m = min(hi, len(v)) - lo
+        if m > 0:
+            out[i, :m] = v[lo : lo + m]
+    return out
+
+
+def _n_heads(rows: Mapping[int, np.ndarray]) -> int:
+    for q in rows:
+        r = rows[q]
+        return int(np.asarray(r).reshape(-1, np.shape(r)[-1]).shape[0])
+    return 1
+
+
 def query_key_pattern(
     rows: Mapping[int, np.ndarray],
     visible: Callable[[int], np.ndarray] | Mapping[int, np.ndarray],
@@ -211,11 +251,12 @@ def query_key_pattern(
 
     Args:
         rows: ``{query position: [heads, n_tokens] weights over every position}`` (decoded captures; positions
-            not visible hold 0). Queries outside ``q_edges`` are ignored.
+            not visible hold 0). Queries outside ``q_edges`` are ignored. Rows are read a chunk at a time, so a
+            lazy mapping over thousands of queries never holds them all.
         visible: ``visible(q) -> [n_tokens] bool`` (or a mapping), the query's visible positions by the
             runtime's one rule (:func:`memento_lens.runtime.masks.visible_at`); attention on positions it
             hides is left out of every cell (they are the not-visible part).
-        q_edges, k_edges: position edges (:func:`edges`), every position or bins.
+        q_edges, k_edges: position edges (:func:`edges`, :func:`query_edges`), every position or bins.
 
     Returns:
         :class:`Pattern`.
@@ -223,31 +264,30 @@ def query_key_pattern(
     q_edges = np.asarray(q_edges, dtype=np.int64)
     k_edges = np.asarray(k_edges, dtype=np.int64)
     vis_of = visible.__getitem__ if isinstance(visible, Mapping) else visible
-    n_rows, n_cols = len(q_edges) - 1, len(k_edges) - 1
-    lo, hi = int(k_edges[0]), int(k_edges[-1])
-    starts = k_edges[:-1] - lo
-    heads = next((np.asarray(r).reshape(-1, np.shape(r)[-1]).shape[0] for r in rows.values()), 1)
-    total = np.zeros((heads, max(n_rows, 0), max(n_cols, 0)), dtype=np.float64)
-    seen = np.zeros((max(n_rows, 0), max(n_cols, 0)), dtype=bool)
-    count = np.zeros(max(n_rows, 0), dtype=np.int64)
-    if n_rows > 0 and n_cols > 0:
-        for q in sorted(rows):
-            i = int(np.searchsorted(q_edges, q, side="right")) - 1
-            if not 0 <= i < n_rows or q >= q_edges[-1]:
-                continue
-            w = np.asarray(rows[q], dtype=np.float64).reshape(heads, -1)
-            vis = np.asarray(vis_of(q), dtype=bool)
-            wk = np.zeros((heads, hi - lo))
-            vk = np.zeros(hi - lo, dtype=bool)
-            m = min(hi, w.shape[-1], len(vis)) - lo
-            if m > 0:
-                vk[:m] = vis[lo : lo + m]
-                wk[:, :m] = np.where(vk[:m], w[:, lo : lo + m], 0.0)
-            total[:, i] += np.add.reduceat(wk, starts, axis=1)
-            seen[i] |= np.add.reduceat(vk.astype(np.int64), starts) > 0
-            count[i] += 1
+    n_rows, n_cols = max(len(q_edges) - 1, 0), max(len(k_edges) - 1, 0)
+    heads = _n_heads(rows)
+    total = np.zeros((n_rows, heads, n_cols), dtype=np.float64)
+    seen = np.zeros((n_rows, n_cols), dtype=bool)
+    count = np.zeros(n_rows, dtype=np.int64)
+    if n_rows and n_cols:
+        lo, hi = int(k_edges[0]), int(k_edges[-1])
+        starts = k_edges[:-1] - lo
+        qs = [int(q) for q in sorted(rows) if q_edges[0] <= q < q_edges[-1]]
+        buf = None
+        for c in range(0, len(qs), _CHUNK):
+            cq = qs[c : c + _CHUNK]
+            w = buf = _window_rows(rows, cq, heads, lo, hi, buf)
+            v = _window_visible(vis_of, cq, lo, hi)
+            w *= v[:, None, :]  # weight on a hidden position (a leak) is not drawn as visible mass
+            cell = np.add.reduceat(w, starts, axis=2)  # [c, heads, cols]
+            seen_c = np.add.reduceat(v.astype(np.int32), starts, axis=1) > 0
+            ri = np.searchsorted(q_edges, cq, side="right") - 1  # sorted, so rows are runs
+            uniq, first = np.unique(ri, return_index=True)
+            total[uniq] += np.add.reduceat(cell, first, axis=0)
+            seen[uniq] |= np.logical_or.reduceat(seen_c, first, axis=0)
+            count[uniq] += np.diff(np.append(first, len(cq)))
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = (total / np.maximum(count, 1)[None, :, None]).astype(np.float32)
+        out = (total / np.maximum(count, 1)[:, None, None]).astype(np.float32).transpose(1, 0, 2).copy()
     out[:, ~seen] = np.nan
     return Pattern(out, q_edges, k_edges, count)
 
@@ -292,6 +332,40 @@ def evicted_spans(events: Any, k_lo: int, k_hi: int, q_lo: int, q_hi: int) -> li
     return out
 
 
+_CODE = {c: i for i, c in enumerate(MASS_CATEGORIES)}
+
+
+def category_codes(
+    roles: Sequence[str], blocks: Sequence[int], queries: Sequence[int], visible: np.ndarray
+) -> np.ndarray:
+    """:func:`mass_categories` for many queries at once, as indices into :data:`MASS_CATEGORIES`.
+
+    Args:
+        visible: ``[len(queries), n_tokens]`` bool, each query's visible positions.
+
+    Returns:
+        ``[len(queries), n_tokens]`` int8.
+    """
+    roles = np.asarray(roles, dtype=object)
+    blocks = np.asarray(blocks, dtype=np.int64)
+    n = len(roles)
+    base = np.full(n, _CODE["delimiters"], dtype=np.int8)  # unknown roles count as structure
+    for role, cat in (("prompt", "prompt"), ("memento", "mementos"), ("delimiter", "delimiters"), ("answer", "answer")):
+        base[roles == role] = _CODE[cat]
+    q = np.asarray(queries, dtype=np.int64)
+    cur = np.where((q >= 0) & (q < n), blocks[np.clip(q, 0, max(n - 1, 0))], -1)
+    codes = np.repeat(base[None, :], len(q), axis=0)
+    is_block = (roles == "block")[None, :]
+    current = is_block & (blocks[None, :] == cur[:, None]) & (cur[:, None] >= 0)
+    codes[is_block & ~current] = _CODE["other visible blocks"]
+    codes[current] = _CODE["current block"]
+    hidden = ~np.asarray(visible, dtype=bool)
+    after = np.arange(n)[None, :] > q[:, None]
+    codes[hidden & ~after] = _CODE["evicted"]
+    codes[hidden & after] = _CODE["future"]
+    return codes
+
+
 def head_mass_summary(
     rows: Mapping[tuple[int, int], np.ndarray],
     roles: Sequence[str],
@@ -302,7 +376,7 @@ def head_mass_summary(
     """Per (layer, head), the attention mass on each :data:`MASS_CATEGORIES` category, averaged over queries.
 
     Args:
-        rows: ``{(layer, query position): [heads, n_tokens] weights}``.
+        rows: ``{(layer, query position): [heads, n_tokens] weights}`` (read a chunk at a time).
         roles, blocks: per position (``tokens.parquet``).
         visible: the query's visible positions (as for :func:`query_key_pattern`).
         queries: which captured queries to average over (None: all in ``rows``).
@@ -313,31 +387,50 @@ def head_mass_summary(
     """
     vis_of = visible.__getitem__ if isinstance(visible, Mapping) else visible
     want = None if queries is None else set(int(q) for q in queries)
-    code = {c: i for i, c in enumerate(MASS_CATEGORIES)}
-    n = len(roles)
-    sums: dict[int, np.ndarray] = {}
-    counts: dict[int, int] = {}
-    cats_of: dict[int, np.ndarray] = {}
-    for layer, q in sorted(rows):  # rows may decode lazily: one row in memory at a time
-        if want is not None and q not in want:
-            continue
-        w = rows[(layer, q)]
-        if q not in cats_of:
-            cat = mass_categories(roles, blocks, q, vis_of(q))
-            onehot = np.zeros((n, len(MASS_CATEGORIES)))
-            onehot[np.arange(n), [code[c] for c in cat]] = 1.0
-            cats_of[q] = onehot
-        w = np.asarray(w, dtype=np.float64).reshape(-1, np.shape(w)[-1])
-        row = np.zeros((w.shape[0], n))
-        row[:, : min(n, w.shape[1])] = w[:, :n]
-        sums[layer] = sums.get(layer, 0.0) + row @ cats_of[q]
-        counts[layer] = counts.get(layer, 0) + 1
+    n, k = len(roles), len(MASS_CATEGORIES)
+    by_layer: dict[int, list[int]] = {}
+    for layer, q in sorted(rows):
+        if want is None or q in want:
+            by_layer.setdefault(int(layer), []).append(int(q))
     out = []
-    for layer in sorted(sums):
-        mean = sums[layer] / counts[layer]
-        for h in range(mean.shape[0]):
-            out.append({"layer": layer, "head": h, "n_queries": counts[layer], **dict(zip(MASS_CATEGORIES, mean[h]))})
+    for layer, qs in by_layer.items():
+        layer_rows = _LayerView(rows, layer)
+        heads = _n_heads(_LayerView(rows, layer, qs[:1]))
+        sums = np.zeros((heads, k))
+        buf = None
+        for c in range(0, len(qs), _CHUNK // 2):
+            cq = qs[c : c + _CHUNK // 2]
+            w = buf = _window_rows(layer_rows, cq, heads, 0, n, buf)  # [c, heads, n]
+            codes = category_codes(roles, blocks, cq, _window_visible(vis_of, cq, 0, n))
+            onehot = np.zeros((len(cq), n, k), dtype=np.float32)
+            onehot[np.arange(len(cq))[:, None], np.arange(n)[None, :], codes] = 1.0
+            sums += np.matmul(w, onehot).sum(axis=0)
+        mean = sums / len(qs)
+        for h in range(heads):
+            out.append({"layer": layer, "head": h, "n_queries": len(qs), **dict(zip(MASS_CATEGORIES, mean[h]))})
     return pd.DataFrame(out, columns=["layer", "head", "n_queries", *MASS_CATEGORIES])
+
+
+class _LayerView(Mapping):
+    """``{q: row}`` of one layer of a ``{(layer, q): row}`` mapping (lazy)."""
+
+    def __init__(self, rows: Mapping, layer: int, qs: Sequence[int] | None = None):
+        self._rows, self._layer, self._qs = rows, layer, qs
+
+    def __getitem__(self, q: int) -> np.ndarray:
+        return self._rows[(self._layer, q)]
+
+    def window(self, qs: Sequence[int], heads: int, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
+        inner = getattr(self._rows, "layer_window", None)
+        if inner is not None:
+            return inner(self._layer, qs, heads, lo, hi, out)
+        return _window_rows({q: self[q] for q in qs}, qs, heads, lo, hi)
+
+    def __iter__(self):
+        return iter(self._qs if self._qs is not None else [q for li, q in self._rows if li == self._layer])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 __all__ = [
@@ -353,5 +446,6 @@ __all__ = [
     "pattern_difference",
     "EvictedSpan",
     "evicted_spans",
+    "category_codes",
     "head_mass_summary",
 ]

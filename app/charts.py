@@ -600,11 +600,10 @@ def qk_heatmap(
     else:
         top = float(np.nanmax(shown)) if finite.size else 1.0
         color = dict(colorscale=ATTENTION_SCALE, zmin=0.0, zmax=top if top > 0 else 1.0)
-    hover = np.empty(z.shape, dtype=object)
-    for i in range(z.shape[0]):
-        for j in range(z.shape[1]):
-            v = z[i, j]
-            hover[i, j] = f"query {qh[i]}<br>key {kh[j]}<br>" + ("not visible" if not np.isfinite(v) else f"{v:.4f}")
+    head = np.char.add(np.char.add("query ", np.asarray(qh, dtype=str))[:, None], "<br>key ")
+    head = np.char.add(head, np.asarray(kh, dtype=str)[None, :])
+    vals = np.where(np.isfinite(z), np.char.mod("%.4f", np.nan_to_num(z)), "not visible")
+    hover = np.char.add(np.char.add(head, "<br>"), vals)
     fig = go.Figure(
         go.Heatmap(
             z=shown,
@@ -647,7 +646,10 @@ def qk_heatmap(
                 ),
             )
         )
-    handles = [int(q) for q in row_handles if qe[0] <= q < qe[-1]]
+    handles = sorted({int(q) for q in row_handles if qe[0] <= q < qe[-1]})
+    if not rows_are_queries:  # bins: one handle per row, its first captured query
+        first = np.searchsorted(qe, handles, side="right") - 1
+        handles = [h for h, keep in zip(handles, np.r_[True, np.diff(first) > 0]) if keep]
     x_lo = float(ke[0]) - 0.5
     if handles:  # one clickable square per captured query, left of the keys (heatmaps are not selectable)
         x_lo = float(ke[0]) - 0.5 - max(1.0, (float(ke[-1]) - float(ke[0])) / 40)

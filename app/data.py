@@ -306,16 +306,24 @@ class RunData:
 
     def visibility(self, trace: str) -> Callable[[int], np.ndarray]:
         """``visible(q) -> [n_tokens] bool`` for one trace (events read once; rows memoised)."""
-        from memento_lens.runtime.masks import events_from_table, visible_at
+        from memento_lens.runtime.masks import events_from_table, evicted_at
 
         evs = events_from_table(self.events(trace))
         n = len(self.tokens(trace))
+        # What is hidden changes only where an event starts hiding its range (masks.hides: from effective_from
+        # on), so the rule is asked once per such epoch; visible_at = causal minus evicted_at, as in masks.
+        starts = np.unique([e.effective_from for e in evs if e.end > e.start])
+        gone: dict[int, np.ndarray] = {}
         memo: dict[int, np.ndarray] = {}
+        pos = np.arange(n)
 
         def visible(q: int) -> np.ndarray:
             q = int(q)
             if q not in memo:
-                memo[q] = visible_at(evs, q, n)
+                epoch = int(np.searchsorted(starts, q, side="right"))
+                if epoch not in gone:
+                    gone[epoch] = evicted_at(evs, q, n)
+                memo[q] = (pos <= q) & ~gone[epoch]
             return memo[q]
 
         return visible
@@ -330,21 +338,34 @@ class RunData:
         return AttentionRows(self, trace, variant, layer, where, visible or self.visibility(trace))
 
     def attention_pattern(
-        self, trace: str, variant: str, layer: int, q_edges: tuple[int, ...], k_edges: tuple[int, ...]
+        self,
+        trace: str,
+        variant: str,
+        layer: int,
+        q_edges: tuple[int, ...],
+        k_edges: tuple[int, ...],
+        max_queries: int | None = None,
     ) -> Pattern:
         """Query x key :class:`~memento_lens.analyses.attention.Pattern` (all heads) of one captured layer on
-        the given row / column position edges (:func:`~memento_lens.analyses.attention.query_edges`, ``edges``)."""
+        the given row / column position edges (:func:`~memento_lens.analyses.attention.query_edges`, ``edges``);
+        ``max_queries``: use at most that many of the window's captured queries, evenly spaced."""
         vis = self.visibility(trace)
         rows = self.attention_rows(trace, variant, layer, vis)
+        rows = rows.sample(q_edges[0], q_edges[-1], max_queries)
         return query_key_pattern(rows, vis, np.asarray(q_edges), np.asarray(k_edges))
 
-    def head_summary(self, trace: str, variant: str, queries: tuple[int, int]) -> pd.DataFrame:
-        """Per (layer, head) mass by role over the captured queries in ``[q_lo, q_hi)`` (analyses)."""
+    def head_summary(
+        self, trace: str, variant: str, queries: tuple[int, int], max_queries: int | None = None
+    ) -> pd.DataFrame:
+        """Per (layer, head) mass by role over the captured queries in ``[q_lo, q_hi)`` (analyses); at most
+        ``max_queries`` of them per layer, evenly spaced."""
         toks = self.tokens(trace)
         vis = self.visibility(trace)
         idx = self.attention_index(trace)
         layers = sorted(int(x) for x in idx.loc[idx["variant"] == variant, "layer"].unique())
-        rows = _LayerRows({li: self.attention_rows(trace, variant, li, vis) for li in layers}, queries)
+        rows = _LayerRows(
+            {li: self.attention_rows(trace, variant, li, vis).sample(*queries, max_queries) for li in layers}, queries
+        )
         return head_mass_summary(rows, toks["role"].astype(str).to_numpy(), toks["block"].to_numpy(), vis)
 
     def attention(self, trace: str, variant: str, layer: int, query_pos: int) -> np.ndarray | None:
@@ -432,6 +453,41 @@ class AttentionRows(Mapping):
                 f"query {q}) {exc}"
             ) from None
 
+    def sample(self, lo: int, hi: int, most: int | None) -> "AttentionRows":
+        """These rows limited to at most ``most`` of the captured queries in ``[lo, hi)``, evenly spaced (all
+        when ``most`` is None or not exceeded)."""
+        inside = [q for q in sorted(self._where) if lo <= q < hi]
+        if most is None or len(inside) <= most:
+            return self
+        keep = [inside[i] for i in np.unique(np.linspace(0, len(inside) - 1, most).round().astype(int))]
+        where = {q: self._where[q] for q in keep}
+        return AttentionRows(self.run, self.trace, self.variant, self.layer, where, self._visible)
+
+    def window(self, qs, heads: int, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
+        """``[len(qs), heads, hi - lo]`` float32 weights of queries ``qs`` on keys ``[lo, hi)``, scattered straight
+        from the stored tensors (compact or full length) without expanding each row over the whole trace.
+        ``out``: a buffer of at least that shape to reuse (zeroed here)."""
+        import torch
+
+        if out is None or out.shape[0] < len(qs) or out.shape[1:] != (heads, hi - lo):
+            out = np.zeros((len(qs), heads, hi - lo), dtype=np.float32)
+        else:
+            out = out[: len(qs)]
+            out.fill(0.0)
+        for i, q in enumerate(qs):
+            shard, name = self._where[int(q)]
+            t = self.run.reader.tensor(shard, name, schema.ATTN_INDEX)
+            if t.dtype not in (torch.float16, torch.float32):  # numpy has no bfloat16
+                t = t.float()
+            w = t.reshape(-1, t.shape[-1]).numpy()
+            vis = self._visible(q)
+            pos = np.arange(len(vis)) if w.shape[-1] == len(vis) else np.flatnonzero(vis)
+            if len(pos) != w.shape[-1]:
+                self[q]  # raises the RunError naming the file and tensor
+            a, b = np.searchsorted(pos, lo), np.searchsorted(pos, hi)
+            out[i, :, pos[a:b] - lo] = w[:, a:b].T
+        return out
+
     def __iter__(self) -> Iterator[int]:
         return iter(sorted(self._where))
 
@@ -449,6 +505,9 @@ class _LayerRows(Mapping):
 
     def __getitem__(self, key: tuple[int, int]) -> np.ndarray:
         return self._layers[key[0]][key[1]]
+
+    def layer_window(self, layer: int, qs, heads: int, lo: int, hi: int, out: np.ndarray | None = None) -> np.ndarray:
+        return self._layers[layer].window(qs, heads, lo, hi, out)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(self._keys)

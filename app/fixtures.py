@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from memento_lens.runtime.config import BlockMaskingConfig, MementoTokenIds
+from memento_lens.runtime.masks import visible_at
 from memento_lens.runtime.occupancy import KVSpec
 from memento_lens.runtime.rundir import schema
 from memento_lens.runtime.rundir.kv import AttnItem, CaptureSink, KVItem, KVKey
@@ -86,6 +87,9 @@ class FixtureSpec:
         n_layers, kv_heads, d_head: KV geometry (attention uses ``heads = 2 * kv_heads``).
         attention_traces: how many traces get attention rows captured (0: no ``attention/``).
         attention_queries: query positions captured per traced trace (spread over the trace).
+        attention_heads: attention heads (default ``2 * kv_heads``).
+        attention_compact: store attention as the capture does (float16 over the visible keys) instead of
+            float32 over every position (the layout runs written before compact storage hold).
         traces_per_shard: traces whose tensors share one safetensors shard.
         probes, ablations, figures: also write the downstream tables and figure files.
         complete: mark the run complete.
@@ -103,6 +107,8 @@ class FixtureSpec:
     d_head: int = 8
     attention_traces: int = 1
     attention_queries: int = 4
+    attention_heads: int | None = None
+    attention_compact: bool = False
     traces_per_shard: int = 8
     probes: bool = True
     ablations: bool = True
@@ -277,21 +283,19 @@ def _write_traces(store: RunStore, spec: FixtureSpec, rng: np.random.Generator, 
                         v = torch.randn(k.shape, generator=gen)
                     sink.add_kv(KVItem(KVKey(trace, layer, variant, span.block), s, e, k, v))
         if t < spec.attention_traces:
-            heads = 2 * spec.kv_heads
+            heads = spec.attention_heads or 2 * spec.kv_heads
             queries = np.unique(np.linspace(prompt_len, n - 1, spec.attention_queries).astype(int))
             for variant in ("normal", "restart"):
                 for layer in range(spec.n_layers):
                     for q in queries:
-                        gone = np.zeros(n, dtype=bool)
-                        for ev in sched.evictions:
-                            if ev.position <= q:
-                                gone[ev.start : ev.end] = True
+                        visible = torch.from_numpy(visible_at(sched, int(q), n))  # the runtime's one rule
                         logits = torch.randn(1, heads, n, generator=gen) * 2
-                        logits[..., int(q) + 1 :] = -torch.inf
-                        logits[..., torch.from_numpy(gone)] = -torch.inf
+                        logits[..., ~visible] = -torch.inf
                         if variant == "restart":
                             logits = logits + 0.5 * torch.randn(logits.shape, generator=gen)
                         w = torch.softmax(logits, dim=-1)
+                        if spec.attention_compact:  # as AttentionWeights stores it: visible keys, float16
+                            w = w[..., visible].half().contiguous()
                         sink.add_attention(AttnItem(trace, variant, layer, int(q), w))
         if len(pending) == spec.traces_per_shard:
             writer.write_part(pending, sink)
@@ -383,6 +387,28 @@ def large_spec(seed: int = 0) -> FixtureSpec:
         attention_traces=20,
         attention_queries=4,
         traces_per_shard=25,
+        seed=seed,
+    )
+
+
+def attention_4k_spec(seed: int = 0) -> FixtureSpec:
+    """One ~4K-token trace, every query of 2 layers captured (normal and restart), 9 heads as SmolLM2, stored
+    compactly (the benchmark's "4K-token trace with 2 layers captured")."""
+    return FixtureSpec(
+        n_traces=1,
+        n_blocks=36,
+        block_len=(90, 110),
+        memento_len=(8, 14),
+        n_layers=2,
+        kv_heads=3,
+        d_head=8,
+        attention_traces=1,
+        attention_queries=10**6,
+        attention_heads=9,
+        attention_compact=True,
+        probes=False,
+        ablations=False,
+        figures=False,
         seed=seed,
     )
 

@@ -127,15 +127,24 @@ def attention(path: str, fp: str, trace: str, variant: str, layer: int, query_po
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def attention_pattern(
-    path: str, fp: str, trace: str, variant: str, layer: int, q_edges: tuple[int, ...], k_edges: tuple[int, ...]
+    path: str,
+    fp: str,
+    trace: str,
+    variant: str,
+    layer: int,
+    q_edges: tuple[int, ...],
+    k_edges: tuple[int, ...],
+    max_queries: int | None = None,
 ):
     """Query x key pattern (all heads) of one captured layer on the given edges; every input is in the key."""
-    return _rd(path, fp).attention_pattern(trace, variant, layer, q_edges, k_edges)
+    return _rd(path, fp).attention_pattern(trace, variant, layer, q_edges, k_edges, max_queries)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def head_summary(path: str, fp: str, trace: str, variant: str, queries: tuple[int, int]) -> pd.DataFrame:
-    return _rd(path, fp).head_summary(trace, variant, queries)
+def head_summary(
+    path: str, fp: str, trace: str, variant: str, queries: tuple[int, int], max_queries: int | None = None
+) -> pd.DataFrame:
+    return _rd(path, fp).head_summary(trace, variant, queries, max_queries)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -194,15 +194,19 @@ def expand_attention(weights: Any, visible: Any) -> Any:
     import numpy as np
 
     vis = np.asarray(visible, dtype=bool)
-    w = torch.as_tensor(weights).detach().to(torch.float32).cpu().numpy()
-    w = w.reshape(-1, w.shape[-1])
-    n, n_vis = len(vis), int(vis.sum())
+    w = torch.as_tensor(weights).detach().cpu()
+    if w.dtype not in (torch.float16, torch.float32):  # numpy has no bfloat16
+        w = w.float()
+    w = w.reshape(-1, w.shape[-1]).numpy()
+    n = len(vis)
     if w.shape[-1] == n:
-        return np.ascontiguousarray(w)
-    if w.shape[-1] == n_vis:
+        return w.astype(np.float32)
+    where = np.flatnonzero(vis)
+    if w.shape[-1] == len(where):
         out = np.zeros((w.shape[0], n), dtype=np.float32)
-        out[:, vis] = w
+        out[:, where] = w
         return out
+    n_vis = len(where)
     raise ValueError(
         f"holds {w.shape[-1]} keys; expected {n} (every position) or {n_vis} (the positions visible to the query)"
     )

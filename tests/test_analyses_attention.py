@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 from memento_lens.analyses.attention import (
+    MASS_CATEGORIES,
     attention_mass_by_role,
+    category_codes,
     edges,
     evicted_at_step,
     evicted_spans,
@@ -182,3 +184,15 @@ def test_head_mass_summary_averages_each_heads_mass_by_role():
     assert h0["prompt"] == pytest.approx(0.15) and h0["mementos"] == pytest.approx(0.25)
     assert h0["answer"] == pytest.approx(0.6) and h0["evicted"] == 0 and h0["future"] == 0
     assert t.iloc[1]["prompt"] == 0.0
+
+
+def test_category_codes_equal_mass_categories_for_every_query():
+    roles = ["prompt", "block", "block", "delimiter", "memento", "block", "block", "odd", "answer"]
+    blocks = [-1, 0, 0, 0, 0, 1, 1, 1, -1]
+    evs = (EvictionEvent(EventKind.COMPACT, 5, 1, 3, 0),)
+    qs = list(range(9))
+    vis = np.stack([visible_at(evs, q, 9) for q in qs])
+    codes = category_codes(roles, blocks, qs, vis)
+    for q in qs:
+        want = mass_categories(roles, blocks, q, vis[q])
+        assert [MASS_CATEGORIES[c] for c in codes[q]] == list(want)

@@ -410,3 +410,35 @@ def test_figures_not_in_the_manifest_are_shown_with_a_warning(broken_copy):
     at = page("figures", [broken_copy])
     assert not at.error and "not recorded in manifest.json" in at.warning[0].value
     assert len(at.get("image")) == 2
+
+
+def test_attention_page_on_a_real_compact_capture(tmp_path):
+    """A replay through the runtime's own capture (float16, visible keys only): the heatmap equals the stored
+    weights decoded over the visible keys; only one world was captured, and the page says so."""
+    import random
+
+    from conftest import TOKENS, tiny_qwen3
+    from memento_lens.runtime.capture import AttentionWeights
+    from memento_lens.runtime.config import BlockMaskingConfig
+    from memento_lens.runtime.masks import visibility_mask
+    from memento_lens.runtime.runs import replay_to_run
+    from memento_lens.runtime.schedule import compute_schedule
+    from memento_lens.runtime.trace import Trace
+    from memento_lens.runtime.verify import structured_stream
+
+    ids, pl = structured_stream(random.Random(5), TOKENS, list(range(5, 48)), n_blocks=3)
+    cfg = BlockMaskingConfig(mask_delimiters=True)
+    run = tmp_path / "real"
+    replay_to_run(tiny_qwen3(), [Trace("t0", ids, pl)], cfg, TOKENS, run, captures=[AttentionWeights(layers=(0, 1))])
+    at = page("attention", [run])
+    assert not at.error
+    assert any("Only the normal variant was captured" in i.value for i in at.info)
+    at.selectbox(key="att_layer").set_value(1).run()
+    z = nan_grid(titled(at, "normal: captured queries")["data"][0]["z"])
+    mask = visibility_mask(compute_schedule(ids, cfg, TOKENS, prompt_len=pl)).numpy()
+    rows = captured_rows(run, "t0", "normal", 1)
+    assert z.shape == (len(ids), len(ids)) and len(rows) == len(ids)
+    for q, stored in rows.items():
+        assert stored.shape == (4, int(mask[q].sum()))  # compact: the visible keys only
+        np.testing.assert_allclose(z[q, mask[q]], stored.mean(0), rtol=1e-6, atol=1e-7)
+        assert np.isnan(z[q, ~mask[q]]).all()

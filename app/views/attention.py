@@ -19,6 +19,7 @@ from memento_lens.runtime.masks import events_from_table, visible_at
 
 TOKEN_CELLS = 128  # windows up to this many positions per axis are drawn token by token; wider ones in bins
 GRID_CELLS = 32  # cells per axis of each small pattern in the head overview
+GRID_QUERIES = 512  # the head overview averages at most this many of the window's queries (evenly spaced)
 
 st.title("Attention")
 rd = state.run_or_stop()
@@ -196,7 +197,7 @@ with state.shown_errors():
     # -- head overview ----------------------------------------------------------------------------------------
     st.subheader("Head overview")
     hv = state.sticky(st.selectbox, "Variant", variants, key="att_grid_variant") if len(variants) > 1 else variants[0]
-    summary = state.head_summary(*key, trace, hv, (q_lo, q_hi))
+    summary = state.head_summary(*key, trace, hv, (q_lo, q_hi), GRID_QUERIES)
     metric = state.sticky(
         st.selectbox,
         "Sort heads by attention mass on",
@@ -208,11 +209,19 @@ with state.shown_errors():
     grid_q = tuple(int(x) for x in query_edges(in_window, q_lo, q_hi, GRID_CELLS)[0])
     grid_k = tuple(int(x) for x in edges(k_lo, k_hi, GRID_CELLS))
     small = {
-        li: state.attention_pattern(*key, trace, hv, li, grid_q, grid_k) for li in sorted(ranked["layer"].unique())
+        li: state.attention_pattern(*key, trace, hv, li, grid_q, grid_k, GRID_QUERIES)
+        for li in sorted(ranked["layer"].unique())
     }
+    used = min(len(in_window), GRID_QUERIES)
     st.caption(
         f"Every captured head ({len(ranked)}), its pattern over the window in {GRID_CELLS}×{GRID_CELLS} bins, "
-        f"sorted by its mean attention mass on {metric} over the window's {len(in_window)} captured queries."
+        f"sorted by its mean attention mass on {metric} over "
+        + (
+            f"the window's {used} captured queries."
+            if used == len(in_window)
+            else f"{used} of the window's {len(in_window)} captured queries (evenly spaced; narrow the window "
+            "to use them all)."
+        )
     )
     st.plotly_chart(charts.head_grid_figure(small, ranked, metric), key="head_grid", width="stretch")
     with st.expander("Per-head attention mass by role (table)"):
