@@ -122,7 +122,7 @@ def passcode_cmd(
         None, "--max-epochs", help="Epoch cap of the MLP (default 400); rows record stopped_by and still_improving."
     ),
     patience: Optional[int] = typer.Option(
-        None, "--patience", help="Epochs without a rise of the smoothed stop curve before a fit stops (default 30)."
+        None, "--patience", help="Epochs without a rise of the smoothed stop curve before a fit stops (default 50)."
     ),
     out: Path = opt.out(Path("runs/passcode")),
     overwrite: bool = opt.overwrite(),
