@@ -289,13 +289,18 @@ def _write_traces(store: RunStore, spec: FixtureSpec, rng: np.random.Generator, 
                 for layer in range(spec.n_layers):
                     for q in queries:
                         visible = torch.from_numpy(visible_at(sched, int(q), n))  # the runtime's one rule
-                        logits = torch.randn(1, heads, n, generator=gen) * 2
-                        logits[..., ~visible] = -torch.inf
+                        # compact (as AttentionWeights stores it): only the visible keys, float16
+                        logits = torch.randn(
+                            1, heads, int(visible.sum()) if spec.attention_compact else n, generator=gen
+                        )
+                        logits = logits * 2
+                        if not spec.attention_compact:
+                            logits[..., ~visible] = -torch.inf
                         if variant == "restart":
                             logits = logits + 0.5 * torch.randn(logits.shape, generator=gen)
                         w = torch.softmax(logits, dim=-1)
-                        if spec.attention_compact:  # as AttentionWeights stores it: visible keys, float16
-                            w = w[..., visible].half().contiguous()
+                        if spec.attention_compact:
+                            w = w.half()
                         sink.add_attention(AttnItem(trace, variant, layer, int(q), w))
         if len(pending) == spec.traces_per_shard:
             writer.write_part(pending, sink)

@@ -157,3 +157,24 @@ def test_ablation_figure_bars_for_whole_model_metrics_and_lines_per_layer():
     lines = charts.ablation_figure(df, "kl")
     line = [t for t in lines.data if t.mode == "lines+markers"][0]
     assert list(line.x) == [0, 1, 2] and list(line.y) == pytest.approx([0.0, 0.1, 0.2])
+
+
+def test_decode_token_turns_bpe_markers_into_text():
+    from memento_lens.app.compute import decode_token, token_label
+
+    assert decode_token("ĠtheĠproblem") == " the problem"
+    assert decode_token("Ċ") == "\n" and decode_token("ĊĊ") == "\n\n"
+    assert decode_token("ĠcafÃ©") == " café" and decode_token("ä½ł") == "你"
+    assert decode_token("▁the") == " the" and decode_token("<0x0A>") == "\n"  # SentencePiece
+    for plain in (" add", "<|block_start|>", "12", "é", "sum"):  # already text: unchanged
+        assert decode_token(plain) == plain
+    assert token_label(" the\n", 10) == "·the⏎" and token_label("abcdefgh", 4) == "abc…"
+
+
+def test_query_from_selection_reads_the_row():
+    from memento_lens.app.compute import query_from_selection
+
+    assert query_from_selection({"selection": {"points": [{"x": 3, "y": 7.2}]}}, 100) == 7
+    assert query_from_selection({"selection": {"points": [{"y": 500}]}}, 100) == 99
+    assert query_from_selection({"selection": {"points": []}}, 100) is None
+    assert query_from_selection(None, 100) is None

@@ -162,3 +162,27 @@ def test_residue_traces_need_both_variants(run_dir, tmp_path):
     idx = pd.read_parquet(dst / "kv/index.parquet")
     RunStore.open(dst).write_table("kv/index.parquet", idx[~((idx.trace == "t0001") & (idx.variant == "restart"))])
     assert RunData(dst).residue_traces() == ["t0000", "t0002"]
+
+
+def test_visibility_is_the_runtime_rule_for_every_query_and_rows_decode(tmp_path):
+    from memento_lens.runtime.masks import events_from_table, visible_at
+
+    run = write_fixture_run(
+        tmp_path / "c",
+        FixtureSpec(n_traces=1, attention_queries=400, attention_compact=True, probes=False, ablations=False),
+    )
+    rd = RunData(run)
+    n = len(rd.tokens("t0000"))
+    evs = events_from_table(rd.events("t0000"))
+    vis = rd.visibility("t0000")
+    for q in range(n):
+        assert (vis(q) == visible_at(evs, q, n)).all(), q
+    rows = rd.attention_rows("t0000", "normal", 1)
+    qs = list(rows)
+    full = rd.attention("t0000", "normal", 1, qs[-1])  # compact float16 decoded over every position
+    assert full.shape == (4, n) and (full[:, ~vis(qs[-1])] == 0).all()
+    assert abs(float(full.sum(-1).mean()) - 1.0) < 1e-3
+    win = rows.window(qs[-3:], 4, 5, n - 2)  # scattered straight from storage == the decoded rows' slice
+    for i, q in enumerate(qs[-3:]):
+        assert (win[i] == rows[q][:, 5 : n - 2]).all()
+    assert len(rows.sample(0, n, 10)) == 10 and len(rows.sample(0, n, None)) == len(rows)
