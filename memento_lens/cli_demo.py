@@ -55,6 +55,14 @@ def print_summary(summary: dict[str, Any], out: Path, console: Any) -> None:
         value = f"{probes[cond]:.1%}  (chance 10%)"
         ch = channels.get(cond)
         flag = (summary.get("probe_flags_last_layer") or {}).get(cond, {})
+        if ch and cond == "causal_control" and "check" in flag:  # a check against chance, not an excess
+            value = f"normal {ch['normal']:.1%} · check against chance: {flag['check']}"
+            if "check_bound" in ch:
+                value += f" (lower bound {ch['check_bound']:.1%} at alpha {ch['check_alpha']:.3f}, Bonferroni)"
+            if "n_val" in ch:
+                value += f"\nn_val {ch['n_val']:.0f}, {ch.get('n_seeds', 0):.0f} probe seeds x {ch.get('n_data_seeds', 0):.0f} data seeds"
+            t.add_row(f"passcode probe, last layer, {conditions[cond]}", value)
+            continue
         if ch:  # the channel decomposition: is it the memento text, or K/V beyond it?
             value = (
                 f"normal {ch['normal']:.1%} · restart {ch['restart']:.1%} · text {ch['text']:.1%} · "
@@ -72,8 +80,6 @@ def print_summary(summary: dict[str, Any], out: Path, console: Any) -> None:
                     f"\n{flag.get('probe', '')} probe, n_val {ch['n_val']:.0f}, {ch.get('n_seeds', 0):.0f} probe seeds "
                     f"x {ch.get('n_data_seeds', 0):.0f} data seeds, stopped by {flag.get('stopped_by', '?')}"
                 )
-            if "check" in flag:
-                value += f" · check against chance: {flag['check']}"
         t.add_row(f"passcode probe, last layer, {conditions[cond]}", value)
     peak = summary["peak_kv_tokens"]
     t.add_row(

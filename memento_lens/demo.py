@@ -294,6 +294,7 @@ def summarize(store: Any, probe_rows: Any, ablations: Any, n_layers: int) -> Dem
         optional.update({w: f"{w}_accuracy", f"excess_{w}": f"excess_{w}"})
         optional.update({f"excess_{w}_ci_low": f"excess_{w}_ci_low", f"excess_{w}_ci_high": f"excess_{w}_ci_high"})
     optional.update({"n_val": "n_val", "n_seeds": "n_seeds", "n_data_seeds": "n_data_seeds"})
+    optional.update({"check_bound": "check_bound", "check_alpha": "check_alpha"})
     for cond in ("direct", "masked", "causal_control"):
         sub = last[last["condition"] == cond]
         if cond == "masked":

@@ -359,3 +359,13 @@ def test_summary_table_rows_do_not_depend_on_key_order(tmp_path):
         line for line in table(summary | {"probe_channels_last_layer": {"masked": ch}}).splitlines() if "(M3" in line
     ]
     assert "normal 20.0% · restart 15.0% · text 12.0% · excess +5.0 [+1.0, +9.0] pts" in masked[0]
+    # the causal control prints as a check against chance, never as an excess
+    ctrl = {**ch, "normal": 0.104, "check_bound": 0.095, "check_alpha": 0.025, "n_val": 800.0}
+    flagged = summary | {
+        "probe_channels_last_layer": {"causal_control": ctrl},
+        "probe_flags_last_layer": {"causal_control": {"probe": "linear", "check": "pass"}},
+    }
+    text = table(flagged)
+    line = [ln for ln in text.splitlines() if "causal control (M1)" in ln][0]
+    assert "normal 10.4% · check against chance: pass (lower bound 9.5% at alpha 0.025" in line
+    assert "excess" not in line
