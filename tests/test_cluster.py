@@ -110,6 +110,12 @@ def test_sharded_tiny_llama_equals_single_process(pool, tmp_path):
     two, acct = run_replay(tmp_path / "two", ReplayConfig(traces, workers=2, **cfg), pool=pool)
     assert acct.units == 2 and acct.workers == 2
     _same_run(one.path, two.path)
+    # each actor loading the model split over two devices (layer 1 offloaded to "disk") gives the same run too
+    split = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu"}
+    split |= {"model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu"}
+    three, _ = run_replay(tmp_path / "three", ReplayConfig(traces, workers=2, device_map=split, **cfg), pool=pool)
+    _same_run(one.path, three.path)
+    assert three.manifest.info["production"][0]["device_map"] == split
 
 
 def test_sharded_toy_run_equals_single_process(pool, toy_traces, reference, tmp_path):
