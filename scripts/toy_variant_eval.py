@@ -23,13 +23,15 @@ from pathlib import Path
 
 
 def checkpoints_of(run: Path) -> list[str]:
-    """Saved ``step-*`` checkpoints of a training run, in training order (``final`` excluded: it repeats one)."""
-    return sorted(p.name for p in run.iterdir() if p.name.startswith("step-") and (p / "config.json").exists())
+    """Saved ``step-*`` checkpoints of a training run in training order, then ``final`` (the last step, which
+    has no ``step-*`` folder of its own) when the run completed."""
+    steps = sorted(p.name for p in run.iterdir() if p.name.startswith("step-") and (p / "config.json").exists())
+    return steps + (["final"] if (run / "final" / "config.json").exists() else [])
 
 
 def task_accuracy(ckpt: Path) -> dict:
     info = json.loads((ckpt / "checkpoint.json").read_text())
-    keys = ("step", "epoch", "memento_exact", "memento_digit", "vanilla_exact", "eval_sequences", "dtype")
+    keys = ("step", "step_name", "epoch", "memento_exact", "memento_digit", "vanilla_exact", "eval_sequences", "dtype")
     return {k: info.get(k) for k in keys}
 
 
@@ -81,7 +83,7 @@ def _jsonable(v) -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+", help="RUN or RUN:CKPT,CKPT (step-NNNNNN names; 'init', 'last')")
+    ap.add_argument("runs", nargs="+", help="RUN or RUN:CKPT,CKPT (step-NNNNNN, final; 'init', 'last')")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--samples", type=int, default=4000)
     ap.add_argument("--seeds", type=int, default=2, help="probe seeds per fit")

@@ -82,7 +82,8 @@ def main(paths: list[str]) -> None:
             exact, digit = task.get("memento_exact", m.get("task_accuracy")), task.get("memento_digit")
             cells = [
                 f"`{run}`",
-                m["checkpoint"],
+                m["checkpoint"]
+                + (f" (step {task['step']})" if m["checkpoint"] == "final" and task.get("step") else ""),
                 f"{pct(exact)}% ({pct(digit)}%)",
                 f"{pct(m['accuracy'])} [{pct(m['ci_low'])}, {pct(m['ci_high'])}]",
                 pct(m.get("restart_accuracy")),
