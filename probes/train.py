@@ -319,7 +319,7 @@ class TrainConfig:
     of the last ``smooth`` epochs). A fit stops once the smoothed curve has not risen more than ``min_delta``
     above its best for ``patience`` epochs (not before ``min_epochs``), or at ``max_epochs``; the weights of the
     best raw stop-slice epoch are kept (``best_epoch``). ``still_improving``: the raw curve over the last
-    ``patience`` epochs still rises (least-squares slope x ``patience`` > ``min_delta`` and > 2 standard
+    ``patience`` epochs (at least 10) still rises (least-squares slope x ``patience`` > ``min_delta`` and > 2 standard
     errors). ``stopped_by``: ``cap`` (ran to ``max_epochs``), ``patience`` (the patience counter ended it while
     the curve was still improving) or ``plateau`` (ended it on a flat curve). Patience 50 with a 5-epoch
     window: the evidence is in docs/PROBES.md (one 400-epoch curve, toy direct: patience 10 and 30 stopped 2.4
@@ -379,6 +379,12 @@ class TrainConfig:
         return asdict(self)
 
 
+def trend_window(config: "TrainConfig") -> int:
+    """Epochs the ``still_improving`` trend is judged on: the patience, but never fewer than 10 (a slope over a
+    handful of noisy epochs says nothing)."""
+    return max(int(config.patience), 10)
+
+
 def still_improving(curve: np.ndarray, window: int, min_delta: float) -> bool:
     """Whether the last ``window`` points of a raw stop-accuracy ``curve`` still rise: least-squares slope x
     ``window`` above ``min_delta`` and above 2 standard errors (so a flat, noisy curve is not "improving")."""
@@ -407,12 +413,12 @@ def plateau_stop(curve: np.ndarray, config: "TrainConfig") -> tuple[int, str, bo
         else:
             bad += 1
         if e >= config.min_epochs and bad >= config.patience:
-            imp = still_improving(y[:e], config.patience, config.min_delta)
+            imp = still_improving(y[:e], trend_window(config), config.min_delta)
             return e, ("patience" if imp else "plateau"), imp
         if e >= config.max_epochs:
             break
     e = min(len(y), config.max_epochs)
-    imp = still_improving(y[:e], config.patience, config.min_delta)
+    imp = still_improving(y[:e], trend_window(config), config.min_delta)
     return e, ("cap" if e >= config.max_epochs else ("patience" if imp else "plateau")), imp
 
 
@@ -598,7 +604,7 @@ def fit_batched(
     curve = np.stack(curves, axis=1)  # [B, epochs, 2]
     for i in range(B):
         curve[i, stopped_at[i] :] = np.nan
-    improving = np.array([still_improving(curve[i, :, 1], config.patience, config.min_delta) for i in range(B)])
+    improving = np.array([still_improving(curve[i, :, 1], trend_window(config), config.min_delta) for i in range(B)])
     stopped_by = np.where(hit_cap, "cap", np.where(improving, "patience", "plateau")).astype(object)
     with torch.no_grad():
         for keep, p in zip(best_state, model.parameters()):
