@@ -574,11 +574,12 @@ def run_replay(
                 acct.tokens += res.n_tokens
                 production["units_run"] = acct.units_run
                 adopt(store, res.records)  # the part's files, one manifest write: committed whole or not at all
-                bar.update(res.n_tokens)
             else:
                 u = by_index[res.index]
                 acct.failures.append(UnitFailure(res.index, [t.trace_id for t in u.traces], res.trace, res.error or ""))
-            bar.set_description(f"replay {acct.units_kept + acct.units_run}/{acct.units} units")
+            nfail = f", {len(acct.failures)} failed" if acct.failures else ""
+            bar.set_description(f"replay {acct.units_kept + acct.units_run}/{acct.units} units{nfail}")
+            bar.update(res.n_tokens if res.ok else 0)  # after the description: the bar redraws on update
             acct.seconds = time.perf_counter() - t0
             if on_unit is not None:
                 on_unit(res, acct)
