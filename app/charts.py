@@ -616,19 +616,22 @@ def qk_heatmap(
             **color,
         )
     )
+    shapes = []  # one layout update (fig.add_shape per span costs ~20 ms each)
     for sp in spans:
         first = np.searchsorted(qe[:-1], sp.from_step, side="left") if rows_are_queries else row_of(sp.from_step)
         if first >= nr:
             continue
-        fig.add_shape(
-            type="rect",
-            x0=sp.start - 0.5,
-            x1=sp.end - 0.5,
-            y0=float(first) - 0.5,
-            y1=nr - 0.5,
-            fillcolor=EVICTED_TINT,
-            line=dict(color=EVICTED_COLOR, width=1),
-            layer="below",
+        shapes.append(
+            dict(
+                type="rect",
+                x0=sp.start - 0.5,
+                x1=sp.end - 0.5,
+                y0=float(first) - 0.5,
+                y1=nr - 0.5,
+                fillcolor=EVICTED_TINT,
+                line=dict(color=EVICTED_COLOR, width=1),
+                layer="below",
+            )
         )
     # legend entries for what the colours mean (invisible points)
     for name, c in (("evicted (not visible)", EVICTED_TINT), ("not visible yet / nothing visible", NOT_VISIBLE_COLOR)):
@@ -666,9 +669,13 @@ def qk_heatmap(
             )
         )
     if query is not None and qe[0] <= query < qe[-1]:
-        fig.add_hline(y=row_of(query), line=dict(color="#000000", width=1, dash="dot"))
+        y = row_of(query)
+        shapes.append(
+            dict(type="line", xref="x domain", x0=0, x1=1, y0=y, y1=y, line=dict(color="#000000", width=1, dash="dot"))
+        )
     rows = nr
     fig.update_layout(
+        shapes=shapes,
         title=title,
         template="plotly_white",
         plot_bgcolor=NOT_VISIBLE_COLOR,
