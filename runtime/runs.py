@@ -524,7 +524,9 @@ def run_replay(
         from .cluster import require_ray
 
         require_ray()  # without ray: the install command, before anything loads or is written
-    lm = loaded if loaded is not None else cfg.model_spec.load()
+    if loaded is None:  # sharded: the actors load their own copies where Ray puts them; this one checks, on CPU
+        loaded = (ModelSpec(str(cfg.model), "cpu", cfg.dtype) if cfg.sharded else cfg.model_spec).load()
+    lm = loaded
     masking = cfg.masking if cfg.masking is not None else lm.masking
     if masking is None:
         raise ConfigError(
