@@ -88,10 +88,21 @@ with state.shown_errors():
     else:
         q_lo, q_last_shown = q_first, q_last
     q_hi = q_last_shown + 1
-    kkey = f"att_keys::{trace}::{q_hi}"
-    if kkey not in st.session_state:
-        st.session_state[kkey] = (0, q_hi - 1)
-    k_lo, k_last = st.slider("Key window (positions)", 0, q_hi - 1, key=kkey) if q_hi > 1 else (0, 0)
+    kkey = f"att_keys::{trace}::{q_lo}::{q_hi}"
+    if kkey not in st.session_state:  # a narrow query window starts token by token on the keys just before it
+        narrow = q_hi - q_lo <= TOKEN_CELLS
+        st.session_state[kkey] = (max(0, q_hi - TOKEN_CELLS) if narrow else 0, q_hi - 1)
+    k_lo, k_last = (
+        st.slider(
+            "Key window (positions)",
+            0,
+            q_hi - 1,
+            key=kkey,
+            help="Widen it to the start (position 0) to see the prompt and every memento, in bins.",
+        )
+        if q_hi > 1
+        else (0, 0)
+    )
     k_hi = k_last + 1
     in_window = [q for q in queries if q_lo <= q < q_hi]
     q_edges, by_query = query_edges(in_window, q_lo, q_hi, TOKEN_CELLS)
