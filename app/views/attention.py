@@ -19,6 +19,7 @@ from memento_lens.runtime.masks import events_from_table, visible_at
 
 TOKEN_CELLS = 128  # windows up to this many positions per axis are drawn token by token; wider ones in bins
 GRID_CELLS = 32  # cells per axis of each small pattern in the head overview
+BINNED_QUERIES = 1024  # a binned heatmap averages at most this many of the window's queries (evenly spaced)
 GRID_QUERIES = 512  # the head overview averages at most this many of the window's queries (evenly spaced)
 
 st.title("Attention")
@@ -127,7 +128,10 @@ with state.shown_errors():
 
     # -- heatmaps: normal | restart, and their difference -----------------------------------------------------
     spans = evicted_spans(events, k_lo, k_hi, q_lo, q_hi)
-    patterns = {v: state.attention_pattern(*key, trace, v, layer, qe, ke) for v in variants}
+    # binned rows average at most BINNED_QUERIES of the window's queries (evenly spaced): an overview that
+    # stays interactive on thousands of captured queries; a window of rows one query each uses every query
+    sampled = None if by_query else BINNED_QUERIES
+    patterns = {v: state.attention_pattern(*key, trace, v, layer, qe, ke, sampled) for v in variants}
     st.subheader(f"Query × key attention — layer {layer}, {head_label}")
     st.caption(
         "Rows are queries, columns keys, decoded tokens coloured by role. Blank cells are positions the query "
@@ -135,7 +139,14 @@ with state.shown_errors():
         "(the runtime's visibility rule), so an evicted key is never drawn as a zero weight. Click a row's "
         "handle (left) to open that query below."
         + (
-            " The window is wider than the token view: cells are bins; narrow the windows to see tokens."
+            " The window is wider than the token view: cells are bins (a cell is the attention mass of its "
+            "queries on its keys, averaged over the queries"
+            + (
+                f"; rows use {BINNED_QUERIES} of the window's {len(in_window)} captured queries, evenly spaced"
+                if sampled and len(in_window) > sampled
+                else ""
+            )
+            + "); narrow the windows to see tokens and every query."
             if wide
             else ""
         )
