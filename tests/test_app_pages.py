@@ -442,3 +442,34 @@ def test_attention_page_on_a_real_compact_capture(tmp_path):
         assert stored.shape == (4, int(mask[q].sum()))  # compact: the visible keys only
         np.testing.assert_allclose(z[q, mask[q]], stored.mean(0), rtol=1e-6, atol=1e-7)
         assert np.isnan(z[q, ~mask[q]]).all()
+
+
+def test_attention_normal_vs_restart_across_two_real_runs(tmp_path):
+    """A memento-mode replay (normal) and a restart-mode replay (restart) of the same trace, opened together:
+    the page puts the other run's world beside this one and draws their difference, hidden where either hides."""
+    import random
+
+    from conftest import TOKENS, tiny_qwen3
+    from memento_lens.runtime.capture import AttentionWeights
+    from memento_lens.runtime.config import BlockMaskingConfig
+    from memento_lens.runtime.runs import replay_to_run
+    from memento_lens.runtime.trace import Trace
+    from memento_lens.runtime.verify import structured_stream
+
+    ids, pl = structured_stream(random.Random(7), TOKENS, list(range(5, 48)), n_blocks=3)
+    model = tiny_qwen3()
+    runs = {}
+    for name, restart in (("normal", False), ("restart", True)):
+        cfg = BlockMaskingConfig(mask_delimiters=True, restart_mode=restart)
+        runs[name] = tmp_path / name
+        replay_to_run(model, [Trace("t0", ids, pl)], cfg, TOKENS, runs[name], captures=[AttentionWeights(layers=(0,))])
+    at = page("attention", [runs["normal"], runs["restart"]])
+    assert not at.error and not any("Only the normal variant" in i.value for i in at.info)
+    normal = nan_grid(titled(at, "normal: captured queries")["data"][0]["z"])
+    restart = nan_grid(titled(at, "restart (restart): captured queries")["data"][0]["z"])
+    diff = nan_grid(titled(at, "normal − restart")["data"][0]["z"])
+    both = ~np.isnan(normal) & ~np.isnan(restart)
+    np.testing.assert_allclose(diff[both], (normal - restart)[both], atol=1e-6)
+    assert np.isnan(diff[~both]).all()
+    # the restart world hides each block from its memento's <|summary_start|> on: more hidden cells
+    assert np.isnan(restart).sum() > np.isnan(normal).sum()

@@ -3,6 +3,8 @@ a window of it, evictions shaded from the step they stop being visible; normal v
 difference; a head overview sorted by where each head's attention goes; one query's attention by position
 and its mass by role."""
 
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 from memento_lens.analyses.attention import (
@@ -14,8 +16,9 @@ from memento_lens.analyses.attention import (
     query_edges,
 )
 from memento_lens.app import charts, compute, state
-from memento_lens.app.data import ATTENTION_INDEX
+from memento_lens.app.data import ATTENTION_INDEX, manifest_fingerprint
 from memento_lens.runtime.masks import events_from_table, visible_at
+from memento_lens.runtime.rundir.store import RunError
 
 TOKEN_CELLS = 128  # windows up to this many positions per axis are drawn token by token; wider ones in bins
 GRID_CELLS = 32  # cells per axis of each small pattern in the head overview
@@ -132,6 +135,39 @@ with state.shown_errors():
     # stays interactive on thousands of captured queries; a window of rows one query each uses every query
     sampled = None if by_query else BINNED_QUERIES
     patterns = {v: state.attention_pattern(*key, trace, v, layer, qe, ke, sampled) for v in variants}
+    world = {v: v for v in variants}  # panel -> normal / restart
+    spans_of = {v: spans for v in variants}
+    if len(variants) == 1:  # the other world may be another run of the same trace (a restart-mode replay)
+        others = {}
+        for ref in state.run_refs():
+            if ref.error or Path(ref.path) == Path(rd.path):
+                continue
+            try:
+                okey = (ref.path, manifest_fingerprint(ref.path))
+                if not state.open_run(ref.path).has(ATTENTION_INDEX) or trace not in state.attention_traces(*okey):
+                    continue
+                oidx = state.attention_index(*okey, trace)
+                ovars = sorted(set(oidx.loc[oidx["layer"] == layer, "variant"]) - set(variants))
+                same = np.array_equal(state.tokens(*okey, trace)["token_id"].to_numpy(), toks["token_id"].to_numpy())
+                if ovars and same:
+                    others[ref.path] = (okey, ovars[0])
+            except RunError:  # an unreadable run is reported on its own pages
+                continue
+        if others:
+            pick = state.sticky(
+                st.selectbox,
+                f"Compare with the other world (runs holding trace {trace} with other attention, same tokens)",
+                ["none", *others],
+                key="att_other_run",
+                default=next(iter(others)),
+                format_func=lambda p: "none" if p == "none" else f"{others[p][1]} from {Path(p).name}",
+            )
+            if pick != "none":
+                okey, ov = others[pick]
+                label = f"{ov} ({Path(pick).name})"
+                patterns[label] = state.attention_pattern(*okey, trace, ov, layer, qe, ke, sampled)
+                world[label] = ov
+                spans_of[label] = evicted_spans(events_from_table(state.events(*okey, trace)), k_lo, k_hi, q_lo, q_hi)
     st.subheader(f"Query × key attention — layer {layer}, {head_label}")
     st.caption(
         "Rows are queries, columns keys, decoded tokens coloured by role. Blank cells are positions the query "
@@ -159,7 +195,7 @@ with state.shown_errors():
             pat.head(hsel),
             texts,
             roles,
-            spans,
+            spans_of[v],
             title=f"{v}: captured queries {q_lo}–{q_hi - 1}",
             sqrt=scale == "sqrt",
             query=st.session_state[sel_key],
@@ -167,8 +203,9 @@ with state.shown_errors():
             rows_are_queries=by_query,
         )
         col.plotly_chart(fig, key=chart_key, on_select=pick_row(chart_key), selection_mode="points", width="stretch")
-    if {"normal", "restart"} <= set(patterns):
-        diff = pattern_difference(patterns["normal"], patterns["restart"])
+    by_world = {w: label for label, w in world.items()}
+    if {"normal", "restart"} <= set(by_world):
+        diff = pattern_difference(patterns[by_world["normal"]], patterns[by_world["restart"]])
         st.plotly_chart(
             charts.qk_heatmap(
                 diff,
@@ -187,8 +224,9 @@ with state.shown_errors():
     else:
         st.info(
             f"Only the {variants[0]} variant was captured for this trace, so there is no normal vs restart "
-            "comparison. Capture the other world into the same run to compare (a restart-mode replay stores "
-            "`restart`: `memento-lens replay --traces RUN --mode restart --attention-layers ...`)."
+            "comparison. A restart-mode replay of the same traces captures the other world: `memento-lens replay "
+            "--traces RUN --mode restart --attention-layers ... --out RUN_RESTART`, then open both runs "
+            "(`memento-lens app RUN RUN_RESTART`) and pick it above."
         )
 
     # -- one query --------------------------------------------------------------------------------------------
