@@ -708,49 +708,75 @@ def qk_heatmap(
 def head_grid_figure(
     patterns: Mapping[int, Pattern], ranked: pd.DataFrame, metric: str, ncols: int = 6, limit: int = 36
 ) -> go.Figure:
-    """Small query x key patterns, one per (layer, head), in the order of ``ranked`` (rows with ``layer``,
-    ``head`` and ``metric``), at most ``limit`` of them; one colour scale for all."""
-    cells = ranked.head(limit)
+    """Small query x key patterns, one tile per (layer, head), in the order of ``ranked`` (rows with ``layer``,
+    ``head`` and ``metric``), at most ``limit`` of them; one colour scale for all.
+
+    The tiles are one heatmap (tiles separated by blank cells, each titled by an annotation): one trace keeps a
+    grid of dozens of heads as cheap to draw as one pattern.
+    """
+    cells = ranked.head(limit).reset_index(drop=True)
     n = len(cells)
     nrows = max(1, int(np.ceil(n / ncols)))
-    titles = [
-        f"L{int(l_)}·H{int(h)} {metric} {v:.2f}" for l_, h, v in zip(cells["layer"], cells["head"], cells[metric])
-    ]
-    fig = make_subplots(
-        rows=nrows,
-        cols=ncols,
-        subplot_titles=titles,
-        horizontal_spacing=0.02,
-        vertical_spacing=0.08 / max(1, nrows / 3),
-    )
-    zs = [patterns[int(r.layer)].weights[int(r.head)] for r in cells.itertuples(index=False)]
-    finite = np.concatenate([z[np.isfinite(z)] for z in zs]) if zs else np.zeros(0)
-    top = float(np.percentile(finite, 99)) if finite.size else 1.0
-    for i, (r, z) in enumerate(zip(cells.itertuples(index=False), zs)):
-        p = patterns[int(r.layer)]
-        fig.add_trace(
-            go.Heatmap(
-                z=z,
-                x=p.k_edges - 0.5,
-                y=np.arange(len(p.q_edges)) - 0.5,
-                colorscale=ATTENTION_SCALE,
-                zmin=0,
-                zmax=top or 1.0,
-                showscale=i == 0,
-                colorbar=dict(title="weight", len=0.5),
-                hovertemplate=f"L{int(r.layer)} H{int(r.head)}<br>key %{{x:.0f}}: %{{z:.3f}}<extra></extra>",
-            ),
-            row=i // ncols + 1,
-            col=i % ncols + 1,
+    zs = [patterns[int(l_)].weights[int(h)] for l_, h in zip(cells["layer"], cells["head"])]
+    r, c = zs[0].shape if zs else (1, 1)
+    gap, top_gap = max(1, c // 12), max(2, r // 5)
+    tile_w, tile_h = c + gap, r + top_gap
+    big = np.full((nrows * tile_h, ncols * tile_w), np.nan, dtype=np.float32)
+    label = np.full(big.shape, "", dtype=object)
+    annotations, shapes = [], []
+    for i, (z, l_, h, v) in enumerate(zip(zs, cells["layer"], cells["head"], cells[metric])):
+        y0, x0 = (i // ncols) * tile_h + top_gap, (i % ncols) * tile_w
+        big[y0 : y0 + r, x0 : x0 + c] = z
+        shapes.append(  # the tile's not-visible cells in the not-visible colour, the gaps white
+            dict(
+                type="rect",
+                x0=x0 - 0.5,
+                x1=x0 + c - 0.5,
+                y0=y0 - 0.5,
+                y1=y0 + r - 0.5,
+                fillcolor=NOT_VISIBLE_COLOR,
+                line=dict(width=0),
+                layer="below",
+            )
         )
-    fig.update_xaxes(showticklabels=False, showgrid=False)
-    fig.update_yaxes(showticklabels=False, showgrid=False, autorange="reversed")
-    fig.update_annotations(font_size=10)
+        label[y0 : y0 + r, x0 : x0 + c] = f"L{int(l_)}·H{int(h)}"
+        annotations.append(
+            dict(
+                x=x0 + c / 2 - 0.5,
+                y=y0 - 0.6,
+                text=f"L{int(l_)}·H{int(h)} {metric} {v:.2f}",
+                showarrow=False,
+                yanchor="bottom",
+                font=dict(size=10),
+            )
+        )
+    finite = big[np.isfinite(big)]
+    top = float(np.percentile(finite, 99)) if finite.size else 1.0
+    vals = np.where(np.isfinite(big), np.char.mod("%.3f", np.nan_to_num(big)), "not visible")
+    hover = np.char.add(np.char.add(label.astype(str), ": "), vals)
+    fig = go.Figure(
+        go.Heatmap(
+            z=big,
+            text=hover,
+            hovertemplate="%{text}<extra></extra>",
+            hoverongaps=False,
+            colorscale=ATTENTION_SCALE,
+            zmin=0,
+            zmax=top or 1.0,
+            colorbar=dict(title="weight", len=0.5),
+            xgap=0,
+            ygap=0,
+        )
+    )
     fig.update_layout(
         title=f"Heads sorted by attention mass on {metric}",
         template="plotly_white",
-        plot_bgcolor=NOT_VISIBLE_COLOR,
+        plot_bgcolor="#FFFFFF",
+        annotations=annotations,
+        shapes=shapes,
         height=80 + 170 * nrows,
         margin=dict(l=20, r=20, t=80, b=20),
+        xaxis=dict(showticklabels=False, showgrid=False, zeroline=False),
+        yaxis=dict(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed"),
     )
     return fig

@@ -211,7 +211,9 @@ def test_attention_head_overview_sorted_by_the_chosen_mass(run_dir):
     table = at.dataframe[-1].value
     assert list(table["prompt"]) == sorted(table["prompt"], reverse=True)
     grid = titled(at, "Heads sorted by attention mass on prompt")
-    assert sum(t["type"] == "heatmap" for t in grid["data"]) == len(table) == 2 * 4  # 2 layers x 4 heads
+    tiles = [a["text"] for a in grid["layout"]["annotations"] if " prompt " in a["text"]]
+    assert len(tiles) == len(table) == 2 * 4  # 2 layers x 4 heads, one tile each, in the table's order
+    assert tiles == [f"L{r.layer}·H{r.head} prompt {r.prompt:.2f}" for r in table.itertuples()]
 
 
 def test_residue_heatmap_equals_metric_on_the_shards(run_dir):
