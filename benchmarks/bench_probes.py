@@ -1,9 +1,9 @@
-"""Probes benchmark: the ``--quick`` passcode preset end to end (both worlds, text probe, control), and the full
-toy sweep of issue 10 (50K samples; all layers plus all layers together; direct / masked +1..+7 / control; normal
-and restart worlds; MLP and linear; 3 seeds) extrapolated from measured pieces.
+"""Probes benchmark: the ``--quick`` passcode preset end to end (every world, 2 data replicates, text probe,
+control), and the full toy sweep (50K samples per replicate; all layers plus all layers together; direct /
+masked +1..+7 / control; every world; MLP and linear; 3 seeds; 2 replicates) extrapolated from measured pieces.
 
-Ratios against baselines measured in the same run: probes fitted as one batched model vs one at a time, and
-batched dense replay vs one sequence at a time.
+Ratios against baselines measured in the same run: probes fitted as one batched model vs one at a time, the
+closed-form linear probe vs Adam run to its plateau, and batched dense replay vs one sequence at a time.
 """
 
 from __future__ import annotations
@@ -131,9 +131,10 @@ def run(quick: bool = False) -> list[BenchRow]:
             per_epoch[(name, width)] * (n_single / len(full.probes) + n_text / len(full.probes))
             + per_epoch[(name, width * n_layers)] * n_all / len(full.probes)
             for name in full.probes
+            if not (name == "linear" and full.train.linear_solver == "ridge")  # closed form: no epochs
         )
         * n_train_full
-    )  # one epoch of every probe of the sweep
+    )  # one epoch of every probe of the sweep that trains by epochs
     # the plateau rule's patience alone costs patience + 1 epochs (the quick preset fits no MLP)
     epochs = full.train.patience + 1 if np.isnan(epochs_seen) else max(epochs_seen, full.train.patience + 1)
     epoch_full *= full.data_seeds  # every probe fitted once per data replicate
@@ -144,6 +145,7 @@ def run(quick: bool = False) -> list[BenchRow]:
     macs_all = macs + (width * n_layers - width) * widths[1]
     n_mlp, n_mlp_all = (n_single + n_text) / len(full.probes), n_all / len(full.probes)
     flops_epoch = 6 * n_train_full * (n_mlp * macs + n_mlp_all * macs_all)  # fwd + bwd = 3 x 2 FLOP per MAC
+    flops_epoch *= full.data_seeds  # every replicate fits its own probes (as epoch_full counts them)
     a, b_ = torch.randn(256, width), torch.randn(width, widths[1])
     t_mm = min(_time(lambda: [a @ b_ for _ in range(50)]) for _ in range(3))
     gflops = 50 * 2 * 256 * width * widths[1] / t_mm / 1e9 * 2  # x2: both cores
