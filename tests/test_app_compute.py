@@ -178,3 +178,25 @@ def test_query_from_selection_reads_the_row():
     assert query_from_selection({"selection": {"points": [{"y": 500}]}}, 100) == 99
     assert query_from_selection({"selection": {"points": []}}, 100) is None
     assert query_from_selection(None, 100) is None
+
+
+def test_token_stream_and_strip_show_decoded_text_not_bpe_markers():
+    import pandas as pd
+    from memento_lens.app.charts import token_stream_html, token_strip_figure
+
+    toks = pd.DataFrame(
+        {
+            "pos": [0, 1, 2, 3],
+            "token": ["Ġthe", "Ġproblem", "Ċ", "ĠcafÃ©"],
+            "role": ["prompt", "prompt", "prompt", "prompt"],
+            "block": [-1, -1, -1, -1],
+        }
+    )
+    import numpy as np
+
+    gone = np.zeros(4, dtype=bool)
+    html = token_stream_html(toks, gone, 3)
+    assert "Ġ" not in html and "Ċ" not in html and "Ã" not in html
+    assert "> the</span>" in html and "> problem</span>" in html and "> café</span>" in html and "⏎" in html
+    strip = token_strip_figure(toks, gone, 3)
+    assert list(strip.data[0].text) == ["·the", "·problem", "⏎", "·café"]

@@ -70,7 +70,8 @@ with state.shown_errors():
         st.error(f"{rd.path / 'occupancy.parquet'}: missing; this run has no KV occupancy table")
     st.subheader("Token stream")
     st.caption(
-        "Prompt, then each block with its memento beside it, then the answer. Grey struck-through "
-        "tokens are evicted at the selected step; faded ones come after it."
+        "Prompt, then each block with its memento beside it, then the answer, as decoded text (a hairline marks "
+        "each token boundary). Struck-through tokens in the evicted colour are evicted at the selected step; "
+        "faded ones come after it."
     )
     st.html(charts.token_stream_html(toks, gone, step))
