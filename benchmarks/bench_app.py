@@ -107,7 +107,7 @@ def attention_4k(run_dir: Path) -> dict[str, float]:
     out = {"open (whole trace, binned; cold)": _timed(at)}
     out["change head"] = _timed(at, lambda a: a.selectbox(key="att_head").set_value(3))
     lo, hi = at.slider(key="att_window::t0000").min, at.slider(key="att_window::t0000").max
-    mid = (lo + hi) // 2
+    mid = int((lo + hi) // 2)
     out["pick a 128-token window (token by token)"] = _timed(
         at, lambda a: a.slider(key="att_window::t0000").set_value((mid, mid + 127))
     )
