@@ -31,12 +31,16 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from memento_lens.runtime.rundir.schema import (
+from memento_lens.runtime.rundir.schema import (  # noqa: F401  (the sentinels: part of the tables' contract, re-exported)
+    ALL_HEADS,
+    ALL_LAYERS,
+    CAUSAL_DISTANCE,
     FEATURE_TEXT,
     FEATURE_TEXT_TOKENS,
     PASSCODE_CHANCE,
     PROBE_CURVES,
     PROBE_RESULTS,
+    SENTINELS,
 )
 
 from .features import (
@@ -64,14 +68,6 @@ from .train import (
     text_control_labels,
 )
 
-# Sentinels of the result tables, one meaning each. ``layer``: ALL_LAYERS marks the rows whose features concatenate
-# every probed layer; it is never a layer index (``--layers`` reads -1 as the last layer, and accepts
-# -n_layers..n_layers-1 only). ``head``: ALL_HEADS = every KV head at once (``--heads`` takes head indices >= 0).
-# ``distance``: CAUSAL_DISTANCE = the causal control's memento (before the block; masked distances start at 1).
-ALL_LAYERS = -999
-ALL_HEADS = -1
-CAUSAL_DISTANCE = -1
-SENTINELS = {"layer": {ALL_LAYERS: "all"}, "head": {ALL_HEADS: "all"}, "distance": {CAUSAL_DISTANCE: "ctrl"}}
 MAX_DISTANCE = 7  # default masked distances: 1..7 where the task has them (the paper's)
 
 # probe_results.parquet and probe_curves.parquet: columns defined once in runtime/rundir/schema.py. Each result

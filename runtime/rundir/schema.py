@@ -260,6 +260,15 @@ ATTN_INDEX = Table(
     ),
     part="attn_index",
 )
+# Sentinels of the result tables, one meaning each (issue 20). ``layer``: ALL_LAYERS marks rows whose features
+# concatenate every probed layer; it is never a layer index (``--layers`` reads -1 as the last layer and accepts
+# -n_layers..n_layers-1 only). ``head``: ALL_HEADS = every KV head at once (head indices are >= 0). ``distance``:
+# CAUSAL_DISTANCE = the causal control's memento (before the block; masked distances start at 1).
+ALL_LAYERS = -999
+ALL_HEADS = -1
+CAUSAL_DISTANCE = -1
+SENTINELS = {"layer": {ALL_LAYERS: "all"}, "head": {ALL_HEADS: "all"}, "distance": {CAUSAL_DISTANCE: "ctrl"}}
+
 PROBE_RESULTS = Table(
     "probe_results",
     "probe_results.parquet",
@@ -267,9 +276,9 @@ PROBE_RESULTS = Table(
         Column("model", S),
         Column("checkpoint", S),
         Column("condition", S, "direct / masked / causal_control"),
-        Column("distance", I),
-        Column("layer", I),
-        Column("head", I, "-1 all"),
+        Column("distance", I, "CAUSAL_DISTANCE (-1): the causal control's memento"),
+        Column("layer", I, "ALL_LAYERS (-999): every probed layer concatenated"),
+        Column("head", I, "ALL_HEADS (-1): every KV head"),
         Column("probe", S, "mlp / linear"),
         Column("seed", I),
         Column("n_train", I),
@@ -355,8 +364,8 @@ PROBE_CURVES = Table(
         Column("checkpoint", S),
         Column("condition", S),
         Column("distance", I),
-        Column("layer", I, "-1 all probed layers"),
-        Column("head", I, "-1 all"),
+        Column("layer", I, "ALL_LAYERS (-999): every probed layer concatenated"),
+        Column("head", I, "ALL_HEADS (-1): every KV head"),
         Column("probe", S),
         Column("world", S, "normal / restart / text / control"),
         Column("seed", I),
