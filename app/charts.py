@@ -598,7 +598,9 @@ def qk_heatmap(
         if sqrt:
             color.update(zmin=-np.sqrt(lim or 1.0), zmax=np.sqrt(lim or 1.0))
     else:
-        top = float(np.nanmax(shown)) if finite.size else 1.0
+        # the scale tops at the 99.5th percentile, so one attention sink (often position 0) does not wash out
+        # the rest; cells above it show the darkest colour and their value on hover
+        top = float(np.nanpercentile(shown, 99.5)) if finite.size else 1.0
         color = dict(colorscale=ATTENTION_SCALE, zmin=0.0, zmax=top if top > 0 else 1.0)
     head = np.char.add(np.char.add("query ", np.asarray(qh, dtype=str))[:, None], "<br>key ")
     head = np.char.add(head, np.asarray(kh, dtype=str)[None, :])
