@@ -12,8 +12,8 @@ from typing import Any
 import typer
 
 MODEL_HELP = (
-    "Local HF checkpoint dir, 'toy', 'toy@<ckpt>', a real preset ('smollm2-135m'; mementify it first for memento "
-    "traces), or 'random:tiny' / 'random:bench' / 'random:llama-tiny' / 'random:toy'."
+    "Local HF checkpoint dir, 'toy', 'toy@<ckpt>', a real preset ('smollm2-135m': the memento tokens are added on "
+    "load, as `mementify` saves them), or 'random:tiny' / 'random:bench' / 'random:llama-tiny' / 'random:toy'."
 )
 DEVICE_HELP = "torch device: cpu, cuda, cuda:N or mps (checked against this torch before any work)."
 DTYPE_HELP = "Precision: float32, float64, bfloat16, float16, or auto (the checkpoint's own)."

@@ -17,7 +17,7 @@ probe_app = typer.Typer(
 )
 ablate_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True, help="Restart ablation and causal KV patching.")
 
-MODEL_HELP = "toy, toy@<checkpoint>, random:tiny, or a local HF checkpoint directory."
+MODEL_HELP = opt.MODEL_HELP  # one spelling: toy, toy@<ckpt>, the real preset, a local checkpoint, random:*
 
 
 def _ints(text: Optional[str], option: str) -> tuple[int, ...]:
@@ -111,7 +111,7 @@ def passcode_cmd(
     cache_features: bool = typer.Option(
         True, "--cache-features/--no-cache-features", help="Save features (safetensors) in the run directory."
     ),
-    threads: int = typer.Option(1, "--threads", help="torch threads (1 is fastest on a loaded 2-core box)."),
+    threads: int = opt.threads(),
     batch_size: int = typer.Option(
         256,
         "--batch-size",
@@ -273,7 +273,7 @@ def restart_cmd(
     seed: int = opt.seed(),
     samples: Optional[int] = typer.Option(None, "--samples", help="Toy sequences (default 2000; --quick 256)."),
     generated: bool = typer.Option(True, "--generated/--no-generated", help="Toy: also greedy-generate the mementos."),
-    threads: int = opt.threads(1),
+    threads: int = opt.threads(),
     out: Path = opt.out(Path("runs/restart")),
     overwrite: bool = opt.overwrite(),
     quick: bool = opt.flag("--quick", "Small preset for a fast look (fewer sequences)."),
@@ -314,7 +314,7 @@ def patch_cmd(
         "--directions",
         help="Patch directions, comma-separated: restart->normal, normal->restart.",
     ),
-    threads: int = opt.threads(1),
+    threads: int = opt.threads(),
     out: Path = opt.out(Path("runs/patch")),
     overwrite: bool = opt.overwrite(),
     quick: bool = opt.flag("--quick", "Small preset for a fast look (fewer sequences)."),
