@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -624,6 +624,42 @@ def fit_batched(
     )
 
 
+class _RidgeSolver:
+    """Ridge from standardised features ``z`` (fitted on the rows ``fit``) to centred targets, one Cholesky factor
+    per L2 strength, shared by every label set of one feature matrix.
+
+    Primal form ``W = (Zf'Zf + lam I)^-1 Zf'Y`` when there are no more features than fit rows; otherwise the
+    dual (kernel) form of the same estimator, ``z W = (z Zf')(Zf Zf' + lam I)^-1 Y``, whose system is
+    ``n_fit x n_fit``: a real model's memento span has ~36K features (SmolLM2: a 5 GB primal Gram), never more
+    than a few thousand samples. ``lam = rel x n_fit`` for ``rel`` in the grid, in both forms.
+    """
+
+    def __init__(self, x: torch.Tensor, fit: torch.Tensor, grid: Sequence[float]):
+        x = x.to(torch.float32)
+        mean, std = x[fit].mean(0, keepdim=True), x[fit].std(0, keepdim=True).clamp_min(1e-6)
+        self.z = (x - mean) / std
+        self.zf = self.z[fit]
+        n_fit, d = self.zf.shape
+        self.dual = d > n_fit
+        if self.dual:  # float64: the kernel sums d products per entry
+            zf64 = self.zf.double()
+            self.k_all = self.z.double() @ zf64.T  # [n, n_fit]
+            self.k_fit = self.k_all[fit]
+            system = self.k_fit
+        else:
+            system = self.zf.T @ self.zf
+        eye = torch.eye(system.shape[0], dtype=system.dtype)
+        self.chol = [torch.linalg.cholesky(system + rel * n_fit * eye) for rel in grid]
+
+    def predict(self, yf_centred: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Centred scores of every row and of the fit rows at the ``i``-th L2 strength."""
+        if self.dual:
+            alpha = torch.cholesky_solve(yf_centred.double(), self.chol[i])
+            return (self.k_all @ alpha).float(), (self.k_fit @ alpha).float()
+        w = torch.cholesky_solve(self.zf.T @ yf_centred.to(self.zf.dtype), self.chol[i])
+        return (self.z @ w).float(), (self.zf @ w).float()
+
+
 def fit_ridge(
     features: list[torch.Tensor],
     labels: list[np.ndarray],
@@ -635,7 +671,8 @@ def fit_ridge(
     n_classes: int = 10,
 ) -> BatchedFit:
     """Linear probes in closed form: ridge least squares from standardised features to the one-hot digits,
-    ``W = (X'X + lam I)^-1 X'(Y - mean Y)``, fitted on ``fit_idx``; ``lam`` from ``config.ridge_grid x n_fit`` by
+    ``W = (X'X + lam I)^-1 X'(Y - mean Y)`` (in its dual form when features outnumber fit rows: same estimator,
+    an ``n_fit x n_fit`` system), fitted on ``fit_idx``; ``lam`` from ``config.ridge_grid x n_fit`` by
     accuracy on ``stop_idx``; scored on ``val_idx`` (argmax per digit). One Gram matrix per feature matrix
     serves every label set and every ``lam``; seeds do not change the fit (tasks that differ only in seed share
     it). Same result type as :func:`fit_batched`: ``epochs = best_epoch = 1``, ``stopped_by = "plateau"`` (the
@@ -654,30 +691,21 @@ def fit_ridge(
         if key in done:
             continue
         if task.group not in grams:
-            x = features[task.group].to(torch.float32)
-            mean, std = x[fit_t].mean(0, keepdim=True), x[fit_t].std(0, keepdim=True).clamp_min(1e-6)
-            z = (x - mean) / std
-            zf = z[fit_t]
-            gram = zf.T @ zf
-            eye = torch.eye(gram.shape[0], dtype=gram.dtype)
-            # one Cholesky factor per L2 strength, shared by every label set of this feature matrix
-            chol = [torch.linalg.cholesky(gram + rel * len(fit_t) * eye) for rel in config.ridge_grid]
-            grams[task.group] = (z, zf, chol)
-        z, zf, chol = grams[task.group]
+            grams[task.group] = _RidgeSolver(features[task.group], fit_t, config.ridge_grid)
+        solver = grams[task.group]
         y = torch.as_tensor(np.asarray(labels[task.labels]), dtype=torch.long)
         n_digits = y.shape[1]
         onehot = F.one_hot(y, n_classes).reshape(len(y), -1).to(torch.float32)
         yf = onehot[fit_t]
         ymean = yf.mean(0, keepdim=True)
-        rhs = zf.T @ (yf - ymean)
         best, accs = None, []
-        for i, factor in enumerate(chol):
-            w = torch.cholesky_solve(rhs, factor)
-            pred = (z @ w + ymean).view(len(y), n_digits, n_classes).argmax(-1)
+        for i in range(len(config.ridge_grid)):
+            scores, fit_scores = solver.predict(yf - ymean, i)
+            pred = (scores + ymean).view(len(y), n_digits, n_classes).argmax(-1)
             stop_acc = float((pred[stop_t] == y[stop_t]).float().mean())
             accs.append(stop_acc)
             if best is None or stop_acc > best[0]:
-                mse = float(((zf @ w + ymean - yf) ** 2).mean())
+                mse = float(((fit_scores + ymean - yf) ** 2).mean())
                 best = (stop_acc, i, pred, mse)
         stop_acc, i, pred, mse = best
         # still improving: the weakest L2 won by more than the stop slice's noise (2 binomial SEs), so an even

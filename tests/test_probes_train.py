@@ -280,3 +280,43 @@ def test_text_control_labels_are_learnable_across_a_label_unique_split():
     )
     assert res.correct[0].mean() > 0.9  # the text control can be learned: it measures memorisation
     assert res.correct[1].mean() < 0.15  # the passcode relabelling cannot, by construction
+
+
+def test_ridge_dual_form_equals_the_primal_and_never_builds_a_feature_gram(monkeypatch):
+    """Features outnumbering the fit rows (a real model's memento span: ~36K features, a 5 GB primal Gram) take
+    the dual (kernel) form of the same estimator: the same scores as the primal d x d system (where both are well
+    conditioned), and fit_ridge on such features finds a planted signal without building a d x d matrix."""
+    from memento_lens.probes import train as T
+
+    rng = np.random.default_rng(0)
+    n, d = 240, 400  # d > n_fit: the dual form
+    y = rng.integers(0, 10, size=(n, 5))
+    x = torch.as_tensor(rng.normal(size=(n, d)), dtype=torch.float32)
+    for j in range(5):  # each digit planted one-hot in its own 10 features
+        x[np.arange(n), 10 * j + y[:, j]] += 3.0
+    fit = torch.arange(150)
+    grid = (0.1, 1.0)
+    dual = T._RidgeSolver(x, fit, grid)
+    assert dual.dual and not hasattr(dual, "gram")
+    primal = T._RidgeSolver.__new__(T._RidgeSolver)
+    _primal_init(primal, x, fit, grid)
+    target = torch.as_tensor(rng.normal(size=(150, 50)), dtype=torch.float32)
+    for i in range(len(grid)):
+        (a_all, a_fit), (b_all, b_fit) = dual.predict(target, i), primal.predict(target, i)
+        torch.testing.assert_close(a_all, b_all, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a_fit, b_fit, rtol=1e-4, atol=1e-5)
+    idx = np.arange(n)
+    res = T.fit_ridge([x], [y], [T.FitTask(group=0, labels=0, seed=0)], idx[:150], idx[150:190], idx[190:])
+    assert res.correct.mean() > 0.3  # the planted signal is found (chance 0.1)
+
+
+def _primal_init(self, x, fit, grid):
+    """The primal form of _RidgeSolver in float64, as the reference."""
+    x = x.to(torch.float64)
+    mean, std = x[fit].mean(0, keepdim=True), x[fit].std(0, keepdim=True).clamp_min(1e-6)
+    self.z = (x - mean) / std
+    self.zf = self.z[fit]
+    self.dual = False
+    system = self.zf.T @ self.zf
+    eye = torch.eye(system.shape[0], dtype=system.dtype)
+    self.chol = [torch.linalg.cholesky(system + rel * len(fit) * eye) for rel in grid]
