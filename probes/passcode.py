@@ -319,11 +319,11 @@ def text_features(tokens: torch.Tensor | np.ndarray) -> torch.Tensor:
 def make_task(cfg: PasscodeConfig, loaded) -> PasscodeTask:
     """The passcode task for ``cfg`` (the one place that chooses an implementation; see :mod:`.tasks`)."""
     kind = cfg.task
-    if kind == "auto":
-        from memento_lens.runtime.toy.task import VOCAB
-
-        toy_vocab = loaded is not None and loaded.model.config.vocab_size <= len(VOCAB) + 1
-        kind = "toy" if cfg.model.startswith("toy") or toy_vocab else "trace"
+    if kind == "auto":  # the loaded model knows whether it is a toy (LoadedModel.is_toy), never the spec's spelling
+        is_toy = getattr(loaded, "is_toy", None)
+        if is_toy is None:  # features given without a model: the spec is all there is
+            is_toy = cfg.model.startswith("toy")
+        kind = "toy" if is_toy else "trace"
     if kind not in TASKS:
         raise ProbeInputError(f"--task must be one of auto, {', '.join(TASKS)}; got {cfg.task!r}")
     if kind == "toy" and cfg.trace is not None:
