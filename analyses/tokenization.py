@@ -1,15 +1,6 @@
 """Exact vs approximate token counts (``token-counts``). The tokenizers themselves (a real HF tokenizer from a
-local path, or the model-free "approx" mode) live in :mod:`memento_lens.runtime.traces.tokenizer`.
-
-``approx`` tokenization (no tokenizer, no download) counts each special token (``<think>``, ``</think>``,
-the four memento delimiters, ChatML markers) as one token and every other stretch of text as
-``ceil(chars / chars_per_token)`` tokens (default 4 characters per token, the usual rule of thumb for
-English and code with BPE vocabularies, and what the Memento JSON examples' ``approx_tokens`` use). Its
-ids are meaningful only within approx mode: 0..8 the special tokens, 9 every text token. Use it to
-account KV and compute statistics when the model's tokenizer is unavailable; absolute token counts are
-then estimates. Measured against the exact Qwen3 tokenizer (``--tokenizer qwen3``, :func:`compare_token_counts`,
-``memento-lens token-counts``) on the two shared Memento traces, approx undercounts: -14% of all tokens on the
-code trace, -29% on the math trace (memento texts -45%: LaTeX and digits tokenize densely).
+local path, or the model-free "approx" mode, with its counting rule and its measured error against the exact
+Qwen3 tokenizer) live in :mod:`memento_lens.runtime.traces.tokenizer`.
 """
 
 from __future__ import annotations
