@@ -113,7 +113,7 @@ def test_batched_fit_flags_the_cap_and_stops_on_patience():
     rng = np.random.default_rng(3)
     lab = _labels(1200, seed=3)
     signal = torch.tensor(np.eye(10)[lab].reshape(len(lab), 50) @ rng.normal(size=(50, 32)), dtype=torch.float32)
-    noise = torch.randn(len(lab), 32)
+    noise = torch.randn(len(lab), 32, generator=torch.Generator().manual_seed(3))
     idx = np.arange(len(lab))
     cfg = TrainConfig(max_epochs=3, patience=10, lr=1e-4)
     tasks = [FitTask(0, 0, 0), FitTask(1, 0, 0)]
@@ -122,7 +122,10 @@ def test_batched_fit_flags_the_cap_and_stops_on_patience():
     assert res.hit_cap.all() and (res.epochs == 3).all()
     assert res.correct.shape == (2, 200, 5) and res.curves.shape[:2] == (2, 3)
     long = TrainConfig(max_epochs=200, patience=2, lr=3e-3)
-    res = fit_batched(LinearProbe(), [noise], [lab], [FitTask(0, 0, 0)], idx[:900], idx[900:1000], idx[1000:], long)
+    # constant features: nothing to learn beyond the label prior, so the stop curve goes flat and the plateau rule
+    # ends the fit (random-noise features drift by chance, which the rule rightly calls "patience" on a rise)
+    flat = torch.zeros(len(lab), 32)
+    res = fit_batched(LinearProbe(), [flat], [lab], [FitTask(0, 0, 0)], idx[:900], idx[900:1000], idx[1000:], long)
     assert not res.hit_cap[0] and res.epochs[0] < 200  # nothing to learn: the plateau rule ends it
     assert res.stopped_by[0] == "plateau" and not res.still_improving[0] and res.epochs[0] >= long.min_epochs
     assert list(res.stopped_by[:0]) == [] and set(res.stopped_by) <= set(STOPPED_BY)
