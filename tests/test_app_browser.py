@@ -1,7 +1,8 @@
 """End to end: `memento-lens app FIXTURE_RUN --port P` on 127.0.0.1, every page opened in headless Debian
 chromium through playwright; each page's main chart renders without an exception; `/runs` is a page; a click
 on a query row of the attention heatmap opens that query; the Attention page's screenshot at the README's size
-is written to docs/screenshots/attention.png (the README shows it)."""
+is taken (into docs/screenshots/attention.png, which the README shows, when MEMENTO_LENS_UPDATE_SCREENSHOTS is
+set)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,25 @@ from memento_lens.app.fixtures import FixtureSpec, write_fixture_run
 from memento_lens.app.screenshots import README_SIZE
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# Set to write the README's screenshot into docs/screenshots (otherwise it goes to the test's tmp_path, so a
+# test run leaves the tracked picture alone).
+UPDATE_SCREENSHOTS = "MEMENTO_LENS_UPDATE_SCREENSHOTS"
+# Resolves once the element's box has not moved for 10 animation frames (a condition, not a sleep).
+STILL_FOR_10_FRAMES = """(selector) => new Promise((resolve) => {
+  let last = null, still = 0;
+  const tick = () => {
+    const el = document.querySelector(selector);
+    if (el) {
+      const b = el.getBoundingClientRect();
+      const key = [b.x, b.y, b.width, b.height].join();
+      still = key === last ? still + 1 : 0;
+      last = key;
+      if (still >= 10) return resolve(true);
+    }
+    requestAnimationFrame(tick);
+  };
+  tick();
+})"""
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -128,9 +148,14 @@ def test_every_page_renders_in_chromium(tmp_path):
                 handles.first.wait_for(timeout=60_000)
                 picker = pg.locator("input[aria-label='Query token']")
                 before = picker.input_value()
-                pg.wait_for_timeout(1500)  # plotly's first layout transition; the picture and click need it done
-                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-                pg.screenshot(path=str(SCREENSHOTS / "attention.png"))
+                # plotly's first layout transition moves the handles: wait until one stays put for 10 frames
+                pg.wait_for_function(
+                    STILL_FOR_10_FRAMES, arg=".js-plotly-plot .scatterlayer .points path", timeout=30_000
+                )
+                shots = SCREENSHOTS if os.environ.get(UPDATE_SCREENSHOTS) else tmp_path
+                shots.mkdir(parents=True, exist_ok=True)
+                pg.screenshot(path=str(shots / "attention.png"))
+                assert (shots / "attention.png").stat().st_size > 10_000  # a real picture, at the README's size
                 bb = handles.nth(2).bounding_box()
                 pg.mouse.move(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2)
                 pg.mouse.click(bb["x"] + bb["width"] / 2, bb["y"] + bb["height"] / 2)
