@@ -269,6 +269,20 @@ ALL_HEADS = -1
 CAUSAL_DISTANCE = -1
 SENTINELS = {"layer": {ALL_LAYERS: "all"}, "head": {ALL_HEADS: "all"}, "distance": {CAUSAL_DISTANCE: "ctrl"}}
 
+
+def _reference_columns(world: str, what: str) -> tuple[Column, ...]:
+    """The six optional columns of one reference world: its accuracy, and the implicit excess against it, each
+    with its CI (the names ``probes.passcode`` writes: ``<world>_accuracy``, ``excess_<world>``, ``*_ci_low/high``)."""
+    return (
+        Column(f"{world}_accuracy", F, f"reference world: {what}", required=False),
+        Column(f"{world}_ci_low", F, required=False),
+        Column(f"{world}_ci_high", F, required=False),
+        Column(f"excess_{world}", F, f"accuracy - {world}_accuracy (paired, hierarchical bootstrap)", required=False),
+        Column(f"excess_{world}_ci_low", F, required=False),
+        Column(f"excess_{world}_ci_high", F, required=False),
+    )
+
+
 PROBE_RESULTS = Table(
     "probe_results",
     "probe_results.parquet",
@@ -316,44 +330,11 @@ PROBE_RESULTS = Table(
         Column("check", S, "causal control: pass / fail against chance (Bonferroni over check rows)", required=False),
         Column("check_alpha", F, "per-row level of the check (0.05 / number of check rows)", required=False),
         Column("check_bound", F, "one-sided lower bound at check_alpha compared with chance", required=False),
-        Column(
-            "same_sum_accuracy",
-            F,
-            "reference world: target block replaced by another with the same memento text (toy: digit sum)",
-            required=False,
+        *_reference_columns("same_sum", "target block replaced by another with the same memento text (toy: digit sum)"),
+        *_reference_columns("foreign", "another passcode in the target block, everything else the same"),
+        *_reference_columns(
+            "delimiter_hidden", "normal world with the target block's kept delimiters hidden after its memento"
         ),
-        Column("same_sum_ci_low", F, required=False),
-        Column("same_sum_ci_high", F, required=False),
-        Column("excess_same_sum", F, "accuracy - same_sum_accuracy (paired, hierarchical bootstrap)", required=False),
-        Column("excess_same_sum_ci_low", F, required=False),
-        Column("excess_same_sum_ci_high", F, required=False),
-        Column(
-            "foreign_accuracy",
-            F,
-            "reference world: another passcode in the target block, everything else the same",
-            required=False,
-        ),
-        Column("foreign_ci_low", F, required=False),
-        Column("foreign_ci_high", F, required=False),
-        Column("excess_foreign", F, "accuracy - foreign_accuracy (paired, hierarchical bootstrap)", required=False),
-        Column("excess_foreign_ci_low", F, required=False),
-        Column("excess_foreign_ci_high", F, required=False),
-        Column(
-            "delimiter_hidden_accuracy",
-            F,
-            "reference world: normal world with the target block's kept delimiters hidden after its memento",
-            required=False,
-        ),
-        Column("delimiter_hidden_ci_low", F, required=False),
-        Column("delimiter_hidden_ci_high", F, required=False),
-        Column(
-            "excess_delimiter_hidden",
-            F,
-            "accuracy - delimiter_hidden_accuracy (paired, hierarchical bootstrap)",
-            required=False,
-        ),
-        Column("excess_delimiter_hidden_ci_low", F, required=False),
-        Column("excess_delimiter_hidden_ci_high", F, required=False),
     ),
 )
 PROBE_CURVES = Table(
