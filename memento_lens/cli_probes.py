@@ -132,6 +132,9 @@ def passcode_cmd(
         help="Quick preset: 2 data replicates x 2000 samples, layers 0,-1, masked +1, linear probe (closed form).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the result rows as a JSON list."),
+    workers: int = opt.workers(),
+    ray_address: Optional[str] = opt.ray_address(),
+    gpus_per_worker: float = opt.gpus_per_worker(),
 ) -> None:
     """Passcode probes on memento K/V with the channel decomposition: per condition, layer and probe the normal-world
     accuracy, the restart world (memento recomputed without its block: the explicit text channel), the reference
@@ -139,8 +142,16 @@ def passcode_cmd(
     of the normal world over each, with CIs over samples, probe seeds and data replicates."""
     with user_errors():
         from memento_lens.probes.sweep import resolve_checkpoints, run_sweep
+        from memento_lens.runtime.cluster import Sharding, require_ray
+        from memento_lens.runtime.errors import OptionError
         from memento_lens.runtime.rundir.store import RunStore, json_rows
 
+        sharding = Sharding(workers, ray_address, gpus_per_worker, threads=threads)
+        sharding.check_device(device)
+        if sharding.sharded:
+            if features_from is not None:
+                raise OptionError("--workers / --ray-address extract features; --features-from reuses cached ones")
+            require_ray()  # before any model loads: the install command
         _setup(threads, seed)
         world_list = None
         if worlds is not None:
@@ -179,7 +190,15 @@ def passcode_cmd(
             out, "probe_passcode", {"passcode": cfg.to_dict(), "checkpoints": specs}, overwrite=overwrite
         )
         with _Progress(not as_json or sys.stderr.isatty()) as bar:
-            run = run_sweep(cfg, store, specs, features_from=features_from, cache_features=cache_features, progress=bar)
+            run = run_sweep(
+                cfg,
+                store,
+                specs,
+                features_from=features_from,
+                cache_features=cache_features,
+                progress=bar,
+                sharding=sharding,
+            )
         _report_skips(run.skips)
         if as_json:
             print(json.dumps(json_rows(run.rows.to_dict("records"))))

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from memento_lens.runtime.errors import OptionError
-from memento_lens.runtime.forwards import DEFAULT_MEMORY_BUDGET, kv_batches, sample_dependent
+from memento_lens.runtime.forwards import DEFAULT_MEMORY_BUDGET, kv_batches, rows_per_batch, sample_dependent
 from memento_lens.runtime.rundir import schema as run_schema
 
 CONDITIONS = ("direct", "masked", "causal_control")
@@ -220,6 +220,52 @@ def _index_file(prefix: str) -> str:
     return run_schema.features_index_path(*_split(prefix)).lstrip("/")
 
 
+@dataclass(frozen=True)
+class KVPlan:
+    """How :func:`extract_memento_kv` computes a sample set's features (also how a sharded run splits it).
+
+    Attributes:
+        shared: (memento block, layer) pairs whose positions cannot depend on the tokens that differ between rows:
+            computed from one row and broadcast.
+        varying: the other pairs, computed for every row in forwards of ``rows_per_forward`` rows.
+        varying_tokens: ``[T]`` bool, tokens that differ between rows of the whole set.
+        rows_per_forward: rows per forward of the varying pairs (``batch_size``, capped by the memory budget);
+            a slice of the set that starts at a multiple of it is computed in the same forwards.
+    """
+
+    shared: list[tuple[int, int]]
+    varying: list[tuple[int, int]]
+    varying_tokens: np.ndarray
+    rows_per_forward: int
+
+
+def plan_memento_kv(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor | np.ndarray,
+    visible: torch.Tensor,
+    positions: Mapping[int, np.ndarray],
+    pairs: Sequence[tuple[int, int]],
+    *,
+    batch_size: int | None = 256,
+    prefix_len: int = 0,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    varying_tokens: np.ndarray | None = None,
+) -> KVPlan:
+    """The :class:`KVPlan` of ``input_ids [n, T]`` (``varying_tokens``: given when ``input_ids`` is a slice)."""
+    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
+    vary = (ids != ids[:1]).any(0).numpy() if varying_tokens is None else np.asarray(varying_tokens, dtype=bool)
+    dependent = sample_dependent(visible, vary)
+    varies = {mb: bool(dependent[np.asarray(positions[mb])].any()) for mb in {mb for mb, _ in pairs}}
+    varying = [pair for pair in pairs if varies[pair[0]]]
+    rows = max(1, int(batch_size or ids.shape[0]))
+    if varying:  # the cap kv_batches applies to these pairs' forwards
+        last = max(int(np.max(positions[mb])) for mb, _ in varying) + 1
+        n_layers = min(max(ly for _, ly in varying) + 1, int(model.config.num_hidden_layers))
+        fit = rows_per_batch(model, n_layers, last, last - min(prefix_len, last - 1), memory_budget)
+        rows = max(1, min(rows, fit))
+    return KVPlan([pair for pair in pairs if not varies[pair[0]]], varying, vary, rows)
+
+
 def extract_memento_kv(
     model: torch.nn.Module,
     input_ids: torch.Tensor | np.ndarray,
@@ -236,6 +282,7 @@ def extract_memento_kv(
     prefix_len: int = 0,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     on_batch: Callable[[int, int, dict[tuple[int, int], torch.Tensor]], None] | None = None,
+    varying_tokens: np.ndarray | None = None,
 ) -> MementoFeatures:
     """Replay ``input_ids`` with one shared visibility mask and gather K/V at memento positions.
 
@@ -263,6 +310,9 @@ def extract_memento_kv(
         prefix_len: leading tokens shared by every row: their K/V are computed once; 0 replays every row whole.
         on_batch: called as ``on_batch(start, stop, {pair: [stop - start, kv_heads, P, 2 * d_head]})`` after each
             batch (to stream features out, e.g. into a cache, while the rest runs).
+        varying_tokens: ``[T]`` bool, the tokens that differ between rows of the whole sample set, when
+            ``input_ids`` is a slice of it (a work unit of ``probes.sharded``): the slice is then computed as the
+            whole set computes it (:func:`plan_memento_kv`); default: from ``input_ids``.
     """
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
     n, t = ids.shape
@@ -272,8 +322,17 @@ def extract_memento_kv(
         raise ProbeInputError(f"samples differ within the first {prefix_len} tokens: no shared prefix to reuse")
     pairs = list(wanted) if wanted is not None else [(mb, ly) for mb in positions for ly in layers]
     pos_t = {mb: torch.as_tensor(np.asarray(p), dtype=torch.long) for mb, p in positions.items()}
-    dependent = sample_dependent(visible, (ids != ids[:1]).any(0).numpy())
-    varies = {mb: bool(dependent[np.asarray(positions[mb])].any()) for mb in {mb for mb, _ in pairs}}
+    kv_plan = plan_memento_kv(
+        model,
+        ids,
+        visible,
+        positions,
+        pairs,
+        batch_size=batch_size,
+        prefix_len=prefix_len,
+        memory_budget=memory_budget,
+        varying_tokens=varying_tokens,
+    )
     out: dict[tuple[int, int], torch.Tensor] = {}
 
     def run(rows: torch.Tensor, group: list[tuple[int, int]], report: bool) -> dict:
@@ -287,7 +346,7 @@ def extract_memento_kv(
             max(ly for _, ly in group) + 1,
             length=last,
             prefix_len=min(prefix_len, last - 1),
-            batch_size=batch_size,
+            batch_size=kv_plan.rows_per_forward,
             device=device,
             memory_budget=memory_budget,
         ):
@@ -305,13 +364,13 @@ def extract_memento_kv(
                 progress(batch.stop)
         return got
 
-    shared = [pair for pair in pairs if not varies[pair[0]]]
+    shared = kv_plan.shared
     if shared:  # the same K/V in every row: one row, broadcast
         for pair, kv in run(ids[:1], shared, report=False).items():
             out[pair] = kv.expand(n, *kv.shape[1:]).contiguous()
         if on_batch is not None:
             on_batch(0, n, {pair: out[pair] for pair in shared})
-    varying = [pair for pair in pairs if varies[pair[0]]]
+    varying = kv_plan.varying
     if varying:
         out.update(run(ids, varying, report=True))
     elif progress is not None:

@@ -22,6 +22,7 @@ check rows. Orchestration over checkpoints and run directories: :mod:`.sweep`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -31,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+from memento_lens.runtime.forwards import DEFAULT_MEMORY_BUDGET
 from memento_lens.runtime.rundir.schema import (  # noqa: F401  (the sentinels: part of the tables' contract, re-exported)
     ALL_HEADS,
     ALL_LAYERS,
@@ -396,29 +398,46 @@ def extract_features(
     batch_size: int = 256,
     device: str | torch.device | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    sharded: Any = None,
 ) -> PasscodeFeatures:
     """K/V at ``memento_blocks``' positions in every world of ``worlds`` the task supports (one batched replay
-    each: ``task.world_tokens`` under ``task.visibility``), the memento text tokens and the text ceilings."""
+    each: ``task.world_tokens`` under ``task.visibility``), the memento text tokens and the text ceilings.
+
+    ``sharded``: a :class:`~.sharded.ShardedExtractor` to run the replays on Ray model actors (the same features
+    bit for bit; ``model`` then only plans the forwards)."""
     pos = {mb: task.memento_positions(mb) for mb in memento_blocks}
-    out = {}
+    wanted = [(mb, ly) for mb in memento_blocks for ly in layers]
     n = len(samples.labels)
     tag = f", data seed {data_seed}"
-    for world in worlds:
-        if world not in task.worlds:
-            continue
-        out[world] = extract_memento_kv(
+    present = [w for w in worlds if w in task.worlds]
+    if sharded is not None:
+        out = sharded.extract(
             model,
-            task.world_tokens(samples, world, world_seed),
-            task.visibility(world),
+            {w: (task.world_tokens(samples, w, world_seed), task.visibility(w)) for w in present},
             pos,
-            layers,
+            wanted,
             samples.labels,
-            wanted=[(mb, ly) for mb in memento_blocks for ly in layers],
             batch_size=min(batch_size, n),
-            device=device,
             prefix_len=task.shared_prefix_len,
-            progress=(lambda d, w=world: progress(f"features ({w}{tag})", d, n)) if progress else None,
+            memory_budget=DEFAULT_MEMORY_BUDGET,
+            progress=(lambda w, d, t: progress(f"features ({w}{tag})", d, t)) if progress else None,
         )
+    else:
+        out = {}
+        for world in present:
+            out[world] = extract_memento_kv(
+                model,
+                task.world_tokens(samples, world, world_seed),
+                task.visibility(world),
+                pos,
+                layers,
+                samples.labels,
+                wanted=wanted,
+                batch_size=min(batch_size, n),
+                device=device,
+                prefix_len=task.shared_prefix_len,
+                progress=(lambda d, w=world: progress(f"features ({w}{tag})", d, n)) if progress else None,
+            )
     ids = np.asarray(samples.token_ids)
     text = {mb: torch.from_numpy(ids[:, task.text_positions(mb)].copy()) for mb in memento_blocks}
     spans = {mb: torch.from_numpy(ids[:, np.asarray(pos[mb])].copy()) for mb in memento_blocks}
@@ -735,6 +754,8 @@ def run_passcode(
     task_accuracy: float = float("nan"),
     on_features: Callable[[list[PasscodeFeatures]], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    sharding: Any = None,
+    pool: Any = None,
 ) -> PasscodeResult:
     """Run the experiment on one model: features of every world for each data replicate (or ``features`` from a
     cache), then probes.
@@ -747,6 +768,9 @@ def run_passcode(
         checkpoint, task_accuracy: recorded in every row (toy checkpoints sweep).
         on_features: called once with the freshly extracted replicates (to cache them).
         progress: ``progress(stage, done, total)``.
+        sharding: a :class:`memento_lens.runtime.cluster.Sharding`: extract features on Ray model actors
+            (``workers > 1`` or a cluster address; the same features bit for bit); ``pool``: an already started
+            pool to use (kept open). The accounting goes to ``info["sharding"]``.
     """
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
@@ -768,24 +792,36 @@ def run_passcode(
         ]
         t1 = time.perf_counter()
         blocks = sorted({c.memento_block for c, _ in pairs})
-        reps = []
-        for d in range(cfg.data_seeds):
-            samples = task.samples(cfg.samples, stream_seed(cfg.seed, d, _DATA))
-            reps.append(
-                extract_features(
-                    task,
-                    model,
-                    samples,
-                    blocks,
-                    layers,
-                    worlds=cfg.feature_worlds,
-                    world_seed=stream_seed(cfg.seed, d, _WORLD),
-                    data_seed=d,
-                    batch_size=cfg.batch_size,
-                    device=cfg.device,
-                    progress=progress,
+        with contextlib.ExitStack() as stack:
+            sharded = None
+            if pool is not None or (sharding is not None and sharding.sharded):
+                from memento_lens.runtime.cluster import ModelSpec, Sharding
+
+                from .sharded import ShardedExtractor
+
+                spec = ModelSpec(cfg.model, cfg.device, cfg.dtype)
+                sharded = stack.enter_context(ShardedExtractor(sharding or Sharding(), spec, pool=pool))
+            reps = []
+            for d in range(cfg.data_seeds):
+                samples = task.samples(cfg.samples, stream_seed(cfg.seed, d, _DATA))
+                reps.append(
+                    extract_features(
+                        task,
+                        model,
+                        samples,
+                        blocks,
+                        layers,
+                        worlds=cfg.feature_worlds,
+                        world_seed=stream_seed(cfg.seed, d, _WORLD),
+                        data_seed=d,
+                        batch_size=cfg.batch_size,
+                        device=cfg.device,
+                        progress=progress,
+                        sharded=sharded,
+                    )
                 )
-            )
+            if sharded is not None:
+                info["sharding"] = sharded.accounting.to_dict()
         info.update(task.info)
         info["feature_seconds"] = time.perf_counter() - t1
         info["n_layers"] = n_layers

@@ -92,6 +92,7 @@ def run_sweep(
     features_from: str | Path | None = None,
     cache_features: bool = True,
     progress: Callable[[str, int, int], None] | None = None,
+    sharding: Any = None,
 ) -> SweepRun:
     """Probe every model in ``specs`` (default ``[cfg.model]``) and write the run into ``store`` (a RunStore).
 
@@ -99,6 +100,8 @@ def run_sweep(
         features_from: a run directory whose cached features are re-probed (no model is loaded).
         cache_features: save each model's features (every world and the text) under
             ``features/<checkpoint>/data-<d>`` per data replicate.
+        sharding: a :class:`memento_lens.runtime.cluster.Sharding` to extract features on Ray model actors (its
+            accounting is in each model's ``info["sharding"]``, in ``passcode_summary.json``).
     """
     from memento_lens.runtime.rundir import schema
     from memento_lens.runtime.rundir.store import RunStore
@@ -142,6 +145,7 @@ def run_sweep(
                 task_accuracy=task_acc,
                 on_features=on_feat,
                 progress=(lambda s, d, t, c=ckpt: progress(f"{c} {s}".strip(), d, t)) if progress else None,
+                sharding=sharding,
             )
             frames.append(res.rows)
             curves.append(res.curves)

@@ -1,4 +1,10 @@
-"""Replay sharded over a Ray cluster: a pool of model actors with a work queue (optional: ``pip install ray``).
+"""Model work sharded over a Ray cluster: a pool of model actors with a work queue (optional: ``pip install ray``).
+
+Two kinds of job run on it: replay with capture (:class:`ReplayJob`, units of traces) and the passcode probes'
+feature extraction (``probes.sharded.FeatureJob``, units of sample rows). A job is any object with
+``run_on(worker, unit, worker=name)`` returning a result with ``index``, ``ok`` and ``error``; the pool only
+schedules, retries and reports. :class:`Sharding` owns the options' rules (``--workers``, ``--ray-address``,
+``--gpus-per-worker``) for every command that takes them.
 
 Each actor is a :class:`~.runs.UnitWorker` (the code the single-process path runs) in its own process: it
 loads the model once (on the GPU Ray gives it, or spread by ``device_map``), replays the units it is handed
@@ -34,6 +40,61 @@ from .rundir.writer import RunWriter, trace_tables
 from .trace import Trace
 
 INSTALL = 'pip install "memento-lens[ray]"  (or: pip install ray==2.60.0)'
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """Where a command's model work runs: this process (the default) or Ray model actors.
+
+    Attributes:
+        workers: 0 or 1: one process, no Ray; N > 1: a local Ray cluster with N model actors (with
+            ``ray_address``: N actors on that cluster; 0 there: as many as its resources allow).
+        ray_address: join an existing Ray cluster (``auto``, ``ray://host:10001``, ``host:6379``).
+        gpus_per_worker, cpus_per_worker: Ray resources per model actor.
+        threads: torch CPU threads per actor (0: ``cpus_per_worker``).
+    """
+
+    workers: int = 0
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        from .validate import check_float, check_int
+
+        check_int(self.workers, "--workers", min=0)
+        check_int(self.threads, "--threads", min=0)
+        check_float(self.gpus_per_worker, "--gpus-per-worker", min=0)
+        check_float(self.cpus_per_worker, "cpus_per_worker", min=0)
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise OptionError(
+                f"--ray-address {self.ray_address!r}: give a Ray address (auto, host:6379, ray://host:10001)"
+            )
+        if self.gpus_per_worker and not self.sharded:
+            raise OptionError("--gpus-per-worker needs --workers N (N > 1) or --ray-address")
+
+    @property
+    def sharded(self) -> bool:
+        """Runs on Ray actors (``workers > 1`` or a cluster address)."""
+        return self.workers > 1 or self.ray_address is not None
+
+    def check_device(self, device: str, device_map: Any = None) -> None:
+        """Refuse GPUs per actor that the model would not use."""
+        if self.gpus_per_worker and str(device) == "cpu" and device_map is None:
+            raise OptionError(
+                "--gpus-per-worker: the actors' GPUs would sit idle; add --device cuda (or --device-map auto)"
+            )
+
+    def pool(self) -> "ReplayPool":
+        """Start the pool of model actors these options ask for (``ray`` must be installed)."""
+        return ReplayPool(
+            self.workers,
+            ray_address=self.ray_address,
+            gpus_per_worker=self.gpus_per_worker,
+            cpus_per_worker=self.cpus_per_worker,
+            threads=self.threads,
+        )
 
 
 # -- units: the code every worker runs (one process or a Ray actor) ---------------------------------------
@@ -76,6 +137,10 @@ class ReplayJob:
     batch_size: int
     allow_unclosed: bool
     source: str
+
+    def run_on(self, worker: "UnitWorker", unit: Unit, worker_name: str = "local") -> "UnitResult":
+        """Replay ``unit`` on ``worker`` (the pool's entry point for any job)."""
+        return worker.run_unit(self, unit, worker_name)
 
 
 @dataclass
@@ -187,8 +252,8 @@ class _Actor(UnitWorker):
     def sees(self, path: str) -> bool:
         return os.path.isfile(os.path.join(path, "manifest.json"))
 
-    def run(self, job: ReplayJob, unit: Unit) -> UnitResult:
-        return self.run_unit(job, unit, worker=f"{self.whoami()['host']}:{os.getpid()}")
+    def run(self, job: Any, unit: Any) -> Any:
+        return job.run_on(self, unit, f"{self.whoami()['host']}:{os.getpid()}")
 
 
 class ReplayPool:
@@ -268,8 +333,11 @@ class ReplayPool:
                 "--out must be on a filesystem every node mounts at the same path (NFS, a shared volume)"
             )
 
-    def run(self, job: ReplayJob, units: Sequence[Unit], *, max_retries: int = 2) -> Iterator[UnitResult]:
+    def run(self, job: Any, units: Sequence[Any], *, max_retries: int = 2) -> Iterator[Any]:
         """Hand ``units`` to free actors one at a time; yield each result as it arrives (any order).
+
+        ``job``: a :class:`ReplayJob` or any object with ``run_on(worker, unit, worker_name)``; ``units``: objects
+        with an ``index``. A unit that exhausts its retries comes back as a failed :class:`UnitResult`.
 
         An actor that dies is replaced and its unit goes back to the front of the queue, for the next free
         actor, at most ``max_retries`` times (then it is yielded as failed). A fresh actor gets work only once it
@@ -359,4 +427,14 @@ class ReplayPool:
         self.close()
 
 
-__all__ = ["ModelSpec", "Unit", "ReplayJob", "UnitResult", "UnitWorker", "ReplayPool", "require_ray", "INSTALL"]
+__all__ = [
+    "Sharding",
+    "ModelSpec",
+    "Unit",
+    "ReplayJob",
+    "UnitResult",
+    "UnitWorker",
+    "ReplayPool",
+    "require_ray",
+    "INSTALL",
+]

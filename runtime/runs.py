@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .capture import Capture
-from .cluster import ModelSpec, ReplayJob, Unit, UnitResult, UnitWorker
+from .cluster import ModelSpec, ReplayJob, Sharding, Unit, UnitResult, UnitWorker
 from .config import BlockMaskingConfig, MementoTokenIds
 from .errors import ConfigError, InputFileError, OptionError
 from .progress import bar_for
@@ -353,10 +353,8 @@ class ReplayConfig:
             error (other models need it explicit).
         captures: capture specs (copied for each worker).
         unit_size: traces per work unit (the grain of scheduling, failure, resume; one run part each).
-        workers: 0 or 1: one process, no Ray; N > 1: a local Ray cluster with N model actors (or, with
-            ``ray_address``, N actors on that cluster; 0 there: as many as its resources allow).
-        ray_address: join an existing Ray cluster (``auto``, ``ray://host:10001``, ``host:6379``).
-        gpus_per_worker, cpus_per_worker: Ray resources per model actor.
+        workers, ray_address, gpus_per_worker, cpus_per_worker: where the units run (:class:`~.cluster.Sharding`,
+            which owns these options' rules: 0/1 workers is this process, N > 1 a local Ray cluster).
         device, dtype, device_map: where each process puts the model (``device_map="auto"``: accelerate spreads
             the layers over the devices it sees, for a model larger than one device).
         threads: torch CPU threads per process (0: torch's default in one process, ``cpus_per_worker`` per actor).
@@ -389,25 +387,12 @@ class ReplayConfig:
     max_retries: int = 2
 
     def __post_init__(self) -> None:
-        from .validate import check_float, check_int
+        from .validate import check_int
 
         check_int(self.batch_size, "--batch-size", min=1)
         check_int(self.unit_size, "--unit-size", min=1)
-        check_int(self.workers, "--workers", min=0)
-        check_int(self.threads, "--threads", min=0)
         check_int(self.max_retries, "max_retries", min=0)
-        check_float(self.gpus_per_worker, "--gpus-per-worker", min=0)
-        check_float(self.cpus_per_worker, "cpus_per_worker", min=0)
-        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
-            raise OptionError(
-                f"--ray-address {self.ray_address!r}: give a Ray address (auto, host:6379, ray://host:10001)"
-            )
-        if self.gpus_per_worker and not self.sharded:
-            raise OptionError("--gpus-per-worker needs --workers N (N > 1) or --ray-address")
-        if self.gpus_per_worker and str(self.device) == "cpu" and self.device_map is None:
-            raise OptionError(
-                "--gpus-per-worker: the actors' GPUs would sit idle; add --device cuda (or --device-map auto)"
-            )
+        self.sharding.check_device(self.device, self.device_map)  # and the workers' options, on construction
         if self.device_map is not None:
             if not (self.device_map == "auto" or isinstance(self.device_map, Mapping)):
                 raise OptionError(f"--device-map {self.device_map!r}: only 'auto' (or a dict from Python)")
@@ -424,7 +409,12 @@ class ReplayConfig:
     @property
     def sharded(self) -> bool:
         """Runs on Ray actors (``workers > 1`` or a cluster address)."""
-        return self.workers > 1 or self.ray_address is not None
+        return self.sharding.sharded
+
+    @property
+    def sharding(self) -> Sharding:
+        """The workers' options (:class:`~.cluster.Sharding` owns their rules)."""
+        return Sharding(self.workers, self.ray_address, self.gpus_per_worker, self.cpus_per_worker, self.threads)
 
     @property
     def model_spec(self) -> ModelSpec:
@@ -607,17 +597,9 @@ def run_replay(
             for u in todo:
                 commit(worker.run_unit(job, u))
         else:
-            from .cluster import ReplayPool
-
             own = pool is None
             if own:
-                pool = ReplayPool(
-                    cfg.workers,
-                    ray_address=cfg.ray_address,
-                    gpus_per_worker=cfg.gpus_per_worker,
-                    cpus_per_worker=cfg.cpus_per_worker,
-                    threads=cfg.threads,
-                )
+                pool = cfg.sharding.pool()
             try:
                 production["workers"] = pool.size
                 pool.check_sees(job.run_path)
