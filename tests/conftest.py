@@ -80,6 +80,24 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def local_ray_pool(num_cpus: int, actors: int = 2):
+    """A pool of ``actors`` model actors on a local Ray cluster of ``num_cpus`` logical CPUs (started here unless
+    one is running; shut down after). A generator for module-scoped fixtures of the Ray tests."""
+    import ray
+    from memento_lens.runtime.cluster import ReplayPool
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    p = ReplayPool(actors)
+    try:
+        yield p
+    finally:
+        p.close()
+        if started:
+            ray.shutdown()
+
+
 @pytest.fixture
 def tokens() -> MementoTokenIds:
     return TOKENS

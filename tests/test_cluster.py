@@ -13,6 +13,7 @@ import random
 import signal
 
 import pytest
+from conftest import local_ray_pool
 from memento_lens.runtime.capture import default_captures
 from memento_lens.runtime.config import BlockMaskingConfig
 from memento_lens.runtime.errors import OptionError, RunDirError
@@ -35,16 +36,7 @@ UNIT = 3  # traces per unit: 11 traces -> 4 units, the last one short
 
 @pytest.fixture(scope="module")
 def pool():
-    from memento_lens.runtime.cluster import ReplayPool
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    p = ReplayPool(2)
-    yield p
-    p.close()
-    if started:
-        ray.shutdown()
+    yield from local_ray_pool(num_cpus=2)
 
 
 @pytest.fixture(scope="module")

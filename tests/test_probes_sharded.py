@@ -13,9 +13,9 @@ import os
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from conftest import local_ray_pool
 from memento_lens.probes.passcode import PasscodeConfig, extract_features, make_task
 from memento_lens.runtime.cluster import ModelSpec, Sharding
 from memento_lens.runtime.model import load_model
@@ -32,16 +32,7 @@ CODE = DATA / "memento_example_code.json"
 
 @pytest.fixture(scope="module")
 def pool():
-    from memento_lens.runtime.cluster import ReplayPool
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    p = ReplayPool(2)
-    yield p
-    p.close()
-    if started:
-        ray.shutdown()
+    yield from local_ray_pool(num_cpus=4)
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +115,10 @@ def test_sharded_real_trace_features_equal_one_process(pool, tmp_path_factory):
 
 
 def test_cli_workers_give_the_single_process_results_and_record_the_sharding(pool, tmp_path):
-    from memento_lens.cli import app
     from memento_lens.runtime.rundir.store import RunStore
     from typer.testing import CliRunner
+
+    from memento_lens.cli import app
 
     base = ["probe", "passcode", "--model", "toy", "--samples", "40", "--data-seeds", "2", "--layers", "-1"]
     base += ["--distances", "1", "--probes", "linear", "--worlds", "delimiter_hidden", "--batch-size", "4"]
@@ -145,14 +137,16 @@ def test_cli_workers_give_the_single_process_results_and_record_the_sharding(poo
     info = rb.read_json(PASSCODE_SUMMARY.path)["info"]["toy"]
     assert info["sharding"]["workers"] == 2 and info["sharding"]["rows"] == 2 * 3 * 40
     assert "sharding" not in ra.read_json(PASSCODE_SUMMARY.path)["info"]["toy"]
-    assert json.loads(two.stdout.strip().splitlines()[-1])[0]["accuracy"] == json.loads(
-        one.stdout.strip().splitlines()[-1]
-    )[0]["accuracy"]
+    assert (
+        json.loads(two.stdout.strip().splitlines()[-1])[0]["accuracy"]
+        == json.loads(one.stdout.strip().splitlines()[-1])[0]["accuracy"]
+    )
 
 
 def test_cli_refuses_workers_with_cached_features(tmp_path):
-    from memento_lens.cli import app
     from typer.testing import CliRunner
+
+    from memento_lens.cli import app
 
     res = CliRunner().invoke(
         app, ["probe", "passcode", "--workers", "2", "--features-from", str(tmp_path), "-o", str(tmp_path / "o")]
