@@ -200,6 +200,14 @@ def passcode_cmd(
                 sharding=sharding,
             )
         _report_skips(run.skips)
+        for spec, info in run.info.items():  # the sharded extraction's accounting (also in passcode_summary.json)
+            if "sharding" in info:
+                a = info["sharding"]
+                print(
+                    f"{spec}: features on {a['workers']} Ray worker(s): {a['units']} units, {a['rows']} rows, "
+                    f"{a['seconds']:.1f} s, {a['retries']} retried",
+                    file=sys.stderr,
+                )
         if as_json:
             print(json.dumps(json_rows(run.rows.to_dict("records"))))
         else:

@@ -137,6 +137,7 @@ def test_cli_workers_give_the_single_process_results_and_record_the_sharding(poo
     info = rb.read_json(PASSCODE_SUMMARY.path)["info"]["toy"]
     assert info["sharding"]["workers"] == 2 and info["sharding"]["rows"] == 2 * 3 * 40
     assert "sharding" not in ra.read_json(PASSCODE_SUMMARY.path)["info"]["toy"]
+    assert "toy: features on 2 Ray worker(s): " in two.stderr and "Ray worker" not in one.stderr
     assert (
         json.loads(two.stdout.strip().splitlines()[-1])[0]["accuracy"]
         == json.loads(one.stdout.strip().splitlines()[-1])[0]["accuracy"]
