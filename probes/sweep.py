@@ -68,15 +68,16 @@ def toy_task_accuracy(spec: str, model, device: str) -> float:
     return float(evaluate_all(model, n=1000, modes=("memento",), device=device)["memento"].exact)
 
 
-def _load(spec: str, cfg: PasscodeConfig) -> tuple[Any, str, float]:
-    """(loaded model, checkpoint name, task accuracy) for one model spec."""
+def _load(spec: str, cfg: PasscodeConfig, device: str | None = None) -> tuple[Any, str, float]:
+    """(loaded model, checkpoint name, task accuracy) for one model spec, on ``device`` (default ``cfg.device``)."""
     from memento_lens.runtime.model import load_model
 
-    loaded = load_model(spec, device=cfg.device, dtype=cfg.dtype)
+    device = device or cfg.device
+    loaded = load_model(spec, device=device, dtype=cfg.dtype)
     ckpt, task_acc = (spec.split("@", 1)[1] if "@" in spec else ""), float("nan")
     if spec.startswith("toy"):
         ckpt = ckpt or "final"
-        task_acc = toy_task_accuracy(spec, loaded.model, cfg.device)
+        task_acc = toy_task_accuracy(spec, loaded.model, device)
     elif (Path(spec) / "checkpoint.json").exists():  # a `toy train` checkpoint directory
         meta = json.loads((Path(spec) / "checkpoint.json").read_text())
         task_acc = float(meta.get("memento_exact", float("nan")))
@@ -134,7 +135,9 @@ def run_sweep(
                 ckpt = prefix.partition("/")[2]
                 feats = load_replicates(src, found[prefix])
             else:
-                loaded, ckpt, task_acc = _load(spec, cfg)
+                # sharded: the actors load their own copies where Ray puts them; this one only plans, on CPU
+                sharded = sharding is not None and sharding.sharded
+                loaded, ckpt, task_acc = _load(spec, cfg, "cpu" if sharded else None)
             prefix = schema.features_prefix(ckpt)
             on_feat = (lambda f, p=prefix: save_replicates(store, f, p)) if cache_features and feats is None else None
             res = run_passcode(
