@@ -7,6 +7,9 @@ unit first):
   single process (no Ray, 1 thread) beside them;
 * the two shared real Memento traces on SmolLM2-135M (``--model smollm2-135m``, memento tokens added on load;
   one unit per trace): 1 worker / 2 workers;
+* ``probe passcode`` feature extraction sharded the same way (``probes/sharded.py``): SmolLM2 on the math trace,
+  layer 4, the normal and restart worlds of 64 samples (4 units of 4 forwards x 4 rows): 1 worker / 2 workers,
+  and the single process beside them;
 * Ray's cost per unit: a no-op actor round trip beside the time of one toy unit, and (1-worker Ray - single
   process) / units on the toy job; what chose ``DEFAULT_UNIT_SIZE``.
 
@@ -70,6 +73,54 @@ def _scaling(tmp: Path, label: str, traces, cfg_fn, loaded, with_local: bool) ->
             ray.shutdown()
     out["load_after"] = _load()
     return out
+
+
+def _passcode_scaling(lm, quick: bool) -> BenchRow:
+    """Passcode features on SmolLM2 (math trace, layer 4): one process, then 1 and 2 Ray workers (1 thread each)."""
+    import ray
+    from memento_lens.probes.passcode import PasscodeConfig, extract_features, make_task
+    from memento_lens.probes.sharded import ShardedExtractor
+    from memento_lens.runtime.cluster import ModelSpec, ReplayPool, Sharding
+
+    n = 32 if quick else 64
+    cfg = PasscodeConfig(model="smollm2-135m", trace=str(DATA / "memento_example_math.json"), samples=n)
+    task = make_task(cfg, lm)
+    samples = task.samples(n, seed=0)
+    args = dict(worlds=("normal", "restart"), world_seed=0, batch_size=4)
+    t: dict = {"load_before": _load()}
+    t0 = time.perf_counter()
+    ref = extract_features(task, lm.model, samples, [1, 2], [4], **args)
+    t["local"] = time.perf_counter() - t0
+    same = True
+    for k in (1, 2):
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            pool = ReplayPool(k, threads=1)
+            with ShardedExtractor(Sharding(2), ModelSpec("smollm2-135m"), pool=pool) as ex:
+                warm = task.samples(4 * k, seed=1)  # every actor loads the model before the timed run
+                extract_features(task, lm.model, warm, [1, 2], [4], **{**args, "batch_size": 1}, sharded=ex)
+                t0 = time.perf_counter()
+                got = extract_features(task, lm.model, samples, [1, 2], [4], **args, sharded=ex)
+                t[k] = time.perf_counter() - t0
+            same = same and all(
+                bool((got.worlds[w].kv[p] == ref.worlds[w].kv[p]).all()) for w in ref.worlds for p in ref.worlds[w].kv
+            )
+            print(f"   passcode features: {k} worker(s) {t[k]:.2f} s", flush=True)
+            pool.close()
+        finally:
+            ray.shutdown()
+    ratio = t[1] / t[2]
+    return BenchRow(
+        "probe passcode features, SmolLM2-135M math trace: 2 Ray workers vs 1",
+        "speed ratio",
+        ratio,
+        ">= 1.5x (2 cores)",
+        ratio >= 1.5,
+        f"1 worker {t[1]:.2f} s, 2 workers {t[2]:.2f} s, one process without Ray {t['local']:.2f} s; {n} samples, "
+        f"layer 4 (5 of 30 layers run), the normal world ({n // 16} units of 4 forwards x 4 rows) and the restart "
+        f"world (one row); features identical to one process: {same}; 1 torch thread per process; model load "
+        f"excluded; load average before {t['load_before']}, after {_load()}",
+    )
 
 
 def _round_trip_ms(n: int = 200) -> float:
@@ -163,6 +214,7 @@ def run(quick: bool = False) -> list[BenchRow]:
                     **kw,
                 )
 
+            rows.append(_passcode_scaling(lm, quick))
             r = _scaling(tmp, "real", real, real_cfg, lm, with_local=False)
             ratio = r[1] / r[2]
             rows.append(
