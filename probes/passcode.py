@@ -32,7 +32,6 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-from memento_lens.runtime.forwards import DEFAULT_MEMORY_BUDGET
 from memento_lens.runtime.rundir.schema import (  # noqa: F401  (the sentinels: part of the tables' contract, re-exported)
     ALL_HEADS,
     ALL_LAYERS,
@@ -419,7 +418,6 @@ def extract_features(
             samples.labels,
             batch_size=min(batch_size, n),
             prefix_len=task.shared_prefix_len,
-            memory_budget=DEFAULT_MEMORY_BUDGET,
             progress=(lambda w, d, t: progress(f"features ({w}{tag})", d, t)) if progress else None,
         )
     else:
@@ -755,7 +753,6 @@ def run_passcode(
     on_features: Callable[[list[PasscodeFeatures]], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     sharding: Any = None,
-    pool: Any = None,
 ) -> PasscodeResult:
     """Run the experiment on one model: features of every world for each data replicate (or ``features`` from a
     cache), then probes.
@@ -769,8 +766,8 @@ def run_passcode(
         on_features: called once with the freshly extracted replicates (to cache them).
         progress: ``progress(stage, done, total)``.
         sharding: a :class:`memento_lens.runtime.cluster.Sharding`: extract features on Ray model actors
-            (``workers > 1`` or a cluster address; the same features bit for bit); ``pool``: an already started
-            pool to use (kept open). The accounting goes to ``info["sharding"]``.
+            (``workers > 1`` or a cluster address; the same features bit for bit). The accounting goes to
+            ``info["sharding"]``.
     """
     t0 = time.perf_counter()
     info: dict[str, Any] = {}
@@ -794,13 +791,13 @@ def run_passcode(
         blocks = sorted({c.memento_block for c, _ in pairs})
         with contextlib.ExitStack() as stack:
             sharded = None
-            if pool is not None or (sharding is not None and sharding.sharded):
-                from memento_lens.runtime.cluster import ModelSpec, Sharding
+            if sharding is not None and sharding.sharded:
+                from memento_lens.runtime.cluster import ModelSpec
 
                 from .sharded import ShardedExtractor
 
                 spec = ModelSpec(cfg.model, cfg.device, cfg.dtype)
-                sharded = stack.enter_context(ShardedExtractor(sharding or Sharding(), spec, pool=pool))
+                sharded = stack.enter_context(ShardedExtractor(sharding, spec))
             reps = []
             for d in range(cfg.data_seeds):
                 samples = task.samples(cfg.samples, stream_seed(cfg.seed, d, _DATA))

@@ -20,8 +20,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from memento_lens.runtime.cluster import ModelSpec, Sharding
+from memento_lens.runtime.cluster import ModelSpec, Sharding, one_line
 from memento_lens.runtime.errors import MementoLensError
+from memento_lens.runtime.forwards import DEFAULT_MEMORY_BUDGET
 
 from .features import MementoFeatures, extract_memento_kv, plan_memento_kv
 
@@ -83,9 +84,7 @@ class FeatureJob:
                 varying_tokens=w.varying_tokens,
             )
         except Exception as exc:  # noqa: BLE001 - reported per unit
-            text = (str(exc).splitlines() or [""])[0]
-            error = text if isinstance(exc, MementoLensError) else f"{type(exc).__name__}: {text}"
-            return FeatureResult(unit.index, error=f"{unit.world} rows {unit.start}..{unit.stop - 1}: {error}")
+            return FeatureResult(unit.index, error=f"{unit.world} rows {unit.start}..{unit.stop - 1}: {one_line(exc)}")
         return FeatureResult(unit.index, feats.kv, unit.stop - unit.start, time.perf_counter() - t0, worker_name)
 
 
@@ -151,7 +150,7 @@ class ShardedExtractor:
         *,
         batch_size: int,
         prefix_len: int,
-        memory_budget: int,
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
         progress: Callable[[str, int, int], None] | None = None,
     ) -> dict[str, MementoFeatures]:
         """``{world: MementoFeatures}`` for ``inputs`` (``{world: (ids [n, T], visible [T, T])}``), the same as

@@ -197,7 +197,7 @@ class UnitWorker:
                 s = compute_schedule(t.token_ids, job.masking, job.tokens, prompt_len=t.prompt_len)
                 validate(t, s, vocab, job.allow_unclosed)
             except Exception as exc:  # noqa: BLE001 - reported per unit; the run goes on
-                return UnitResult(unit.index, worker=worker, error=_one_line(exc), trace=t.trace_id)
+                return UnitResult(unit.index, worker=worker, error=one_line(exc), trace=t.trace_id)
         captures = copy.deepcopy(list(job.captures))  # fresh sinks; the job's specs stay untouched
         sink = CaptureSink()
         for c in captures:
@@ -220,11 +220,12 @@ class UnitWorker:
             part = PartStore(job.run_path)
             RunWriter(part).write_part(tables, sink if captures else None, part=unit.index)
         except Exception as exc:  # noqa: BLE001
-            return UnitResult(unit.index, worker=worker, error=_one_line(exc))
+            return UnitResult(unit.index, worker=worker, error=one_line(exc))
         return UnitResult(unit.index, part.take_records(), unit.n_tokens, time.perf_counter() - t0, worker)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """A unit's failure in one line: a user error's own message, anything else prefixed with its class."""
     text = (str(exc).splitlines() or [""])[0]
     return f"{type(exc).__name__}: {text}" if not isinstance(exc, MementoLensError) else text
 
@@ -436,5 +437,6 @@ __all__ = [
     "UnitWorker",
     "ReplayPool",
     "require_ray",
+    "one_line",
     "INSTALL",
 ]
