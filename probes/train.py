@@ -445,6 +445,8 @@ class BatchedFit:
         seconds: wall time of the whole batched fit.
         stopped_by: ``[n_models]`` str, one of :data:`STOPPED_BY`.
         still_improving: ``[n_models]`` bool, the stop curve still rising at the stop.
+        model_epochs: model-epochs of training computed; equals ``epochs.sum()`` because a stopped model leaves
+            the stacked batch (without that it would be ``n_models x epochs.max()``).
     """
 
     correct: np.ndarray
@@ -455,6 +457,7 @@ class BatchedFit:
     seconds: float
     stopped_by: np.ndarray | None = None
     still_improving: np.ndarray | None = None
+    model_epochs: int | None = None
 
     def __post_init__(self):
         n = len(self.epochs)
@@ -500,6 +503,29 @@ class _Stacked(torch.nn.Module):
                         keep[m].bernoulli_(1 - self.dropout, generator=g)
                     x = x * keep / (1 - self.dropout)
         return x.view(x.shape[0], x.shape[1], self.n_digits, self.n_classes)
+
+    def restore(self, params: list[torch.Tensor]) -> None:
+        """Replace the stack by ``params`` (one tensor per parameter, in ``parameters()`` order, any model count)."""
+        it = iter(params)
+        for plist in (self.weights, self.biases):
+            for i in range(len(plist)):
+                plist[i] = torch.nn.Parameter(next(it).detach().clone())
+
+    def keep(self, rows: torch.Tensor, opt: torch.optim.Adam) -> torch.optim.Adam:
+        """Drop the models not in ``rows`` (stopped ones), with their Adam state; returns the optimiser of the
+        smaller stack. Every model's update is elementwise in its own slice, so the kept models train on exactly
+        as before."""
+        old = list(self.parameters())
+        for plist in (self.weights, self.biases):
+            for i in range(len(plist)):
+                plist[i] = torch.nn.Parameter(plist[i].detach()[rows].clone())
+        new = list(self.parameters())
+        fresh = torch.optim.Adam(new, **opt.defaults)
+        for a, b in zip(old, new):
+            st = opt.state.get(a)
+            if st:
+                fresh.state[b] = {k: (v if v.dim() == 0 else v[rows].clone()) for k, v in st.items()}
+        return fresh
 
 
 def fit_batched(
@@ -557,19 +583,22 @@ def fit_batched(
     bad = np.zeros(B, dtype=np.int64)
     best_smooth = np.full(B, -np.inf)
     curves = []
+    live = np.arange(B)  # the models still training, in stack order: stopped ones leave the stack
+    model_epochs = 0
+    grp_l, lab_l = grp, lab
     Xs, Ys = X[grp[:, None], stop_t[None, :]], Y[lab[:, None], stop_t[None, :]]  # [B, n_stop, ...]
     epoch = 0
     for epoch in range(1, config.max_epochs + 1):
         model.train()
-        order = torch.stack([fit_t[torch.randperm(n_fit, generator=g).to(device)] for g in gens])  # [B, n_fit]
-        total, steps = torch.zeros(B), 0
+        order = torch.stack([fit_t[torch.randperm(n_fit, generator=gens[m]).to(device)] for m in live])
+        total, steps = torch.zeros(len(live)), 0
         for s in range(0, n_fit, config.batch_size):
             b = order[:, s : s + config.batch_size]
-            logits = model(X[grp[:, None], b], drop_gens)
-            y = Y[lab[:, None], b]
+            logits = model(X[grp_l[:, None], b], [drop_gens[m] for m in live])
+            y = Y[lab_l[:, None], b]
             per = (
                 F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
-                .view(B, -1)
+                .view(len(live), -1)
                 .mean(1)
             )
             opt.zero_grad(set_to_none=True)
@@ -577,15 +606,21 @@ def fit_batched(
             opt.step()
             total += per.detach().cpu()
             steps += 1
+        model_epochs += len(live)
         model.eval()
         with torch.no_grad():
-            acc = (model(Xs).argmax(-1) == Ys).float().mean(dim=(1, 2)).cpu()
-        curves.append(torch.stack([total / max(steps, 1), acc], dim=1).numpy())
-        better = (acc > best).numpy() & active
+            acc_l = (model(Xs).argmax(-1) == Ys).float().mean(dim=(1, 2)).cpu()
+        acc = torch.full((B,), float("nan"))
+        acc[torch.as_tensor(live)] = acc_l
+        loss = torch.full((B,), float("nan"))
+        loss[torch.as_tensor(live)] = total / max(steps, 1)
+        curves.append(torch.stack([loss, acc], dim=1).numpy())
+        better = np.zeros(B, dtype=bool)
+        better[live] = (acc_l > best[torch.as_tensor(live)]).numpy()
         if better.any():
-            bt = torch.as_tensor(better, device=device)
+            rows = torch.as_tensor(better[live], device=device)
             for keep, p in zip(best_state, model.parameters()):
-                keep[bt] = p.detach()[bt]
+                keep[torch.as_tensor(live[better[live]], device=device)] = p.detach()[rows]
             best[torch.as_tensor(better)] = acc[torch.as_tensor(better)]
             best_epoch[better] = epoch
         raw = np.stack([c[:, 1] for c in curves[-config.smooth :]])  # [<= smooth, B]
@@ -599,6 +634,12 @@ def fit_batched(
         active &= ~done
         if not active.any():
             break
+        if done.any():
+            rows = torch.as_tensor(active[live], device=device)
+            opt = model.keep(rows, opt)
+            live = live[active[live]]
+            grp_l, lab_l = grp[torch.as_tensor(live, device=device)], lab[torch.as_tensor(live, device=device)]
+            Xs, Ys = Xs[rows], Ys[rows]
     stopped_at[active] = epoch
     hit_cap = active.copy()
     curve = np.stack(curves, axis=1)  # [B, epochs, 2]
@@ -607,8 +648,7 @@ def fit_batched(
     improving = np.array([still_improving(curve[i, :, 1], trend_window(config), config.min_delta) for i in range(B)])
     stopped_by = np.where(hit_cap, "cap", np.where(improving, "patience", "plateau")).astype(object)
     with torch.no_grad():
-        for keep, p in zip(best_state, model.parameters()):
-            p.copy_(keep)
+        model.restore(best_state)  # every model again, each at its best epoch
         model.eval()
         Xv, Yv = X[grp[:, None], val_t[None, :]], Y[lab[:, None], val_t[None, :]]
         correct = (model(Xv).argmax(-1) == Yv).cpu().numpy()
@@ -621,6 +661,7 @@ def fit_batched(
         seconds=time.perf_counter() - t0,
         stopped_by=stopped_by,
         still_improving=improving,
+        model_epochs=model_epochs,
     )
 
 

@@ -145,6 +145,32 @@ def test_equal_features_and_seed_give_equal_fits_whatever_else_is_in_the_batch()
     np.testing.assert_array_equal(alone.correct[0], batched.correct[1])
 
 
+def test_a_stopped_model_leaves_the_batch_and_the_others_train_on_unchanged():
+    from memento_lens.probes.train import FitTask, fit_batched
+
+    rng = np.random.default_rng(6)
+    lab = _labels(700, seed=6)
+    signal = torch.tensor(
+        np.eye(10)[lab].reshape(len(lab), 50) @ rng.normal(size=(50, 24)) * 0.4 + rng.normal(size=(700, 24)),
+        dtype=torch.float32,
+    )
+    flat = torch.zeros(len(lab), 24)  # nothing to learn: its stop curve is flat from the start
+    idx = np.arange(len(lab))
+    cfg = TrainConfig(max_epochs=40, patience=4, min_epochs=5, lr=3e-3)
+    args = (idx[:500], idx[500:580], idx[580:], cfg)
+    tasks = [FitTask(1, 0, 3), FitTask(0, 0, 7), FitTask(1, 0, 5)]  # (features, labels, seed): flat, signal, flat
+    both = fit_batched(MLPProbe(), [signal, flat], [lab], tasks, *args)
+    # the two flat models stop first, at different epochs, so the stack shrinks twice
+    assert both.epochs[0] != both.epochs[2] and max(both.epochs[0], both.epochs[2]) < both.epochs[1]
+    # only live models are computed: the accounting is the sum of each model's epochs, not 3 x the longest
+    assert both.model_epochs == int(both.epochs.sum()) < 3 * int(both.epochs.max())
+    for i, t in enumerate(tasks):
+        alone = fit_batched(MLPProbe(), [signal, flat], [lab], [t], *args)
+        np.testing.assert_array_equal(alone.correct[0], both.correct[i])
+        assert alone.epochs[0] == both.epochs[i] and alone.best_epoch[0] == both.best_epoch[i]
+        np.testing.assert_array_equal(alone.curves[0], both.curves[i, : alone.curves.shape[1]])
+
+
 def test_lbfgs_linear_probe_recovers_a_planted_signal_and_ignores_seeds():
     pytest.importorskip("sklearn")
     from memento_lens.probes.train import FitTask, fit_logistic
