@@ -13,6 +13,7 @@ import re
 
 import numpy as np
 import pandas as pd
+from memento_lens.analyses.figures.base import all_head_rows
 from memento_lens.analyses.palette import (  # noqa: F401
     CHANCE_COLOR,
     CONDITION_COLORS,
@@ -51,9 +52,7 @@ def probe_selection(
     condition's last layer (masked distances >= 2 are often probed at the last layer only); checkpoint =
     ``checkpoint`` (the caller passes the last one by default).
     """
-    d = df
-    if "head" in d.columns and (d["head"] == -1).any():
-        d = d[d["head"] == -1]
+    d = all_head_rows(df)
     if x != "checkpoint" and checkpoint is not None and "checkpoint" in d.columns:
         d = d[d["checkpoint"].astype(str) == str(checkpoint)]
     parts = []

@@ -31,7 +31,7 @@ from memento_lens.runtime.dense import dense_forward
 from memento_lens.runtime.masks import visibility_mask
 from memento_lens.runtime.progress import ProgressFn  # the one (stage, done, total) callback type
 from memento_lens.runtime.rundir import schema as run_schema
-from memento_lens.runtime.rundir.schema import ABLATIONS
+from memento_lens.runtime.rundir.schema import ABLATIONS, ALL_HEADS, NO_LAYER
 from memento_lens.runtime.rundir.store import json_rows
 from memento_lens.runtime.schedule import EventKind, Schedule
 
@@ -246,7 +246,7 @@ def patch_sweep(
     layout: AblationLayout,
     layers: Iterable[int],
     *,
-    heads: Iterable[int] = (-1,),
+    heads: Iterable[int] = (ALL_HEADS,),
     directions: Iterable[str] = tuple(DIRECTIONS),
     batch_size: int = 128,
     device: str | torch.device = "cpu",
@@ -254,7 +254,7 @@ def patch_sweep(
 ) -> AblationAccumulator:
     """Per layer (and head) and direction, scores with earlier mementos' K/V patched at that layer only.
 
-    Keys: (direction, layer, head, segment, metric) plus the unpatched bases (world, -1, -1, segment, metric)
+    Keys: (direction, layer, head, segment, metric) plus the unpatched bases (world, NO_LAYER, ALL_HEADS, segment, metric)
     (world = "normal"/"restart"). Metrics: accuracy, nll, kl (vs the unpatched base world).
     ``progress(done, total)`` after every segment of every batch, in sequence-segments.
     """
@@ -282,8 +282,8 @@ def patch_sweep(
             base_scores = {}
             for w, vis in worlds.items():
                 base_scores[w] = score_segment(model, ids, vis, tg)
-                acc.add((w, -1, -1, c, "accuracy"), base_scores[w].correct.float().mean(1))
-                acc.add((w, -1, -1, c, "nll"), base_scores[w].nll.mean(1))
+                acc.add((w, NO_LAYER, ALL_HEADS, c, "accuracy"), base_scores[w].correct.float().mean(1))
+                acc.add((w, NO_LAYER, ALL_HEADS, c, "nll"), base_scores[w].nll.mean(1))
             for d in directions:
                 base_w, donor_w = DIRECTIONS[d]
                 for layer in layers:
@@ -379,8 +379,8 @@ def restart_rows(
                 "model": model,
                 "checkpoint": checkpoint,
                 "variant": variant,
-                "layer": -1,
-                "head": -1,
+                "layer": NO_LAYER,
+                "head": ALL_HEADS,
                 "direction": "",
                 "metric": metric,
                 "value": v,
@@ -437,7 +437,7 @@ def patch_rows(
     directions: list[str],
     checkpoint: str = "",
 ) -> list[dict]:
-    """Contract rows: unpatched bases (layer -1) and, per direction/layer/head, accuracy, nll, kl and the shift
+    """Contract rows: unpatched bases (layer NO_LAYER) and, per direction/layer/head, accuracy, nll, kl and the shift
     from the base world (``delta_accuracy``, ``delta_nll``)."""
     rows = []
     segs = layout.segments
@@ -464,8 +464,8 @@ def patch_rows(
     base = {}
     for world in ("normal", "restart"):
         for metric in ("accuracy", "nll"):
-            base[(world, metric)] = _over_segments(acc, (world, -1, -1), metric, segs)
-            row(world, -1, -1, "", metric, base[(world, metric)])
+            base[(world, metric)] = _over_segments(acc, (world, NO_LAYER, ALL_HEADS), metric, segs)
+            row(world, NO_LAYER, ALL_HEADS, "", metric, base[(world, metric)])
     for d in directions:
         base_w, donor_w = DIRECTIONS[d]
         for layer in layers:
@@ -733,8 +733,8 @@ def patch_experiment(
     cfg = inputs.loaded.model.config
     ly = resolve_layers(list(layers or []), int(cfg.num_hidden_layers))
     n_kv = int(cfg.num_key_value_heads)
-    hd = [-1, *heads]
-    bad = [h for h in hd if h >= n_kv or h < -1]
+    hd = [ALL_HEADS, *heads]
+    bad = [h for h in hd if h >= n_kv or (h < 0 and h != ALL_HEADS)]
     if bad:
         raise ProbeInputError(f"--heads: {bad} out of range ({n_kv} KV heads)")
     dirs = list(directions)

@@ -490,3 +490,14 @@ def test_compression_cdf_of_a_run_without_domains_is_not_titled_unknown(tmp_path
     assert "unknown" not in md and "no domain recorded" in md
     named = df.assign(domain="math")
     assert [t.text for t in _subplot_titles(_plotted("compression-cdf", named)[0])] == ["math (3 blocks)"]
+
+
+def test_all_head_rows_keeps_the_every_head_rows_only_when_there_are_some():
+    from memento_lens.analyses.figures.base import all_head_rows
+    from memento_lens.runtime.rundir.schema import ALL_HEADS
+
+    mixed = pd.DataFrame({"head": [ALL_HEADS, 0, 1, ALL_HEADS], "accuracy": [0.5, 0.1, 0.2, 0.6]})
+    assert all_head_rows(mixed)["accuracy"].tolist() == [0.5, 0.6]
+    per_head = mixed[mixed["head"] >= 0]  # a table of per-head rows only is kept whole, not emptied
+    assert all_head_rows(per_head)["accuracy"].tolist() == [0.1, 0.2]
+    assert all_head_rows(pd.DataFrame({"accuracy": [0.3]}))["accuracy"].tolist() == [0.3]

@@ -114,6 +114,14 @@ def normalize_models(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(model=base, checkpoint=ck)
 
 
+def all_head_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows about every KV head at once (``head == ALL_HEADS``) when the table has any, else ``df``: per-head
+    rows are detail that a by-layer or by-checkpoint view would otherwise average in."""
+    if "head" in df.columns and (df["head"] == schema.ALL_HEADS).any():
+        return df[df["head"] == schema.ALL_HEADS]
+    return df
+
+
 def mean_over_seeds(df: pd.DataFrame, by: list[str], value: str = "accuracy") -> pd.DataFrame:
     """Mean accuracy and mean CI bounds over seeds (and any other unlisted column), with the count."""
     cols = {value: (value, "mean"), "n_seeds": (value, "size")}

@@ -13,6 +13,7 @@ from .base import (
     Figure,
     FigureInputs,
     MissingInputs,
+    all_head_rows,
     checkpoint_order,
     layer_dtick,
     md_table,
@@ -43,8 +44,7 @@ def select_rows(pr: pd.DataFrame, conditions=CONDITIONS) -> pd.DataFrame:
     """The rows a by-layer plot uses: all-head probes, each model's last checkpoint, and per (model,
     condition) the distance nearest the target block (masked +1 = the paper's M3)."""
     pr = pr[pr["condition"].isin(conditions)]
-    if "head" in pr and (pr["head"] == -1).any():
-        pr = pr[pr["head"] == -1]
+    pr = all_head_rows(pr)
     parts = []
     for (model, cond), g in pr.groupby(["model", "condition"], sort=False):
         last = checkpoint_order(g["checkpoint"])[-1]

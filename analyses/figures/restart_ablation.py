@@ -9,7 +9,7 @@ direction (one panel per metric), layer -1 the unpatched normal/restart baseline
 from __future__ import annotations
 
 import pandas as pd
-from memento_lens.runtime.rundir.schema import ABLATIONS
+from memento_lens.runtime.rundir.schema import ABLATIONS, ALL_HEADS, NO_LAYER
 
 from ..palette import color, series_color
 from .base import Figure, FigureInputs, MissingInputs, layer_dtick, md_table
@@ -49,14 +49,16 @@ class RestartAblation(Figure):
         ab = ab.copy()
         for c in ("ci_low", "ci_high", "n", "direction", "checkpoint", "head"):
             if c not in ab:
-                ab[c] = -1 if c == "head" else pd.NA
+                ab[c] = ALL_HEADS if c == "head" else pd.NA
         ab["direction"] = ab["direction"].fillna("").astype(str)
         ab["checkpoint"] = ab["checkpoint"].fillna("").astype(str)
-        all_heads = ab["head"].fillna(-1) == -1
-        restart = ab[(ab["experiment"] == "restart") & (ab["layer"] == -1)].assign(panel="restart")
+        all_heads = ab["head"].fillna(ALL_HEADS) == ALL_HEADS
+        restart = ab[(ab["experiment"] == "restart") & (ab["layer"] == NO_LAYER)].assign(panel="restart")
         patch = ab[(ab["experiment"] == "patch") & all_heads]
         curve = patch[patch["layer"] >= 0].assign(panel="patch")
-        base = patch[(patch["layer"] == -1) & patch["metric"].isin(curve["metric"].unique())].assign(panel="patch_base")
+        base = patch[(patch["layer"] == NO_LAYER) & patch["metric"].isin(curve["metric"].unique())].assign(
+            panel="patch_base"
+        )
         out = pd.concat([restart, curve, base], ignore_index=True)
         if out.empty:
             raise MissingInputs("ablations.parquet has no restart rows at layer -1 and no all-head patch rows")

@@ -14,6 +14,7 @@ from .base import (
     Figure,
     FigureInputs,
     MissingInputs,
+    all_head_rows,
     checkpoint_order,
     md_table,
     mean_over_seeds,
@@ -72,8 +73,7 @@ class ToyLeakage(Figure):
             raise MissingInputs(NEEDS)
         pr = normalize_models(pr)
         pr = pr[pr["condition"] == "masked"]
-        if "head" in pr and (pr["head"] == -1).any():
-            pr = pr[pr["head"] == -1]
+        pr = all_head_rows(pr)
         toy = pr[pr["model"].astype(str).str.contains("toy", case=False)]
         pr = toy if not toy.empty else pr
         if pr.empty:

@@ -4,7 +4,7 @@ against each); restart-ablation and patching curves."""
 
 import pandas as pd
 import streamlit as st
-from memento_lens.analyses.figures.base import PASSCODE_CHANCE, checkpoint_order, normalize_models
+from memento_lens.analyses.figures.base import PASSCODE_CHANCE, all_head_rows, checkpoint_order, normalize_models
 from memento_lens.app import charts, compute, state
 from memento_lens.app.data import ABLATIONS, PROBES
 
@@ -183,8 +183,7 @@ if rd.has(PROBES):
             )
         else:
             df = df[df["implicit_excess"].notna()]
-            if "head" in df.columns and (df["head"] == -1).any():
-                df = df[df["head"] == -1]
+            df = all_head_rows(df)
             cols = st.columns(4)
             d = pick(cols[0], "Model", df, "model", "dec_model")
             d = pick(cols[1], "Probe", d, "probe", "dec_probe")
@@ -233,8 +232,7 @@ else:
         metric = state.sticky(c1.selectbox, "Metric", sorted(ab["metric"].unique().tolist()), key="abl_metric")
         a = pick(c2, "Model", ab, "model", "abl_model")
         a = pick(c3, "Checkpoint", a, "checkpoint", "abl_ckpt")
-        if "head" in a.columns and (a["head"] == -1).any():
-            a = a[a["head"] == -1]
+        a = all_head_rows(a)
         st.plotly_chart(charts.ablation_figure(a, metric), key="ablations", width="stretch")
         with st.expander("Table"):
             st.dataframe(a, hide_index=True, width="stretch")

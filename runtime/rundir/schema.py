@@ -267,6 +267,9 @@ ATTN_INDEX = Table(
 ALL_LAYERS = -999
 ALL_HEADS = -1
 CAUSAL_DISTANCE = -1
+# ``ablations`` ``layer``: NO_LAYER marks rows about no single patched layer: the restart ablation (every layer's
+# memento K/V recomputed) and the patch experiment's unpatched base worlds. Its ``head``: ALL_HEADS as above.
+NO_LAYER = -1
 SENTINELS = {"layer": {ALL_LAYERS: "all"}, "head": {ALL_HEADS: "all"}, "distance": {CAUSAL_DISTANCE: "ctrl"}}
 
 
@@ -367,8 +370,8 @@ ABLATIONS = Table(
         Column("model", S),
         Column("checkpoint", S),
         Column("variant", S),
-        Column("layer", I, "-1 all"),
-        Column("head", I, "-1 all"),
+        Column("layer", I, "NO_LAYER (-1): restart rows and unpatched bases"),
+        Column("head", I, "ALL_HEADS (-1): every KV head"),
         Column("direction", S),
         Column("metric", S),
         Column("value", F),
@@ -642,6 +645,11 @@ __all__ = [
     "PARTS_DIR",
     "part_dir",
     "PASSCODE_CHANCE",
+    "ALL_LAYERS",
+    "ALL_HEADS",
+    "CAUSAL_DISTANCE",
+    "NO_LAYER",
+    "SENTINELS",
     "Artifact",
     "ARTIFACTS",
     "PASSCODE_SUMMARY",
