@@ -68,6 +68,16 @@ VARIANTS: dict[str, TrainConfig] = {
         final_dtype="float16",
         threads=1,
     ),
+    # the shipped toy's recipe with the Llama block (no QK-norm) and the shipped toy's GQA (4 query / 2 KV heads):
+    # the fourth corner of QK-norm x head sharing, after `toy` (Qwen3 GQA) and sum-llama-mha-fresh
+    "sum-llama-gqa-fresh": TrainConfig(
+        model=LLAMA_GQA,
+        checkpoints=(0, 300, 600, 900, 1200),
+        stop_exact=0.95,
+        checkpoint_dtype="float16",
+        final_dtype="float16",
+        threads=1,
+    ),
     # the shipped toy's recipe (fresh samples, two stages) with a GPT-2 block, on a 1000-step schedule (the shared
     # CPU allowed ~1000 steps; the cosine then anneals by the end) instead of 1500; a checkpoint every 100 steps from
     # the initialisation, stop at the first with >= 95% held-out memento exact-match
