@@ -468,34 +468,37 @@ class BatchedFit:
 
 
 class _Stacked(torch.nn.Module):
-    """``n_models`` independent digit probes as stacked weights: ``[B, batch, in] -> [B, batch, n_digits, n_classes]``.
+    """``n_models`` independent digit probes run as one: ``[B, batch, in] -> [B, batch, n_digits, n_classes]``.
 
-    Same initialisation law as ``nn.Linear`` (uniform +-1/sqrt(fan_in)); each model seeded on its own.
+    Each model's weights are parameters of their own, stacked for the batched matmuls at every forward, so the
+    (fused) Adam step updates tensors of one model's shape whatever else is in the batch: a fit is bit-identical
+    alone or batched, and a stopped model leaves the batch by dropping its parameters. Same initialisation law as
+    ``nn.Linear`` (uniform +-1/sqrt(fan_in)); each model seeded on its own.
     """
 
     def __init__(self, widths: list[int], seeds: list[int], dropout: float, n_digits: int, n_classes: int):
         super().__init__()
-        self.weights = torch.nn.ParameterList()
-        self.biases = torch.nn.ParameterList()
-        ws, bs = [[] for _ in widths[1:]], [[] for _ in widths[1:]]
+        self.n_layers = len(widths) - 1
+        self.models = torch.nn.ModuleList()
         for seed in seeds:
             g = torch.Generator().manual_seed(int(seed))
-            for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            ws, bs = [], []
+            for a, b in zip(widths[:-1], widths[1:]):
                 bound = 1.0 / math.sqrt(a)
-                ws[i].append((torch.rand(a, b, generator=g) * 2 - 1) * bound)
-                bs[i].append((torch.rand(1, b, generator=g) * 2 - 1) * bound)
-        for w, b in zip(ws, bs):
-            self.weights.append(torch.nn.Parameter(torch.stack(w)))
-            self.biases.append(torch.nn.Parameter(torch.stack(b)))
+                ws.append((torch.rand(a, b, generator=g) * 2 - 1) * bound)
+                bs.append((torch.rand(1, b, generator=g) * 2 - 1) * bound)
+            self.models.append(torch.nn.ParameterList([torch.nn.Parameter(t) for t in ws + bs]))
         self.dropout, self.n_digits, self.n_classes = dropout, n_digits, n_classes
 
     def forward(self, x: torch.Tensor, gens: list[torch.Generator] | None = None) -> torch.Tensor:
         """``gens``: one generator per model for its dropout masks (so a model's training noise depends on its seed
         alone, not on which other models share the batch: equal features and seed give equal fits)."""
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+        L = self.n_layers
+        for i in range(L):
+            w = torch.stack([m[i] for m in self.models])
+            b = torch.stack([m[L + i] for m in self.models])
             x = torch.baddbmm(b, x, w)
-            if i < last:
+            if i < L - 1:
                 x = torch.relu(x)
                 if self.training and self.dropout > 0:
                     keep = torch.empty_like(x)
@@ -504,27 +507,31 @@ class _Stacked(torch.nn.Module):
                     x = x * keep / (1 - self.dropout)
         return x.view(x.shape[0], x.shape[1], self.n_digits, self.n_classes)
 
-    def restore(self, params: list[torch.Tensor]) -> None:
-        """Replace the stack by ``params`` (one tensor per parameter, in ``parameters()`` order, any model count)."""
-        it = iter(params)
-        for plist in (self.weights, self.biases):
-            for i in range(len(plist)):
-                plist[i] = torch.nn.Parameter(next(it).detach().clone())
+    def snapshot(self, m: int) -> list[torch.Tensor]:
+        """A copy of model ``m``'s parameters (stack position ``m``)."""
+        return [p.detach().clone() for p in self.models[m]]
 
-    def keep(self, rows: torch.Tensor, opt: torch.optim.Adam) -> torch.optim.Adam:
-        """Drop the models not in ``rows`` (stopped ones), with their Adam state; returns the optimiser of the
-        smaller stack. Every model's update is elementwise in its own slice, so the kept models train on exactly
-        as before."""
-        old = list(self.parameters())
-        for plist in (self.weights, self.biases):
-            for i in range(len(plist)):
-                plist[i] = torch.nn.Parameter(plist[i].detach()[rows].clone())
-        new = list(self.parameters())
-        fresh = torch.optim.Adam(new, **opt.defaults)
-        for a, b in zip(old, new):
-            st = opt.state.get(a)
-            if st:
-                fresh.state[b] = {k: (v if v.dim() == 0 else v[rows].clone()) for k, v in st.items()}
+    def restore(self, per_model: list[list[torch.Tensor]]) -> None:
+        """Replace the models by ``per_model`` (one :meth:`snapshot` per model, any number of models)."""
+        self.models = torch.nn.ModuleList(
+            torch.nn.ParameterList([torch.nn.Parameter(t.clone()) for t in ps]) for ps in per_model
+        )
+
+    def optimizer(self, lr: float, weight_decay: float) -> torch.optim.Adam:
+        """Adam over every model's parameters; fused (one pass per tensor) where the device supports it."""
+        params = list(self.parameters())
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+    def keep(self, rows: np.ndarray, opt: torch.optim.Adam) -> torch.optim.Adam:
+        """Drop the models where ``rows`` is False (stopped ones), with their Adam state; returns the optimiser of
+        the smaller batch, which carries the kept models' state over unchanged."""
+        kept = [m for m, k in zip(self.models, rows) if k]
+        self.models = torch.nn.ModuleList(kept)
+        fresh = torch.optim.Adam(self.parameters(), **opt.defaults)
+        for p in self.parameters():
+            if p in opt.state:
+                fresh.state[p] = opt.state[p]
         return fresh
 
 
@@ -571,12 +578,12 @@ def fit_batched(
     seeds = [t.seed for t in tasks]
     widths = probe.widths(X.shape[2])
     model = _Stacked(widths, seeds, getattr(probe, "dropout", 0.0), probe.n_digits, probe.n_classes).to(device, dtype)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = model.optimizer(config.lr, config.weight_decay)
     gens = [torch.Generator().manual_seed(int(s) + 104729) for s in seeds]  # minibatch order
     drop_gens = [torch.Generator().manual_seed(int(s) + 1299709) for s in seeds]  # dropout masks
     n_fit = len(fit_idx)
     best = torch.full((B,), -1.0)
-    best_state = [p.detach().clone() for p in model.parameters()]
+    best_state = [model.snapshot(m) for m in range(B)]
     best_epoch = np.zeros(B, dtype=np.int64)
     stopped_at = np.zeros(B, dtype=np.int64)
     active = np.ones(B, dtype=bool)
@@ -618,9 +625,8 @@ def fit_batched(
         better = np.zeros(B, dtype=bool)
         better[live] = (acc_l > best[torch.as_tensor(live)]).numpy()
         if better.any():
-            rows = torch.as_tensor(better[live], device=device)
-            for keep, p in zip(best_state, model.parameters()):
-                keep[torch.as_tensor(live[better[live]], device=device)] = p.detach()[rows]
+            for j in np.flatnonzero(better[live]):
+                best_state[live[j]] = model.snapshot(j)
             best[torch.as_tensor(better)] = acc[torch.as_tensor(better)]
             best_epoch[better] = epoch
         raw = np.stack([c[:, 1] for c in curves[-config.smooth :]])  # [<= smooth, B]
@@ -636,7 +642,7 @@ def fit_batched(
             break
         if done.any():
             rows = torch.as_tensor(active[live], device=device)
-            opt = model.keep(rows, opt)
+            opt = model.keep(active[live], opt)
             live = live[active[live]]
             grp_l, lab_l = grp[torch.as_tensor(live, device=device)], lab[torch.as_tensor(live, device=device)]
             Xs, Ys = Xs[rows], Ys[rows]
