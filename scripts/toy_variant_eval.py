@@ -52,7 +52,9 @@ def evaluate(ckpt: Path, args) -> dict:
         probes=("mlp",),
         control=False,
         seed=args.seed,
-        train=dataclasses.replace(TrainConfig(), seeds=args.seeds),
+        train=dataclasses.replace(
+            TrainConfig(), seeds=args.seeds, **({} if args.patience is None else {"patience": args.patience})
+        ),
         **extra,
     )
     acc = task_accuracy(ckpt)
@@ -90,6 +92,7 @@ def main() -> None:
     ap.add_argument("--data-seeds", type=int, default=None, help="independent data replicates (probes' default)")
     ap.add_argument("--seed", type=int, default=0, help="data seed")
     ap.add_argument("--conditions", default="masked")
+    ap.add_argument("--patience", type=int, default=None, help="the stopping rule's patience (probes' default)")
     args = ap.parse_args()
     for spec in args.runs:
         run, _, names = spec.partition(":")
