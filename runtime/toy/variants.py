@@ -42,6 +42,16 @@ EPOCHS = dict(
     threads=1,
 )
 
+# The shipped toy's recipe (fresh samples, two stages, 1500 steps) with a checkpoint every 300 steps, stopped at the
+# first with >= 95% held-out memento exact-match, stored as float16.
+FRESH = dict(
+    checkpoints=(0, 300, 600, 900, 1200),
+    stop_exact=0.95,
+    checkpoint_dtype="float16",
+    final_dtype="float16",
+    threads=1,
+)
+
 VARIANTS: dict[str, TrainConfig] = {
     # the shipped `toy`: summed passcode, Qwen3 GQA, fresh samples, two stages, 1500 steps
     "toy": TrainConfig(),
@@ -60,24 +70,10 @@ VARIANTS: dict[str, TrainConfig] = {
     ),
     # the shipped toy's recipe (fresh samples, two stages, 1500 steps) with the Llama MHA block: the fixed-set recipe
     # above was at 11% exact after 640 of its 1,280 steps (docs/RESULTS.md), far from the paper's range
-    "sum-llama-mha-fresh": TrainConfig(
-        model=LLAMA_MHA,
-        checkpoints=(0, 300, 600, 900, 1200),
-        stop_exact=0.95,
-        checkpoint_dtype="float16",
-        final_dtype="float16",
-        threads=1,
-    ),
+    "sum-llama-mha-fresh": TrainConfig(model=LLAMA_MHA, **FRESH),
     # the shipped toy's recipe with the Llama block (no QK-norm) and the shipped toy's GQA (4 query / 2 KV heads):
     # the fourth corner of QK-norm x head sharing, after `toy` (Qwen3 GQA) and sum-llama-mha-fresh
-    "sum-llama-gqa-fresh": TrainConfig(
-        model=LLAMA_GQA,
-        checkpoints=(0, 300, 600, 900, 1200),
-        stop_exact=0.95,
-        checkpoint_dtype="float16",
-        final_dtype="float16",
-        threads=1,
-    ),
+    "sum-llama-gqa-fresh": TrainConfig(model=LLAMA_GQA, **FRESH),
     # the shipped toy's recipe (fresh samples, two stages) with a GPT-2 block, on a 1000-step schedule (the shared
     # CPU allowed ~1000 steps; the cosine then anneals by the end) instead of 1500; a checkpoint every 100 steps from
     # the initialisation, stop at the first with >= 95% held-out memento exact-match
