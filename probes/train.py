@@ -618,13 +618,14 @@ def fit_batched(
         model.eval()
         with torch.no_grad():
             acc_l = (model(Xs).argmax(-1) == Ys).float().mean(dim=(1, 2)).cpu()
+        live_t = torch.as_tensor(live)
         acc = torch.full((B,), float("nan"))
-        acc[torch.as_tensor(live)] = acc_l
+        acc[live_t] = acc_l
         loss = torch.full((B,), float("nan"))
-        loss[torch.as_tensor(live)] = total / max(steps, 1)
+        loss[live_t] = total / max(steps, 1)
         curves.append(torch.stack([loss, acc], dim=1).numpy())
         better = np.zeros(B, dtype=bool)
-        better[live] = (acc_l > best[torch.as_tensor(live)]).numpy()
+        better[live] = (acc_l > best[live_t]).numpy()
         if better.any():
             for j in np.flatnonzero(better[live]):
                 best_state[live[j]] = model.snapshot(j)
@@ -642,11 +643,11 @@ def fit_batched(
         if not active.any():
             break
         if done.any():
-            rows = torch.as_tensor(active[live], device=device)
-            opt = model.keep(active[live], opt)
-            live = live[active[live]]
-            grp_l, lab_l = grp[torch.as_tensor(live, device=device)], lab[torch.as_tensor(live, device=device)]
-            Xs, Ys = Xs[rows], Ys[rows]
+            stay = active[live]  # of the stacked models, those still training
+            opt = model.keep(stay, opt)
+            stay_t = torch.as_tensor(stay, device=device)
+            grp_l, lab_l, Xs, Ys = grp_l[stay_t], lab_l[stay_t], Xs[stay_t], Ys[stay_t]
+            live = np.flatnonzero(active)
     stopped_at[active] = epoch
     hit_cap = active.copy()
     curve = np.stack(curves, axis=1)  # [B, epochs, 2]
